@@ -1,0 +1,48 @@
+# Every target creates and fills the virtual environment itself.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/xfer/v1/*.proto)
+GEN    := protos/xfer/v1/.generated
+BUF    := node_modules/.bin/buf
+
+.PHONY: all venv proto lint test test-all demo serve report bench gpu-check clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+$(GEN): $(PROTOS) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --pyi_out=protos \
+	    --grpc_python_out=protos $(PROTOS)
+	touch $@
+
+proto: $(GEN)
+
+$(BUF):
+	npm install --no-save --no-package-lock --silent @bufbuild/buf@1.75.0
+
+lint: $(BUF)
+	cd protos && ../$(BUF) lint
+
+test: $(GEN)
+	$(PY) -m pytest -q
+
+test-all: $(GEN)
+	$(PY) -m pytest -q -m 'not gpu'
+
+demo: $(GEN)
+	$(PY) -m client.demo
+
+serve: $(GEN)
+	$(VENV)/bin/xfer-server
+
+clean:
+	rm -rf $(VENV) node_modules $(GEN) protos/xfer/v1/*_pb2*.py protos/xfer/v1/*_pb2.pyi .demo reports
