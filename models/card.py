@@ -1,0 +1,148 @@
+"""The model card: everything a client needs to rebuild a source model.
+
+Stored with every version, shipped over the wire as `xfer.v1.ModelCard`
+and on disk as `card.json` beside the artifacts `python -m models.train`
+writes. `validate_card` is the single check both server and client use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from models.errors import InvalidCardError, ModelError
+from models.registry import build_config, get_entry
+
+MAX_TEXT = 4096
+MAX_LABEL = 128
+# Keys card.json may carry beside the card's own fields.
+FILE_ONLY_KEYS = ("artifacts", "create_time")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    architecture: str
+    architecture_config: dict[str, Any]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    blocks: tuple[str, ...]
+    head: str = "head"
+    input_dtype: str = "float32"
+    input_mean: tuple[float, ...] = ()
+    input_std: tuple[float, ...] = ()
+    preprocessing: str = ""
+    label_names: tuple[str, ...] = ()
+    source_task: str = ""
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    license: str = "unspecified"
+    framework_versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        """Builds a card from a dict such as card.json, rejecting unknown keys."""
+        if not isinstance(data, dict):
+            raise InvalidCardError("a model card must be a JSON object")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields - set(FILE_ONLY_KEYS))
+        if unknown:
+            raise InvalidCardError(f"unknown model card field(s): {unknown}")
+        missing = sorted(f.name for f in dataclasses.fields(cls)
+                         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                         and f.name not in data)
+        if missing:
+            raise InvalidCardError(f"model card is missing required field(s): {missing}")
+        values = {k: v for k, v in data.items() if k in fields}
+        try:
+            for key in ("input_shape", "blocks", "input_mean", "input_std", "label_names"):
+                if key in values:
+                    values[key] = tuple(values[key])
+            values["architecture_config"] = dict(values["architecture_config"])
+            values["framework_versions"] = dict(values.get("framework_versions") or {})
+        except (TypeError, ValueError) as exc:
+            raise InvalidCardError(f"malformed model card: {exc}") from None
+        return cls(**values)
+
+    @property
+    def private(self) -> bool:
+        """Whether the source model was trained with differential privacy."""
+        return self.dp_epsilon is not None
+
+
+def _text(name: str, value: Any, limit: int = MAX_TEXT) -> None:
+    if not isinstance(value, str):
+        raise InvalidCardError(f"card field {name!r} must be a string")
+    if len(value) > limit:
+        raise InvalidCardError(f"card field {name!r} is longer than {limit} characters")
+
+
+def validate_card(card: ModelCard) -> None:
+    """Checks every field, and that the card agrees with its architecture.
+
+    Raises InvalidCardError with a message that names the field.
+    """
+    try:
+        entry = get_entry(card.architecture)
+        model = entry.model_cls(build_config(card.architecture, card.architecture_config))
+    except ModelError as exc:
+        raise InvalidCardError(f"card architecture: {exc}") from None
+    if tuple(card.blocks) != tuple(model.block_names()):
+        raise InvalidCardError(f"card blocks {list(card.blocks)} do not match {card.architecture}'s "
+                               f"blocks {model.block_names()}")
+    if card.head != model.head_name:
+        raise InvalidCardError(f"card head {card.head!r} is not the architecture's head {model.head_name!r}")
+    if card.num_classes != model.num_classes:
+        raise InvalidCardError(f"card num_classes {card.num_classes} disagrees with the config's "
+                               f"{model.num_classes}")
+    if tuple(card.input_shape) != model.input_shape():
+        raise InvalidCardError(f"card input_shape {list(card.input_shape)} disagrees with the config's "
+                               f"{list(model.input_shape())}")
+    if card.input_dtype != "float32":
+        raise InvalidCardError(f"input_dtype must be 'float32', got {card.input_dtype!r}")
+    if len(card.input_mean) != len(card.input_std):
+        raise InvalidCardError("input_mean and input_std must have the same length")
+    if card.input_mean and len(card.input_mean) not in (1, card.input_shape[0]):
+        raise InvalidCardError("input_mean needs one value, or one per channel")
+    for value in card.input_mean + card.input_std:
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidCardError("input_mean and input_std must be finite numbers")
+    if any(s <= 0 for s in card.input_std):
+        raise InvalidCardError("input_std values must be positive")
+    if card.label_names and len(card.label_names) != card.num_classes:
+        raise InvalidCardError(f"{len(card.label_names)} label_names for {card.num_classes} classes")
+    for label in card.label_names:
+        _text("label_names", label, MAX_LABEL)
+    for name in ("preprocessing", "source_task", "license", "description"):
+        _text(name, getattr(card, name))
+    if (card.dp_epsilon is None) != (card.dp_delta is None):
+        raise InvalidCardError("dp_epsilon and dp_delta must be given together")
+    if card.dp_epsilon is not None:
+        if not (math.isfinite(card.dp_epsilon) and card.dp_epsilon > 0):
+            raise InvalidCardError(f"dp_epsilon must be positive and finite, got {card.dp_epsilon}")
+        if not 0 < card.dp_delta < 1:
+            raise InvalidCardError(f"dp_delta must be in (0, 1), got {card.dp_delta}")
+    if len(card.framework_versions) > 16:
+        raise InvalidCardError("at most 16 framework_versions")
+    for key, value in card.framework_versions.items():
+        _text("framework_versions", key, 64)
+        _text("framework_versions", value, 64)
+
+
+def card_for_model(model: Any, **fields: Any) -> ModelCard:
+    """A card describing `model` (architecture, config, blocks, shapes) plus `fields`."""
+    return ModelCard(
+        architecture=model.architecture,
+        architecture_config=model.config_dict(),
+        input_shape=model.input_shape(),
+        num_classes=model.num_classes,
+        blocks=tuple(model.block_names()),
+        head=model.head_name,
+        **fields,
+    )

@@ -1,0 +1,29 @@
+"""Errors raised by the model zoo. Each is also the matching builtin."""
+
+
+class ModelError(Exception):
+    """Base class of every error raised by `models`."""
+
+
+class UnknownArchitectureError(ModelError, LookupError):
+    """An architecture id that is not in the registry."""
+
+
+class DuplicateArchitectureError(ModelError, ValueError):
+    """An architecture id registered twice."""
+
+
+class InvalidConfigError(ModelError, ValueError):
+    """An architecture config with unknown, missing or ill-typed fields."""
+
+
+class InvalidCardError(ModelError, ValueError):
+    """A model card that is malformed or disagrees with its architecture."""
+
+
+class WeightsMismatchError(ModelError, ValueError):
+    """Weights whose tensor names, dtypes or shapes do not fit the architecture."""
+
+
+class ExportParityError(ModelError, ValueError):
+    """An ONNX export whose outputs disagree with the torch module."""

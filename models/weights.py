@@ -1,0 +1,66 @@
+"""Weights as safetensors: never pickle.
+
+`tensor_specs` is the ground truth the server checks uploads against; a
+module is loaded strictly so that a missing or extra tensor is an error,
+not a silently random layer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.base import XferModel
+from models.card import ModelCard
+from models.errors import WeightsMismatchError
+from models.registry import create_model
+
+
+def tensor_specs(model: torch.nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (safetensors dtype string, shape) for every tensor of the state dict."""
+    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+             torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8"}
+    return {k: (names[v.dtype], tuple(v.shape)) for k, v in model.state_dict().items()}
+
+
+def model_from_card(card: ModelCard) -> XferModel:
+    """A freshly initialised module of the card's architecture and config."""
+    return create_model(card.architecture, **card.architecture_config)
+
+
+def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, *,
+                     metadata: dict[str, str] | None = None) -> None:
+    """Writes the state dict atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_safetensors(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Loads weights strictly, raising WeightsMismatchError naming what differs."""
+    state = load_file(str(path))
+    expected = tensor_specs(model)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise WeightsMismatchError(f"weights do not fit the architecture: missing {missing[:5]}, "
+                                   f"unexpected {extra[:5]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != expected[name][1]:
+            raise WeightsMismatchError(f"tensor {name!r} has shape {list(tensor.shape)}, "
+                                       f"the architecture needs {list(expected[name][1])}")
+    model.load_state_dict(state, strict=True)
+    return model
