@@ -1,0 +1,38 @@
+import json
+
+import onnxruntime as ort
+import pytest
+
+from models.card import ModelCard, validate_card
+from models.files import sha256_file
+from models.train import main, train_source_model
+from models.weights import load_safetensors, model_from_card
+
+
+def test_train_writes_three_consistent_files(tmp_path):
+    result = train_source_model(out_dir=tmp_path, arch="convnet", config={"width": 8, "depth": 2},
+                                classes=[0, 1, 2, 3, 4], epochs=3, seed=1)
+    card_file = json.loads((tmp_path / "card.json").read_text())
+    card = ModelCard.from_dict(card_file)
+    validate_card(card)
+    assert card.num_classes == 5 and card.label_names == ("0", "1", "2", "3", "4")
+    assert card.dp_epsilon is None
+    for fmt, filename in (("safetensors", "model.safetensors"), ("onnx", "model.onnx")):
+        assert card_file["artifacts"][fmt]["sha256"] == sha256_file(tmp_path / filename)
+    load_safetensors(model_from_card(card), tmp_path / "model.safetensors")
+    ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert result.test_accuracy > 0.5  # five easy classes after three epochs: far above chance (0.2)
+
+
+def test_dp_training_records_the_spent_epsilon(tmp_path):
+    result = train_source_model(out_dir=tmp_path, arch="mlp", epochs=2, dp_epsilon=3.0, seed=0)
+    card = ModelCard.from_dict(json.loads((tmp_path / "card.json").read_text()))
+    assert card.dp_epsilon == pytest.approx(result.dp_epsilon)
+    assert 0 < card.dp_epsilon <= 3.0 + 1e-6
+    assert card.dp_delta == pytest.approx(1e-5)
+
+
+def test_cli_rejects_bad_options_with_one_line(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--classes", "3", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("models.train: error:") and err.count("\n") == 1
