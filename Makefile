@@ -42,7 +42,18 @@ demo: $(GEN)
 	$(PY) -m client.demo
 
 serve: $(GEN)
-	$(VENV)/bin/xfer-server
+	$(VENV)/bin/xfer-server --data-dir .xfer-data
+
+report: $(GEN)
+	$(PY) bench/transfer_report.py
+
+bench: $(GEN)
+	$(PY) bench/pull.py
+	$(PY) bench/finetune.py
+
+# For a machine with a CUDA GPU: the GPU-marked tests plus the fine-tuning benchmark, as one script.
+gpu-check: $(GEN)
+	$(PY) bench/gpu_check.py
 
 clean:
-	rm -rf $(VENV) node_modules $(GEN) protos/xfer/v1/*_pb2*.py protos/xfer/v1/*_pb2.pyi .demo reports
+	rm -rf $(VENV) node_modules $(GEN) protos/xfer/v1/*_pb2*.py protos/xfer/v1/*_pb2.pyi .demo reports .xfer-data
