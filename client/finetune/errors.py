@@ -1,0 +1,40 @@
+"""Errors raised by `client.finetune`. Each is also the matching builtin.
+
+Messages say what happened and how to fix it (DESIGN §7.2).
+"""
+
+
+class FinetuneError(Exception):
+    """Base class of every error raised by `client.finetune`."""
+
+
+class DataError(FinetuneError, ValueError):
+    """A target data set that is malformed or does not fit the model card."""
+
+
+class UnknownStrategyError(FinetuneError, LookupError):
+    """A strategy name that is not in the registry."""
+
+
+class DuplicateStrategyError(FinetuneError, ValueError):
+    """A strategy name registered twice."""
+
+
+class StrategyError(FinetuneError, ValueError):
+    """A strategy that cannot be applied to this model (e.g. an unknown block)."""
+
+
+class PrivacyError(FinetuneError, ValueError):
+    """A differential-privacy configuration or model that Opacus cannot train."""
+
+
+class PrivacyBudgetExceededError(PrivacyError):
+    """A run (or search) that would take a data set past its privacy budget."""
+
+
+class SearchError(FinetuneError, ValueError):
+    """A hyperparameter search that cannot run as configured."""
+
+
+class DeviceError(FinetuneError, RuntimeError):
+    """A requested device that is not available on this machine."""

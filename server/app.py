@@ -1,0 +1,138 @@
+"""Builds a running gRPC server from a ServerConfig: storage, services, interceptors, health, reflection."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from concurrent import futures
+
+import grpc
+import sqlalchemy as sa
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server import db
+from server.auth import OpenAuthorizer, TokenAuthorizer, is_loopback, server_credentials
+from server.blobs import BlobStore
+from server.catalog import Catalog
+from server.config import ServerConfig
+from server.interceptors import RpcInterceptor
+from server.metrics import RunStore
+from server.metrics_servicer import MetricsServicer
+from server.registry import Registry, RegistryLimits
+from server.servicers import RegistryServicer, TransferServicer
+from xfer.v1 import (metrics_service_pb2, metrics_service_pb2_grpc, registry_service_pb2,
+                     registry_service_pb2_grpc, transfer_service_pb2, transfer_service_pb2_grpc)
+
+logger = logging.getLogger(__name__)
+
+#: Fully-qualified names of the xfer services, as health and reflection report them.
+SERVICE_NAMES = (
+    registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    transfer_service_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
+    metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
+)
+
+
+class ConfigError(ValueError):
+    """A configuration the server refuses to start with."""
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A started server. `target` is what a client dials."""
+
+    server: grpc.Server
+    port: int
+    host: str
+    config: ServerConfig
+    registry: Registry
+    engine: sa.Engine
+    health: health.HealthServicer
+    tls: bool
+
+    @property
+    def target(self) -> str:
+        """host:port for grpc.insecure_channel / grpc.secure_channel."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def stop(self, grace: float | None = None) -> None:
+        """Reports NOT_SERVING, lets in-flight RPCs finish for `grace` seconds, then releases storage."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self.engine.dispose()
+        logger.info("xfer-server on %s stopped", self.target)
+
+
+def _authorizer(config: ServerConfig):
+    if config.token_file is None:
+        if not is_loopback(config.host):
+            raise ConfigError(f"refusing to listen on {config.host!r} without authentication: pass --token-file "
+                              "(create one with `python -m server.auth add --role operator --file tokens.json`) "
+                              "or listen on 127.0.0.1")
+        logger.warning("no token file: authentication is OFF and every caller is an operator; "
+                       "listening on loopback (%s) only", config.host)
+        return OpenAuthorizer()
+    if not config.token_file.exists():
+        raise ConfigError(f"token file {config.token_file} does not exist; create it with "
+                          f"`python -m server.auth add --role operator --file {config.token_file}`")
+    return TokenAuthorizer(config.token_file)
+
+
+def create_server(config: ServerConfig) -> RunningServer:
+    """Opens storage, registers every service and starts serving; port 0 picks a free port."""
+    authorizer = _authorizer(config)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = db.create_engine(config.effective_db_url)
+    catalog = Catalog(engine)
+    catalog.create_schema()
+    blobs = BlobStore(config.blob_dir, verify=config.verify_blobs)
+    blobs.remove_temp_files()
+    blobs.collect_garbage(catalog.referenced_shas())
+    registry = Registry(catalog=catalog, blobs=blobs, limits=RegistryLimits(max_artifact_bytes=config.max_artifact_bytes))
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="xfer-rpc"),
+        interceptors=[RpcInterceptor(authorizer)],
+        options=[
+            ("grpc.max_receive_message_length", config.message_limit),
+            ("grpc.max_send_message_length", config.message_limit),
+            # Without this, a second server on the same fixed port would bind silently and share traffic.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
+    transfer_service_pb2_grpc.add_TransferServiceServicer_to_server(
+        TransferServicer(registry, chunk_size=config.chunk_size), server)
+    store = RunStore(engine=engine, resolve_version=registry.resolve)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(store), server)
+
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+
+    host = f"[{config.host}]" if ":" in config.host and not config.host.startswith("[") else config.host
+    address = f"{host}:{config.port}"
+    tls = config.tls_cert is not None
+    try:
+        if tls:
+            port = server.add_secure_port(address, server_credentials(cert=config.tls_cert, key=config.tls_key,
+                                                                      client_ca=config.tls_client_ca))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        engine.dispose()
+        raise ConfigError(f"cannot listen on {address}: {exc} (is the port in use?)") from None
+    if port == 0:
+        engine.dispose()
+        raise ConfigError(f"cannot listen on {address} (is the port in use?)")
+    server.start()
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(server=server, port=port, host=config.host.strip("[]"), config=config,
+                            registry=registry, engine=engine, health=health_servicer, tls=tls)
+    logger.info("xfer-server listening on %s (tls=%s, mtls=%s, auth=%s, db=%s)", running.target, tls,
+                config.tls_client_ca is not None, config.token_file is not None, engine.dialect.name)
+    return running

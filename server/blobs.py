@@ -1,0 +1,220 @@
+"""Content-addressed blob store: blobs/ab/abcdef... named by the sha256 of their bytes.
+
+Uploads stream into temp files in the blob directory itself (same filesystem,
+so `os.replace` is atomic), are fsynced, and only then moved into place. A
+blob that exists is never rewritten: same name, same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from server.errors import DataLoss, InvalidArgument, ResourceExhausted
+
+logger = logging.getLogger(__name__)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+TEMP_PREFIX = ".upload-"
+TEMP_SUFFIX = ".tmp"
+_READ_BLOCK = 1024 * 1024
+
+
+def check_sha256(value: str, *, what: str = "sha256") -> str:
+    """Returns `value` if it is 64 lower-case hex digits, else raises InvalidArgument."""
+    if not isinstance(value, str) or not SHA256_RE.match(value):
+        raise InvalidArgument(f"{what} must be 64 lower-case hex digits, got {value[:80]!r}")
+    return value
+
+
+class BlobWriter:
+    """A temp file being filled, with a running sha256 and a size limit.
+
+    Never holds more than one chunk in memory. Call `discard` on every path
+    that does not `commit` (it is idempotent), or use it as a context manager.
+    """
+
+    def __init__(self, directory: Path, *, max_bytes: int, label: str = "artifact") -> None:
+        fd, path = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+        self._file = os.fdopen(fd, "wb")
+        self.path = Path(path)
+        self._hash = hashlib.sha256()
+        self._max_bytes = max_bytes
+        self._label = label
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        """Appends `data`; ResourceExhausted once the total passes the limit."""
+        if self.size + len(data) > self._max_bytes:
+            raise ResourceExhausted(f"{self._label} is larger than the server's limit of {self._max_bytes} bytes; "
+                                    "ask the operator to raise --max-artifact-mb or upload a smaller model")
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the bytes written so far."""
+        return self._hash.hexdigest()
+
+    def finish(self) -> None:
+        """Flushes and fsyncs; the file stays a temp file until `BlobStore.commit`."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    def discard(self) -> None:
+        """Closes and removes the temp file (safe to call twice or after commit)."""
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "BlobWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+class BlobStore:
+    """Blobs under `root`, addressed by sha256."""
+
+    def __init__(self, root: Path, *, verify: bool = True) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._verify = verify
+        # (sha256, size, mtime_ns) of blobs hashed since start; a changed file is hashed again.
+        self._verified: set[tuple[str, int, int]] = set()
+        self._lock = threading.Lock()
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the blob with this digest lives."""
+        check_sha256(sha256)
+        return self.root / sha256[:2] / sha256
+
+    def writer(self, *, max_bytes: int, label: str = "artifact") -> BlobWriter:
+        """A new temp file in the blob directory."""
+        return BlobWriter(self.root, max_bytes=max_bytes, label=label)
+
+    def commit(self, writer: BlobWriter) -> str:
+        """Moves a finished writer's file into place under its digest; returns the digest."""
+        writer.finish()
+        return self.adopt(writer.path, sha256=writer.sha256)
+
+    def adopt(self, path: Path, *, sha256: str) -> str:
+        """Moves a fsynced temp file `path` (in this store's root) into place as blob `sha256`."""
+        target = self.path_for(sha256)
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            # Content-addressed: the bytes are already there. Touch it so a concurrent
+            # garbage collection (which spares young blobs) leaves it alone.
+            os.utime(target)
+            Path(path).unlink(missing_ok=True)
+        else:
+            os.replace(path, target)
+            _fsync_dir(target.parent)
+        return sha256
+
+    def temp_path(self, suffix: str = TEMP_SUFFIX) -> Path:
+        """A fresh, empty temp file path in the store (removed at start-up if left behind)."""
+        fd, path = tempfile.mkstemp(dir=self.root, prefix=TEMP_PREFIX, suffix=suffix)
+        os.close(fd)
+        return Path(path)
+
+    def open(self, sha256: str, *, size: int) -> BinaryIO:
+        """Opens a blob for reading, checking its size (and, once per process, its sha256).
+
+        Raises DataLoss when the file is missing, has the wrong size or the wrong digest.
+        """
+        path = self.path_for(sha256)
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            logger.error("blob %s is missing from %s", sha256, self.root)
+            raise DataLoss(f"the stored artifact {sha256} is missing on the server; ask the operator to "
+                           "re-upload this version") from None
+        try:
+            stat = os.fstat(f.fileno())
+            if stat.st_size != size:
+                logger.error("blob %s has %d bytes, the catalog says %d", sha256, stat.st_size, size)
+                raise DataLoss(f"the stored artifact {sha256} is corrupt (size {stat.st_size}, expected {size}); "
+                               "ask the operator to re-upload this version")
+            if self._verify:
+                self._check_digest(f, sha256=sha256, size=size, mtime_ns=stat.st_mtime_ns)
+            return f
+        except BaseException:
+            f.close()
+            raise
+
+    def _check_digest(self, f: BinaryIO, *, sha256: str, size: int, mtime_ns: int) -> None:
+        key = (sha256, size, mtime_ns)
+        with self._lock:
+            if key in self._verified:
+                return
+        digest = hashlib.sha256()
+        for block in iter(lambda: f.read(_READ_BLOCK), b""):
+            digest.update(block)
+        f.seek(0)
+        if digest.hexdigest() != sha256:
+            logger.error("blob %s has digest %s", sha256, digest.hexdigest())
+            raise DataLoss(f"the stored artifact {sha256} is corrupt (its bytes no longer match their sha256); "
+                           "ask the operator to re-upload this version")
+        with self._lock:
+            self._verified.add(key)
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the blob file is present."""
+        return self.path_for(sha256).exists()
+
+    def delete(self, sha256: str) -> None:
+        """Removes a blob (no error if it is already gone)."""
+        self.path_for(sha256).unlink(missing_ok=True)
+
+    def remove_temp_files(self) -> int:
+        """Deletes temp files left by a crash or a cut-off upload; returns how many.
+
+        Run at start-up, before serving: any temp file then belongs to a dead process.
+        """
+        removed = 0
+        # Blobs live in two-character subdirectories; every plain file directly in
+        # the root is a temp file (ours, or one models.export wrote beside it).
+        for path in self.root.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.info("removed %d leftover upload temp file(s) from %s", removed, self.root)
+        return removed
+
+    def collect_garbage(self, referenced: set[str], *, min_age_s: float = 3600.0) -> int:
+        """Deletes blobs no version references and older than `min_age_s`; returns how many.
+
+        The age guard spares blobs an in-flight upload has just stored but not
+        yet committed to the catalog.
+        """
+        removed = 0
+        cutoff = time.time() - min_age_s
+        for path in self.root.glob("??/*"):
+            if SHA256_RE.match(path.name) and path.name not in referenced and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            logger.info("removed %d unreferenced blob(s)", removed)
+        return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable, not only the file's bytes.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

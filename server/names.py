@@ -1,0 +1,70 @@
+"""Parsing resource names and ids; every hostile spelling is an InvalidArgument here."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from server.errors import InvalidArgument, shorten
+
+MODEL_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+LATEST = "latest"
+MAX_VERSION = 2**63 - 1
+MODEL_ID_RULE = ("model ids match ^[a-z][a-z0-9-]{1,62}$: 2 to 63 lower-case letters, digits "
+                 "or '-', starting with a letter")
+ALIAS_RULE = "aliases match ^[a-z][a-z0-9-]{0,31}$: a lower-case letter, then letters, digits or '-'"
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionRef:
+    """A parsed models/{model}/versions/{version-or-alias}."""
+
+    model_id: str
+    #: The number, when the name used one.
+    version: int | None
+    #: The alias, when the name used one.
+    alias: str | None
+
+
+def check_model_id(model_id: str) -> str:
+    """Returns `model_id` if valid, else raises InvalidArgument saying the rule."""
+    if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
+        raise InvalidArgument(f"invalid model id {shorten(str(model_id))}: {MODEL_ID_RULE}")
+    return model_id
+
+
+def check_alias(alias: str, *, settable: bool = False) -> str:
+    """Returns `alias` if valid; with `settable`, also refuses the server-owned `latest`."""
+    if not ALIAS_RE.match(alias):
+        raise InvalidArgument(f"invalid alias {shorten(alias)}: {ALIAS_RULE}")
+    if settable and alias == LATEST:
+        raise InvalidArgument("alias 'latest' is owned by the server (it always names the newest "
+                              "version); choose another alias, e.g. 'stable'")
+    return alias
+
+
+def parse_model_name(name: str) -> str:
+    """models/{model} -> model id."""
+    if not isinstance(name, str) or not name.startswith("models/"):
+        raise InvalidArgument(f"invalid model name {shorten(str(name))}: expected 'models/{{model}}'")
+    # Whatever follows is checked as an id, so '../x' or 'a/b' get the id rule in the message.
+    return check_model_id(name[len("models/"):])
+
+
+def parse_version_name(name: str) -> VersionRef:
+    """models/{model}/versions/{number-or-alias} -> VersionRef."""
+    if not isinstance(name, str) or not name.startswith("models/") or "/versions/" not in name:
+        raise InvalidArgument(f"invalid version name {shorten(str(name))}: expected "
+                              "'models/{model}/versions/{version}', where {version} is a number or an alias")
+    model_id, _, token = name[len("models/"):].rpartition("/versions/")
+    check_model_id(model_id)
+    if token.isascii() and token.isdigit():
+        if token.startswith("0") or int(token) > MAX_VERSION:
+            raise InvalidArgument(f"invalid version number {shorten(token)}: versions are numbered from 1, "
+                                  "without leading zeros")
+        return VersionRef(model_id=model_id, version=int(token), alias=None)
+    if not ALIAS_RE.match(token):
+        raise InvalidArgument(f"invalid alias {shorten(token)} in {shorten(name)}: {{version}} must be a version "
+                              f"number or an alias; {ALIAS_RULE}")
+    return VersionRef(model_id=model_id, version=None, alias=token)

@@ -1,0 +1,104 @@
+"""Pulls that survive outages, refuse corrupt bytes, and share a cache between processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client.errors import DataLossError, UnavailableError
+from tests.client.server_process import blob_files, cli_env
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_resume_after_the_server_is_killed_mid_pull(new_server, model_dir, tmp_path):
+    server = new_server(chunk_size=4096)
+    with server.client(tmp_path / "op", token="operator") as op:
+        op.register(model_dir, "resume-model")
+    expected = sha256(model_dir / "model.safetensors")
+    size = (model_dir / "model.safetensors").stat().st_size
+    cache = tmp_path / "cache"
+
+    def kill_after_some_bytes(done: int, total: int) -> None:
+        if done >= 64 * 1024:
+            server.kill()
+
+    with server.client(cache) as xfer:
+        with pytest.raises(UnavailableError):
+            xfer.pull("resume-model", progress=kill_after_some_bytes)
+    partial = cache / "partial" / f"{expected}.partial"
+    kept = partial.stat().st_size
+    assert 64 * 1024 <= kept < size
+    assert not (cache / "blobs" / expected).exists()  # nothing unverified is visible
+
+    server.start()  # same data dir, new port
+    with server.client(cache) as xfer:
+        result = xfer.pull("resume-model")
+    assert result.resumed_from == kept > 0
+    assert result.transferred_bytes == size - kept
+    assert sha256(result.blob_path) == expected and not partial.exists()
+
+
+def test_resume_from_a_half_partial_and_restart_on_bad_partials(xfer_server, model_dir, tmp_path):
+    data = (model_dir / "model.safetensors").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    for name, content, resumed, restarts in [
+        ("half", data[: len(data) // 2], len(data) // 2, 0),
+        # Garbage of the right length prefix: the digest check fails, the pull starts over once.
+        ("garbage", b"\xff" * (len(data) // 2), len(data) // 2, 1),
+        # Longer than the artifact: discarded up front.
+        ("too-long", data + b"extra", 0, 0),
+    ]:
+        cache = tmp_path / name
+        (cache / "partial").mkdir(parents=True)
+        (cache / "partial" / f"{digest}.partial").write_bytes(content)
+        with xfer_server.client(cache) as xfer:
+            result = xfer.pull("digits-convnet:1")
+        assert (result.resumed_from, result.restarts) == (resumed, restarts), name
+        assert sha256(result.blob_path) == digest, name
+        expected_transfer = len(data) - resumed if restarts == 0 else len(data) * 2 - resumed
+        assert result.transferred_bytes == expected_transfer, name
+
+
+def test_corrupt_blob_on_the_server_gives_a_clear_error_and_no_cached_file(new_server, model_dir, tmp_path):
+    server = new_server()
+    with server.client(tmp_path / "op", token="operator") as op:
+        version = op.register(model_dir, "corrupt-model")
+    digest = version.artifact("safetensors").sha256
+    (blob,) = [p for p in blob_files(server) if p.name == digest]
+    raw = bytearray(blob.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # flip one byte: same size, different digest
+    blob.write_bytes(bytes(raw))
+    cache = tmp_path / "cache"
+    with server.client(cache) as xfer:
+        with pytest.raises(DataLossError) as info:
+            xfer.pull("corrupt-model", "safetensors")
+    assert isinstance(info.value, IOError) and "corrupt" in str(info.value)
+    assert not (cache / "blobs" / digest).exists()
+    assert not (cache / "partial" / f"{digest}.partial").exists()
+
+
+def test_two_processes_pulling_at_once_end_with_one_correct_file(xfer_server, model_dir, tmp_path):
+    cache = tmp_path / "shared-cache"
+    env = cli_env(xfer_server, cache, xfer_server.client_token)
+    command = [sys.executable, "-m", "client.cli", "pull", "digits-convnet:1", "--json"]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    size = (model_dir / "model.safetensors").stat().st_size
+    # The lock makes one process download and the other find the finished blob.
+    assert sorted(r["transferred_bytes"] for r in results) == [0, size]
+    blobs = list((cache / "blobs").iterdir())
+    assert len(blobs) == 1 and sha256(blobs[0]) == results[0]["sha256"] == results[1]["sha256"]
+    assert not list((cache / "partial").iterdir())

@@ -1,0 +1,186 @@
+"""DP-SGD: the accountant's ε, real clipping and noise, frozen layers free, incompatible layers named."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from finetune_helpers import changed, snapshot
+
+from client.finetune.errors import PrivacyError
+from client.finetune.privacy import DPPlan, PrivacyConfig, PrivateRun, default_delta, make_compatible, plan_dp
+from client.finetune.trainer import finetune
+
+
+def dp_run(model, card, data, *, seed=0, strategy="full", epochs=2, **privacy):
+    config = PrivacyConfig(**{"epsilon": 3.0, "accountant": "rdp", **privacy})
+    return finetune(model, train=data.train, val=None, strategy=strategy, epochs=epochs, batch_size=32, card=card,
+                    label_names=data.label_names, privacy=config, device="cpu", seed=seed)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_reported_epsilon_is_the_accountants(model, card, small_blur, accountant):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    result = dp_run(model, card, small_blur, accountant=accountant, epochs=2)
+    p = result.privacy
+    n = len(small_blur.train)
+    assert p.sample_rate == pytest.approx(1 / math.ceil(n / 32))
+    assert p.steps == 2 * math.ceil(n / 32)
+    assert p.delta == pytest.approx(min(1e-5, 1 / n**1.1))
+    independent = {"rdp": RDPAccountant, "prv": PRVAccountant}[accountant]()
+    independent.history = [(p.noise_multiplier, p.sample_rate, p.steps)]
+    assert p.epsilon_spent == pytest.approx(independent.get_epsilon(delta=p.delta), rel=1e-9)
+    # The noise was solved for the target: spent is at most the target, and close to it.
+    assert 2.9 <= p.epsilon_spent <= 3.0 + 1e-6
+
+
+def test_default_delta():
+    assert default_delta(1000) == 1e-5
+    assert default_delta(100) == 1e-5
+    assert default_delta(100_000) == pytest.approx(100_000**-1.1)
+
+
+def test_invalid_privacy_config():
+    with pytest.raises(PrivacyError, match="epsilon"):
+        PrivacyConfig(epsilon=0)
+    with pytest.raises(PrivacyError, match="accountant"):
+        PrivacyConfig(epsilon=1, accountant="gdp-ish")
+
+
+def test_unreachable_epsilon_is_a_clear_error(monkeypatch):
+    import opacus.accountants.utils as utils
+
+    def refuse(**kwargs):
+        raise ValueError("The privacy budget is too low.")
+
+    # The real search takes ~30 s to give up; the message is what this test is about.
+    monkeypatch.setattr(utils, "get_noise_multiplier", refuse)
+    with pytest.raises(PrivacyError, match="cannot reach epsilon=1e-09.*raise epsilon or train fewer epochs"):
+        plan_dp(PrivacyConfig(epsilon=1e-9, delta=1e-5, accountant="rdp"), n=100, batch_size=50, epochs=10)
+
+
+def _plan(noise: float, clip: float) -> DPPlan:
+    return DPPlan(noise_multiplier=noise, sample_rate=0.25, steps=1, delta=1e-5, target_epsilon=1.0,
+                  max_grad_norm=clip, accountant="rdp", ghost_clipping=False)
+
+
+def _per_example_grads(model, x, y):
+    grads = []
+    for i in range(len(y)):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    return grads
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_dp_step_clips_each_example_and_adds_noise(model, small_blur):
+    x, y = small_blur.train.x[:8], small_blur.train.y[:8]
+    clip = 0.05
+    reference = _per_example_grads(model, x, y)
+    norms = [math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values())) for grads in reference]
+    assert min(norms) > clip  # so clipping really bites
+    clipped_sum = {n: sum(g[n] * min(1.0, clip / (norm + 1e-6)) for g, norm in zip(reference, norms))
+                   for n in reference[0]}
+    for grads, norm in zip(reference, norms):
+        scaled = math.sqrt(sum(float((g * min(1.0, clip / (norm + 1e-6))).pow(2).sum()) for g in grads.values()))
+        assert scaled <= clip + 1e-6
+
+    def privatised_grad(noise: float, seed: int) -> dict[str, torch.Tensor]:
+        run = PrivateRun(_plan(noise, clip), n=32, batch_size=8, seed=seed, device=torch.device("cpu"))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        net, dp_opt, crit = run.wrap(model, opt, torch.nn.CrossEntropyLoss())
+        dp_opt.zero_grad()
+        crit(net(x), y).backward()
+        # Opacus' own per-sample gradients agree with the per-example loop.
+        for (name, p) in model.named_parameters():
+            assert torch.allclose(p.grad_sample[0], reference[0][name], atol=1e-5)
+        dp_opt.pre_step()
+        out = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        run.unwrap(net)
+        return out
+
+    # Without noise the DP gradient is exactly the mean of clipped per-example gradients.
+    exact = privatised_grad(0.0, seed=0)
+    for n in exact:
+        assert torch.allclose(exact[n], clipped_sum[n] / 8, atol=1e-6), n
+    # With noise it differs, by seed, and repeats for the same seed.
+    noisy_a, noisy_b, noisy_a2 = privatised_grad(1.0, 0), privatised_grad(1.0, 1), privatised_grad(1.0, 0)
+    assert any(not torch.allclose(noisy_a[n], exact[n]) for n in exact)
+    assert any(not torch.equal(noisy_a[n], noisy_b[n]) for n in exact)
+    assert all(torch.equal(noisy_a[n], noisy_a2[n]) for n in exact)
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # unwrap cleans up
+
+
+def test_two_seeds_differ_same_seed_repeats(model, card, small_blur):
+    a = dp_run(model, card, small_blur, seed=1, epochs=1)
+    b = dp_run(model, card, small_blur, seed=2, epochs=1)
+    a2 = dp_run(model, card, small_blur, seed=1, epochs=1)
+    sa, sb, sa2 = a.model.state_dict(), b.model.state_dict(), a2.model.state_dict()
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(torch.equal(sa[k], sa2[k]) for k in sa)
+
+
+def test_frozen_blocks_stay_frozen_and_are_not_privatised(model, card, small_blur, monkeypatch):
+    hooked: list[set[str]] = []
+    original = PrivateRun.wrap
+
+    def spy(self, module, optimizer, criterion):
+        out = original(self, module, optimizer, criterion)
+        hooked.append({type(m).__name__ + ":" + n for n, m in module.named_modules()
+                       if any(p.requires_grad for p in m.parameters(recurse=False))})
+        trainable = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        assert trainable == {id(p) for p in module.head.parameters()}
+        return out
+
+    monkeypatch.setattr(PrivateRun, "wrap", spy)
+    before = snapshot(model)
+    result = dp_run(model, card, small_blur, strategy="linear-probe", epochs=1)
+    assert changed(before, result.model) == {"head.weight", "head.bias"}
+    assert hooked == [{"Linear:head"}]
+
+
+def test_ghost_clipping_trains(model, card, small_blur):
+    result = dp_run(model, card, small_blur, epochs=1, ghost_clipping=True)
+    assert result.privacy.ghost_clipping and result.privacy.epsilon_spent > 0
+    assert changed(snapshot(model), result.model)
+
+
+def test_dp_works_for_mlp(card, small_blur):
+    from models import card_for_model, create_model
+
+    m = create_model("mlp", hidden=(32,))
+    c = card_for_model(m, label_names=card.label_names, input_mean=(0.3,), input_std=(0.4,))
+    assert dp_run(m, c, small_blur, epochs=1).privacy.epsilon_spent > 0
+
+
+def test_layer_without_per_example_gradients_is_named(card, small_blur):
+    """vit_tiny looks its class token and positions up with shared ids: no per-example gradient."""
+    from models import card_for_model, create_model
+
+    m = create_model("vit_tiny", dim=16, depth=1)
+    c = card_for_model(m, label_names=card.label_names, input_mean=(0.3,), input_std=(0.4,))
+    with pytest.raises(PrivacyError, match=r"stem\.cls_token\.weight, stem\.positions\.weight"):
+        dp_run(m, c, small_blur, epochs=1)
+    # Freezing the offending block is the documented way out.
+    assert dp_run(m, c, small_blur, epochs=1, strategy="linear-probe").privacy.epsilon_spent > 0
+
+
+class BatchNormNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+
+
+def test_incompatible_layer_is_named():
+    with pytest.raises(PrivacyError, match=r"bn \(BatchNorm2d\)"):
+        make_compatible(BatchNormNet())
+
+
+def test_frozen_incompatible_layer_is_fine():
+    net = BatchNormNet()
+    net.bn.requires_grad_(False)
+    assert make_compatible(net) is net

@@ -1,0 +1,95 @@
+"""Content-addressed blob store: atomic commits, size limits, verification, clean-up."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from server.blobs import BlobStore, check_sha256
+from server.errors import DataLoss, InvalidArgument, ResourceExhausted
+
+
+def _put(store: BlobStore, data: bytes) -> str:
+    writer = store.writer(max_bytes=1 << 20)
+    for start in range(0, len(data), 7):
+        writer.write(data[start:start + 7])
+    return store.commit(writer)
+
+
+def test_commit_is_content_addressed(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    sha = _put(store, b"hello world")
+    assert sha == hashlib.sha256(b"hello world").hexdigest()
+    assert store.path_for(sha) == tmp_path / "blobs" / sha[:2] / sha
+    assert _put(store, b"hello world") == sha  # the same bytes twice: one blob
+    assert [p for p in (tmp_path / "blobs").iterdir() if p.is_file()] == []  # no temp file left
+    with store.open(sha, size=11) as f:
+        assert f.read() == b"hello world"
+
+
+def test_size_limit(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    with store.writer(max_bytes=4) as writer:
+        writer.write(b"1234")
+        with pytest.raises(ResourceExhausted, match="larger than the server's limit of 4 bytes"):
+            writer.write(b"5")
+        temp = writer.path
+    assert not temp.exists()
+
+
+def test_corruption_is_data_loss(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    sha = _put(store, b"precious bytes")
+    with pytest.raises(DataLoss, match="size 14, expected 15"):
+        store.open(sha, size=15)
+    path = store.path_for(sha)
+    path.write_bytes(b"precious bytez")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1000))
+    with pytest.raises(DataLoss, match="no longer match"):
+        store.open(sha, size=14)
+    path.unlink()
+    with pytest.raises(DataLoss, match="missing"):
+        store.open(sha, size=14)
+
+
+def test_verification_is_cached_but_notices_rewrites(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    sha = _put(store, b"abc")
+    store.open(sha, size=3).close()
+    path = store.path_for(sha)
+    path.write_bytes(b"abd")  # same size; mtime changes, so it is hashed again
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
+    with pytest.raises(DataLoss):
+        store.open(sha, size=3)
+
+
+def test_garbage_collection_spares_referenced_and_young_blobs(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    keep, drop = _put(store, b"keep"), _put(store, b"drop")
+    assert store.collect_garbage({keep}) == 0  # too young
+    old = time.time() - 7200
+    for sha in (keep, drop):
+        os.utime(store.path_for(sha), (old, old))
+    assert store.collect_garbage({keep}) == 1
+    assert store.exists(keep) and not store.exists(drop)
+
+
+def test_remove_temp_files(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    writer = store.writer(max_bytes=10)
+    writer.write(b"half")
+    writer.finish()
+    sha = _put(store, b"kept")
+    assert store.remove_temp_files() == 1
+    assert not writer.path.exists() and store.exists(sha)
+
+
+def test_sha256_syntax() -> None:
+    assert check_sha256("a" * 64) == "a" * 64
+    for bad in ("A" * 64, "a" * 63, "../" + "a" * 61, ""):
+        with pytest.raises(InvalidArgument):
+            check_sha256(bad)

@@ -1,0 +1,78 @@
+"""Proto <-> domain converters, resource names and the error mapping."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import pytest
+
+from models import card_for_model, create_model
+from models.errors import InvalidCardError
+from server import convert
+from server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, VersionRecord
+from server.errors import DataLoss, InvalidArgument, NotFound, status_for
+from server.names import parse_model_name, parse_version_name
+from xfer.v1 import model_pb2
+
+
+def test_card_round_trip_and_privacy() -> None:
+    card = card_for_model(create_model("convnet", width=8), input_mean=(0.5,), input_std=(0.25,),
+                          label_names=tuple(str(i) for i in range(10)), dp_epsilon=3.0, dp_delta=1e-5,
+                          framework_versions={"torch": "2.13.0"}, description="d")
+    proto = convert.card_to_proto(card)
+    assert proto.source_privacy.dp and proto.source_privacy.epsilon == 3.0
+    back = convert.card_from_proto(proto)
+    # Struct numbers come back as doubles; everything else is identical.
+    assert back.architecture_config["width"] == 8.0
+    assert back.__class__(**{**back.__dict__, "architecture_config": card.architecture_config}) == card
+    plain = convert.card_from_proto(convert.card_to_proto(card_for_model(create_model("mlp"))))
+    assert plain.dp_epsilon is None and plain.dp_delta is None and not plain.private
+
+
+def test_version_and_model_to_proto() -> None:
+    card = card_for_model(create_model("mlp"))
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    record = VersionRecord(model_id="m", version=3, card=card, artifacts=(
+        ArtifactRecord(format=ArtifactFormat.ONNX, size_bytes=5, sha256="a" * 64, derived=True),),
+        aliases=("latest",), create_time=now, deprecated=True, deprecation_message="old")
+    proto = convert.version_to_proto(record)
+    assert proto.name == "models/m/versions/3" and proto.artifacts[0].format == model_pb2.ARTIFACT_FORMAT_ONNX
+    assert proto.create_time.ToDatetime(tzinfo=dt.timezone.utc) == now and proto.deprecated
+    model = convert.model_to_proto(ModelRecord(model_id="m", latest_version=3, version_count=1,
+                                               aliases={"latest": 3}, latest_card=card, create_time=now,
+                                               update_time=now))
+    assert model.latest_version == "models/m/versions/3" and model.latest_card.architecture == "mlp"
+
+
+def test_formats() -> None:
+    assert convert.format_from_proto(model_pb2.ARTIFACT_FORMAT_UNSPECIFIED) is None
+    assert convert.format_from_proto(model_pb2.ARTIFACT_FORMAT_TORCH_STATE_DICT) is ArtifactFormat.TORCH_STATE_DICT
+    with pytest.raises(InvalidArgument, match="unknown artifact format 99"):
+        convert.format_from_proto(99)
+
+
+@pytest.mark.parametrize("name", ["", "models/", "models/a", "model/ab/versions/1", "models/ab/versions/",
+                                  "models/ab/versions/0", "models/ab/versions/007", "models/ab/versions/-1",
+                                  "models/ab/versions/1/x", "models/../ab/versions/1",
+                                  "models/ab/versions/9223372036854775808", "models/ab/versions/LATEST"])
+def test_bad_version_names(name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_version_name(name)
+
+
+def test_good_names() -> None:
+    assert parse_version_name("models/ab/versions/12").version == 12
+    assert parse_version_name("models/ab/versions/stable").alias == "stable"
+    assert parse_model_name("models/a-1") == "a-1"
+    with pytest.raises(InvalidArgument, match="2 to 63"):
+        parse_model_name("models/" + "a" * 64)
+
+
+def test_status_mapping() -> None:
+    assert status_for(NotFound("x")).code == grpc.StatusCode.NOT_FOUND
+    assert status_for(DataLoss("x")).code == grpc.StatusCode.DATA_LOSS
+    assert status_for(InvalidCardError("bad card")).code == grpc.StatusCode.INVALID_ARGUMENT
+    internal = status_for(KeyError("secret"), request_id="abc")
+    assert internal.code == grpc.StatusCode.INTERNAL and not internal.expected
+    assert "secret" not in internal.message and "abc" in internal.message

@@ -1,0 +1,329 @@
+"""Hostile inputs against a real in-process server: each asserts the status code and message."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import threading
+import time
+
+import grpc
+import onnx
+import pytest
+import torch
+
+from models import create_model
+from models.weights import save_safetensors
+from server_testkit import (ONNX, SAFETENSORS, TORCH, Artifact, Stubs, load_card, model_artifacts, rpc_error,
+                            upload_requests)
+from xfer.v1 import registry_service_pb2 as rs
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def server_and_stubs(start_server, tokens):
+    running = start_server(token_file=tokens.file)
+    channel = grpc.insecure_channel(running.target)
+    yield running, Stubs.on(channel, tokens.operator)
+    channel.close()
+
+
+@pytest.fixture
+def stubs(server_and_stubs) -> Stubs:
+    return server_and_stubs[1]
+
+
+def _nothing_registered(stubs: Stubs) -> None:
+    assert list(stubs.registry.ListModels(rs.ListModelsRequest(), metadata=stubs.md).models) == []
+
+
+def _assert_error(err: grpc.RpcError, code: grpc.StatusCode, *fragments: str) -> None:
+    assert err.code() == code, f"{err.code()}: {err.details()}"
+    for fragment in fragments:
+        assert fragment in err.details(), err.details()
+
+
+class _Evil:
+    def __init__(self, call, args):
+        self._call, self._args = call, args
+
+    def __reduce__(self):
+        return self._call, self._args
+
+
+def test_pickle_that_runs_code_is_rejected_and_never_runs(stubs, source_model_dir, tmp_path) -> None:
+    marker = tmp_path / "pwned-by-system"
+    evil = tmp_path / "evil.pt"
+    # torch.save pickles the object's __reduce__: loading it would call os.system.
+    torch.save({"stem.0.weight": _Evil(os.system, (f"touch {marker}",))}, evil)
+    err = rpc_error(lambda: stubs.upload(model="evil", card=load_card(source_model_dir),
+                                         artifacts=[Artifact(TORCH, evil.read_bytes())]))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "torch.load(weights_only=True)", "posix.system")
+    assert "False" not in err.details()  # torch's "retry with weights_only=False" advice is not passed on
+    assert not marker.exists()
+    _nothing_registered(stubs)
+
+
+def test_raw_pickle_that_opens_a_file_is_rejected(stubs, source_model_dir, tmp_path) -> None:
+    marker = tmp_path / "pwned-by-open"
+    payload = pickle.dumps(_Evil(open, (str(marker), "w")), protocol=2)
+    err = rpc_error(lambda: stubs.upload(model="evil", card=load_card(source_model_dir),
+                                         artifacts=[Artifact(TORCH, payload)]))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "could not be read with torch.load(weights_only=True)",
+                  "GLOBAL io.open")
+    assert not marker.exists()
+    _nothing_registered(stubs)
+
+
+def test_torch_state_dict_upload_is_stored_as_safetensors(stubs, source_model_dir, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(source_model_dir / "model.safetensors"))
+    pt = tmp_path / "model.pt"
+    torch.save(state, pt)
+    version = stubs.upload(model="from-pt", card=load_card(source_model_dir), artifacts=[Artifact(TORCH, pt.read_bytes())])
+    formats = {a.format: a for a in version.artifacts}
+    assert set(formats) == {SAFETENSORS, ONNX} and formats[SAFETENSORS].derived and formats[ONNX].derived
+    stored = stubs.read(version.name, SAFETENSORS).data
+    (tmp_path / "back.safetensors").write_bytes(stored)
+    back = load_file(str(tmp_path / "back.safetensors"))
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_safetensors_offsets_past_the_file(stubs, source_model_dir) -> None:
+    data = (source_model_dir / "model.safetensors").read_bytes()[:-100]  # header promises 100 more bytes
+    err = rpc_error(lambda: stubs.upload(model="short", card=load_card(source_model_dir),
+                                         artifacts=[Artifact(SAFETENSORS, data)]))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "invalid safetensors artifact", "data_offsets run to byte")
+    _nothing_registered(stubs)
+
+
+def test_safetensors_forged_header_length(stubs, source_model_dir) -> None:
+    data = struct.pack("<Q", 2**40) + b"{}"
+    err = rpc_error(lambda: stubs.upload(model="forged", card=load_card(source_model_dir),
+                                         artifacts=[Artifact(SAFETENSORS, data)]))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "header claims", "above the limit")
+
+
+def test_tensor_shapes_that_do_not_match_the_architecture(stubs, source_model_dir, tmp_path) -> None:
+    narrow = create_model("convnet", width=8, groups=4)  # same tensor names, other shapes
+    path = tmp_path / "narrow.safetensors"
+    save_safetensors(narrow, path)
+    err = rpc_error(lambda: stubs.upload(model="narrow", card=load_card(source_model_dir),
+                                         artifacts=[Artifact(SAFETENSORS, path.read_bytes())]))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "tensor 'stem.0.weight' is F32[8, 1, 3, 3]",
+                  "needs F32[16, 1, 3, 3]")
+    _nothing_registered(stubs)
+
+
+def test_onnx_with_external_data(stubs, source_model_dir, tmp_path) -> None:
+    proto = onnx.load(str(source_model_dir / "model.onnx"))
+    path = tmp_path / "external.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    artifacts = model_artifacts(source_model_dir, onnx=False) + [Artifact(ONNX, path.read_bytes())]
+    err = rpc_error(lambda: stubs.upload(model="external", card=load_card(source_model_dir), artifacts=artifacts))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "reference external data")
+    _nothing_registered(stubs)
+
+
+def test_onnx_that_disagrees_with_the_weights(stubs, source_model_dir, tmp_path) -> None:
+    other = create_model("convnet")  # random weights, same architecture
+    path = tmp_path / "other.safetensors"
+    save_safetensors(other, path)
+    artifacts = [Artifact(SAFETENSORS, path.read_bytes()), Artifact(ONNX, (source_model_dir / "model.onnx").read_bytes())]
+    err = rpc_error(lambda: stubs.upload(model="mismatch", card=load_card(source_model_dir), artifacts=artifacts))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "differ from the uploaded weights", "tolerance 0.0001")
+
+
+def test_declared_sha256_that_does_not_match(stubs, source_model_dir) -> None:
+    artifacts = model_artifacts(source_model_dir)
+    artifacts[0].declared_sha256 = "0" * 64
+    err = rpc_error(lambda: stubs.upload(model="digest", card=load_card(source_model_dir), artifacts=artifacts))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "sha256 mismatch for the SAFETENSORS artifact")
+    _nothing_registered(stubs)
+
+
+def test_declared_size_above_the_limit(start_server, source_model_dir) -> None:
+    running = start_server(max_artifact_bytes=1000)
+    with grpc.insecure_channel(running.target) as channel:
+        err = rpc_error(lambda: Stubs.on(channel).register("big", source_model_dir))
+    _assert_error(err, grpc.StatusCode.RESOURCE_EXHAUSTED, "above the server's limit of 1000")
+
+
+@pytest.mark.parametrize("model_id", ["../x", "A B", "x" * 10_000])
+def test_hostile_model_ids(stubs, source_model_dir, model_id) -> None:
+    err = rpc_error(lambda: stubs.register(model_id, source_model_dir))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "model ids match ^[a-z][a-z0-9-]{1,62}$")
+    assert len(err.details()) < 400  # a 10,000-character id is not echoed back whole
+    err = rpc_error(lambda: stubs.get(f"models/{model_id}/versions/1"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _nothing_registered(stubs)
+
+
+def test_chunks_before_the_header(stubs, source_model_dir) -> None:
+    requests = list(upload_requests(parent="models/order", card=load_card(source_model_dir),
+                                    artifacts=model_artifacts(source_model_dir)))
+    err = rpc_error(lambda: stubs.registry.CreateModelVersion(iter(requests[1:] + requests[:1]), metadata=stubs.md))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "first message of CreateModelVersion must be the header")
+
+
+def test_latest_cannot_be_set_by_hand(stubs, source_model_dir) -> None:
+    stubs.register("digits", source_model_dir)
+    err = rpc_error(lambda: stubs.registry.SetAlias(rs.SetAliasRequest(name="models/digits/versions/1", alias="latest"),
+                                                    metadata=stubs.md))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "owned by the server")
+
+
+def test_bad_page_token(stubs) -> None:
+    err = rpc_error(lambda: stubs.registry.ListModels(rs.ListModelsRequest(page_token="garbage!"), metadata=stubs.md))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
+
+
+def test_read_offset_past_the_end(stubs, source_model_dir) -> None:
+    stubs.register("digits", source_model_dir)
+    size = (source_model_dir / "model.safetensors").stat().st_size
+    at_end = stubs.read("models/digits/versions/1", SAFETENSORS, offset=size)
+    assert at_end.data == b"" and len(at_end.responses) == 1 and at_end.first.total_size_bytes == size
+    err = rpc_error(lambda: stubs.read("models/digits/versions/1", SAFETENSORS, offset=size + 1))
+    _assert_error(err, grpc.StatusCode.OUT_OF_RANGE, "past the end")
+    err = rpc_error(lambda: stubs.read("models/digits/versions/1", SAFETENSORS, offset=-1))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "must not be negative")
+    err = rpc_error(lambda: stubs.read("models/digits/versions/1", 0))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "format is unspecified")
+    err = rpc_error(lambda: stubs.read("models/digits/versions/9", SAFETENSORS))
+    _assert_error(err, grpc.StatusCode.NOT_FOUND, "does not exist")
+
+
+def test_corrupt_blob_is_data_loss(server_and_stubs, source_model_dir) -> None:
+    running, stubs = server_and_stubs
+    version = stubs.register("digits", source_model_dir)
+    sha = next(a.sha256 for a in version.artifacts if a.format == SAFETENSORS)
+    blob = running.config.blob_dir / sha[:2] / sha
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # same size, different bytes
+    blob.write_bytes(bytes(data))
+    err = rpc_error(lambda: stubs.read(version.name, SAFETENSORS))
+    _assert_error(err, grpc.StatusCode.DATA_LOSS, "corrupt")
+
+
+# -- authentication ------------------------------------------------------------------
+def test_no_token(server_and_stubs) -> None:
+    running, _ = server_and_stubs
+    with grpc.insecure_channel(running.target) as channel:
+        err = rpc_error(lambda: Stubs.on(channel).registry.ListModels(rs.ListModelsRequest()))
+    _assert_error(err, grpc.StatusCode.UNAUTHENTICATED, "missing credentials", "Bearer")
+
+
+def test_wrong_token(server_and_stubs) -> None:
+    running, _ = server_and_stubs
+    with grpc.insecure_channel(running.target) as channel:
+        wrong = Stubs.on(channel, "xfer_not-a-real-token")
+        err = rpc_error(lambda: wrong.registry.ListModels(rs.ListModelsRequest(), metadata=wrong.md))
+    _assert_error(err, grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+
+
+def test_client_token_cannot_create_versions(server_and_stubs, tokens, source_model_dir) -> None:
+    running, _ = server_and_stubs
+    with grpc.insecure_channel(running.target) as channel:
+        client = Stubs.on(channel, tokens.client)
+        err = rpc_error(lambda: client.register("digits", source_model_dir))
+        _assert_error(err, grpc.StatusCode.PERMISSION_DENIED, "role 'client' may not call "
+                      "/xfer.v1.RegistryService/CreateModelVersion")
+        assert list(client.registry.ListModels(rs.ListModelsRequest(), metadata=client.md).models) == []
+
+
+def test_tokens_never_logged(server_and_stubs, tokens, caplog) -> None:
+    running, _ = server_and_stubs
+    caplog.set_level("DEBUG")
+    with grpc.insecure_channel(running.target) as channel:
+        Stubs.on(channel, tokens.operator).registry.ListModels(rs.ListModelsRequest(), metadata=[
+            ("authorization", f"Bearer {tokens.operator}")])
+        wrong = Stubs.on(channel, "xfer_leaked-secret")
+        err = rpc_error(lambda: wrong.registry.ListModels(rs.ListModelsRequest(), metadata=wrong.md))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "ListModels OK" in caplog.text  # the access log did run
+    assert tokens.operator not in caplog.text and "leaked-secret" not in caplog.text
+
+
+# -- cut-off uploads ---------------------------------------------------------------------
+def test_stream_cut_off_mid_upload(start_server, data_dir, source_model_dir) -> None:
+    running = start_server()
+    requests = list(upload_requests(parent="models/cut", card=load_card(source_model_dir),
+                                    artifacts=model_artifacts(source_model_dir), chunk_size=4096))
+    sent = threading.Event()
+    release = threading.Event()
+
+    def stream():
+        yield from requests[:4]  # the header and three chunks
+        sent.set()
+        release.wait(10)
+
+    channel = grpc.insecure_channel(running.target)
+    stubs = Stubs.on(channel)
+    future = stubs.registry.CreateModelVersion.future(stream())
+    assert sent.wait(10)
+    blob_root = running.config.blob_dir
+    deadline = time.monotonic() + 5
+    while not list(blob_root.glob(".upload-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(blob_root.glob(".upload-*")), "the server should be streaming into a temp file"
+    future.cancel()
+    release.set()
+    with pytest.raises(grpc.FutureCancelledError):
+        future.result()
+    # The handler notices the cancellation and removes its temp files.
+    deadline = time.monotonic() + 5
+    while [p for p in blob_root.iterdir() if p.is_file()] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in blob_root.iterdir() if p.is_file()] == []
+    _nothing_registered(stubs)
+    err = rpc_error(lambda: stubs.get("models/cut/versions/1"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    channel.close()
+    running.stop(0)
+    # After a restart on the same data dir: still nothing, no temp files, no blobs.
+    again = start_server()
+    with grpc.insecure_channel(again.target) as channel:
+        _nothing_registered(Stubs.on(channel))
+    assert [p for p in blob_root.iterdir() if p.is_file()] == []
+    assert list(blob_root.glob("??/*")) == []
+
+
+def test_startup_removes_leftover_temp_files(start_server, data_dir) -> None:
+    blobs = data_dir / "blobs"
+    blobs.mkdir()
+    leftover = blobs / ".upload-crashed.tmp"
+    leftover.write_bytes(b"half an upload")
+    export_leftover = blobs / "..upload-x.onnx.tmp.abc.tmp"
+    export_leftover.write_bytes(b"half an export")
+    start_server()
+    assert not leftover.exists() and not export_leftover.exists()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+def test_tls(start_server, tls_files) -> None:
+    running = start_server(tls_cert=tls_files.server_cert, tls_key=tls_files.server_key)
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls_files.ca_cert.read_bytes())
+    with grpc.secure_channel(running.target, credentials) as channel:
+        assert list(Stubs.on(channel).registry.ListModels(rs.ListModelsRequest(), timeout=10).models) == []
+    # A plaintext client cannot talk to a TLS server.
+    with grpc.insecure_channel(running.target) as channel:
+        err = rpc_error(lambda: Stubs.on(channel).registry.ListModels(rs.ListModelsRequest(), timeout=5))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls(start_server, tls_files) -> None:
+    running = start_server(tls_cert=tls_files.server_cert, tls_key=tls_files.server_key,
+                           tls_client_ca=tls_files.ca_cert)
+    with_cert = grpc.ssl_channel_credentials(root_certificates=tls_files.ca_cert.read_bytes(),
+                                             private_key=tls_files.client_key.read_bytes(),
+                                             certificate_chain=tls_files.client_cert.read_bytes())
+    with grpc.secure_channel(running.target, with_cert) as channel:
+        assert list(Stubs.on(channel).registry.ListModels(rs.ListModelsRequest(), timeout=10).models) == []
+    without_cert = grpc.ssl_channel_credentials(root_certificates=tls_files.ca_cert.read_bytes())
+    with grpc.secure_channel(running.target, without_cert) as channel:
+        err = rpc_error(lambda: Stubs.on(channel).registry.ListModels(rs.ListModelsRequest(), timeout=5))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE

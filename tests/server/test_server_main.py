@@ -1,0 +1,46 @@
+"""`python -m server`: the listening line, signals, exit codes, refusals."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_sigint_stops_cleanly(spawn_server) -> None:
+    server = spawn_server()
+    with grpc.insecure_channel(server.target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(timeout=30) == 0
+    assert any("shutting down" in line for line in server.output)
+
+
+def test_non_loopback_without_tokens_exits_2(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "server", "--host", "0.0.0.0", "--port", "0",
+                             "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "refusing to listen on '0.0.0.0' without authentication" in result.stderr
+
+
+def test_data_dir_from_environment(tmp_path: Path) -> None:
+    env_dir = tmp_path / "from-env"
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0"], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={"XFER_DATA_DIR": str(env_dir), "PATH": "/usr/bin:/bin"})
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("xfer-server listening on 127.0.0.1:")
+        assert (env_dir / "xfer.db").exists() and (env_dir / "blobs").is_dir()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
