@@ -11,7 +11,7 @@ warm-up round is discarded; then the two sides alternate for --reps rounds
 and the medians are compared. Prints both ratios (ours / baseline; ≥ 0.95
 is the target).
 
-    .venv/bin/python bench/finetune.py [--reps 5] [--epochs 3] [--device cpu]
+    .venv/bin/python bench/finetune.py [--reps 5] [--epochs 3] [--device cpu] [--threads 1]
 """
 
 from __future__ import annotations
@@ -129,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--skip-dp", action="store_true")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for both sides (1: stable numbers on a shared machine)")
     args = parser.parse_args(argv)
 
     setup = resolve_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model("convnet", width=args.width, depth=3)
     data = make_data(args.examples)

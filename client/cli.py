@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +112,10 @@ class _Parser(argparse.ArgumentParser):
         if message:
             self._print_message(message, sys.stderr)
         raise _Exit(status)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line like every other failure, instead of argparse's usage block.
+        self.exit(EXIT_USAGE, f"xfer: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,10 +435,12 @@ def cmd_finetune(rest: list[str], io: Io, base: argparse.Namespace, environ: Map
             loaded = client.load_torch(args.ref, progress=download)
         finally:
             download.close()
-        # The engine prints its per-epoch progress on stdout; --json keeps stdout for the document.
+        as_json = getattr(args, "json", False)
+        # Per-epoch progress only for a person watching (and never into --json output).
+        live = not as_json and bool(getattr(io.err, "isatty", lambda: False)())
         outcome = finetune_command.run(args, model=loaded.module, card=loaded.card,
                                        cache_dir=Path(getattr(args, "cache_dir", None) or default_cache_dir(environ)),
-                                       progress=not getattr(args, "json", False))
+                                       progress=live)
         reported = None
         if not args.no_report:
             run = Run.from_report_fields(
@@ -444,14 +449,17 @@ def cmd_finetune(rest: list[str], io: Io, base: argparse.Namespace, environ: Map
             )
             reported = client.report(run)
     paths = getattr(outcome, "paths", None)
-    if getattr(args, "json", False):
+    if as_json:
         io.json({"model_version": loaded.model_version.name,
                  "outputs": _jsonable(paths) if paths is not None else None,
                  "report_fields": _jsonable(outcome.report_fields()),
                  "run": reported.run.to_dict() if reported else None,
                  "duplicate": reported.duplicate if reported else None})
-    elif reported:
-        io.print(f"reported run {reported.run.run_id} on {loaded.model_version.ref}")
+    else:
+        if not live and hasattr(outcome, "summary"):
+            io.print(outcome.summary())  # printed by the engine itself when live
+        if reported:
+            io.print(f"reported run {reported.run.run_id} on {loaded.model_version.ref}")
     return EXIT_OK
 
 

@@ -280,6 +280,10 @@ class PullResult:
     resumed_from: int
     restarts: int = 0
 
+    def __fspath__(self) -> str:
+        """A PullResult is usable wherever a path is: `open(client.pull(ref), "rb")`."""
+        return str(self.path)
+
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:

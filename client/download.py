@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from client.cache import Cache
+from client.cache import Cache, PartialDownload
 from client.domain import ArtifactFormat
 from client.errors import DataLossError, IntegrityError, OutOfRangeError, UnavailableError
 from client.transport import RetryPolicy, Transport
@@ -68,7 +68,7 @@ def fetch_artifact(*, transport: Transport, cache: Cache, version_name: str, fmt
             partial.close()
 
 
-def _download(*, transport: Transport, partial, version_name: str, fmt: ArtifactFormat, sha256: str,
+def _download(*, transport: Transport, partial: PartialDownload, version_name: str, fmt: ArtifactFormat, sha256: str,
               size_bytes: int, retry: RetryPolicy, progress: Progress | None,
               stream_timeout: float | None) -> DownloadOutcome:
     transferred = 0

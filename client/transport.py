@@ -187,8 +187,10 @@ class Transport:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            # Our own retry loop below is the policy; avoid multiplying attempts.
-            ("grpc.enable_retries", 0),
+            # Reconnect soon after an outage (gRPC's default first wait is 1 s, growing to 120 s),
+            # so that our retries find the server once it is back.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ]
         if tls is None or tls is False:
             self._channel = grpc.insecure_channel(target, options=options)

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -24,6 +25,25 @@ logger = logging.getLogger(__name__)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TEMP_PREFIX = ".upload-"
 TEMP_SUFFIX = ".tmp"
+#: A temp file nobody has written to for this long is abandoned, whoever owns it.
+STALE_TEMP_SECONDS = 3600.0
+# Temp names carry their owner (host and pid): replicas sharing one blob volume
+# must not delete each other's in-flight uploads when one of them restarts.
+_OWNER_RE = re.compile(r"^\.+upload-(?P<host>.+)-(?P<pid>\d+)-")
+
+
+def _temp_prefix() -> str:
+    return f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 _READ_BLOCK = 1024 * 1024
 
 
@@ -42,7 +62,7 @@ class BlobWriter:
     """
 
     def __init__(self, directory: Path, *, max_bytes: int, label: str = "artifact") -> None:
-        fd, path = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
+        fd, path = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(), suffix=TEMP_SUFFIX)
         self._file = os.fdopen(fd, "wb")
         self.path = Path(path)
         self._hash = hashlib.sha256()
@@ -125,7 +145,7 @@ class BlobStore:
 
     def temp_path(self, suffix: str = TEMP_SUFFIX) -> Path:
         """A fresh, empty temp file path in the store (removed at start-up if left behind)."""
-        fd, path = tempfile.mkstemp(dir=self.root, prefix=TEMP_PREFIX, suffix=suffix)
+        fd, path = tempfile.mkstemp(dir=self.root, prefix=_temp_prefix(), suffix=suffix)
         os.close(fd)
         return Path(path)
 
@@ -178,18 +198,30 @@ class BlobStore:
         """Removes a blob (no error if it is already gone)."""
         self.path_for(sha256).unlink(missing_ok=True)
 
-    def remove_temp_files(self) -> int:
+    def remove_temp_files(self, *, stale_seconds: float = STALE_TEMP_SECONDS) -> int:
         """Deletes temp files left by a crash or a cut-off upload; returns how many.
 
-        Run at start-up, before serving: any temp file then belongs to a dead process.
+        Run at start-up. A temp file is kept only while its owner may still be
+        writing it: another live process on this host, or another host (a
+        replica sharing the volume) that touched it within `stale_seconds`.
         """
         removed = 0
+        host, now = socket.gethostname(), time.time()
         # Blobs live in two-character subdirectories; every plain file directly in
         # the root is a temp file (ours, or one models.export wrote beside it).
         for path in self.root.iterdir():
-            if path.is_file():
-                path.unlink(missing_ok=True)
-                removed += 1
+            if not path.is_file():
+                continue
+            owner = _OWNER_RE.match(path.name)
+            if owner is not None:
+                pid = int(owner["pid"])
+                fresh = now - path.stat().st_mtime < stale_seconds
+                if owner["host"] == host and pid != os.getpid() and _pid_alive(pid) and fresh:
+                    continue
+                if owner["host"] != host and fresh:
+                    continue
+            path.unlink(missing_ok=True)
+            removed += 1
         if removed:
             logger.info("removed %d leftover upload temp file(s) from %s", removed, self.root)
         return removed

@@ -7,6 +7,7 @@ import datetime as dt
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,14 +17,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-# `.venv/bin/pytest` (unlike `python -m pytest`) does not put the repo root on sys.path,
-# and pytest's rootdir insertion of tests/ then makes `import models` find the
-# namespace package tests/models/ before the editable install's finder runs.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -128,7 +121,13 @@ def postgres_server() -> PostgresServer:
                 pytest.skip(f"PostgreSQL did not start: {(root / 'postgres.log').read_text()[-500:]}")
             time.sleep(0.2)
     yield server
-    proc.terminate()  # SIGTERM: "smart" shutdown once clients are gone
+    # SIGINT is PostgreSQL's "fast" shutdown (no waiting for pooled connections). It goes to
+    # the postmaster itself: runuser, its parent here, does not pass SIGINT on.
+    try:
+        postmaster = int((data / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGINT)
+    except (OSError, ValueError, IndexError):
+        proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:

@@ -108,6 +108,11 @@ class FinetuneOutcome:
             hyper["search_folds"] = str(len(self.search.folds))
             hyper["search_grid"] = ";".join(f"{row.strategy}@{row.lr:g}" for row in self.search.rows)[:256]
         p = r.privacy
+        if p is not None:
+            hyper["dp_accountant"] = p.accountant
+            hyper["dp_target_epsilon"] = f"{p.target_epsilon:g}"
+            if p.ghost_clipping:
+                hyper["dp_ghost_clipping"] = "true"
         if self.search is not None and self.search.epsilon_total is not None and p is not None:
             epsilon = self.search.epsilon_total  # the search's folds spent privacy too
         else:

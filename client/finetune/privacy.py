@@ -10,6 +10,10 @@ Only trainable parameters are privatised: frozen tensors have
 requires_grad=False, so Opacus attaches no per-sample hooks to layers that
 hold only frozen parameters and the optimizer never sees them.
 
+The guarantee covers the training split. The validation split picks the
+best checkpoint and drives early stopping, and the test split is scored
+once: both are held out, used without noise, and never trained on.
+
 Batches are drawn by Poisson sampling (each example independently with
 probability q = 1/steps_per_epoch, the rate Opacus' accountant assumes)
 directly on index tensors rather than through `DPDataLoader`, which
@@ -25,6 +29,7 @@ import logging
 import math
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -94,7 +99,7 @@ def _noise_multiplier(epsilon: float, delta: float, rate: float, steps: int, acc
     # The binary search takes ~0.1-1 s; a search's fold runs and their pre-check repeat it exactly.
     from opacus.accountants import utils
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(divide="ignore"):
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(utils.get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=rate,
                                                 steps=steps, accountant=accountant))
@@ -106,6 +111,10 @@ def plan_dp(config: PrivacyConfig, *, n: int, batch_size: int, epochs: int) -> D
     rate = 1.0 / per_epoch
     steps = per_epoch * epochs
     delta = config.delta if config.delta is not None else default_delta(n)
+    if per_epoch == 1:
+        log.warning("batch size %d >= training set (%d examples): every step sees all data, so DP-SGD gets no "
+                    "amplification by subsampling; a smaller --batch-size usually needs far less noise",
+                    batch_size, n)
     try:
         sigma = _noise_multiplier(config.epsilon, delta, rate, steps, config.accountant)
     except ValueError as exc:
@@ -123,7 +132,7 @@ def epsilon_of(history: list[tuple[float, float, int]], *, delta: float, account
     if not history:
         return 0.0
     acc.history = list(history)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(divide="ignore"):
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
         return float(acc.get_epsilon(delta=delta))
 
@@ -253,7 +262,7 @@ class PrivateRun:
         """ε spent so far at the plan's δ, read from the accountant."""
         if not self.engine.accountant.history:
             return 0.0
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), np.errstate(divide="ignore"):
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             return float(self.engine.accountant.get_epsilon(delta=self.plan.delta))
 

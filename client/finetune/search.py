@@ -154,7 +154,9 @@ def search(
         log.info("DP search: %d runs compose to epsilon=%.3g at delta=%.2e", len(grid) * folds + 1,
                  epsilon_total, delta)
         if ledger is not None:
-            entry = ledger.charge(dataset_id or "unnamed", epsilon=epsilon_total, delta=delta,
+            if not dataset_id:
+                raise SearchError("a privacy ledger needs the dataset_id to charge")
+            entry = ledger.charge(dataset_id, epsilon=epsilon_total, delta=delta,
                                   budget=privacy_budget,
                                   note=f"search {len(grid)} configs x {folds} folds + final")
 
@@ -180,7 +182,7 @@ def search(
     if privacy is not None:
         epsilon_total = epsilon_of(actual, delta=delta, accountant=privacy.accountant)
         if ledger is not None and entry is not None:
-            ledger.settle(dataset_id or "unnamed", entry.entry_id, epsilon=epsilon_total, delta=delta)
+            ledger.settle(dataset_id, entry.entry_id, epsilon=epsilon_total, delta=delta)
     test_metrics = None
     if test is not None and len(test):
         test_metrics = evaluate(final.model, test.x, test.y, label_names=label_names)

@@ -286,7 +286,9 @@ class AutoRGN(Strategy):
     """
 
     name = "surgical:auto"
-    default_lr = 1e-3
+    # The base LR is what the max-RGN tensor gets and every other tensor gets a fraction of it,
+    # so it sits at probe size (on the digits shifts 1e-2 beat 1e-3 by 5-70 points of accuracy).
+    default_lr = 1e-2
 
     def __init__(self, *, probe_batches: int = 2) -> None:
         self.probe_batches = probe_batches

@@ -136,8 +136,9 @@ def finetune(
         top = int(train.y.max()) if val is None else max(int(train.y.max()), int(val.y.max()))
         label_names = tuple(str(i) for i in range(top + 1))
     label_names = tuple(label_names)
-    if int(train.y.min()) < 0 or int(train.y.max()) >= len(label_names):
-        raise DataError(f"training labels out of range 0..{len(label_names) - 1}")
+    for split, data in (("training", train), ("validation", val)):
+        if data is not None and len(data) and (int(data.y.min()) < 0 or int(data.y.max()) >= len(label_names)):
+            raise DataError(f"{split} labels out of range 0..{len(label_names) - 1} ({len(label_names)} label names)")
 
     work = copy.deepcopy(model)
     head_reset = reinit_head or needs_head_reset(work, label_names=label_names, card=card)
@@ -162,7 +163,10 @@ def finetune(
         dp_plan = plan_dp(privacy, n=n, batch_size=batch_size, epochs=sum(p.epochs for p in phases))
         run = PrivateRun(dp_plan, n=n, batch_size=batch_size, seed=seed, device=setup.device)
         if ledger is not None:
-            entry = ledger.charge(dataset_id or "unnamed", epsilon=dp_plan.target_epsilon, delta=dp_plan.delta,
+            if not dataset_id:
+                raise FinetuneError("a privacy ledger needs the dataset_id to charge")
+            # Reserved up front and kept in full if training fails midway: part of it may be spent.
+            entry = ledger.charge(dataset_id, epsilon=dp_plan.target_epsilon, delta=dp_plan.delta,
                                   budget=privacy_budget, note=f"finetune {strat.label}")
         log.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, delta %.2e", dp_plan.noise_multiplier,
                  dp_plan.sample_rate, dp_plan.steps, dp_plan.delta)
@@ -196,7 +200,7 @@ def finetune(
                                dp_plan.sample_rate, run.steps_taken, dp_plan.accountant, dp_plan.target_epsilon,
                                dp_plan.ghost_clipping)
         if ledger is not None and entry is not None:
-            ledger.settle(dataset_id or "unnamed", entry.entry_id, epsilon=spent, delta=dp_plan.delta)
+            ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=dp_plan.delta)
 
     val_metrics = None
     if val is not None and len(val):

@@ -33,8 +33,9 @@ def new_server(tmp_path: Path) -> Iterator:
     """Factory of servers private to one test (killed at its end)."""
     started: list[ServerProcess] = []
 
-    def make(*, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = ()) -> ServerProcess:
-        server = new_server_process(tmp_path / f"server{len(started)}", chunk_size=chunk_size, extra_args=extra_args)
+    def make(*, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = (), port: int = 0) -> ServerProcess:
+        server = new_server_process(tmp_path / f"server{len(started)}", chunk_size=chunk_size,
+                                    extra_args=extra_args, port=port)
         started.append(server)
         return server
 

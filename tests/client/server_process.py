@@ -29,13 +29,15 @@ class ServerProcess:
     client_token: str
     chunk_size: int = SMALL_CHUNK
     extra_args: tuple[str, ...] = ()
+    #: 0 picks a free port at every start; a fixed port survives restarts.
+    port: int = 0
     proc: subprocess.Popen | None = None
     target: str = ""
 
     def start(self) -> "ServerProcess":
         log = open(self.data_dir.parent / f"server-{self.data_dir.name}.log", "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", "0", "--data-dir", str(self.data_dir),
+            [sys.executable, "-m", "server", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--token-file", str(self.token_file), "--chunk-size", str(self.chunk_size),
              "--log-level", "WARNING", "--grace", "0.5", *self.extra_args],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -73,7 +75,8 @@ class ServerProcess:
         return Client(self.target, token=token, cache_dir=cache_dir, **kwargs)
 
 
-def new_server_process(root: Path, *, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = ()) -> ServerProcess:
+def new_server_process(root: Path, *, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = (),
+                       port: int = 0) -> ServerProcess:
     from server.auth import add_token
 
     root.mkdir(parents=True, exist_ok=True)
@@ -81,7 +84,7 @@ def new_server_process(root: Path, *, chunk_size: int = SMALL_CHUNK, extra_args:
     operator = add_token(token_file, role="operator", name="op")
     client = add_token(token_file, role="client", name="edge")
     return ServerProcess(data_dir=root / "data", token_file=token_file, operator_token=operator,
-                         client_token=client, chunk_size=chunk_size, extra_args=extra_args).start()
+                         client_token=client, chunk_size=chunk_size, extra_args=extra_args, port=port).start()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -129,7 +129,9 @@ def test_errors_are_one_line_with_distinct_exit_codes(xfer_server, run_cli):
     down = run_cli(None, "models", "--timeout", "2", env={"XFER_SERVER": "127.0.0.1:1"})
     assert down.code == 8 and "127.0.0.1:1" in one_error_line(down)
     usage = run_cli(xfer_server, "pull")
-    assert usage.code == 2
+    assert usage.code == 2 and "REF" in one_error_line(usage)
+    unknown = run_cli(xfer_server, "frobnicate")
+    assert unknown.code == 2 and "frobnicate" in one_error_line(unknown)
 
 
 def test_real_xfer_subprocess(xfer_server, tmp_path):

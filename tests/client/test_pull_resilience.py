@@ -6,11 +6,14 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from client.errors import DataLossError, UnavailableError
+from client.transport import RetryPolicy
 from tests.client.server_process import blob_files, cli_env
 
 
@@ -85,20 +88,69 @@ def test_corrupt_blob_on_the_server_gives_a_clear_error_and_no_cached_file(new_s
     assert not (cache / "partial" / f"{digest}.partial").exists()
 
 
+def _blocked_waiters(lock_file: Path) -> int:
+    """How many processes wait for an flock on `lock_file` (from /proc/locks)."""
+    inode = lock_file.stat().st_ino
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line and f":{inode} " in line)
+
+
 def test_two_processes_pulling_at_once_end_with_one_correct_file(xfer_server, model_dir, tmp_path):
-    cache = tmp_path / "shared-cache"
-    env = cli_env(xfer_server, cache, xfer_server.client_token)
+    from client.cache import Cache
+
+    cache = Cache(tmp_path / "shared-cache")
+    digest = sha256(model_dir / "model.safetensors")
+    env = cli_env(xfer_server, cache.root, xfer_server.client_token)
     command = [sys.executable, "-m", "client.cli", "pull", "digits-convnet:1", "--json"]
-    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    # Hold the digest's lock so that both processes are provably inside pull at the same time.
+    with cache.lock(digest):
+        procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        deadline = time.monotonic() + 60
+        lock_file = cache.root / "locks" / f"{digest}.lock"
+        while _blocked_waiters(lock_file) < 2:
+            assert time.monotonic() < deadline, "the two pulls never waited for the lock"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.05)
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         results.append(json.loads(out))
     size = (model_dir / "model.safetensors").stat().st_size
-    # The lock makes one process download and the other find the finished blob.
+    # One process downloads; the other, once it has the lock, finds the verified blob.
     assert sorted(r["transferred_bytes"] for r in results) == [0, size]
-    blobs = list((cache / "blobs").iterdir())
-    assert len(blobs) == 1 and sha256(blobs[0]) == results[0]["sha256"] == results[1]["sha256"]
-    assert not list((cache / "partial").iterdir())
+    blobs = list((cache.root / "blobs").iterdir())
+    assert len(blobs) == 1 and sha256(blobs[0]) == digest == results[0]["sha256"] == results[1]["sha256"]
+    assert not list((cache.root / "partial").iterdir())
+
+
+def test_unavailable_is_retried_and_a_pull_resumes_within_one_call(new_server, model_dir, tmp_path):
+    from tests.conftest import free_port
+
+    server = new_server(chunk_size=4096, port=free_port())
+    with server.client(tmp_path / "op", token="operator") as op:
+        op.register(model_dir, "retry-model")
+    size = (model_dir / "model.safetensors").stat().st_size
+    patient = RetryPolicy(max_attempts=60, initial_backoff=0.1, max_backoff=0.5)
+    restarter: list[threading.Thread] = []
+
+    def outage_after_some_bytes(done: int, total: int) -> None:
+        if done >= 64 * 1024 and not restarter:
+            server.kill()
+            restarter.append(threading.Thread(target=server.start))
+            restarter[0].start()  # back on the same port a few seconds later
+
+    with server.client(tmp_path / "cache", retry=patient) as xfer:
+        result = xfer.pull("retry-model", progress=outage_after_some_bytes)
+        restarter[0].join()
+        # Every byte crossed the wire once: the retries resumed, they did not start over.
+        assert result.transferred_bytes == size and result.restarts == 0
+        assert sha256(result.blob_path) == result.sha256
+        server.kill()
+        later = threading.Timer(0.5, server.start)
+        later.start()
+        try:
+            assert "retry-model" in [m.model for m in xfer.list_models()]  # a unary call rides out the outage
+        finally:
+            later.join()

@@ -188,3 +188,20 @@ def test_tls_and_mutual_tls(new_server, tls_files, model_dir, tmp_path):
             no_cert.list_models()
     with pytest.raises(InvalidArgumentError, match="both"):
         TlsConfig(root_ca=tls_files.ca_cert, client_cert=tls_files.client_cert)
+
+
+def test_register_a_torch_state_dict_and_use_the_result_as_a_path(xfer_server, model_dir, tmp_path):
+    card = local_card(model_dir)
+    module = load_safetensors(model_from_card(card), model_dir / "model.safetensors")
+    torch.save(module.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "card.json").write_text((model_dir / "card.json").read_text())
+    with xfer_server.client(tmp_path / "cache", token="operator") as op:
+        version = op.register([tmp_path / "weights.pt", tmp_path / "card.json"], "pt-model")
+        assert {a.format for a in version.artifacts} == {ArtifactFormat.SAFETENSORS, ArtifactFormat.ONNX}
+        pulled = op.pull("pt-model")
+        with open(pulled, "rb") as f:  # PullResult is os.PathLike
+            assert hashlib.sha256(f.read()).hexdigest() == pulled.sha256
+        loaded = op.load_torch("pt-model")
+        x = torch.randn(2, *card.input_shape)
+        with torch.no_grad():
+            assert torch.equal(loaded.module(x), module.eval()(x))

@@ -96,3 +96,17 @@ def test_run_refuses_several_strategies_without_search(tmp_path, model, card):
 
 def test_pow2():
     assert [pow2(n) for n in (1, 2, 3, 5, 6, 100, 538, 1000)] == [1, 2, 4, 4, 8, 128, 512, 1024]
+
+
+def test_run_with_search_prints_the_cv_table(tmp_path, model, card, capsys):
+    args = parse("digits:shift=blur,per_class=10", "--search", "--strategy", "linear-probe,lp-ft", "--lr", "1e-2",
+                 "--folds", "2", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "o"))
+    outcome = command.run(args, model=model, card=card, cache_dir=tmp_path / "cache", progress=True)
+    printed = capsys.readouterr().out
+    assert "mean acc" in printed and "linear-probe" in printed and "lp-ft" in printed and "best:" in printed
+    fields = outcome.report_fields()
+    assert fields["strategy"]["name"] == outcome.search.best.strategy
+    assert fields["strategy"]["hyperparameters"]["search_folds"] == "2"
+    assert fields["metrics"]["cv/accuracy"] == pytest.approx(outcome.search.best.mean)
+    metrics = json.loads(outcome.paths.metrics.read_text())
+    assert len(metrics["cv"]) == 2

@@ -34,6 +34,38 @@ def test_reported_epsilon_is_the_accountants(model, card, small_blur, accountant
     assert p.epsilon_spent == pytest.approx(independent.get_epsilon(delta=p.delta), rel=1e-9)
     # The noise was solved for the target: spent is at most the target, and close to it.
     assert 2.9 <= p.epsilon_spent <= 3.0 + 1e-6
+    # Batches really are Poisson samples at that rate: n·q examples per step on average.
+    expected = p.steps * n * p.sample_rate
+    spread = math.sqrt(p.steps * n * p.sample_rate * (1 - p.sample_rate))
+    assert abs(result.examples_seen - expected) < 5 * spread
+
+
+def test_poisson_batches_vary_in_size(model, card, small_blur, monkeypatch):
+    sizes: list[int] = []
+    real = PrivateRun.poisson_batch
+
+    def spy(self, generator):
+        batch = real(self, generator)
+        sizes.append(len(batch))
+        return batch
+
+    monkeypatch.setattr(PrivateRun, "poisson_batch", spy)
+    dp_run(model, card, small_blur, strategy="linear-probe", epochs=1)
+    assert len(set(sizes)) > 1 and len(sizes) == math.ceil(len(small_blur.train) / 32)
+
+
+@pytest.mark.parametrize(("strategy", "epochs"), [("lp-ft", 2), ("gradual-unfreeze", 3), ("surgical:auto", 2)])
+def test_multi_phase_and_probe_steps_are_all_accounted(model, card, small_blur, strategy, epochs):
+    """Every phase (and Auto-RGN's privatised probe batches) composes in one accountant."""
+    from opacus.accountants import RDPAccountant
+
+    result = dp_run(model, card, small_blur, strategy=strategy, epochs=epochs)
+    p = result.privacy
+    assert p.steps == epochs * math.ceil(len(small_blur.train) / 32)
+    independent = RDPAccountant()
+    independent.history = [(p.noise_multiplier, p.sample_rate, p.steps)]
+    assert p.epsilon_spent == pytest.approx(independent.get_epsilon(delta=p.delta), rel=1e-9)
+    assert p.epsilon_spent <= 3.0 + 1e-6
 
 
 def test_default_delta():
@@ -142,8 +174,9 @@ def test_frozen_blocks_stay_frozen_and_are_not_privatised(model, card, small_blu
     assert hooked == [{"Linear:head"}]
 
 
-def test_ghost_clipping_trains(model, card, small_blur):
-    result = dp_run(model, card, small_blur, epochs=1, ghost_clipping=True)
+@pytest.mark.parametrize("strategy", ["full", "surgical:auto"])
+def test_ghost_clipping_trains(model, card, small_blur, strategy):
+    result = dp_run(model, card, small_blur, epochs=1, ghost_clipping=True, strategy=strategy)
     assert result.privacy.ghost_clipping and result.privacy.epsilon_spent > 0
     assert changed(snapshot(model), result.model)
 

@@ -75,6 +75,8 @@ def test_exactly_the_intended_parameters_change(model, card, blur, strategy, epo
     blocks = block_params(model)
     expected = set().union(*(blocks[b] for b in trained_blocks))
     assert changed(before, result.model) == expected
+    # Frozen means requires_grad=False while training: no gradient was even computed for them.
+    assert {n for n, p in result.model.named_parameters() if p.grad is not None} <= expected
     # The caller's model is untouched.
     assert changed(before, model) == set()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -80,12 +82,30 @@ def test_garbage_collection_spares_referenced_and_young_blobs(tmp_path: Path) ->
 
 def test_remove_temp_files(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
-    writer = store.writer(max_bytes=10)
+    writer = store.writer(max_bytes=10)  # owned by this (live) process: a crash would leave it behind
     writer.write(b"half")
     writer.finish()
     sha = _put(store, b"kept")
-    assert store.remove_temp_files() == 1
-    assert not writer.path.exists() and store.exists(sha)
+    host = socket.gethostname()
+    dead = _dead_pid()
+    crashed = store.root / f".upload-{host}-{dead}-abc.tmp"
+    other_replica = store.root / ".upload-replica-2-4242-abc.tmp"
+    stale_replica = store.root / ".upload-replica-3-4242-abc.tmp"
+    untagged = store.root / ".upload-old-format.tmp"
+    for path in (crashed, other_replica, stale_replica, untagged):
+        path.write_bytes(b"partial")
+    old = time.time() - 7200
+    os.utime(stale_replica, (old, old))
+    assert store.remove_temp_files() == 4  # our own (start-up runs before any upload), crashed, stale, untagged
+    assert not writer.path.exists() and not crashed.exists() and not stale_replica.exists()
+    assert other_replica.exists()  # a live upload of another replica sharing the volume
+    assert store.exists(sha)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid  # reaped, so no process has this pid (until reuse)
 
 
 def test_sha256_syntax() -> None:

@@ -126,3 +126,17 @@ def test_run_reports_resolve_aliases_through_the_registry(start_server, tokens, 
         run.run_id = "run-2"
         err = rpc_error(lambda: metrics.ReportRun(ms.ReportRunRequest(run=run), metadata=client_md))
         assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_concurrent_uploads_get_distinct_versions(start_server, source_model_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    running = start_server()
+    with grpc.insecure_channel(running.target) as channel:
+        stubs = Stubs.on(channel)
+        with ThreadPoolExecutor(4) as pool:
+            # Half without ONNX, so server-side derivations run concurrently too.
+            versions = list(pool.map(lambda i: stubs.register("busy", source_model_dir, onnx=i % 2 == 0).version,
+                                     range(4)))
+        assert sorted(versions) == [1, 2, 3, 4]
+        assert stubs.get("models/busy/versions/latest").version == 4

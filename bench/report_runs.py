@@ -1,0 +1,408 @@
+"""Units of work of the transfer report and the processes that execute them.
+
+A `RunSpec` is one adaptation run (pull, fine-tune, score on test, report);
+a `SearchSpec` is one k-fold search; a `SourceSpec` trains one source model.
+They are plain frozen dataclasses, so equal specs from different sections
+run once (`Runner` memoises by value). Each worker process is an edge
+client: its own `Client` (client token) over the shared cache, into which
+the main process pulled every source model first.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Union
+
+from report_setup import SOURCES, TARGETS, epochs_for
+
+log = logging.getLogger(__name__)
+
+PRETRAINED = "pretrained"
+RANDOM = "random"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """Train one source model into `out_dir` (operator side)."""
+
+    source: str
+    arch: str
+    epochs: int
+    lr: float
+    seed: int
+    out_dir: str
+
+    def describe(self) -> str:
+        return f"train source {SOURCES[self.source].model_id} ({self.arch}, {self.epochs} epochs)"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One adaptation run. `lr` is always explicit (the strategy default is resolved by `run_spec`)."""
+
+    target: str
+    strategy: str
+    seed: int
+    per_class: int | None
+    lr: float
+    steps: int
+    batch_size: int
+    init: str = PRETRAINED
+    epsilon: float | None = None
+    max_grad_norm: float = 1.0
+
+    def describe(self) -> str:
+        pc = "all" if self.per_class is None else f"{self.per_class}/class"
+        dp = "" if self.epsilon is None else f" ε={self.epsilon:g}"
+        return f"{self.target} {pc} {self.init} {self.strategy} lr={self.lr:g} bs={self.batch_size}{dp} seed={self.seed}"
+
+    def run_id(self) -> str:
+        return "report-" + hashlib.sha256(repr(self).encode()).hexdigest()[:24]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """One cross-validated search of strategy x LR on a target's training split."""
+
+    target: str
+    seed: int
+    per_class: int | None
+    strategies: tuple[str, ...]
+    folds: int
+    steps: int
+    batch_size: int
+
+    def describe(self) -> str:
+        return f"search {self.target} over {len(self.strategies)} strategies x 3 LRs, {self.folds} folds, " \
+               f"seed={self.seed}"
+
+    def run_id(self) -> str:
+        return "report-search-" + hashlib.sha256(repr(self).encode()).hexdigest()[:24]
+
+
+Spec = Union[SourceSpec, RunSpec, SearchSpec]
+
+
+def run_spec(*, target: str, strategy: str, seed: int, per_class: int | None, steps: int, batch_size: int,
+             lr: float | None = None, init: str = PRETRAINED, epsilon: float | None = None,
+             max_grad_norm: float = 1.0) -> RunSpec:
+    """A RunSpec with `lr=None` resolved to the strategy's default, so equal runs compare equal."""
+    from client.finetune import get_strategy
+
+    lr = float(lr) if lr is not None else float(get_strategy(strategy).default_lr)
+    return RunSpec(target=target, strategy=strategy, seed=seed, per_class=per_class, lr=lr, steps=steps,
+                   batch_size=batch_size, init=init, epsilon=epsilon, max_grad_norm=max_grad_norm)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOutcome:
+    spec: SourceSpec
+    test_accuracy: float
+    seconds: float
+    cpu_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    spec: RunSpec
+    accuracy: float
+    macro_f1: float
+    train_examples: int
+    epochs: int
+    epsilon_spent: float | None
+    #: surgical:auto only: block -> mean Auto-RGN LR scale (over tensors and epochs).
+    rgn_blocks: dict[str, float] | None
+    model_version: str | None  # None when not reported (random initialisation)
+    seconds: float
+    cpu_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOutcome:
+    spec: SearchSpec
+    picked_strategy: str
+    picked_lr: float
+    cv_accuracy: float
+    test_accuracy: float
+    #: every grid cell: (strategy, lr, mean CV accuracy)
+    grid: tuple[tuple[str, float, float], ...]
+    model_version: str
+    seconds: float
+    cpu_seconds: float
+
+
+Outcome = Union[SourceOutcome, RunOutcome, SearchOutcome]
+
+
+# -- worker side -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """What each worker needs to act as an edge client (None: no server, e.g. only source training)."""
+
+    target: str | None
+    client_token: str | None
+    cache_dir: str | None
+    repo_root: str
+
+
+class _Worker:
+    """Per-process state: one SDK client, pulled models and loaded targets, both cached."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._client = None
+        self._models: dict[str, object] = {}
+        self._data: dict[tuple[str, int | None, int], object] = {}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from report_service import client
+
+            self._client = client(self.config.target, token=self.config.client_token,
+                                  cache_dir=Path(self.config.cache_dir))
+        return self._client
+
+    def model(self, source: str):
+        """The source's LoadedModel, pulled with `Client.load_torch` (a cache hit after the first pull)."""
+        ref = f"{SOURCES[source].model_id}@stable"
+        if ref not in self._models:
+            self._models[ref] = self.client.load_torch(ref)
+        return self._models[ref]
+
+    def data(self, target: str, per_class: int | None, seed: int, card):
+        from client.finetune import load_target
+
+        key = (target, per_class, seed)
+        if key not in self._data:
+            self._data[key] = load_target(TARGETS[target].spec(per_class), card=card, seed=seed)
+        return self._data[key]
+
+
+_WORKER: _Worker | None = None
+
+
+def init_worker(config: WorkerConfig) -> None:
+    """Process-pool initializer: one thread per process (the pool is the parallelism), quiet logs."""
+    global _WORKER
+    if config.repo_root not in sys.path:
+        sys.path.insert(0, config.repo_root)
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    _WORKER = _Worker(config)
+
+
+def execute(spec: Spec) -> Outcome:
+    """Runs one spec in this process (after `init_worker`)."""
+    if isinstance(spec, SourceSpec):
+        return _train_source(spec)
+    if isinstance(spec, RunSpec):
+        return _adapt(spec)
+    return _search(spec)
+
+
+def _train_source(spec: SourceSpec) -> SourceOutcome:
+    from models.train import train_source_model
+
+    cpu = time.process_time()
+    source = SOURCES[spec.source]
+    result = train_source_model(out_dir=spec.out_dir, arch=spec.arch, classes=source.classes, epochs=spec.epochs,
+                                lr=spec.lr, seed=spec.seed,
+                                description=f"{spec.arch} trained on {source.description} (xfer transfer report)")
+    return SourceOutcome(spec, result.test_accuracy, result.seconds, time.process_time() - cpu)
+
+
+def _report(*, run_id: str, version: str, strategy: str, hyperparameters: dict[str, str],
+            metrics: dict[str, float], privacy, train_examples: int, seconds: float) -> None:
+    from client.domain import DeviceKind, Run, RunPrivacy, pow2_at_least
+
+    run_privacy = RunPrivacy()
+    if privacy is not None:
+        run_privacy = RunPrivacy(dp=True, epsilon_spent=privacy.epsilon_spent, delta=privacy.delta,
+                                 noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm)
+    _WORKER.client.report(Run(run_id=run_id, model_version=version, strategy=strategy,
+                              metrics={k: float(v) for k, v in metrics.items()},
+                              hyperparameters={k: str(v)[:256] for k, v in list(hyperparameters.items())[:32]},
+                              privacy=run_privacy, train_examples_pow2=pow2_at_least(train_examples),
+                              device_kind=DeviceKind.CPU, wall_seconds=seconds))
+
+
+def cell_metric(target: str, per_class: int | None, epsilon: float | None, lr: float | None = None) -> str:
+    """Metric name that groups a run's accuracy by target and regime on the server's leaderboard.
+
+    `lr` is given only for a non-default learning rate (the search's hindsight grid), so the leaderboard of
+    a target's default-LR runs is exactly section 3's table.
+    """
+    pc = "all" if per_class is None else f"pc{per_class}"
+    dp = "" if epsilon is None else f"/eps{epsilon:g}"
+    tag = "" if lr is None else f"/lr{lr:g}"
+    return f"acc/{target}/{pc}{dp}{tag}"
+
+
+def search_metric(target: str, per_class: int | None) -> str:
+    pc = "all" if per_class is None else f"pc{per_class}"
+    return f"search/{target}/{pc}"
+
+
+def _adapt(spec: RunSpec) -> RunOutcome:
+    import torch
+
+    from client.finetune import PrivacyConfig, evaluate, finetune, get_strategy
+    from models.weights import model_from_card
+
+    started, cpu = time.perf_counter(), time.process_time()
+    loaded = _WORKER.model(TARGETS[spec.target].source)
+    data = _WORKER.data(spec.target, spec.per_class, spec.seed, loaded.card)
+    if spec.init == RANDOM:
+        torch.manual_seed(spec.seed)
+        model = model_from_card(loaded.card)
+    else:
+        model = loaded.module
+    epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
+    privacy = None
+    if spec.epsilon is not None:
+        privacy = PrivacyConfig(epsilon=spec.epsilon, max_grad_norm=spec.max_grad_norm)
+    result = finetune(model, train=data.train, val=None, strategy=spec.strategy, lr=spec.lr,
+                      label_names=data.label_names, card=loaded.card, privacy=privacy, epochs=epochs,
+                      batch_size=spec.batch_size, device="cpu", seed=spec.seed)
+    test = evaluate(result.model, data.test.x, data.test.y, label_names=data.label_names)
+    rgn_blocks = None
+    if result.rgn_scales:
+        owner = loaded.module.block_of_parameter()
+        sums: dict[str, list[float]] = {}
+        for epoch in result.rgn_scales:
+            for name, scale in epoch.items():
+                sums.setdefault(owner.get(name, name), []).append(scale)
+        rgn_blocks = {block: sum(v) / len(v) for block, v in sums.items()}
+    seconds = time.perf_counter() - started
+    version = None
+    if spec.init == PRETRAINED:
+        version = loaded.model_version.name
+        default_lr = get_strategy(spec.strategy).default_lr
+        lr_tag = None if math.isclose(spec.lr, default_lr) else spec.lr
+        metrics = {**test.scalars(), cell_metric(spec.target, spec.per_class, spec.epsilon, lr_tag): test.accuracy}
+        _report(run_id=spec.run_id(), version=version, strategy=result.strategy,
+                hyperparameters={**result.hyperparameters, "target": TARGETS[spec.target].data,
+                                 "per_class": str(spec.per_class or "all")},
+                metrics=metrics, privacy=result.privacy, train_examples=len(data.train), seconds=seconds)
+    return RunOutcome(spec=spec, accuracy=test.accuracy, macro_f1=test.macro_f1, train_examples=len(data.train),
+                      epochs=epochs, epsilon_spent=result.privacy.epsilon_spent if result.privacy else None,
+                      rgn_blocks=rgn_blocks, model_version=version, seconds=seconds,
+                      cpu_seconds=time.process_time() - cpu)
+
+
+def _search(spec: SearchSpec) -> SearchOutcome:
+    from client.finetune.search import search
+
+    started, cpu = time.perf_counter(), time.process_time()
+    loaded = _WORKER.model(TARGETS[spec.target].source)
+    data = _WORKER.data(spec.target, spec.per_class, spec.seed, loaded.card)
+    epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
+    found = search(loaded.module, train=data.train, val=None, test=data.test, strategies=list(spec.strategies),
+                   lrs=None, folds=spec.folds, label_names=data.label_names, seed=spec.seed, card=loaded.card,
+                   epochs=epochs, batch_size=spec.batch_size, device="cpu")
+    seconds = time.perf_counter() - started
+    test_accuracy = found.test_metrics.accuracy
+    version = loaded.model_version.name
+    _report(run_id=spec.run_id(), version=version, strategy=found.final.strategy,
+            hyperparameters={**found.final.hyperparameters, "search_folds": str(spec.folds),
+                             "search_grid": ";".join(f"{r.strategy}@{r.lr:g}" for r in found.rows)[:256],
+                             "target": TARGETS[spec.target].data, "per_class": str(spec.per_class or "all")},
+            metrics={**found.test_metrics.scalars(), "cv/accuracy": found.best.mean,
+                     search_metric(spec.target, spec.per_class): test_accuracy},
+            privacy=None, train_examples=len(data.train), seconds=seconds)
+    return SearchOutcome(spec=spec, picked_strategy=found.best.strategy, picked_lr=found.best.lr,
+                         cv_accuracy=found.best.mean, test_accuracy=test_accuracy,
+                         grid=tuple((r.strategy, r.lr, r.mean) for r in found.rows), model_version=version,
+                         seconds=seconds, cpu_seconds=time.process_time() - cpu)
+
+
+# -- main side ---------------------------------------------------------------------------------
+
+
+def _cost(spec: Spec) -> float:
+    """Rough relative cost, to start the longest work first and keep every worker busy to the end."""
+    if isinstance(spec, SearchSpec):
+        return 100.0 * len(spec.strategies)
+    if isinstance(spec, SourceSpec):
+        return 50.0
+    cost = spec.steps / 100.0
+    if spec.epsilon is not None:
+        cost *= 1.0 if spec.strategy == "linear-probe" else 5.0
+    return cost
+
+
+class Runner:
+    """Executes specs on a process pool (or in-process with jobs=1), memoised by spec value."""
+
+    def __init__(self, *, jobs: int, progress: Callable[[str], None]) -> None:
+        self.jobs = jobs
+        self.progress = progress
+        self.results: dict[Spec, Outcome] = {}
+        self.busy_seconds = 0.0
+        self.cpu_seconds = 0.0
+
+    def run_all(self, specs: Iterable[Spec], *, config: WorkerConfig, label: str) -> None:
+        """Runs every spec not run yet; raises on the first failure."""
+        todo = sorted({s for s in specs if s not in self.results}, key=_cost, reverse=True)
+        if not todo:
+            return
+        started = time.perf_counter()
+        self.progress(f"{label}: {len(todo)} task(s) on {self.jobs} process(es)")
+        done = 0
+
+        def record(spec: Spec, outcome: Outcome) -> None:
+            nonlocal done
+            done += 1
+            self.results[spec] = outcome
+            self.busy_seconds += outcome.seconds
+            self.cpu_seconds += outcome.cpu_seconds
+            self.progress(f"  [{done}/{len(todo)}] {spec.describe()}: {_summary(outcome)} "
+                          f"({outcome.seconds:.1f}s, {time.perf_counter() - started:.0f}s elapsed)")
+
+        if self.jobs <= 1:
+            init_worker(config)
+            for spec in todo:
+                record(spec, execute(spec))
+            return
+        context = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=init_worker,
+                                    initargs=(config,)) as pool:
+            futures = {pool.submit(execute, spec): spec for spec in todo}
+            try:
+                for future in cf.as_completed(futures):
+                    record(futures[future], future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def __getitem__(self, spec: Spec) -> Outcome:
+        return self.results[spec]
+
+
+def _summary(outcome: Outcome) -> str:
+    if isinstance(outcome, SourceOutcome):
+        return f"source test accuracy {outcome.test_accuracy:.3f}"
+    if isinstance(outcome, SearchOutcome):
+        return f"picked {outcome.picked_strategy}@{outcome.picked_lr:g}, test accuracy {outcome.test_accuracy:.3f}"
+    eps = f", ε spent {outcome.epsilon_spent:.2f}" if outcome.epsilon_spent is not None else ""
+    return f"test accuracy {outcome.accuracy:.3f}{eps}"
+
+
+def default_jobs() -> int:
+    """Two worker processes where two cores exist (the report's target machine), else one."""
+    return max(1, min(2, os.cpu_count() or 1))
