@@ -29,7 +29,7 @@ from models.card import card_for_model, validate_card, ModelCard
 from models.digits import SHIFTS, apply_shift, load_pool, parse_classes, select_classes
 from models.export import export_onnx
 from models.files import sha256_file, write_json_atomic
-from models.registry import create_model, list_models
+from models.registry import create_model
 from models.weights import save_safetensors
 
 log = logging.getLogger(__name__)
