@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, cmd in steps:
         started = time.perf_counter()
         print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
-        code = subprocess.run(cmd, cwd=ROOT).returncode
+        code = subprocess.run(cmd, cwd=ROOT, check=False).returncode
         print(f"== {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {time.perf_counter() - started:.1f}s",
               flush=True)
         if code != 0:

@@ -12,12 +12,14 @@ import dataclasses
 import math
 from typing import Sequence
 
-from report_experiments import ALL_BLOCKS, AUTO, Results, Stat
+from report_experiments import ALL_BLOCKS, AUTO, HEAD_PROBE, Results, Stat
 from report_setup import TARGETS, eps_text, labels_text
 
 AGREES = "agrees"
 DISAGREES = "does not agree"
-INCONCLUSIVE = "inconclusive"
+WITHIN_NOISE = "within noise"  # the claimed effect is not visible: the difference is below 2 s.e.
+INCONCLUSIVE = "inconclusive"  # one seed: no test possible
+VERDICTS = (AGREES, DISAGREES, WITHIN_NOISE, INCONCLUSIVE)
 
 GREATER, LESS, TIE, UNKNOWN = "greater", "less", "tie", "unknown"
 
@@ -47,9 +49,13 @@ class Claim:
 
 
 def _verdict(outcome: str, *, expect: Sequence[str]) -> str:
+    """AGREES when the outcome is one the claim predicts; a directional claim ("A beats B") met by a tie is
+    WITHIN_NOISE (the effect is not visible), anything else DISAGREES."""
     if outcome == UNKNOWN:
         return INCONCLUSIVE
-    return AGREES if outcome in expect else DISAGREES
+    if outcome in expect:
+        return AGREES
+    return WITHIN_NOISE if outcome == TIE else DISAGREES
 
 
 def _relation(outcome: str) -> str:
@@ -130,6 +136,9 @@ def _surgical_claims(results: Results) -> list[Claim]:
                         f"{PREDICTION[level]} ({', '.join(predicted)}) is {best_predicted} "
                         f"({singles[best_predicted].fmt()}), {_relation(rel)}")
         article = "an" if level[0] in "aeiou" else "a"
+        if HEAD_PROBE in rows and blocks[-1] in predicted:
+            evidence += (f" (for reference, the head alone at linear-probe's own LR 1e-2 reaches "
+                         f"{rows[HEAD_PROBE].fmt()})")
         out.append(Claim("2", f"For {article} {level}-level shift, tuning {PREDICTION[level]} works best", source,
                          evidence, verdict))
         rel = compare(singles[best_block], rows[ALL_BLOCKS])

@@ -44,10 +44,12 @@ class Stat:
         return self.std / math.sqrt(self.n)
 
     def fmt(self) -> str:
+        """'0.912 ± 0.013'."""
         return f"{self.mean:.3f} ± {self.std:.3f}"
 
 
 def stat(values: Sequence[float]) -> Stat:
+    """A Stat of `values` (floats)."""
     return Stat(tuple(float(v) for v in values))
 
 
@@ -128,11 +130,13 @@ def _init_spec(s: Settings, *, target: str, per_class: int | None, init: str, se
 
 
 def plan_init(s: Settings) -> list[RunSpec]:
+    """Section 1: full fine-tuning from the source vs from random init, per target and label count."""
     return [_init_spec(s, target=t, per_class=pc, init=init, seed=seed)
             for t in s.init_targets for pc in s.few_labels for init in (PRETRAINED, RANDOM) for seed in s.seeds]
 
 
 def rows_init(s: Settings, runner: Runner) -> list[InitRow]:
+    """Section 1's rows."""
     rows = []
     for t in s.init_targets:
         for pc in s.few_labels:
@@ -157,12 +161,14 @@ def _adapt_spec(s: Settings, *, target: str, strategy: str, seed: int, lr: float
                     batch_size=s.batch_size, lr=lr)
 
 
-def plan_surgical(s: Settings, blocks: dict[str, list[str]]) -> list[RunSpec]:
+def plan_surgical(s: Settings, *, blocks: dict[str, list[str]]) -> list[RunSpec]:
+    """Section 2: each single block, all blocks, Auto-RGN (and linear-probe for reference) per shift."""
     return [_adapt_spec(s, target=t, strategy=strategy, seed=seed)
             for t in s.surgical_targets for _, strategy in _surgical_strategies(blocks[t]) for seed in s.seeds]
 
 
-def rows_surgical(s: Settings, runner: Runner, blocks: dict[str, list[str]]) -> tuple[list[SurgicalRow], list[RGNRow]]:
+def rows_surgical(s: Settings, runner: Runner, *, blocks: dict[str, list[str]]) -> tuple[list[SurgicalRow], list[RGNRow]]:
+    """Section 2's accuracy rows and Auto-RGN block-weight rows."""
     rows, rgn = [], []
     for t in s.surgical_targets:
         for label, strategy in _surgical_strategies(blocks[t]):
@@ -178,11 +184,13 @@ def rows_surgical(s: Settings, runner: Runner, blocks: dict[str, list[str]]) -> 
 
 
 def plan_strategies(s: Settings) -> list[RunSpec]:
+    """Section 3: every strategy at its default LR on every target."""
     return [_adapt_spec(s, target=t, strategy=strategy, seed=seed)
             for t in s.strategy_targets for strategy in s.strategies for seed in s.seeds]
 
 
 def rows_strategies(s: Settings, runner: Runner) -> list[StrategyRow]:
+    """Section 3's rows."""
     return [StrategyRow(t, strategy, stat(runner[_adapt_spec(s, target=t, strategy=strategy, seed=seed)].accuracy
                                           for seed in s.seeds))
             for t in s.strategy_targets for strategy in s.strategies]
@@ -198,11 +206,13 @@ def _privacy_spec(s: Settings, *, init: str, strategy: str, epsilon: float | Non
 
 
 def plan_privacy(s: Settings) -> list[RunSpec]:
+    """Section 4: each (initialisation, strategy) arm at each target ε and without DP."""
     return [_privacy_spec(s, init=init, strategy=strategy, epsilon=eps, seed=seed)
             for init, strategy in s.privacy_arms for eps in s.epsilons for seed in s.seeds]
 
 
 def rows_privacy(s: Settings, runner: Runner) -> list[PrivacyRow]:
+    """Section 4's rows."""
     rows = []
     for init, strategy in s.privacy_arms:
         for eps in s.epsilons:
@@ -228,6 +238,7 @@ def _search_spec(s: Settings, *, target: str, seed: int) -> SearchSpec:
 
 
 def plan_search(s: Settings) -> list[RunSpec | SearchSpec]:
+    """Section 5: one k-fold search per target and seed, plus every fixed cell of its grid."""
     specs: list[RunSpec | SearchSpec] = []
     for t in s.search_targets:
         for seed in s.seeds:
@@ -238,6 +249,7 @@ def plan_search(s: Settings) -> list[RunSpec | SearchSpec]:
 
 
 def rows_search(s: Settings, runner: Runner) -> list[SearchRow]:
+    """Section 5's rows: CV's pick vs the best fixed cell in hindsight and the CLI default."""
     from client.finetune import get_strategy
 
     rows = []
@@ -257,12 +269,12 @@ def rows_search(s: Settings, runner: Runner) -> list[SearchRow]:
 def run_experiments(settings: Settings, runner: Runner, *, blocks: dict[str, list[str]], config,
                     progress: Callable[[str], None]) -> Results:
     """Plans every section, runs all their specs in one pool, and builds the rows."""
-    specs = (plan_init(settings) + plan_surgical(settings, blocks) + plan_strategies(settings)
+    specs = (plan_init(settings) + plan_surgical(settings, blocks=blocks) + plan_strategies(settings)
              + plan_privacy(settings) + plan_search(settings))
     unique = len(set(specs))
     progress(f"planned {len(specs)} runs ({unique} distinct) across 5 sections")
     runner.run_all(specs, config=config, label="adaptation runs")
-    surgical, rgn = rows_surgical(settings, runner, blocks)
+    surgical, rgn = rows_surgical(settings, runner, blocks=blocks)
     return Results(init=rows_init(settings, runner), surgical=surgical, rgn=rgn,
                    strategies=rows_strategies(settings, runner), privacy=rows_privacy(settings, runner),
                    search=rows_search(settings, runner), blocks=blocks)

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from report_claims import AGREES, DISAGREES, INCONCLUSIVE, Claim  # noqa: E402
+from report_claims import AGREES, DISAGREES, INCONCLUSIVE, VERDICTS, WITHIN_NOISE, Claim  # noqa: E402
 from report_experiments import ALL_BLOCKS, AUTO, HEAD_PROBE, Results, Stat  # noqa: E402
 from report_setup import TARGETS, Settings, describe_settings, eps_text, labels_text  # noqa: E402
 
@@ -41,6 +41,7 @@ class ProductFacts:
     server_target: str
     sources: tuple[tuple[str, str, float, int], ...]  # (ref, sha256, source test accuracy, safetensors bytes)
     pulled_bytes: int
+    worker_pulled_bytes: int
     runs_reported: int
     runs_listed: int
     leaderboards: tuple[LeaderboardTable, ...]
@@ -70,6 +71,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _bold_best(stats: dict[str, Stat]) -> dict[str, str]:
+    """Formatted stats with the highest mean in bold."""
     best = max(stats, key=lambda k: stats[k].mean) if stats else None
     return {k: (f"**{v.fmt()}**" if k == best else v.fmt()) for k, v in stats.items()}
 
@@ -112,8 +114,10 @@ def _product_section(p: ProductFacts) -> str:
         "## The product path",
         "",
         f"Server `python -m server --port 0` on {p.server_target} (temporary data dir, one operator and one client "
-        f"token). Source models registered by the operator and pulled by clients with `Client.load_torch` "
-        f"({p.pulled_bytes:,} bytes over the wire; every later load was a cache hit):",
+        f"token). Source models registered by the operator and pulled by a client with `Client.pull` / "
+        f"`Client.load_torch` into a client cache ({p.pulled_bytes:,} bytes over the wire); the worker processes, "
+        f"each its own `Client` on that cache, then loaded them with {p.worker_pulled_bytes:,} more bytes over the "
+        f"wire (a cache hit is 0):",
         "",
         table(["model version", "safetensors sha256", "bytes", "held-out source accuracy"], rows),
         "",
@@ -249,11 +253,17 @@ def _search_section(r: Results, s: Settings) -> str:
 
 
 def _claims_section(claims: list[Claim]) -> str:
-    count = {v: sum(c.verdict == v for c in claims) for v in (AGREES, DISAGREES, INCONCLUSIVE)}
+    count = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
     rows = [[c.section, c.claim, c.source, c.evidence, f"**{c.verdict}**"] for c in claims]
-    summary = (f"Of {len(claims)} claims tested, {count[AGREES]} agree, {count[DISAGREES]} do not agree and "
-               f"{count[INCONCLUSIVE]} are inconclusive (one seed).")
+    summary = (f"Of {len(claims)} claims tested, {count[AGREES]} agree, {count[DISAGREES]} do not agree, "
+               f"{count[WITHIN_NOISE]} are within noise (the claimed difference is not visible here) and "
+               f"{count[INCONCLUSIVE]} are inconclusive (one seed, no test).")
     disagree = [c for c in claims if c.verdict == DISAGREES]
+    noise = [c for c in claims if c.verdict == WITHIN_NOISE]
+    topics = {"1": "pretrained vs random", "2": "surgical fine-tuning", "3": "strategies", "4": "privacy",
+              "5": "search"}
+    per_section = [[sec, topic] + [str(sum(c.verdict == v for c in claims if c.section == sec)) for v in VERDICTS]
+                   for sec, topic in topics.items() if any(c.section == sec for c in claims)]
     lines = [
         "## 6. Agreement with published claims",
         "",
@@ -264,9 +274,14 @@ def _claims_section(claims: list[Claim]) -> str:
         "",
         summary,
         "",
+        table(["§", "topic", *VERDICTS], per_section),
+        "",
     ]
     if disagree:
-        lines += ["Where it does not agree: " + "; ".join(f"{c.claim} — {c.evidence}" for c in disagree) + ".", ""]
+        lines += ["Where it does not agree:", "", *(f"- {c.claim}: {c.evidence}." for c in disagree), ""]
+    if noise:
+        lines += ["Where the claimed effect is within noise:", "", *(f"- {c.claim}: {c.evidence}." for c in noise),
+                  ""]
     lines += [table(["§", "claim", "source", "evidence", "verdict"], rows), ""]
     return "\n".join(lines)
 
@@ -306,7 +321,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _bars(ax, groups: Sequence[str], series: dict[str, list[Stat | None]], *, ylabel: str = "test accuracy") -> None:
+def _bars(ax, groups: Sequence[str], *, series: dict[str, list[Stat | None]], ylabel: str = "test accuracy") -> None:
     n = max(1, len(series))
     width = 0.8 / n
     for i, (name, stats) in enumerate(series.items()):
@@ -321,7 +336,7 @@ def _bars(ax, groups: Sequence[str], series: dict[str, list[Stat | None]], *, yl
     ax.grid(axis="y", alpha=0.3)
 
 
-def make_figures(results: Results, settings: Settings, out_dir: Path) -> list[Path]:
+def make_figures(results: Results, *, settings: Settings, out_dir: Path) -> list[Path]:
     """Writes every PNG under out_dir/figures/ and returns their paths."""
     fig_dir = out_dir / FIGURES
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -330,7 +345,8 @@ def make_figures(results: Results, settings: Settings, out_dir: Path) -> list[Pa
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     groups = [f"{TARGETS[row.target].level}\n{labels_text(row.per_class)}" for row in r.init]
-    _bars(ax, groups, {"pretrained": [row.pretrained for row in r.init], "random init": [row.random for row in r.init]})
+    _bars(ax, groups, series={"pretrained": [row.pretrained for row in r.init],
+                              "random init": [row.random for row in r.init]})
     ax.set_title("Pretrained vs random initialisation")
     ax.legend(fontsize=8)
     paths.append(_save(fig, fig_dir / "init.png"))
@@ -340,7 +356,7 @@ def make_figures(results: Results, settings: Settings, out_dir: Path) -> list[Pa
     for ax, t in zip(axes[0], targets):
         rows = [row for row in r.surgical if row.target == t]
         names = {ALL_BLOCKS: "all blocks", HEAD_PROBE: "linear-probe"}
-        _bars(ax, [names.get(row.tuned, row.tuned) for row in rows], {"": [row.accuracy for row in rows]})
+        _bars(ax, [names.get(row.tuned, row.tuned) for row in rows], series={"": [row.accuracy for row in rows]})
         ax.set_title(f"{TARGETS[t].level}-level shift", fontsize=10)
     fig.suptitle("Surgical fine-tuning: which block to tune")
     paths.append(_save(fig, fig_dir / "surgical.png"))
@@ -349,7 +365,7 @@ def make_figures(results: Results, settings: Settings, out_dir: Path) -> list[Pa
     blocks = list(dict.fromkeys(row.block for row in r.rgn))
     scale = {(row.target, row.block): row.scale for row in r.rgn}
     rgn_targets = list(dict.fromkeys(row.target for row in r.rgn))
-    _bars(ax, blocks, {f"{TARGETS[t].level}-level": [scale.get((t, b)) for b in blocks] for t in rgn_targets},
+    _bars(ax, blocks, series={f"{TARGETS[t].level}-level": [scale.get((t, b)) for b in blocks] for t in rgn_targets},
           ylabel="mean Auto-RGN LR scale")
     ax.set_title("surgical:auto — where the learning rate goes")
     ax.legend(fontsize=8)
@@ -359,7 +375,7 @@ def make_figures(results: Results, settings: Settings, out_dir: Path) -> list[Pa
     st_targets = list(dict.fromkeys(row.target for row in r.strategies))
     by = {(row.target, row.strategy): row.accuracy for row in r.strategies}
     _bars(ax, list(settings.strategies),
-          {f"{TARGETS[t].level}-level": [by[(t, st)] for st in settings.strategies] for t in st_targets})
+          series={f"{TARGETS[t].level}-level": [by[(t, st)] for st in settings.strategies] for t in st_targets})
     ax.set_title(f"Strategies ({labels_text(settings.adapt_per_class)})")
     ax.legend(fontsize=8)
     paths.append(_save(fig, fig_dir / "strategies.png"))
@@ -369,10 +385,18 @@ def make_figures(results: Results, settings: Settings, out_dir: Path) -> list[Pa
     positions = {e: float(e) for e in finite}
     no_dp_x = (max(finite) * 2.5) if finite else 1.0
     for arm in dict.fromkeys(row.arm for row in r.privacy):
-        rows = [row for row in r.privacy if row.arm == arm]
-        xs = [positions.get(row.epsilon, no_dp_x) for row in rows]
-        ax.errorbar(xs, [row.accuracy.mean for row in rows], yerr=[row.accuracy.std for row in rows],
-                    marker="o", capsize=3, label=arm)
+        rows = sorted((row for row in r.privacy if row.arm == arm and row.epsilon is not None),
+                      key=lambda row: row.epsilon)
+        line = ax.errorbar([positions[row.epsilon] for row in rows], [row.accuracy.mean for row in rows],
+                           yerr=[row.accuracy.std for row in rows], marker="o", capsize=3, label=arm)
+        free = [row for row in r.privacy if row.arm == arm and row.epsilon is None]
+        if free:
+            color = line.lines[0].get_color()
+            ax.errorbar([no_dp_x], [free[0].accuracy.mean], yerr=[free[0].accuracy.std], marker="s", capsize=3,
+                        color=color, linestyle="none")
+            if rows:  # dotted: "no DP" is not a point on the ε axis
+                ax.plot([positions[rows[-1].epsilon], no_dp_x], [rows[-1].accuracy.mean, free[0].accuracy.mean],
+                        linestyle=":", color=color)
     ax.set_xscale("log")
     ticks = [*finite, no_dp_x] if None in settings.epsilons else finite
     ax.set_xticks(ticks)
@@ -383,12 +407,12 @@ def make_figures(results: Results, settings: Settings, out_dir: Path) -> list[Pa
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
     ax.set_title(f"DP fine-tuning vs DP from scratch ({TARGETS[settings.privacy_target].level}-level target)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     paths.append(_save(fig, fig_dir / "privacy.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     _bars(ax, [f"{TARGETS[row.target].level}-level" for row in r.search],
-          {"CV pick": [row.cv_pick for row in r.search],
+          series={"CV pick": [row.cv_pick for row in r.search],
            "best fixed (hindsight)": [row.hindsight_accuracy for row in r.search],
            "default": [row.default_accuracy for row in r.search]})
     ax.set_title("What cross-validation picks vs the best fixed choice in hindsight")

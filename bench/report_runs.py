@@ -42,6 +42,7 @@ class SourceSpec:
     out_dir: str
 
     def describe(self) -> str:
+        """One line for progress output."""
         return f"train source {SOURCES[self.source].model_id} ({self.arch}, {self.epochs} epochs)"
 
 
@@ -61,11 +62,13 @@ class RunSpec:
     max_grad_norm: float = 1.0
 
     def describe(self) -> str:
+        """One line for progress output."""
         pc = "all" if self.per_class is None else f"{self.per_class}/class"
         dp = "" if self.epsilon is None else f" ε={self.epsilon:g}"
         return f"{self.target} {pc} {self.init} {self.strategy} lr={self.lr:g} bs={self.batch_size}{dp} seed={self.seed}"
 
     def run_id(self) -> str:
+        """A deterministic run id: a retried report of the same run is stored once."""
         return "report-" + hashlib.sha256(repr(self).encode()).hexdigest()[:24]
 
 
@@ -82,10 +85,12 @@ class SearchSpec:
     batch_size: int
 
     def describe(self) -> str:
+        """One line for progress output."""
         return f"search {self.target} over {len(self.strategies)} strategies x 3 LRs, {self.folds} folds, " \
                f"seed={self.seed}"
 
     def run_id(self) -> str:
+        """A deterministic run id: a retried report of the same run is stored once."""
         return "report-search-" + hashlib.sha256(repr(self).encode()).hexdigest()[:24]
 
 
@@ -124,6 +129,8 @@ class RunOutcome:
     model_version: str | None  # None when not reported (random initialisation)
     seconds: float
     cpu_seconds: float
+    #: bytes this run's worker pulled over the wire to load the source (0: found in the shared cache)
+    transferred_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +145,7 @@ class SearchOutcome:
     model_version: str
     seconds: float
     cpu_seconds: float
+    transferred_bytes: int = 0
 
 
 Outcome = Union[SourceOutcome, RunOutcome, SearchOutcome]
@@ -164,6 +172,7 @@ class _Worker:
         self._client = None
         self._models: dict[str, object] = {}
         self._data: dict[tuple[str, int | None, int], object] = {}
+        self.transferred_bytes = 0
 
     @property
     def client(self):
@@ -178,10 +187,13 @@ class _Worker:
         """The source's LoadedModel, pulled with `Client.load_torch` (a cache hit after the first pull)."""
         ref = f"{SOURCES[source].model_id}@stable"
         if ref not in self._models:
+            # An explicit pull first, to count what came over the wire (0 when the shared cache has it).
+            self.transferred_bytes += self.client.pull(ref, "safetensors").transferred_bytes
             self._models[ref] = self.client.load_torch(ref)
         return self._models[ref]
 
-    def data(self, target: str, per_class: int | None, seed: int, card):
+    def data(self, target: str, *, per_class: int | None, seed: int, card):
+        """The target's splits for this seed, loaded once per process."""
         from client.finetune import load_target
 
         key = (target, per_class, seed)
@@ -240,7 +252,7 @@ def _report(*, run_id: str, version: str, strategy: str, hyperparameters: dict[s
                               device_kind=DeviceKind.CPU, wall_seconds=seconds))
 
 
-def cell_metric(target: str, per_class: int | None, epsilon: float | None, lr: float | None = None) -> str:
+def cell_metric(target: str, *, per_class: int | None, epsilon: float | None, lr: float | None = None) -> str:
     """Metric name that groups a run's accuracy by target and regime on the server's leaderboard.
 
     `lr` is given only for a non-default learning rate (the search's hindsight grid), so the leaderboard of
@@ -252,7 +264,8 @@ def cell_metric(target: str, per_class: int | None, epsilon: float | None, lr: f
     return f"acc/{target}/{pc}{dp}{tag}"
 
 
-def search_metric(target: str, per_class: int | None) -> str:
+def search_metric(target: str, *, per_class: int | None) -> str:
+    """Metric name of a search's test accuracy on the server's leaderboard."""
     pc = "all" if per_class is None else f"pc{per_class}"
     return f"search/{target}/{pc}"
 
@@ -263,9 +276,9 @@ def _adapt(spec: RunSpec) -> RunOutcome:
     from client.finetune import PrivacyConfig, evaluate, finetune, get_strategy
     from models.weights import model_from_card
 
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, before = time.perf_counter(), time.process_time(), _WORKER.transferred_bytes
     loaded = _WORKER.model(TARGETS[spec.target].source)
-    data = _WORKER.data(spec.target, spec.per_class, spec.seed, loaded.card)
+    data = _WORKER.data(spec.target, per_class=spec.per_class, seed=spec.seed, card=loaded.card)
     if spec.init == RANDOM:
         torch.manual_seed(spec.seed)
         model = model_from_card(loaded.card)
@@ -293,7 +306,8 @@ def _adapt(spec: RunSpec) -> RunOutcome:
         version = loaded.model_version.name
         default_lr = get_strategy(spec.strategy).default_lr
         lr_tag = None if math.isclose(spec.lr, default_lr) else spec.lr
-        metrics = {**test.scalars(), cell_metric(spec.target, spec.per_class, spec.epsilon, lr_tag): test.accuracy}
+        cell = cell_metric(spec.target, per_class=spec.per_class, epsilon=spec.epsilon, lr=lr_tag)
+        metrics = {**test.scalars(), cell: test.accuracy}
         _report(run_id=spec.run_id(), version=version, strategy=result.strategy,
                 hyperparameters={**result.hyperparameters, "target": TARGETS[spec.target].data,
                                  "per_class": str(spec.per_class or "all")},
@@ -301,15 +315,15 @@ def _adapt(spec: RunSpec) -> RunOutcome:
     return RunOutcome(spec=spec, accuracy=test.accuracy, macro_f1=test.macro_f1, train_examples=len(data.train),
                       epochs=epochs, epsilon_spent=result.privacy.epsilon_spent if result.privacy else None,
                       rgn_blocks=rgn_blocks, model_version=version, seconds=seconds,
-                      cpu_seconds=time.process_time() - cpu)
+                      cpu_seconds=time.process_time() - cpu, transferred_bytes=_WORKER.transferred_bytes - before)
 
 
 def _search(spec: SearchSpec) -> SearchOutcome:
     from client.finetune.search import search
 
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, before = time.perf_counter(), time.process_time(), _WORKER.transferred_bytes
     loaded = _WORKER.model(TARGETS[spec.target].source)
-    data = _WORKER.data(spec.target, spec.per_class, spec.seed, loaded.card)
+    data = _WORKER.data(spec.target, per_class=spec.per_class, seed=spec.seed, card=loaded.card)
     epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
     found = search(loaded.module, train=data.train, val=None, test=data.test, strategies=list(spec.strategies),
                    lrs=None, folds=spec.folds, label_names=data.label_names, seed=spec.seed, card=loaded.card,
@@ -322,12 +336,13 @@ def _search(spec: SearchSpec) -> SearchOutcome:
                              "search_grid": ";".join(f"{r.strategy}@{r.lr:g}" for r in found.rows)[:256],
                              "target": TARGETS[spec.target].data, "per_class": str(spec.per_class or "all")},
             metrics={**found.test_metrics.scalars(), "cv/accuracy": found.best.mean,
-                     search_metric(spec.target, spec.per_class): test_accuracy},
+                     search_metric(spec.target, per_class=spec.per_class): test_accuracy},
             privacy=None, train_examples=len(data.train), seconds=seconds)
     return SearchOutcome(spec=spec, picked_strategy=found.best.strategy, picked_lr=found.best.lr,
                          cv_accuracy=found.best.mean, test_accuracy=test_accuracy,
                          grid=tuple((r.strategy, r.lr, r.mean) for r in found.rows), model_version=version,
-                         seconds=seconds, cpu_seconds=time.process_time() - cpu)
+                         seconds=seconds, cpu_seconds=time.process_time() - cpu,
+                         transferred_bytes=_WORKER.transferred_bytes - before)
 
 
 # -- main side ---------------------------------------------------------------------------------
@@ -391,6 +406,7 @@ class Runner:
                 raise
 
     def __getitem__(self, spec: Spec) -> Outcome:
+        """The outcome of a spec that has run."""
         return self.results[spec]
 
 

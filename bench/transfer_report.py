@@ -66,6 +66,7 @@ class Progress:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
     parser = argparse.ArgumentParser(prog="bench/transfer_report.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports", help="output folder (default reports/)")
     parser.add_argument("--quick", action="store_true", help="one seed, fewer settings: a smoke test (~1-2 min)")
@@ -135,7 +136,7 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
             results = run_experiments(settings, runner, blocks=blocks, config=config, progress=progress)
 
             with client(server.target, token=server.client_token, cache_dir=cache) as edge:
-                product = _product_facts(edge, runner, settings, target=server.target, sources=sources,
+                product = _product_facts(edge, runner, settings=settings, target=server.target, sources=sources,
                                          pulled=pulled)
         finally:
             server.stop()
@@ -145,7 +146,7 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
                        wall_seconds=time.perf_counter() - progress.started, busy_seconds=runner.busy_seconds,
                        cpu_seconds=runner.cpu_seconds,
                        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    figures = make_figures(results, settings, out_dir)
+    figures = make_figures(results, settings=settings, out_dir=out_dir)
     progress(f"wrote {len(figures)} figures under {out_dir / 'figures'}")
     report = out_dir / REPORT_NAME
     write_atomic(out_dir / JSON_NAME, json.dumps(results_json(data), indent=2, default=str) + "\n")
@@ -154,14 +155,14 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
     return report
 
 
-def _product_facts(edge, runner: Runner, settings: Settings, *, target: str, sources, pulled: int) -> ProductFacts:
+def _product_facts(edge, runner: Runner, *, settings: Settings, target: str, sources, pulled: int) -> ProductFacts:
     """Cross-checks the server's view (list_runs, summarize_runs) against the runs made here."""
     reported = [o for o in runner.results.values()
                 if isinstance(o, (RunOutcome, SearchOutcome)) and o.model_version]
     listed = sum(len(edge.list_runs(model=SOURCES[key].model_id)) for key in SOURCES)
     boards = []
     for t in settings.strategy_targets:
-        metric = cell_metric(t, settings.adapt_per_class, None)
+        metric = cell_metric(t, per_class=settings.adapt_per_class, epsilon=None)
         board = edge.summarize_runs(metric=metric, model=SOURCES[TARGETS[t].source].model_id)
         local: dict[str, list[float]] = {}
         for o in reported:
@@ -170,8 +171,11 @@ def _product_facts(edge, runner: Runner, settings: Settings, *, target: str, sou
                 local.setdefault(_strategy_label(o.spec.strategy), []).append(o.accuracy)
         local_means = {k: sum(v) / len(v) for k, v in local.items()}
         boards.append(LeaderboardTable(TARGETS[t].title, metric, tuple(board.entries), local_means))
+    worker_bytes = sum(o.transferred_bytes for o in runner.results.values()
+                       if isinstance(o, (RunOutcome, SearchOutcome)))
     return ProductFacts(server_target=target, sources=tuple(sources), pulled_bytes=pulled,
-                        runs_reported=len(reported), runs_listed=listed, leaderboards=tuple(boards))
+                        worker_pulled_bytes=worker_bytes, runs_reported=len(reported), runs_listed=listed,
+                        leaderboards=tuple(boards))
 
 
 def _is_default_lr(spec) -> bool:

@@ -123,10 +123,11 @@ def train_source_model(
     for epoch in range(epochs):
         train_model.train()
         for xb, yb in loader:
-            if len(yb) == 0:  # Poisson sampling can draw an empty batch
-                continue
             optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(train_model(xb), yb).backward()
+            # Poisson sampling can draw an empty batch; it must still be a (noise-only) step that
+            # the accountant counts, so the loss is a sum that is well defined for zero examples.
+            loss = nn.functional.cross_entropy(train_model(xb), yb, reduction="sum") / max(len(yb), 1)
+            loss.backward()
             optimizer.step()
     spent = engine.get_epsilon(dp_delta) if engine is not None else None
     if engine is not None:

@@ -80,8 +80,11 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patchify(x).flatten(2).transpose(1, 2)
-        cls = self.cls_token(self.token_ids[:1]).expand(x.shape[0], 1, -1)
-        return torch.cat([cls, tokens], dim=1) + self.positions(self.token_ids)
+        # Ids with a batch axis: Opacus computes per-example gradients of an Embedding from its
+        # input's batch dimension, so a shared (unbatched) lookup would break DP training.
+        ids = self.token_ids.expand(x.shape[0], -1)
+        cls = self.cls_token(ids[:, :1])
+        return torch.cat([cls, tokens], dim=1) + self.positions(ids)
 
 
 @register_model("vit_tiny", config=ViTConfig)

@@ -5,7 +5,12 @@ the `xfer finetune` command's body is in `client.finetune.command`.
 """
 
 from client.finetune.data import TargetData, TensorData, load_target
-from client.finetune.errors import DataError, FinetuneError, PrivacyBudgetExceededError, PrivacyError
+from client.finetune.errors import (
+    DataError,
+    FinetuneError,
+    PrivacyBudgetExceededError,
+    PrivacyError,
+)
 from client.finetune.ledger import PrivacyLedger
 from client.finetune.metrics import Metrics, evaluate
 from client.finetune.privacy import PrivacyConfig

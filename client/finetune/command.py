@@ -73,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def pow2(n: int) -> int:
-    """`n` rounded to the nearest power of two (on a log scale); never the exact count."""
-    return 1 if n <= 1 else 2 ** round(math.log2(n))
+    """The smallest power of two ≥ `n` (never the exact count; the SDK's `pow2_at_least` convention)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 @dataclasses.dataclass
@@ -131,8 +131,8 @@ class FinetuneOutcome:
     def summary(self) -> str:
         """A short human-readable summary."""
         m = self.test_metrics
-        lines = [f"strategy {self.result.strategy}: test accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
-                 f"loss {m.loss:.4f}, ECE {m.ece:.4f} ({m.examples} examples)"]
+        lines = [(f"strategy {self.result.strategy}: test accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
+                  f"loss {m.loss:.4f}, ECE {m.ece:.4f} ({m.examples} examples)")]
         p = self.result.privacy
         if p is not None:
             eps = self.search.epsilon_total if self.search is not None else p.epsilon_spent
@@ -153,8 +153,8 @@ def _split_list(text: str | None) -> list[str]:
 
 def _privacy(args: argparse.Namespace) -> PrivacyConfig | None:
     if args.dp_epsilon is None:
-        if args.dp_delta is not None or args.ghost_clipping:
-            raise FinetuneError("--dp-delta and --ghost-clipping need --dp-epsilon")
+        if args.dp_delta is not None or args.ghost_clipping or args.privacy_budget is not None:
+            raise FinetuneError("--dp-delta, --ghost-clipping and --privacy-budget need --dp-epsilon")
         return None
     return PrivacyConfig(epsilon=args.dp_epsilon, delta=args.dp_delta, max_grad_norm=args.max_grad_norm,
                          accountant=args.accountant, ghost_clipping=args.ghost_clipping)
@@ -183,9 +183,9 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
             val = "" if record.val_loss is None else f"  val loss {record.val_loss:.4f}  val acc {record.val_accuracy:.4f}"
             print(f"  epoch {record.epoch:3d} [{record.phase}] train loss {record.train_loss:.4f}{val}", flush=True)
 
-    common = dict(card=card, epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
-                  weight_decay=args.weight_decay, patience=args.patience, reinit_head=args.reinit_head,
-                  device=args.device)
+    common = {"card": card, "epochs": args.epochs, "batch_size": args.batch_size, "schedule": args.schedule,
+              "weight_decay": args.weight_decay, "patience": args.patience, "reinit_head": args.reinit_head,
+              "device": args.device}
     found = None
     if args.search:
         if progress:

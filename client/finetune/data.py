@@ -38,8 +38,8 @@ import dataclasses
 import hashlib
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -69,9 +69,10 @@ class TensorData:
     index: torch.Tensor
 
     def __len__(self) -> int:
+        """Number of examples."""
         return int(self.y.shape[0])
 
-    def subset(self, rows: torch.Tensor | np.ndarray | Sequence[int]) -> "TensorData":
+    def subset(self, rows: torch.Tensor | np.ndarray | Sequence[int]) -> TensorData:
         """The examples at `rows` (positions in this data set)."""
         rows = torch.as_tensor(np.asarray(rows), dtype=torch.long)
         return TensorData(self.x[rows], self.y[rows], self.index[rows])
@@ -91,6 +92,7 @@ class TargetData:
 
     @property
     def num_classes(self) -> int:
+        """Number of target classes."""
         return len(self.label_names)
 
 
@@ -387,8 +389,8 @@ def split_indices(y: np.ndarray, *, seed: int, fractions: tuple[float, float, fl
     for label in np.unique(y):
         rows = rng.permutation(np.nonzero(y == label)[0])
         n = len(rows)
-        n_test = int(round(n * fractions[2])) if n >= 3 else 0
-        n_val = int(round(n * fractions[1])) if n >= 3 else 0
+        n_test = round(n * fractions[2]) if n >= 3 else 0
+        n_val = round(n * fractions[1]) if n >= 3 else 0
         parts[2].append(rows[:n_test])
         parts[1].append(rows[n_test:n_test + n_val])
         parts[0].append(rows[n_test + n_val:])

@@ -18,13 +18,14 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from client.finetune.errors import PrivacyBudgetExceededError
+from models.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class BudgetStatus:
 
     @property
     def remaining(self) -> float | None:
+        """ε left under the budget (None: no budget recorded)."""
         return None if self.budget is None else max(0.0, self.budget - self.spent)
 
 
@@ -59,7 +61,7 @@ class PrivacyLedger:
         self.path = Path(path)
 
     @classmethod
-    def in_cache(cls, cache_dir: str | os.PathLike) -> "PrivacyLedger":
+    def in_cache(cls, cache_dir: str | os.PathLike) -> PrivacyLedger:
         """The ledger kept in a cache dir."""
         return cls(Path(cache_dir) / LEDGER_NAME)
 
@@ -73,7 +75,7 @@ class PrivacyLedger:
                 before = json.dumps(state, sort_keys=True)
                 yield state
                 if json.dumps(state, sort_keys=True) != before:
-                    self._write(state)
+                    write_json_atomic(self.path, state)
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
@@ -86,18 +88,6 @@ class PrivacyLedger:
         if not isinstance(state, dict) or "datasets" not in state:
             raise ValueError(f"{self.path} is not a privacy ledger; move it away to start a new one")
         return state
-
-    def _write(self, state: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f, indent=2, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     @staticmethod
     def _status(state: dict[str, Any], dataset_id: str, budget: float | None) -> BudgetStatus:

@@ -6,16 +6,15 @@ Every file is written to a temp file and moved into place (DESIGN §7.7).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from models.base import XferModel
 from models.card import ModelCard, card_for_model, validate_card
 from models.export import ParityReport, export_onnx
+from models.files import write_json_atomic
 from models.weights import save_safetensors
 
 log = logging.getLogger(__name__)
@@ -32,22 +31,6 @@ class OutputPaths:
     onnx: Path
     metrics: Path
     card: Path
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Writes JSON to a temp file beside `path`, fsyncs, and renames it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def finetuned_card(model: XferModel, *, source: ModelCard | None, label_names: tuple[str, ...],

@@ -252,6 +252,7 @@ class PrivateRun:
 
     @property
     def steps_taken(self) -> int:
+        """DP-SGD steps the accountant has recorded so far."""
         return int(sum(steps for _, _, steps in self.engine.accountant.history))
 
     def history(self) -> list[tuple[float, float, int]]:

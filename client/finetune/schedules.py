@@ -9,7 +9,7 @@ independent of the schedule.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from client.finetune.errors import FinetuneError
 

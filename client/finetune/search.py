@@ -15,11 +15,10 @@ to the ledger up front, and refused if it does not fit the budget.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import statistics
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,10 +53,12 @@ class CVRow:
 
     @property
     def mean(self) -> float:
+        """Mean held-out accuracy over the folds."""
         return statistics.fmean(self.scores)
 
     @property
     def std(self) -> float:
+        """Sample standard deviation over the folds (0 for one fold)."""
         return statistics.stdev(self.scores) if len(self.scores) > 1 else 0.0
 
 

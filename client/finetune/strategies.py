@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 from torch import nn
 
-from client.finetune.errors import DuplicateStrategyError, StrategyError, UnknownStrategyError
+from client.finetune.errors import (
+    DuplicateStrategyError,
+    StrategyError,
+    UnknownStrategyError,
+)
 from models.base import XferModel
 
 

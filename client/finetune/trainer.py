@@ -14,20 +14,40 @@ import logging
 import math
 import time
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from client.finetune.data import TensorData
-from client.finetune.devices import DeviceSetup, autocast, resolve_device, seed_everything, to_device
+from client.finetune.devices import (
+    DeviceSetup,
+    autocast,
+    resolve_device,
+    seed_everything,
+    to_device,
+)
 from client.finetune.errors import DataError, FinetuneError
 from client.finetune.ledger import PrivacyLedger
 from client.finetune.metrics import Metrics, evaluate
-from client.finetune.privacy import (DPPlan, PrivacyConfig, PrivacyReport, PrivateRun, make_compatible, plan_dp,
-                                     steps_per_epoch)
+from client.finetune.privacy import (
+    DPPlan,
+    PrivacyConfig,
+    PrivacyReport,
+    PrivateRun,
+    make_compatible,
+    plan_dp,
+    steps_per_epoch,
+)
 from client.finetune.schedules import get_schedule
-from client.finetune.strategies import AutoRGN, Phase, Strategy, get_strategy, relative_gradient_norms, rgn_lr_scales
+from client.finetune.strategies import (
+    AutoRGN,
+    Phase,
+    Strategy,
+    get_strategy,
+    relative_gradient_norms,
+    rgn_lr_scales,
+)
 from models.base import XferModel
 from models.card import ModelCard
 
@@ -258,7 +278,10 @@ class _Loop:
     def _batches(self, n: int) -> list[torch.Tensor]:
         if self.run is not None:
             return [self.run.poisson_batch(self.generator) for _ in range(steps_per_epoch(n, self.batch_size))]
-        return list(torch.randperm(n, generator=self.generator).split(self.batch_size))
+        order = torch.randperm(n, generator=self.generator)
+        if self.setup.kind != "cpu":
+            order = order.to(self.setup.device, non_blocking=True)  # one copy per epoch, not one per step
+        return list(order.split(self.batch_size))
 
     def run_phase(self, phase: Phase) -> None:
         trainable = phase.trainable()
@@ -294,8 +317,8 @@ class _Loop:
                         # An empty Poisson batch must still be a (noise-only) step for the accounting to
                         # hold: one example with zero loss weight contributes a zero gradient.
                         idx = torch.zeros(1, dtype=torch.long)
-                    if self.setup.kind != "cpu":
-                        idx = idx.to(self.setup.device, non_blocking=True)
+                    if idx.device != self.x.device:
+                        idx = idx.to(self.x.device, non_blocking=True)
                     xb, yb = self.x[idx], self.y[idx]
                     with autocast(self.setup, enabled=amp):
                         loss = criterion(net(xb), yb)

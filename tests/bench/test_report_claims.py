@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from report_claims import AGREES, DISAGREES, INCONCLUSIVE, GREATER, LESS, TIE, UNKNOWN, block_groups, claims, compare
+from report_claims import AGREES, DISAGREES, INCONCLUSIVE, WITHIN_NOISE, GREATER, LESS, TIE, UNKNOWN, block_groups, claims, compare
 from report_experiments import ALL_BLOCKS, AUTO, InitRow, PrivacyRow, Results, RGNRow, SearchRow, Stat, \
     StrategyRow, SurgicalRow
 from report_render import table
@@ -70,6 +70,12 @@ def test_verdicts_follow_the_numbers(flip: bool) -> None:
     assert _verdict(results, "For an input-level shift") == expected
     assert _verdict(results, "With DP, fine-tuning pretrained features") == expected
     assert _verdict(results, "LP-FT matches or beats") == AGREES  # equal means: within noise
+
+
+def test_a_directional_claim_met_by_a_tie_is_within_noise() -> None:
+    same = s(0.80, 0.90, 0.70)
+    results = _results(pretrained=same, random=s(0.81, 0.71, 0.91), early=same, late=same)
+    assert _verdict(results, "Pretrained initialisation beats random") == WITHIN_NOISE
 
 
 def test_one_seed_is_inconclusive() -> None:

@@ -19,6 +19,25 @@ def model_dir(source_model_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def big_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLP of about 4.5 MB (safetensors + card.json; the server derives ONNX).
+
+    Bigger than what gRPC and the loopback socket buffers hold in flight
+    (about 1 MB measured), so killing the server mid-pull really cuts it.
+    """
+    import json
+
+    from models import card_for_model, create_model
+    from models.weights import save_safetensors
+
+    out = tmp_path_factory.mktemp("big-model")
+    model = create_model("mlp", in_features=64, hidden=[1024, 1024], num_classes=10)
+    save_safetensors(model, out / "model.safetensors")
+    (out / "card.json").write_text(json.dumps(card_for_model(model, source_task="test weights").to_dict()))
+    return out
+
+
+@pytest.fixture(scope="session")
 def xfer_server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[ServerProcess]:
     """A server shared by the module's tests, with `digits-convnet` version 1 registered."""
     server = new_server_process(tmp_path_factory.mktemp("xfer-server"))

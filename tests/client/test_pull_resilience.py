@@ -21,12 +21,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_resume_after_the_server_is_killed_mid_pull(new_server, model_dir, tmp_path):
+def test_resume_after_the_server_is_killed_mid_pull(new_server, big_model_dir, tmp_path):
     server = new_server(chunk_size=4096)
     with server.client(tmp_path / "op", token="operator") as op:
-        op.register(model_dir, "resume-model")
-    expected = sha256(model_dir / "model.safetensors")
-    size = (model_dir / "model.safetensors").stat().st_size
+        op.register(big_model_dir, "resume-model")
+    expected = sha256(big_model_dir / "model.safetensors")
+    size = (big_model_dir / "model.safetensors").stat().st_size
     cache = tmp_path / "cache"
 
     def kill_after_some_bytes(done: int, total: int) -> None:
@@ -125,13 +125,13 @@ def test_two_processes_pulling_at_once_end_with_one_correct_file(xfer_server, mo
     assert not list((cache.root / "partial").iterdir())
 
 
-def test_unavailable_is_retried_and_a_pull_resumes_within_one_call(new_server, model_dir, tmp_path):
+def test_unavailable_is_retried_and_a_pull_resumes_within_one_call(new_server, big_model_dir, tmp_path):
     from tests.conftest import free_port
 
     server = new_server(chunk_size=4096, port=free_port())
     with server.client(tmp_path / "op", token="operator") as op:
-        op.register(model_dir, "retry-model")
-    size = (model_dir / "model.safetensors").stat().st_size
+        op.register(big_model_dir, "retry-model")
+    size = (big_model_dir / "model.safetensors").stat().st_size
     patient = RetryPolicy(max_attempts=60, initial_backoff=0.1, max_backoff=0.5)
     restarter: list[threading.Thread] = []
 

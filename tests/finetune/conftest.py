@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from client.finetune.data import TargetData, load_target
-import sys
-from pathlib import Path
-
 from models import card_for_model
 from models.base import XferModel
 from models.card import ModelCard
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from finetune_helpers import DIGIT_NAMES, tiny_model  # noqa: E402
+from finetune_helpers import DIGIT_NAMES, tiny_model
 
 
 @pytest.fixture

@@ -179,3 +179,19 @@ def test_split_is_stratified():
     s = split_indices(y, seed=0)
     for part, share in ((s.train, 15), (s.val, 5), (s.test, 5)):
         assert np.bincount(y[part]).tolist() == [share] * 4
+
+
+def test_too_few_examples_to_split(tmp_path, mlp_card):
+    x, y = blobs(n=6)
+    with pytest.raises(DataError, match="too few examples"):
+        load_target(write_npz(tmp_path / "tiny.npz", x, y), card=mlp_card)
+
+
+def test_from_arrays_checks_and_normalises(session_card):
+    from client.finetune.data import from_arrays
+
+    x = np.full((4, 64), 0.7, dtype=np.float32)
+    data = from_arrays(x, np.array([0, 1, 0, 1]), card=session_card)
+    assert data.x.shape == (4, 1, 8, 8) and torch.allclose(data.x, torch.full((4, 1, 8, 8), 1.0))
+    with pytest.raises(DataError, match="only one class"):
+        from_arrays(x, np.zeros(4, dtype=np.int64), card=session_card)

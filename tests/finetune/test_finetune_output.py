@@ -87,15 +87,18 @@ def test_report_fields_parse_into_the_run_message(tmp_path, model, card):
 
 
 def test_run_refuses_several_strategies_without_search(tmp_path, model, card):
-    from client.finetune.errors import SearchError
+    from client.finetune.errors import FinetuneError, SearchError
 
+    with pytest.raises(FinetuneError, match="need --dp-epsilon"):
+        command.run(parse("digits", "--privacy-budget", "3"), model=model, card=card, cache_dir=tmp_path,
+                    progress=False)
     with pytest.raises(SearchError, match="need --search"):
         command.run(parse("digits", "--strategy", "full,linear-probe"), model=model, card=card,
                     cache_dir=tmp_path, progress=False)
 
 
 def test_pow2():
-    assert [pow2(n) for n in (1, 2, 3, 5, 6, 100, 538, 1000)] == [1, 2, 4, 4, 8, 128, 512, 1024]
+    assert [pow2(n) for n in (1, 2, 3, 5, 6, 100, 538, 1024, 1025)] == [1, 2, 4, 8, 8, 128, 1024, 1024, 2048]
 
 
 def test_run_with_search_prints_the_cv_table(tmp_path, model, card, capsys):

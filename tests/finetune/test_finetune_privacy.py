@@ -9,7 +9,14 @@ import torch
 from finetune_helpers import changed, snapshot
 
 from client.finetune.errors import PrivacyError
-from client.finetune.privacy import DPPlan, PrivacyConfig, PrivateRun, default_delta, make_compatible, plan_dp
+from client.finetune.privacy import (
+    DPPlan,
+    PrivacyConfig,
+    PrivateRun,
+    default_delta,
+    make_compatible,
+    plan_dp,
+)
 from client.finetune.trainer import finetune
 
 
@@ -82,7 +89,7 @@ def test_invalid_privacy_config():
 
 
 def test_unreachable_epsilon_is_a_clear_error(monkeypatch):
-    import opacus.accountants.utils as utils
+    from opacus.accountants import utils
 
     def refuse(**kwargs):
         raise ValueError("The privacy budget is too low.")
@@ -217,3 +224,19 @@ def test_frozen_incompatible_layer_is_fine():
     net = BatchNormNet()
     net.bn.requires_grad_(False)
     assert make_compatible(net) is net
+
+
+def test_an_empty_poisson_batch_is_still_a_noise_step(model, card, small_blur, monkeypatch):
+    calls = {"n": 0}
+    real = PrivateRun.poisson_batch
+
+    def sometimes_empty(self, generator):
+        calls["n"] += 1
+        batch = real(self, generator)
+        return batch[:0] if calls["n"] == 1 else batch
+
+    monkeypatch.setattr(PrivateRun, "poisson_batch", sometimes_empty)
+    before = snapshot(model)
+    result = dp_run(model, card, small_blur, strategy="linear-probe", epochs=1)
+    assert result.privacy.steps == math.ceil(len(small_blur.train) / 32)  # the empty step was accounted
+    assert changed(before, result.model) == {"head.weight", "head.bias"}

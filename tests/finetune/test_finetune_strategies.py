@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from finetune_helpers import changed, snapshot
 
 from client.finetune import strategies as S
-from client.finetune.errors import DuplicateStrategyError, StrategyError, UnknownStrategyError
+from client.finetune.errors import (
+    DuplicateStrategyError,
+    StrategyError,
+    UnknownStrategyError,
+)
 from client.finetune.trainer import finetune
-
-from finetune_helpers import changed, snapshot
 
 
 def block_params(model) -> dict[str, set[str]]:
@@ -152,8 +155,8 @@ def test_auto_rgn_weights_match_direct_computation(model, card, blur):
     expected = {n: r / top for n, r in rgn.items()}
     measured = result.rgn_scales[0]
     assert measured.keys() == expected.keys()
-    for name in expected:
-        assert measured[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-7), name
+    for name, weight in expected.items():
+        assert measured[name] == pytest.approx(weight, rel=1e-4, abs=1e-7), name
     assert max(measured.values()) == pytest.approx(1.0)
     # Each tensor's LR is base LR × its weight.
     lrs = {g.name: g.lr for g in result.groups}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from finetune_helpers import snapshot
@@ -61,7 +63,8 @@ def test_keeps_the_best_checkpoint_and_stops_early(model, card, blur):
 
 
 def test_repeatable_on_cpu_and_seed_matters(model, card, blur):
-    kw = dict(train=blur.train, strategy="lp-ft", epochs=2, card=card, label_names=blur.label_names, device="cpu")
+    kw = {"train": blur.train, "strategy": "lp-ft", "epochs": 2, "card": card, "label_names": blur.label_names,
+          "device": "cpu"}
     a, b, c = finetune(model, seed=3, **kw), finetune(model, seed=3, **kw), finetune(model, seed=4, **kw)
     sa, sb, sc = a.model.state_dict(), b.model.state_dict(), c.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -89,12 +92,12 @@ def test_schedules():
     values = [slanted_triangular(t, 100) for t in range(100)]
     peak = values.index(max(values))
     assert peak == 10 and max(values) == pytest.approx(1.0) and values[0] == pytest.approx(1 / 32)
-    assert values[-1] < 0.05 and all(a <= b for a, b in zip(values[:peak], values[1:peak + 1]))
+    assert values[-1] < 0.05 and all(a <= b for a, b in itertools.pairwise(values[:peak + 1]))
     assert constant(5, 10) == 1.0 and get_schedule("cosine") is cosine
 
 
 def test_schedule_drives_the_lr(model, card, blur, monkeypatch):
-    import client.finetune.trainer as trainer
+    from client.finetune import trainer
 
     seen: list[float] = []
     real_step = torch.optim.AdamW.step

@@ -36,3 +36,10 @@ def test_cli_rejects_bad_options_with_one_line(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--classes", "3", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("models.train: error:") and err.count("\n") == 1
+
+
+def test_every_architecture_trains_under_dp(tmp_path):
+    # Opacus needs per-example gradients for every parameter (vit_tiny's embeddings included).
+    for arch in ("mlp", "convnet", "vit_tiny"):
+        result = train_source_model(out_dir=tmp_path / arch, arch=arch, epochs=1, dp_epsilon=8.0, seed=0)
+        assert 0 < result.dp_epsilon <= 8.0 + 1e-6
