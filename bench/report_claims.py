@@ -102,8 +102,8 @@ def _init_claims(results: Results) -> list[Claim]:
             continue
         fewest = min(rows, key=lambda r: r.train_examples)
         most = max(rows, key=lambda r: r.train_examples)
-        gap_few = Stat(tuple(p - r for p, r in zip(fewest.pretrained.values, fewest.random.values)))
-        gap_many = Stat(tuple(p - r for p, r in zip(most.pretrained.values, most.random.values)))
+        gap_few = Stat(tuple(p - r for p, r in zip(fewest.pretrained.values, fewest.random.values, strict=True)))
+        gap_many = Stat(tuple(p - r for p, r in zip(most.pretrained.values, most.random.values, strict=True)))
         rel = compare(gap_few, gap_many)
         out.append(Claim(
             "1", f"The benefit of pretraining shrinks as labels grow ({TARGETS[target].level}-level target)",
@@ -206,8 +206,9 @@ def _privacy_claims(results: Results) -> list[Claim]:
             if tightest not in rows or None not in rows:
                 continue
             gap_dp = Stat(tuple(a - b for a, b in zip(rows[tightest].accuracy.values,
-                                                      random_rows[tightest].accuracy.values)))
-            gap_free = Stat(tuple(a - b for a, b in zip(rows[None].accuracy.values, random_rows[None].accuracy.values)))
+                                                      random_rows[tightest].accuracy.values, strict=True)))
+            gap_free = Stat(tuple(a - b for a, b in zip(rows[None].accuracy.values, random_rows[None].accuracy.values,
+                                                        strict=True)))
             rel = compare(gap_dp, gap_free)
             out.append(Claim(
                 "4", f"Good features matter more under privacy: the gap over random init is larger at "

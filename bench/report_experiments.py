@@ -12,8 +12,8 @@ import math
 import statistics
 from typing import Callable, Sequence
 
-from report_runs import PRETRAINED, RANDOM, RunOutcome, Runner, RunSpec, SearchOutcome, SearchSpec, run_spec
-from report_setup import TARGETS, Settings
+from report_runs import PRETRAINED, RANDOM, Runner, RunSpec, SearchOutcome, SearchSpec, run_spec
+from report_setup import Settings
 
 ALL_BLOCKS = "all blocks (full)"
 AUTO = "surgical:auto"
@@ -167,7 +167,8 @@ def plan_surgical(s: Settings, *, blocks: dict[str, list[str]]) -> list[RunSpec]
             for t in s.surgical_targets for _, strategy in _surgical_strategies(blocks[t]) for seed in s.seeds]
 
 
-def rows_surgical(s: Settings, runner: Runner, *, blocks: dict[str, list[str]]) -> tuple[list[SurgicalRow], list[RGNRow]]:
+def rows_surgical(s: Settings, runner: Runner, *,
+                  blocks: dict[str, list[str]]) -> tuple[list[SurgicalRow], list[RGNRow]]:
     """Section 2's accuracy rows and Auto-RGN block-weight rows."""
     rows, rgn = [], []
     for t in s.surgical_targets:

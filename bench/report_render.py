@@ -353,7 +353,7 @@ def make_figures(results: Results, *, settings: Settings, out_dir: Path) -> list
 
     targets = list(dict.fromkeys(row.target for row in r.surgical))
     fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(4.2 * max(1, len(targets)), 3.8), squeeze=False)
-    for ax, t in zip(axes[0], targets):
+    for ax, t in zip(axes[0], targets, strict=True):
         rows = [row for row in r.surgical if row.target == t]
         names = {ALL_BLOCKS: "all blocks", HEAD_PROBE: "linear-probe"}
         _bars(ax, [names.get(row.tuned, row.tuned) for row in rows], series={"": [row.accuracy for row in rows]})

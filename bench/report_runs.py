@@ -65,7 +65,8 @@ class RunSpec:
         """One line for progress output."""
         pc = "all" if self.per_class is None else f"{self.per_class}/class"
         dp = "" if self.epsilon is None else f" ε={self.epsilon:g}"
-        return f"{self.target} {pc} {self.init} {self.strategy} lr={self.lr:g} bs={self.batch_size}{dp} seed={self.seed}"
+        return (f"{self.target} {pc} {self.init} {self.strategy} lr={self.lr:g} bs={self.batch_size}{dp} "
+                f"seed={self.seed}")
 
     def run_id(self) -> str:
         """A deterministic run id: a retried report of the same run is stored once."""

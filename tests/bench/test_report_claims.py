@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from report_claims import AGREES, DISAGREES, INCONCLUSIVE, WITHIN_NOISE, GREATER, LESS, TIE, UNKNOWN, block_groups, claims, compare
+from report_claims import (AGREES, DISAGREES, GREATER, INCONCLUSIVE, LESS, TIE, UNKNOWN, WITHIN_NOISE, block_groups,
+                           claims, compare)
 from report_experiments import ALL_BLOCKS, AUTO, InitRow, PrivacyRow, Results, RGNRow, SearchRow, Stat, \
     StrategyRow, SurgicalRow
 from report_render import table
