@@ -411,10 +411,11 @@ def make_figures(results: Results, *, settings: Settings, out_dir: Path) -> list
     paths.append(_save(fig, fig_dir / "privacy.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
+    default_label = f"default ({r.search[0].default_strategy})" if r.search else "default"
     _bars(ax, [f"{TARGETS[row.target].level}-level" for row in r.search],
           series={"CV pick": [row.cv_pick for row in r.search],
            "best fixed (hindsight)": [row.hindsight_accuracy for row in r.search],
-           "default": [row.default_accuracy for row in r.search]})
+           default_label: [row.default_accuracy for row in r.search]})
     ax.set_title("What cross-validation picks vs the best fixed choice in hindsight")
     ax.legend(fontsize=8)
     paths.append(_save(fig, fig_dir / "search.png"))

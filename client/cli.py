@@ -379,12 +379,21 @@ def cmd_runs(args: argparse.Namespace, io: Io, client: Any, environ: Mapping[str
     rows = []
     for r in runs:
         version = r.model_version.removeprefix("models/").replace("/versions/", ":")
-        metrics = " ".join(f"{k}={_num(v)}" for k, v in r.metrics.items())
+        metrics = _metrics_cell(r.metrics)
         dp = f"eps={r.privacy.epsilon_spent:.2f}" if r.privacy.dp else "no"
         rows.append([r.run_id, version, r.strategy, dp, metrics, r.train_examples_pow2, r.device_kind.value,
                      f"{r.wall_seconds:.1f}s", _when(r.create_time)])
     io.print(table(["RUN", "VERSION", "STRATEGY", "DP", "METRICS", "N(2^k)", "DEVICE", "WALL", "CREATED"], rows))
     return EXIT_OK
+
+
+def _metrics_cell(metrics: Mapping[str, float], *, limit: int = 3) -> str:
+    # Top-level metrics first (accuracy, loss, ...); per-class ones like class/3/accuracy
+    # would make the table unreadable, so they are only counted (all are in --json).
+    ordered = sorted(metrics, key=lambda k: ("/" in k, k != "accuracy", k))
+    shown = " ".join(f"{k}={_num(metrics[k])}" for k in ordered[:limit])
+    rest = len(ordered) - limit
+    return f"{shown} (+{rest})" if rest > 0 else shown
 
 
 def cmd_leaderboard(args: argparse.Namespace, io: Io, client: Any, environ: Mapping[str, str]) -> int:
