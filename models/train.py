@@ -18,6 +18,7 @@ import logging
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -111,25 +112,30 @@ def train_source_model(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     train_model = model
     engine = None
-    if dp_epsilon is not None:
-        from opacus import PrivacyEngine
+    with warnings.catch_warnings():
+        # Known, harmless notices: secure_mode (a CSPRNG for the noise) is a deliberate opt-out
+        # for a demo source model, and torch's backward-hook notice would fire on every batch.
+        for notice in ("Secure RNG turned off", "Full backward hook is firing", "Optimal order is the largest"):
+            warnings.filterwarnings("ignore", message=notice)
+        if dp_epsilon is not None:
+            from opacus import PrivacyEngine
 
-        dp_delta = dp_delta if dp_delta is not None else min(1e-5, 1.0 / len(train_idx) ** 1.1)
-        engine = PrivacyEngine(accountant="prv", secure_mode=False)
-        train_model, optimizer, loader = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, data_loader=loader, epochs=epochs,
-            target_epsilon=dp_epsilon, target_delta=dp_delta, max_grad_norm=max_grad_norm,
-        )
-    for epoch in range(epochs):
-        train_model.train()
-        for xb, yb in loader:
-            optimizer.zero_grad(set_to_none=True)
-            # Poisson sampling can draw an empty batch; it must still be a (noise-only) step that
-            # the accountant counts, so the loss is a sum that is well defined for zero examples.
-            loss = nn.functional.cross_entropy(train_model(xb), yb, reduction="sum") / max(len(yb), 1)
-            loss.backward()
-            optimizer.step()
-    spent = engine.get_epsilon(dp_delta) if engine is not None else None
+            dp_delta = dp_delta if dp_delta is not None else min(1e-5, 1.0 / len(train_idx) ** 1.1)
+            engine = PrivacyEngine(accountant="prv", secure_mode=False)
+            train_model, optimizer, loader = engine.make_private_with_epsilon(
+                module=model, optimizer=optimizer, data_loader=loader, epochs=epochs,
+                target_epsilon=dp_epsilon, target_delta=dp_delta, max_grad_norm=max_grad_norm,
+            )
+        for _ in range(epochs):
+            train_model.train()
+            for xb, yb in loader:
+                optimizer.zero_grad(set_to_none=True)
+                # Poisson sampling can draw an empty batch; it must still be a (noise-only) step that
+                # the accountant counts, so the loss is a sum that is well defined for zero examples.
+                loss = nn.functional.cross_entropy(train_model(xb), yb, reduction="sum") / max(len(yb), 1)
+                loss.backward()
+                optimizer.step()
+        spent = engine.get_epsilon(dp_delta) if engine is not None else None
     if engine is not None:
         model = train_model._module  # unwrap GradSampleModule: the card describes the plain module
         model.zero_grad(set_to_none=True)
