@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=256.0, help="artifact size in MiB (default 256)")
     parser.add_argument("--chunk-size", type=int, default=1 * MIB, help="server ReadArtifact chunk size")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per contender; the best counts (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per contender; the best counts (default 5)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args(argv)
 

@@ -130,11 +130,12 @@ def _surgical_claims(results: Results) -> list[Claim]:
             verdict = AGREES if rel != UNKNOWN else INCONCLUSIVE
             evidence = f"best single block is {best_block} ({singles[best_block].fmt()}), which is {PREDICTION[level]}"
         else:
-            rel = compare(singles[best_block], singles[best_predicted])
-            verdict = _verdict(rel, expect=(TIE,))
-            evidence = (f"best single block is {best_block} ({singles[best_block].fmt()}); the best of "
-                        f"{PREDICTION[level]} ({', '.join(predicted)}) is {best_predicted} "
-                        f"({singles[best_predicted].fmt()}), {_relation(rel)}")
+            rel = compare(singles[best_predicted], singles[best_block])
+            verdict = _verdict(rel, expect=(TIE, GREATER))
+            which = (f"the predicted block {best_predicted}" if len(predicted) == 1
+                     else f"the best predicted block ({', '.join(predicted)}) is {best_predicted}")
+            evidence = (f"best single block is {best_block} ({singles[best_block].fmt()}); {which} at "
+                        f"{singles[best_predicted].fmt()} ({_relation(rel)})")
         article = "an" if level[0] in "aeiou" else "a"
         if HEAD_PROBE in rows and blocks[-1] in predicted:
             evidence += (f" (for reference, the head alone at linear-probe's own LR 1e-2 reaches "

@@ -344,7 +344,7 @@ def make_figures(results: Results, *, settings: Settings, out_dir: Path) -> list
     r = results
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    groups = [f"{TARGETS[row.target].level}\n{labels_text(row.per_class)}" for row in r.init]
+    groups = [f"{TARGETS[row.target].level}-level\n{labels_text(row.per_class)}" for row in r.init]
     _bars(ax, groups, series={"pretrained": [row.pretrained for row in r.init],
                               "random init": [row.random for row in r.init]})
     ax.set_title("Pretrained vs random initialisation")

@@ -96,11 +96,15 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class CachedRef:
-    """What a reference resolved to when it was last used online."""
+    """What a reference resolved to when it was last used online (enough to work offline)."""
 
     model_version: str
     version: int
     artifacts: dict[str, dict[str, Any]]
+    #: The version's model card as a dict (`ModelCard.to_dict()`), so a pulled model loads offline.
+    card: dict[str, Any] | None = None
+    deprecated: bool = False
+    deprecation_message: str = ""
 
 
 class PartialDownload:
@@ -305,7 +309,8 @@ class Cache:
         """The last recorded resolution of `model` + `selector`, or None."""
         try:
             data = json.loads(self._ref_path(model, selector).read_text())
-            return CachedRef(**data)
+            known = {f.name for f in dataclasses.fields(CachedRef)}
+            return CachedRef(**{k: v for k, v in data.items() if k in known})
         except (FileNotFoundError, ValueError, TypeError):
             return None
 

@@ -27,6 +27,7 @@ from typing import Any
 from client import convert
 from client.cache import Cache, CachedRef, default_cache_dir
 from client.domain import (
+    Artifact,
     ArtifactFormat,
     Leaderboard,
     LoadedModel,
@@ -37,7 +38,7 @@ from client.domain import (
     Run,
 )
 from client.download import Progress, fetch_artifact
-from client.errors import InvalidArgumentError, NotFoundError
+from client.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
 from client.transport import RetryPolicy, TlsConfig, Transport, UploadDeclaration
 from models.card import ModelCard
@@ -123,12 +124,13 @@ class Client:
         """Downloads (or finds in the cache) one artifact of `ref`, verified by sha256.
 
         A second pull of the same digest transfers nothing; an interrupted
-        pull resumes from its partial file. `progress(done, total)` is called
-        as bytes arrive.
+        pull resumes from its partial file; while the server is unreachable,
+        a reference pulled before is served from the cache (with a warning).
+        `progress(done, total)` is called as bytes arrive.
         """
         parsed = parse_ref(ref)
         fmt = ArtifactFormat.parse(fmt)
-        version = self.get(parsed)
+        version = self._resolve(parsed)
         artifact = version.artifact(fmt)
         if artifact is None:
             have = ", ".join(a.format.value for a in version.artifacts) or "none"
@@ -146,10 +148,31 @@ class Client:
                           transferred_bytes=outcome.transferred_bytes, resumed_from=outcome.resumed_from,
                           restarts=outcome.restarts)
 
+    def _resolve(self, ref: ModelRef) -> ModelVersion:
+        # Online, the server says what `ref` means. When it cannot be reached, a
+        # reference this cache resolved before still works, so an edge device keeps
+        # loading the models it has; pulling anything not cached still fails.
+        try:
+            return self.get(ref)
+        except UnavailableError as exc:
+            cached = self.cache.read_ref(model=ref.model, selector=ref.selector)
+            if cached is None or cached.card is None:
+                raise
+            log.warning("%s; using %s as this cache last resolved it", exc, ref)
+            return ModelVersion(
+                name=cached.model_version, model=ref.model, version=cached.version,
+                card=ModelCard.from_dict(cached.card),
+                artifacts=tuple(Artifact(format=ArtifactFormat.parse(fmt), size_bytes=int(a["size_bytes"]),
+                                         sha256=a["sha256"]) for fmt, a in cached.artifacts.items()),
+                deprecated=cached.deprecated, deprecation_message=cached.deprecation_message,
+            )
+
     def _remember(self, ref: ModelRef, version: ModelVersion) -> None:
         entry = CachedRef(model_version=version.name, version=version.version,
                           artifacts={a.format.value: {"sha256": a.sha256, "size_bytes": a.size_bytes}
-                                     for a in version.artifacts})
+                                     for a in version.artifacts},
+                          card=version.card.to_dict(), deprecated=version.deprecated,
+                          deprecation_message=version.deprecation_message)
         for selector in {ref.selector, str(version.version)}:
             self.cache.write_ref(model=version.model, selector=selector, ref=entry)
 

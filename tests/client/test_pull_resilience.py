@@ -154,3 +154,20 @@ def test_unavailable_is_retried_and_a_pull_resumes_within_one_call(new_server, b
             assert "retry-model" in [m.model for m in xfer.list_models()]  # a unary call rides out the outage
         finally:
             later.join()
+
+
+def test_a_cached_reference_still_loads_while_the_server_is_down(new_server, model_dir, tmp_path):
+    server = new_server()
+    with server.client(tmp_path / "op", token="operator") as op:
+        op.register(model_dir, "offline-model")
+    cache = tmp_path / "cache"
+    with server.client(cache) as xfer:
+        online = xfer.load_torch("offline-model")
+        server.kill()
+        offline = xfer.load_torch("offline-model")  # same ref, served from the cache
+        assert offline.model_version.name == online.model_version.name and offline.card == online.card
+        assert offline.path == online.path
+        with pytest.raises(UnavailableError):
+            xfer.pull("offline-model", "onnx")  # never pulled: needs the server
+        with pytest.raises(UnavailableError):
+            xfer.pull("offline-model:2")

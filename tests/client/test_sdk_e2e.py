@@ -51,9 +51,13 @@ def test_list_get_and_card_round_trip(xfer_server, model_dir, tmp_path):
 
 
 def test_pull_verifies_caches_and_second_pull_transfers_nothing(xfer_server, model_dir, tmp_path):
+    progress: list[tuple[int, int]] = []
     with xfer_server.client(tmp_path / "cache") as xfer:
-        first = xfer.pull("digits-convnet:1", "safetensors")
+        first = xfer.pull("digits-convnet:1", "safetensors", progress=lambda done, total: progress.append((done, total)))
         assert not first.cache_hit and first.resumed_from == 0
+        # Many small chunks (the fixture's server streams 16 KiB), reported in order up to the total.
+        assert len(progress) > 5 and progress[-1] == (first.size_bytes, first.size_bytes)
+        assert [d for d, _ in progress] == sorted(d for d, _ in progress)
         assert first.transferred_bytes == first.size_bytes == (model_dir / "model.safetensors").stat().st_size
         assert first.blob_path == tmp_path / "cache" / "blobs" / first.sha256
         assert sha256(first.path) == sha256(first.blob_path) == first.sha256
@@ -84,7 +88,9 @@ def test_load_torch_and_onnx_match_the_uploaded_model(xfer_server, model_dir, tm
 
 def test_operator_calls_alias_deprecate_delete(xfer_server, model_dir, tmp_path):
     with xfer_server.client(tmp_path, token="operator") as op:
-        v1 = op.register(model_dir, "alias-model")
+        sent: list[int] = []
+        v1 = op.register(model_dir, "alias-model", progress=lambda done, total: sent.append(total - done))
+        assert sent and sent[-1] == 0
         v2 = op.register([model_dir / "model.safetensors", model_dir / "card.json"], "alias-model")
         assert (v1.version, v2.version) == (1, 2) and "latest" in v2.aliases
         # Without model.onnx the server derives it.
@@ -175,7 +181,7 @@ def test_unreachable_server_is_a_connection_error(tmp_path):
     assert isinstance(info.value, ConnectionError) and "127.0.0.1:1" in str(info.value)
 
 
-def test_tls_and_mutual_tls(new_server, tls_files, model_dir, tmp_path):
+def test_tls_and_mutual_tls(new_server, tls_files, model_dir, tmp_path, run_cli):
     server = new_server(extra_args=("--tls-cert", str(tls_files.server_cert), "--tls-key", str(tls_files.server_key),
                                     "--tls-client-ca", str(tls_files.ca_cert)))
     mtls = TlsConfig(root_ca=tls_files.ca_cert, client_cert=tls_files.client_cert, client_key=tls_files.client_key)
@@ -188,6 +194,15 @@ def test_tls_and_mutual_tls(new_server, tls_files, model_dir, tmp_path):
             no_cert.list_models()
     with pytest.raises(InvalidArgumentError, match="both"):
         TlsConfig(root_ca=tls_files.ca_cert, client_cert=tls_files.client_cert)
+    # The CLI takes the same settings as flags (or XFER_TLS_* variables).
+    ok = run_cli(server, "models", "--tls-ca", str(tls_files.ca_cert), "--tls-cert", str(tls_files.client_cert),
+                 "--tls-key", str(tls_files.client_key))
+    assert ok.code == 0 and "tls-model" in ok.out, ok.err
+    env = {"XFER_TLS_CA": str(tls_files.ca_cert), "XFER_TLS_CERT": str(tls_files.client_cert),
+           "XFER_TLS_KEY": str(tls_files.client_key)}
+    assert run_cli(server, "show", "tls-model", env=env).code == 0
+    plaintext = run_cli(server, "models", "--timeout", "3")
+    assert plaintext.code == 8 and plaintext.err.startswith("xfer: error: server unavailable")
 
 
 def test_register_a_torch_state_dict_and_use_the_result_as_a_path(xfer_server, model_dir, tmp_path):
