@@ -11,6 +11,7 @@ server is always stopped at the end, also when a step fails.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -24,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 BIN = Path(sys.executable).parent
 MODEL = "digits-convnet"
-TARGET = "digits:shift=rotate,per_class=20"
+#: The source model learns digits 0-4; the client's task is digits it never saw (a feature-level shift).
+SOURCE_CLASSES = "0-4"
+TARGET = "digits:classes=5-9"
 LISTENING = re.compile(r"xfer-server listening on (\S+)")
 
 
@@ -52,26 +55,33 @@ def run(*argv: str, env: dict[str, str] | None = None, capture: bool = False) ->
     return result.stdout or ""
 
 
-def start_server(token_file: Path) -> tuple[subprocess.Popen, str]:
+@dataclasses.dataclass(frozen=True)
+class DemoServer:
+    process: subprocess.Popen
+    target: str
+
+
+def start_server(token_file: Path) -> DemoServer:
     """Starts xfer-server on a free port and waits for its listening line."""
     log = open(WORK / "server.log", "w")
     argv = [_tool("xfer-server"), "--data-dir", str(WORK / "data"), "--port", "0", "--token-file", str(token_file)]
-    print(f"$ xfer-server --data-dir .demo/data --port 0 --token-file .demo/tokens.json &", flush=True)
+    print("$ xfer-server --data-dir .demo/data --port 0 --token-file .demo/tokens.json &", flush=True)
     server = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = server.stdout.readline()
         if match := LISTENING.search(line or ""):
             print(line.strip(), flush=True)
-            return server, match.group(1)
+            return DemoServer(process=server, target=match.group(1))
         if server.poll() is not None:
             break
     server.kill()
     raise DemoError(f"xfer-server did not start; see {WORK / 'server.log'}")
 
 
-def stop_server(server: subprocess.Popen) -> None:
+def stop_server(server: DemoServer) -> None:
     """SIGTERM, then wait for the graceful shutdown."""
+    server = server.process
     if server.poll() is None:
         server.send_signal(signal.SIGTERM)
         try:
@@ -94,13 +104,14 @@ def main() -> int:
                  "--name", "demo-client", capture=True).strip()
     print("(tokens kept in the environment as XFER_TOKEN, never printed)")
     step("2. Start the server on the embedded defaults (SQLite + blob directory)")
-    server, target = start_server(tokens)
-    as_operator = {"XFER_SERVER": target, "XFER_TOKEN": operator, "XFER_CACHE": str(WORK / "operator-cache")}
-    as_client = {"XFER_SERVER": target, "XFER_TOKEN": client, "XFER_CACHE": str(WORK / "client-cache")}
+    server = start_server(tokens)
+    as_operator = {"XFER_SERVER": server.target, "XFER_TOKEN": operator, "XFER_CACHE": str(WORK / "operator-cache")}
+    as_client = {"XFER_SERVER": server.target, "XFER_TOKEN": client, "XFER_CACHE": str(WORK / "client-cache")}
     xfer = _tool("xfer")
     try:
-        step("3. Operator: train a source model on digits (source half) and register it")
-        run(sys.executable, "-m", "models.train", "--out", ".demo/source", "--arch", "convnet", "--epochs", "30")
+        step(f"3. Operator: train a source model on digits {SOURCE_CLASSES} (the operator's half) and register it")
+        run(sys.executable, "-m", "models.train", "--out", ".demo/source", "--arch", "convnet",
+            "--classes", SOURCE_CLASSES, "--epochs", "30")
         run(xfer, "register", ".demo/source", "--model", MODEL, env=as_operator)
         run(xfer, "alias", f"{MODEL}:1", "stable", env=as_operator)
 
@@ -109,13 +120,15 @@ def main() -> int:
         run(xfer, "show", f"{MODEL}@stable", env=as_client)
         run(xfer, "pull", f"{MODEL}@stable", "--format", "onnx", env=as_client)
 
-        step(f"5. Edge client: adapt to its own shifted data ({TARGET}); only metrics go back")
-        for strategy in ("linear-probe", "surgical:auto", "lp-ft"):
-            run(xfer, "finetune", f"{MODEL}@stable", TARGET, "--strategy", strategy, "--epochs", "15",
+        step(f"5. Edge client: adapt to its own data, digits it never saw ({TARGET}); only metrics go back")
+        for strategy in ("linear-probe", "lp-ft", "surgical:auto"):
+            run(xfer, "finetune", f"{MODEL}@stable", TARGET, "--strategy", strategy, "--epochs", "10",
                 "--out", f".demo/finetuned-{strategy.replace(':', '-')}", env=as_client)
-        step("6. The same adaptation with differential privacy (Opacus DP-SGD, epsilon = 2)")
-        run(xfer, "finetune", f"{MODEL}@stable", TARGET, "--strategy", "lp-ft", "--epochs", "15",
-            "--dp-epsilon", "2", "--privacy-budget", "8", "--out", ".demo/finetuned-lp-ft-dp", env=as_client)
+        step("6. The same adaptation with differential privacy (Opacus DP-SGD, epsilon = 2 of a budget of 8)")
+        for strategy in ("linear-probe", "lp-ft"):
+            run(xfer, "finetune", f"{MODEL}@stable", TARGET, "--strategy", strategy, "--epochs", "10",
+                "--dp-epsilon", "2", "--privacy-budget", "8", "--out", f".demo/finetuned-{strategy}-dp",
+                env=as_client)
 
         step("7. Operator: the leaderboard of client reports")
         run(xfer, "leaderboard", "--metric", "accuracy", env=as_operator)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import math
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +220,7 @@ class Run:
 
 def pow2_at_least(n: int) -> int:
     """The smallest power of two >= n (1 for n <= 1): the only training-set size a report may carry."""
-    return 1 if n <= 1 else 1 << math.ceil(math.log2(n))
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()  # exact: no float log2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from client.finetune.data import TargetData, load_target
+from client.domain import pow2_at_least
 from client.finetune.devices import DEVICE_CHOICES
 from client.finetune.errors import FinetuneError, SearchError
 from client.finetune.ledger import BudgetStatus, PrivacyLedger
@@ -72,11 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder for model.safetensors, model.onnx, metrics.json, card.json")
 
 
-def pow2(n: int) -> int:
-    """The smallest power of two ≥ `n` (never the exact count; the SDK's `pow2_at_least` convention)."""
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
-
-
 @dataclasses.dataclass
 class FinetuneOutcome:
     """What `xfer finetune` produced."""
@@ -123,7 +119,7 @@ class FinetuneOutcome:
             "privacy": {"dp": p is not None, "epsilon_spent": float(epsilon), "delta": p.delta if p else 0.0,
                         "noise_multiplier": p.noise_multiplier if p else 0.0,
                         "max_grad_norm": p.max_grad_norm if p else 0.0},
-            "train_examples_pow2": pow2(r.train_examples),
+            "train_examples_pow2": pow2_at_least(r.train_examples),
             "device_kind": DEVICE_KINDS.get(r.device_kind, "DEVICE_KIND_UNSPECIFIED"),
             "wall_seconds": float(self.wall_seconds),
         }

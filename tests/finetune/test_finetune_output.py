@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from client.finetune import command
-from client.finetune.command import pow2
+from client.domain import pow2_at_least
 from models.card import ModelCard, validate_card
 from models.export import check_parity
 from models.weights import load_safetensors, model_from_card
@@ -98,7 +98,7 @@ def test_run_refuses_several_strategies_without_search(tmp_path, model, card):
 
 
 def test_pow2():
-    assert [pow2(n) for n in (1, 2, 3, 5, 6, 100, 538, 1024, 1025)] == [1, 2, 4, 8, 8, 128, 1024, 1024, 2048]
+    assert [pow2_at_least(n) for n in (1, 2, 3, 5, 6, 100, 538, 1024, 1025)] == [1, 2, 4, 8, 8, 128, 1024, 1024, 2048]
 
 
 def test_run_with_search_prints_the_cv_table(tmp_path, model, card, capsys):
