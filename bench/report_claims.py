@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Sequence
 
-from report_experiments import ALL_BLOCKS, AUTO, HEAD_PROBE, Results, Stat
+from report_experiments import ALL_BLOCKS, AUTO, Results, Stat
 from report_setup import TARGETS, eps_text, labels_text
 
 AGREES = "agrees"
@@ -137,9 +137,6 @@ def _surgical_claims(results: Results) -> list[Claim]:
             evidence = (f"best single block is {best_block} ({singles[best_block].fmt()}); {which} at "
                         f"{singles[best_predicted].fmt()} ({_relation(rel)})")
         article = "an" if level[0] in "aeiou" else "a"
-        if HEAD_PROBE in rows and blocks[-1] in predicted:
-            evidence += (f" (for reference, the head alone at linear-probe's own LR 1e-2 reaches "
-                         f"{rows[HEAD_PROBE].fmt()})")
         out.append(Claim("2", f"For {article} {level}-level shift, tuning {PREDICTION[level]} works best", source,
                          evidence, verdict))
         rel = compare(singles[best_block], rows[ALL_BLOCKS])

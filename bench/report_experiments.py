@@ -17,7 +17,6 @@ from report_setup import Settings
 
 ALL_BLOCKS = "all blocks (full)"
 AUTO = "surgical:auto"
-HEAD_PROBE = "head only: linear-probe (lr 1e-2)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +151,7 @@ def rows_init(s: Settings, runner: Runner) -> list[InitRow]:
 
 def _surgical_strategies(blocks: Sequence[str]) -> list[tuple[str, str]]:
     """(row label, strategy) for each single block, all blocks, and Auto-RGN."""
-    return [(b, f"surgical:{b}") for b in blocks] + [(ALL_BLOCKS, "full"), (AUTO, "surgical:auto"),
-                                                    (HEAD_PROBE, "linear-probe")]
+    return [(b, f"surgical:{b}") for b in blocks] + [(ALL_BLOCKS, "full"), (AUTO, "surgical:auto")]
 
 
 def _adapt_spec(s: Settings, *, target: str, strategy: str, seed: int, lr: float | None = None) -> RunSpec:
@@ -162,7 +160,7 @@ def _adapt_spec(s: Settings, *, target: str, strategy: str, seed: int, lr: float
 
 
 def plan_surgical(s: Settings, *, blocks: dict[str, list[str]]) -> list[RunSpec]:
-    """Section 2: each single block, all blocks, Auto-RGN (and linear-probe for reference) per shift."""
+    """Section 2: each single block, all blocks and Auto-RGN per shift."""
     return [_adapt_spec(s, target=t, strategy=strategy, seed=seed)
             for t in s.surgical_targets for _, strategy in _surgical_strategies(blocks[t]) for seed in s.seeds]
 

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from report_claims import AGREES, DISAGREES, INCONCLUSIVE, VERDICTS, WITHIN_NOISE, Claim  # noqa: E402
-from report_experiments import ALL_BLOCKS, AUTO, HEAD_PROBE, Results, Stat  # noqa: E402
+from report_experiments import ALL_BLOCKS, AUTO, Results, Stat  # noqa: E402
 from report_setup import TARGETS, Settings, describe_settings, eps_text, labels_text  # noqa: E402
 
 FIGURES = "figures"
@@ -155,7 +155,7 @@ def _surgical_section(r: Results) -> str:
     head = {t: r.blocks[t][-1] for t in targets}
 
     def label(lab: str) -> str:
-        if lab in (ALL_BLOCKS, AUTO, HEAD_PROBE):
+        if lab in (ALL_BLOCKS, AUTO):
             return lab
         return f"{lab} only" + (" (the head)" if all(lab == head[t] for t in targets) else "")
 
@@ -169,9 +169,8 @@ def _surgical_section(r: Results) -> str:
         "Tuning a single block (everything else frozen; a re-initialised head also trains), all blocks, or letting "
         "Auto-RGN set per-tensor learning rates (Lee et al., ICLR 2023). Input-level shift: a pixel corruption; "
         "feature-level: classes the source never saw; output-level: the same images with permuted labels. Every "
-        "`surgical:<block>` row uses the same LR (the strategy default, 1e-3), so the rows differ only in which "
-        "block trains; the last row is the product's head-only strategy `linear-probe` at its own default LR "
-        "(1e-2), shown for reference and not used by the verdicts.",
+        "`surgical:<block>` row uses the strategy's default LR: 1e-3 for a body block, and for the head alone "
+        "(a linear probe) the probe's 1e-2.",
         "",
         table(["tuned"] + [_target_name(t) for t in targets], rows),
         "",
@@ -355,7 +354,7 @@ def make_figures(results: Results, *, settings: Settings, out_dir: Path) -> list
     fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(4.2 * max(1, len(targets)), 3.8), squeeze=False)
     for ax, t in zip(axes[0], targets, strict=True):
         rows = [row for row in r.surgical if row.target == t]
-        names = {ALL_BLOCKS: "all blocks", HEAD_PROBE: "linear-probe"}
+        names = {ALL_BLOCKS: "all blocks"}
         _bars(ax, [names.get(row.tuned, row.tuned) for row in rows], series={"": [row.accuracy for row in rows]})
         ax.set_title(f"{TARGETS[t].level}-level shift", fontsize=10)
     fig.suptitle("Surgical fine-tuning: which block to tune")

@@ -90,6 +90,12 @@ def test_full_uses_one_small_lr(model, card, blur):
     assert S.Full.default_lr < S.LinearProbe.default_lr
 
 
+def test_surgical_lr_is_the_probe_lr_for_the_head_only(model, card, blur):
+    assert {g.lr for g in run(model, card, blur, "surgical:block1", epochs=1).groups} == {1e-3}
+    head = run(model, card, blur, "surgical:head", epochs=1).groups
+    assert [(g.name, g.lr) for g in head] == [("head", S.LinearProbe.default_lr)]
+
+
 def test_linear_probe_lr(model, card, blur):
     result = run(model, card, blur, "linear-probe", epochs=1, lr=0.05)
     assert [(g.name, g.lr) for g in result.groups] == [("head", 0.05)]
