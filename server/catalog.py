@@ -11,9 +11,7 @@ Invariants kept here, each inside one transaction:
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -24,13 +22,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from models.card import ModelCard
 from server.db import write_transaction
 from server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, Page, VersionRecord
-from server.errors import InvalidArgument, NotFound
+from server.errors import NotFound
 from server.names import LATEST
+from server.pagination import PageTokens, page_size_of
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 
 metadata = sa.MetaData()
 
@@ -82,46 +79,6 @@ def _now_us() -> int:
 
 def _time(us: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(us / 1_000_000, tz=dt.timezone.utc)
-
-
-class PageTokens:
-    """Opaque page tokens: base64url JSON of the last key plus a fingerprint of the query.
-
-    The fingerprint makes a token from one listing unusable for another, so a
-    client that mixes them up gets INVALID_ARGUMENT instead of a wrong page.
-    """
-
-    @staticmethod
-    def encode(*, query: str, last: object) -> str:
-        """A token resuming `query` after key `last`."""
-        body = json.dumps({"q": hashlib.sha256(query.encode()).hexdigest()[:16], "k": last})
-        return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
-
-    @staticmethod
-    def decode(token: str, *, query: str, kind: type) -> object:
-        """The key inside `token`, checked against `query`; raises InvalidArgument if it is not ours."""
-        bad = InvalidArgument("invalid page_token: pass the next_page_token of the previous response "
-                              "unchanged, with the same other request fields (or leave it empty for the first page)")
-        if len(token) > 1024:
-            raise bad
-        try:
-            padded = token + "=" * (-len(token) % 4)
-            body = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        except (ValueError, UnicodeError):
-            raise bad from None
-        if not isinstance(body, dict) or body.get("q") != hashlib.sha256(query.encode()).hexdigest()[:16]:
-            raise bad
-        last = body.get("k")
-        if not isinstance(last, kind) or isinstance(last, bool):
-            raise bad
-        return last
-
-
-def page_size_of(requested: int) -> int:
-    """0 means the default; above the maximum is clamped; negative is an error."""
-    if requested < 0:
-        raise InvalidArgument(f"page_size must not be negative, got {requested}")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
 class Catalog:

@@ -25,8 +25,6 @@ converts between the wire and these dataclasses.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import json
 import logging
@@ -42,6 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from server.db import write_transaction
 from server.errors import AlreadyExists, InvalidArgument, NotFound
 from server.names import parse_model_name, parse_version_name
+from server.pagination import PageTokens, page_size_of
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +53,6 @@ MAX_HYPERPARAMETERS = 32
 MAX_HYPERPARAMETER_VALUE = 256
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 GOALS = ("maximize", "minimize")
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 # Proto int64; the largest power of two it holds is 2**62.
 MAX_TRAIN_EXAMPLES_POW2 = 2**62
 
@@ -523,16 +520,14 @@ class RunStore:
         larger than 1000 is served as 1000. A `page_token` is only valid with
         the filters of the request that returned it.
         """
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 0:
-            raise InvalidArgument(
-                f"page_size is {_show(page_size)}; it must be >= 0 (0 means {DEFAULT_PAGE_SIZE})"
-            )
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = page_size_of(page_size)
         model = model or ""
         strategy = strategy or ""
         conditions = self._filter_conditions(model=model, strategy=strategy)
+        # The filters are part of the token's query, so a token cannot be reused with other ones.
+        listing = json.dumps(["runs", model, strategy])
         if page_token:
-            create_us, last_id = _decode_page_token(page_token, model=model, strategy=strategy)
+            create_us, last_id = _decode_cursor(page_token, query=listing)
             conditions.append(
                 sa.or_(
                     runs_table.c.create_us < create_us,
@@ -553,9 +548,7 @@ class RunStore:
         token = ""
         if len(rows) > size:
             last = page[-1]
-            token = _encode_page_token(
-                create_us=last.create_us, run_id=last.run_id, model=model, strategy=strategy
-            )
+            token = PageTokens.encode(query=listing, last=[last.create_us, last.run_id])
         return RunPage(runs=runs, next_page_token=token)
 
     def _filter_conditions(self, *, model: str, strategy: str) -> list[Any]:
@@ -754,40 +747,16 @@ def _from_us(us: int) -> datetime:
     )
 
 
-_BAD_TOKEN = "page_token is invalid: pass the next_page_token of the previous ListRuns response unchanged"
-
-
-def _encode_page_token(*, create_us: int, run_id: str, model: str, strategy: str) -> str:
-    # The filters ride along so a token cannot silently be reused with
-    # different ones (AIP-158: that is INVALID_ARGUMENT).
-    cursor = {"v": 1, "t": create_us, "id": run_id, "m": model, "s": strategy}
-    raw = json.dumps(cursor, separators=(",", ":"), sort_keys=True).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_page_token(token: str, *, model: str, strategy: str) -> tuple[int, str]:
-    """The (create_us, run_id) cursor inside `token`; InvalidArgument if it is not ours."""
-    if len(token) > 1024:
-        raise InvalidArgument(_BAD_TOKEN)
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        cursor = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument(_BAD_TOKEN) from None
+def _decode_cursor(token: str, *, query: str) -> tuple[int, str]:
+    """The (create_us, run_id) cursor inside a ListRuns page token."""
+    cursor = PageTokens.decode(token, query=query, kind=list)
     if (
-        not isinstance(cursor, dict)
-        or set(cursor) != {"v", "t", "id", "m", "s"}
-        or cursor["v"] != 1
-        or not isinstance(cursor["t"], int)
-        or isinstance(cursor["t"], bool)
-        or not 0 <= cursor["t"] < 2**63
-        or not isinstance(cursor["id"], str)
-        or not RUN_ID_RE.fullmatch(cursor["id"])
+        len(cursor) != 2
+        or not isinstance(cursor[0], int)
+        or isinstance(cursor[0], bool)
+        or not 0 <= cursor[0] < 2**63
+        or not isinstance(cursor[1], str)
+        or not RUN_ID_RE.fullmatch(cursor[1])
     ):
-        raise InvalidArgument(_BAD_TOKEN)
-    if cursor["m"] != model or cursor["s"] != strategy:
-        raise InvalidArgument(
-            "page_token was issued for a request with different filters: repeat the "
-            "model and strategy of the request that returned it, or start without a token"
-        )
-    return cursor["t"], cursor["id"]
+        raise PageTokens.invalid()
+    return cursor[0], cursor[1]

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from server import metrics
+from server import metrics, pagination
 from server.db import create_engine
+from server.pagination import PageTokens
 from server.errors import AlreadyExists, InvalidArgument, NotFound
 from server.metrics import RunPrivacy, RunReport, RunStore
 
@@ -392,12 +393,12 @@ def test_page_size_default_and_maximum(store, monkeypatch):
         store.report(make_report(f"r{i:02d}", metrics={"accuracy": 1.0}))
     assert len(store.list_runs().runs) == 50
     assert store.list_runs().next_page_token
-    monkeypatch.setattr(metrics, "MAX_PAGE_SIZE", 7)
+    monkeypatch.setattr(pagination, "MAX_PAGE_SIZE", 7)
     assert len(store.list_runs(page_size=1_000_000).runs) == 7
 
 
 def test_negative_page_size_is_invalid(sqlite_store):
-    with pytest.raises(InvalidArgument, match="page_size is -1; it must be >= 0"):
+    with pytest.raises(InvalidArgument, match="page_size must not be negative, got -1"):
         sqlite_store.list_runs(page_size=-1)
 
 
@@ -405,14 +406,16 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode()
 
 
+UNFILTERED = json.dumps(["runs", "", ""])
 BAD_TOKENS = {
     "garbled": "!!!not-base64!!!",
     "not-json": _b64(b"\xff\xfe garbage"),
     "json-list": _b64(b"[1, 2]"),
-    "missing-keys": _b64(json.dumps({"t": 1}).encode()),
-    "wrong-version": _b64(json.dumps({"v": 2, "t": 1, "id": "a", "m": "", "s": ""}).encode()),
-    "string-time": _b64(json.dumps({"v": 1, "t": "1", "id": "a", "m": "", "s": ""}).encode()),
-    "bad-run-id": _b64(json.dumps({"v": 1, "t": 1, "id": "'; drop", "m": "", "s": ""}).encode()),
+    "missing-fingerprint": _b64(json.dumps({"k": [1, "a"]}).encode()),
+    "other-query": PageTokens.encode(query="models", last=[1, "a"]),
+    "short-cursor": PageTokens.encode(query=UNFILTERED, last=[1]),
+    "string-time": PageTokens.encode(query=UNFILTERED, last=["1", "a"]),
+    "bad-run-id": PageTokens.encode(query=UNFILTERED, last=[1, "'; drop"]),
     "huge": "A" * 5000,
 }
 
@@ -420,7 +423,7 @@ BAD_TOKENS = {
 @pytest.mark.parametrize("token", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
 def test_forged_page_token_is_invalid(sqlite_store, token):
     sqlite_store.report(make_report())
-    with pytest.raises(InvalidArgument, match="page_token is invalid"):
+    with pytest.raises(InvalidArgument, match="invalid page_token"):
         sqlite_store.list_runs(page_token=token)
 
 
@@ -429,7 +432,7 @@ def test_page_token_is_bound_to_its_filters(store):
         store.report(make_report(f"r{i}"))
     token = store.list_runs(page_size=1, strategy="full").next_page_token
     assert store.list_runs(page_size=1, strategy="full", page_token=token).runs
-    with pytest.raises(InvalidArgument, match="different filters"):
+    with pytest.raises(InvalidArgument, match="invalid page_token.*same other request fields"):
         store.list_runs(page_size=1, page_token=token)
 
 

@@ -193,8 +193,8 @@ def test_list_runs_pages_through_the_channel(stub):
 @pytest.mark.parametrize(
     "request_,fragment",
     [
-        (pb.ListRunsRequest(page_size=-1), "page_size is -1"),
-        (pb.ListRunsRequest(page_token="garbage!"), "page_token is invalid"),
+        (pb.ListRunsRequest(page_size=-1), "page_size must not be negative"),
+        (pb.ListRunsRequest(page_token="garbage!"), "invalid page_token"),
         (pb.ListRunsRequest(model="digits"), "model filter 'digits' is invalid"),
     ],
     ids=["negative-page-size", "garbled-token", "bad-model"],

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from models import card_for_model, create_model
-from server.catalog import Catalog, PageTokens
+from server.catalog import Catalog
+from server.pagination import PageTokens
 from server.db import create_engine
 from server.domain import ArtifactFormat, ArtifactRecord
 from server.errors import InvalidArgument, NotFound
