@@ -7,8 +7,6 @@ temp file and moved into place.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from models.files import atomic_path  # noqa: E402
 from report_claims import AGREES, DISAGREES, INCONCLUSIVE, VERDICTS, WITHIN_NOISE, Claim  # noqa: E402
 from report_experiments import ALL_BLOCKS, AUTO, Results, Stat  # noqa: E402
 from report_setup import TARGETS, Settings, describe_settings, eps_text, labels_text  # noqa: E402
@@ -306,15 +305,9 @@ def _leaderboard_section(p: ProductFacts) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(path, mode=0o644) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path

@@ -29,7 +29,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ for path in (str(REPO_ROOT), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from models.files import write_bytes_atomic  # noqa: E402
 from report_claims import claims  # noqa: E402
 from report_experiments import run_experiments  # noqa: E402
 from report_render import (LeaderboardTable, ProductFacts, ReportInput, make_figures,  # noqa: E402
@@ -77,18 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Writes `text` to a temp file beside `path`, fsyncs, and renames it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes `text` atomically; 0o644 because mkstemp's 0600 would hide the report from other users."""
+    write_bytes_atomic(path, text.encode("utf-8"), mode=0o644)
 
 
 def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:

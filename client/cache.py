@@ -34,7 +34,6 @@ import logging
 import os
 import queue
 import re
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from client.errors import IntegrityError
+from models.files import fsync_dir, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -68,30 +68,10 @@ def _check_digest(sha256: str) -> str:
     return sha256
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not every filesystem supports it.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Writes `data` to `path` via temp file + fsync + os.replace, so readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_bytes_atomic(path, data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +218,7 @@ class PartialDownload:
         self.close()
         self._blob.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, self._blob)
-        _fsync_dir(self._blob.parent)
+        fsync_dir(self._blob.parent)
         return self._blob
 
     def close(self) -> None:

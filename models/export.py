@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,6 +17,7 @@ import torch
 
 from models.base import XferModel
 from models.errors import ExportParityError
+from models.files import atomic_path
 
 OPSET = 17
 INPUT_NAME = "input"
@@ -59,13 +58,10 @@ def export_onnx(model: XferModel, path: str | os.PathLike, *, atol: float = PARI
 
     Raises ExportParityError if onnxruntime and torch disagree beyond `atol`.
     """
-    path = Path(path)
     was_training = model.training
     model.eval()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        with warnings.catch_warnings():
+        with atomic_path(path) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 _LogitsAndFeatures(model), (probe_input(model, batch=2),), tmp,
@@ -73,16 +69,12 @@ def export_onnx(model: XferModel, path: str | os.PathLike, *, atol: float = PARI
                 dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
                 dynamo=False,
             )
-        onnx.checker.check_model(tmp, full_check=True)
-        report = check_parity(model, tmp, atol=atol)
-        if not report.ok:
-            raise ExportParityError(f"ONNX export disagrees with torch: {report}")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            onnx.checker.check_model(tmp, full_check=True)
+            report = check_parity(model, tmp, atol=atol)
+            if not report.ok:
+                raise ExportParityError(f"ONNX export disagrees with torch: {report}")
         return report
     finally:
-        Path(tmp).unlink(missing_ok=True)
         model.train(was_training)
 
 

@@ -1,11 +1,13 @@
-"""Small file helpers shared by writers of artifacts (atomic writes, digests)."""
+"""Small file helpers shared by every writer of files other processes read (atomic writes, digests)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,45 @@ def sha256_file(path: str | os.PathLike, *, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Writes JSON to a temp file in the same folder, fsyncs, then renames it into place."""
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Makes a rename in `directory` durable; a filesystem that cannot fsync a folder is tolerated."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, mode: int = 0o600) -> Iterator[Path]:
+    """Yields a temp path beside `path` for a writer to fill (DESIGN §7.7).
+
+    When the block succeeds the temp file is fsynced, given `mode` (0o600 is
+    mkstemp's own) and moved into place with `os.replace`, so readers see the
+    old file or the new one, never half; when it raises, the temp file is removed.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o600) -> None:
+    """Writes `data` to `path` through `atomic_path`."""
+    with atomic_path(path, mode=mode) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Writes indented, key-sorted JSON to `path` through `atomic_path`."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

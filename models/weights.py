@@ -8,8 +8,6 @@ not a silently random layer.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from models.base import XferModel
 from models.card import ModelCard
 from models.errors import WeightsMismatchError
+from models.files import atomic_path
 from models.registry import create_model
 
 
@@ -35,18 +34,9 @@ def model_from_card(card: ModelCard) -> XferModel:
 def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, *,
                      metadata: dict[str, str] | None = None) -> None:
     """Writes the state dict atomically (temp file, fsync, rename)."""
-    path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_safetensors(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:

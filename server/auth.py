@@ -35,16 +35,15 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
+from models.files import write_bytes_atomic
 from server.errors import PermissionDenied, Unauthenticated
 
 logger = logging.getLogger(__name__)
@@ -235,18 +234,7 @@ def server_credentials(*, cert: Path, key: Path, client_ca: Path | None = None) 
 def _write_entries(path: Path, entries: list[TokenEntry]) -> None:
     body = json.dumps({"tokens": [{"name": e.name, "role": e.role.value, "sha256": e.sha256} for e in entries]},
                       indent=2) + "\n"
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, body.encode("utf-8"), mode=0o600)
 
 
 def add_token(path: Path, *, role: Role | str, name: str = "") -> str:
