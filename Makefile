@@ -39,7 +39,7 @@ test-all: $(GEN)
 	$(PY) -m pytest -q -m 'not gpu'
 
 demo: $(GEN)
-	$(PY) -m client.demo
+	$(PY) -m xfer.client.demo
 
 serve: $(GEN)
 	$(VENV)/bin/xfer-server --data-dir .xfer-data

@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.finetune.data import TensorData
-from client.finetune.devices import resolve_device
-from client.finetune.privacy import PrivacyConfig, plan_dp
-from client.finetune.trainer import finetune
-from models import create_model
+from xfer.client.finetune.data import TensorData
+from xfer.client.finetune.devices import resolve_device
+from xfer.client.finetune.privacy import PrivacyConfig, plan_dp
+from xfer.client.finetune.trainer import finetune
+from xfer.models import create_model
 
 LR = 1e-3
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/pull.py                 # 256 MiB artifact
     .venv/bin/python bench/pull.py --size-mb 32    # quick
 
-Starts a real `python -m server` subprocess (loopback, no auth) on a fresh
+Starts a real `python -m xfer.server` subprocess (loopback, no auth) on a fresh
 data dir, registers an MLP whose safetensors file is about --size-mb, then:
 
 1. baseline: a tiny socket server process sends the same blob file over
@@ -40,8 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from client import Client  # noqa: E402
-from client.cache import Cache  # noqa: E402
+from xfer.client import Client  # noqa: E402
+from xfer.client.cache import Cache  # noqa: E402
 
 MIB = 1024 * 1024
 TARGET_RATIO = 0.6
@@ -94,8 +94,8 @@ def make_model_folder(folder: Path, *, size_mb: float) -> int:
 
     import torch
 
-    from models import card_for_model, create_model
-    from models.weights import save_safetensors
+    from xfer.models import card_for_model, create_model
+    from xfer.models.weights import save_safetensors
 
     # Two square hidden layers dominate: params ~ w^2 (+ small terms).
     width = max(16, int(math.sqrt(size_mb * MIB / 4)))
@@ -115,7 +115,7 @@ class Server:
 
 def start_server(data_dir: Path, *, chunk_size: int, max_artifact_mb: int) -> Server:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--port", "0", "--data-dir", str(data_dir), "--chunk-size",
+        [sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(data_dir), "--chunk-size",
          str(chunk_size), "--max-artifact-mb", str(max_artifact_mb), "--log-level", "WARNING"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
     )

@@ -225,8 +225,8 @@ def rows_privacy(s: Settings, runner: Runner) -> list[PrivacyRow]:
 
 
 def _grid(s: Settings) -> list[tuple[str, float]]:
-    from client.finetune import get_strategy
-    from client.finetune.search import LR_MULTIPLIERS
+    from xfer.client.finetune import get_strategy
+    from xfer.client.finetune.search import LR_MULTIPLIERS
 
     return [(name, get_strategy(name).default_lr * m) for name in s.search_strategies for m in LR_MULTIPLIERS]
 
@@ -249,7 +249,7 @@ def plan_search(s: Settings) -> list[RunSpec | SearchSpec]:
 
 def rows_search(s: Settings, runner: Runner) -> list[SearchRow]:
     """Section 5's rows: CV's pick vs the best fixed cell in hindsight and the CLI default."""
-    from client.finetune import get_strategy
+    from xfer.client.finetune import get_strategy
 
     rows = []
     for t in s.search_targets:

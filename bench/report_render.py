@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from models.files import atomic_path  # noqa: E402
+from xfer.models.files import atomic_path  # noqa: E402
 from report_claims import AGREES, DISAGREES, INCONCLUSIVE, VERDICTS, WITHIN_NOISE, Claim  # noqa: E402
 from report_experiments import ALL_BLOCKS, AUTO, Results, Stat  # noqa: E402
 from report_setup import TARGETS, Settings, describe_settings, eps_text, labels_text  # noqa: E402
@@ -112,7 +112,7 @@ def _product_section(p: ProductFacts) -> str:
     return "\n".join([
         "## The product path",
         "",
-        f"Server `python -m server --port 0` on {p.server_target} (temporary data dir, one operator and one client "
+        f"Server `python -m xfer.server --port 0` on {p.server_target} (temporary data dir, one operator and one client "
         f"token). Source models registered by the operator and pulled by a client with `Client.pull` / "
         f"`Client.load_torch` into a client cache ({p.pulled_bytes:,} bytes over the wire); the worker processes, "
         f"each its own `Client` on that cache, then loaded them with {p.worker_pulled_bytes:,} more bytes over the "

@@ -102,7 +102,7 @@ def run_spec(*, target: str, strategy: str, seed: int, per_class: int | None, st
              lr: float | None = None, init: str = PRETRAINED, epsilon: float | None = None,
              max_grad_norm: float = 1.0) -> RunSpec:
     """A RunSpec with `lr=None` resolved to the strategy's default, so equal runs compare equal."""
-    from client.finetune import get_strategy
+    from xfer.client.finetune import get_strategy
 
     lr = float(lr) if lr is not None else float(get_strategy(strategy).default_lr)
     return RunSpec(target=target, strategy=strategy, seed=seed, per_class=per_class, lr=lr, steps=steps,
@@ -195,7 +195,7 @@ class _Worker:
 
     def data(self, target: str, *, per_class: int | None, seed: int, card):
         """The target's splits for this seed, loaded once per process."""
-        from client.finetune import load_target
+        from xfer.client.finetune import load_target
 
         key = (target, per_class, seed)
         if key not in self._data:
@@ -228,7 +228,7 @@ def execute(spec: Spec) -> Outcome:
 
 
 def _train_source(spec: SourceSpec) -> SourceOutcome:
-    from models.train import train_source_model
+    from xfer.models.train import train_source_model
 
     cpu = time.process_time()
     source = SOURCES[spec.source]
@@ -240,7 +240,7 @@ def _train_source(spec: SourceSpec) -> SourceOutcome:
 
 def _report(*, run_id: str, version: str, strategy: str, hyperparameters: dict[str, str],
             metrics: dict[str, float], privacy, train_examples: int, seconds: float) -> None:
-    from client.domain import DeviceKind, Run, RunPrivacy, pow2_at_least
+    from xfer.client.domain import DeviceKind, Run, RunPrivacy, pow2_at_least
 
     run_privacy = RunPrivacy()
     if privacy is not None:
@@ -274,8 +274,8 @@ def search_metric(target: str, *, per_class: int | None) -> str:
 def _adapt(spec: RunSpec) -> RunOutcome:
     import torch
 
-    from client.finetune import PrivacyConfig, evaluate, finetune, get_strategy
-    from models.weights import model_from_card
+    from xfer.client.finetune import PrivacyConfig, evaluate, finetune, get_strategy
+    from xfer.models.weights import model_from_card
 
     started, cpu, before = time.perf_counter(), time.process_time(), _WORKER.transferred_bytes
     loaded = _WORKER.model(TARGETS[spec.target].source)
@@ -320,7 +320,7 @@ def _adapt(spec: RunSpec) -> RunOutcome:
 
 
 def _search(spec: SearchSpec) -> SearchOutcome:
-    from client.finetune.search import search
+    from xfer.client.finetune.search import search
 
     started, cpu, before = time.perf_counter(), time.process_time(), _WORKER.transferred_bytes
     loaded = _WORKER.model(TARGETS[spec.target].source)

@@ -1,4 +1,4 @@
-"""The product end to end: a real `python -m server` subprocess, operator and client tokens, SDK clients.
+"""The product end to end: a real `python -m xfer.server` subprocess, operator and client tokens, SDK clients.
 
 The report talks to xfer exactly as its users do: the service owner starts
 `xfer-server` on port 0 with a token file, the operator registers source
@@ -46,8 +46,8 @@ class ServerHandle:
 
 
 def start_server(root: Path) -> ServerHandle:
-    """Starts `python -m server --port 0` with a temp data dir and a token file of one operator and one client."""
-    from server.auth import add_token
+    """Starts `python -m xfer.server --port 0` with a temp data dir and a token file of one operator and one client."""
+    from xfer.server.auth import add_token
 
     root.mkdir(parents=True, exist_ok=True)
     token_file = root / "tokens.json"
@@ -56,7 +56,7 @@ def start_server(root: Path) -> ServerHandle:
     log_path = root / "server.log"
     with open(log_path, "ab") as server_log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", "0", "--data-dir", str(root / "data"),
+            [sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(root / "data"),
              "--token-file", str(token_file), "--log-level", "WARNING", "--grace", "1"],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=server_log, text=True,
         )
@@ -87,7 +87,7 @@ def _first_line(proc: subprocess.Popen, *, timeout: float) -> str:
 
 def client(target: str, *, token: str, cache_dir: Path):
     """An SDK client with its own cache (quick retries: the server is local)."""
-    from client import Client, RetryPolicy
+    from xfer.client import Client, RetryPolicy
 
     return Client(target, token=token, cache_dir=cache_dir,
                   retry=RetryPolicy(max_attempts=5, initial_backoff=0.1, max_backoff=1.0), timeout=60.0)

@@ -1,7 +1,7 @@
 """`make report`: which adaptation works when, measured end to end through xfer.
 
 Trains source models on scikit-learn's digits, registers them on a real
-xfer server (a `python -m server --port 0` subprocess with a temp data dir)
+xfer server (a `python -m xfer.server --port 0` subprocess with a temp data dir)
 as an operator, pulls and adapts them through the SDK as edge clients,
 reports every run back, and writes a Markdown report with tables and PNG
 plots:
@@ -41,7 +41,7 @@ for path in (str(REPO_ROOT), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from models.files import write_bytes_atomic  # noqa: E402
+from xfer.models.files import write_bytes_atomic  # noqa: E402
 from report_claims import claims  # noqa: E402
 from report_experiments import run_experiments  # noqa: E402
 from report_render import (LeaderboardTable, ProductFacts, ReportInput, make_figures,  # noqa: E402
@@ -169,13 +169,13 @@ def _product_facts(edge, runner: Runner, *, settings: Settings, target: str, sou
 
 
 def _is_default_lr(spec) -> bool:
-    from client.finetune import get_strategy
+    from xfer.client.finetune import get_strategy
 
     return math.isclose(spec.lr, get_strategy(spec.strategy).default_lr)
 
 
 def _strategy_label(name: str) -> str:
-    from client.finetune import get_strategy
+    from xfer.client.finetune import get_strategy
 
     return get_strategy(name).label
 
@@ -183,7 +183,7 @@ def _strategy_label(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
-    from models.train import DIGITS_CONFIGS
+    from xfer.models.train import DIGITS_CONFIGS
 
     if args.arch not in DIGITS_CONFIGS:
         print(f"transfer_report: unknown --arch {args.arch!r}; valid: {', '.join(sorted(DIGITS_CONFIGS))}",

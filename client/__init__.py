@@ -10,21 +10,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Client": "client.sdk",
-    "TlsConfig": "client.transport",
-    "RetryPolicy": "client.transport",
-    "ModelRef": "client.refs",
-    "parse_ref": "client.refs",
-    "ArtifactFormat": "client.domain",
-    "DeviceKind": "client.domain",
-    "LoadedModel": "client.domain",
-    "ModelSummary": "client.domain",
-    "ModelVersion": "client.domain",
-    "PullResult": "client.domain",
-    "Run": "client.domain",
-    "RunPrivacy": "client.domain",
-    "Leaderboard": "client.domain",
-    "XferError": "client.errors",
+    "Client": "xfer.client.sdk",
+    "TlsConfig": "xfer.client.transport",
+    "RetryPolicy": "xfer.client.transport",
+    "ModelRef": "xfer.client.refs",
+    "parse_ref": "xfer.client.refs",
+    "ArtifactFormat": "xfer.client.domain",
+    "DeviceKind": "xfer.client.domain",
+    "LoadedModel": "xfer.client.domain",
+    "ModelSummary": "xfer.client.domain",
+    "ModelVersion": "xfer.client.domain",
+    "PullResult": "xfer.client.domain",
+    "Run": "xfer.client.domain",
+    "RunPrivacy": "xfer.client.domain",
+    "Leaderboard": "xfer.client.domain",
+    "XferError": "xfer.client.errors",
 }
 
 __all__ = sorted(_EXPORTS)

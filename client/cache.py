@@ -40,8 +40,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from client.errors import IntegrityError
-from models.files import fsync_dir, write_bytes_atomic
+from xfer.client.errors import IntegrityError
+from xfer.models.files import fsync_dir, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from client.errors import XferError
+from xfer.client.errors import XferError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="REF")
     p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"])
     p = command("register", cmd_register, "upload a new version (operator)")
-    p.add_argument("folder", metavar="FOLDER", help="as written by `python -m models.train --out FOLDER`")
+    p.add_argument("folder", metavar="FOLDER", help="as written by `python -m xfer.models.train --out FOLDER`")
     p.add_argument("--model", required=True, metavar="ID", help="model id, e.g. digits-convnet")
     p = command("alias", cmd_alias, "point an alias at a version (operator)")
     p.add_argument("ref", metavar="REF")
@@ -184,7 +184,7 @@ def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
         try:
             return Path(token_file).read_text().strip() or None
         except OSError as exc:
-            from client.errors import InvalidArgumentError
+            from xfer.client.errors import InvalidArgumentError
 
             raise InvalidArgumentError(f"cannot read --token-file {token_file!r}: {exc.strerror}") from None
     return environ.get("XFER_TOKEN") or None
@@ -192,9 +192,9 @@ def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
 
 def make_client(args: argparse.Namespace, environ: Mapping[str, str]):
     """A `Client` configured from flags, then environment, then defaults."""
-    from client.cache import default_cache_dir
-    from client.sdk import Client
-    from client.transport import TlsConfig
+    from xfer.client.cache import default_cache_dir
+    from xfer.client.sdk import Client
+    from xfer.client.transport import TlsConfig
 
     ca = _setting(args, "tls_ca", environ, "XFER_TLS_CA")
     cert = _setting(args, "tls_cert", environ, "XFER_TLS_CERT")
@@ -211,7 +211,7 @@ def make_client(args: argparse.Namespace, environ: Mapping[str, str]):
 
 
 def _progress(args: argparse.Namespace, io: Io, label: str, *, unit: str = "bytes"):
-    from client.progress import ProgressBar
+    from xfer.client.progress import ProgressBar
 
     # On stderr, so it never disturbs --json output on stdout.
     return ProgressBar(label, stream=io.err, unit=unit)
@@ -253,7 +253,7 @@ def cmd_versions(args: argparse.Namespace, io: Io, client: Any, environ: Mapping
 
 def cmd_show(args: argparse.Namespace, io: Io, client: Any, environ: Mapping[str, str]) -> int:
     """`xfer show REF`"""
-    from client.progress import human_bytes
+    from xfer.client.progress import human_bytes
 
     v = client.get(args.ref)
     if args.json:
@@ -294,7 +294,7 @@ def cmd_show(args: argparse.Namespace, io: Io, client: Any, environ: Mapping[str
 
 def cmd_pull(args: argparse.Namespace, io: Io, client: Any, environ: Mapping[str, str]) -> int:
     """`xfer pull REF [--format F]`"""
-    from client.progress import human_bytes
+    from xfer.client.progress import human_bytes
 
     bar = _progress(args, io, f"pull {args.ref}")
     try:
@@ -318,7 +318,7 @@ def cmd_pull(args: argparse.Namespace, io: Io, client: Any, environ: Mapping[str
 
 def cmd_register(args: argparse.Namespace, io: Io, client: Any, environ: Mapping[str, str]) -> int:
     """`xfer register FOLDER --model ID`"""
-    from client.progress import human_bytes
+    from xfer.client.progress import human_bytes
 
     bar = _progress(args, io, f"upload {args.model}")
     try:
@@ -356,7 +356,7 @@ def cmd_deprecate(args: argparse.Namespace, io: Io, client: Any, environ: Mappin
 
 def cmd_delete(args: argparse.Namespace, io: Io, client: Any, environ: Mapping[str, str]) -> int:
     """`xfer delete REF`"""
-    from client.refs import parse_ref
+    from xfer.client.refs import parse_ref
 
     ref = parse_ref(args.ref)
     client.delete(ref)
@@ -420,13 +420,13 @@ def cmd_finetune(rest: list[str], io: Io, base: argparse.Namespace, environ: Map
     that other commands never import the training code.
     """
     try:
-        from client.finetune import command as finetune_command
+        from xfer.client.finetune import command as finetune_command
     except ImportError as exc:
-        from client.errors import UnimplementedError
+        from xfer.client.errors import UnimplementedError
 
         raise UnimplementedError(f"fine-tuning is not available in this installation ({exc})") from None
-    from client.cache import default_cache_dir
-    from client.domain import Run
+    from xfer.client.cache import default_cache_dir
+    from xfer.client.domain import Run
 
     parser = _Parser(prog="xfer finetune", description="Pull REF, adapt it to local DATA, save it, report the run.")
     parser.add_argument("ref", metavar="REF")
@@ -552,7 +552,7 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
 def _expected(exc: BaseException) -> bool:
     # Errors raised on purpose, with messages meant for people (vs. bugs).
     module = type(exc).__module__
-    return isinstance(exc, (ValueError, LookupError, OSError)) or module.startswith(("models", "client.finetune"))
+    return isinstance(exc, (ValueError, LookupError, OSError)) or module.startswith(("xfer.models", "xfer.client.finetune"))
 
 
 if __name__ == "__main__":  # pragma: no cover

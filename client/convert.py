@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from client.domain import (
+from xfer.client.domain import (
     Artifact,
     ArtifactFormat,
     DeviceKind,
@@ -20,7 +20,7 @@ from client.domain import (
     Run,
     RunPrivacy,
 )
-from models.card import ModelCard
+from xfer.models.card import ModelCard
 from xfer.v1 import metrics_service_pb2 as metrics_pb2
 from xfer.v1 import model_pb2
 

@@ -98,9 +98,9 @@ def main() -> int:
     WORK.mkdir()
     tokens = WORK / "tokens.json"
     step("1. The service owner mints an operator token and a client token (only their hashes are stored)")
-    operator = run(sys.executable, "-m", "server.auth", "add", "--role", "operator", "--file", str(tokens),
+    operator = run(sys.executable, "-m", "xfer.server.auth", "add", "--role", "operator", "--file", str(tokens),
                    "--name", "demo-operator", capture=True).strip()
-    client = run(sys.executable, "-m", "server.auth", "add", "--role", "client", "--file", str(tokens),
+    client = run(sys.executable, "-m", "xfer.server.auth", "add", "--role", "client", "--file", str(tokens),
                  "--name", "demo-client", capture=True).strip()
     print("(tokens kept in the environment as XFER_TOKEN, never printed)")
     step("2. Start the server on the embedded defaults (SQLite + blob directory)")
@@ -110,7 +110,7 @@ def main() -> int:
     xfer = _tool("xfer")
     try:
         step(f"3. Operator: train a source model on digits {SOURCE_CLASSES} (the operator's half) and register it")
-        run(sys.executable, "-m", "models.train", "--out", ".demo/source", "--arch", "convnet",
+        run(sys.executable, "-m", "xfer.models.train", "--out", ".demo/source", "--arch", "convnet",
             "--classes", SOURCE_CLASSES, "--epochs", "30")
         run(xfer, "register", ".demo/source", "--model", MODEL, env=as_operator)
         run(xfer, "alias", f"{MODEL}:1", "stable", env=as_operator)

@@ -12,7 +12,7 @@ import enum
 from pathlib import Path
 from typing import Any
 
-from models.card import ModelCard
+from xfer.models.card import ModelCard
 
 
 class ArtifactFormat(str, enum.Enum):
@@ -31,7 +31,7 @@ class ArtifactFormat(str, enum.Enum):
         for member in cls:
             if member.value == text:
                 return member
-        from client.errors import InvalidArgumentError
+        from xfer.client.errors import InvalidArgumentError
 
         raise InvalidArgumentError(f"unknown artifact format {value!r}; valid: "
                                    f"{', '.join(m.value for m in cls)}")
@@ -62,7 +62,7 @@ class DeviceKind(str, enum.Enum):
         for member in cls:
             if member.value == text:
                 return member
-        from client.errors import InvalidArgumentError
+        from xfer.client.errors import InvalidArgumentError
 
         raise InvalidArgumentError(f"unknown device kind {value!r}; valid: cpu, cuda, mps")
 

@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from client.cache import Cache, PartialDownload
-from client.domain import ArtifactFormat
-from client.errors import DataLossError, IntegrityError, OutOfRangeError, UnavailableError
-from client.transport import RetryPolicy, Transport
+from xfer.client.cache import Cache, PartialDownload
+from xfer.client.domain import ArtifactFormat
+from xfer.client.errors import DataLossError, IntegrityError, OutOfRangeError, UnavailableError
+from xfer.client.transport import RetryPolicy, Transport
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from client.errors import InvalidArgumentError, InvalidRefError
+from xfer.client.errors import InvalidArgumentError, InvalidRefError
 
 DEFAULT_ALIAS = "latest"
 MODEL_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")

@@ -1,6 +1,6 @@
 """The xfer SDK: discover, pull, load and report on source models.
 
-    from client import Client
+    from xfer.client import Client
 
     with Client("localhost:50051", token=...) as xfer:
         for model in xfer.list_models():
@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from client import convert
-from client.cache import Cache, CachedRef, default_cache_dir
-from client.domain import (
+from xfer.client import convert
+from xfer.client.cache import Cache, CachedRef, default_cache_dir
+from xfer.client.domain import (
     Artifact,
     ArtifactFormat,
     Leaderboard,
@@ -37,12 +37,12 @@ from client.domain import (
     ReportedRun,
     Run,
 )
-from client.download import Progress, fetch_artifact
-from client.errors import InvalidArgumentError, NotFoundError, UnavailableError
-from client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
-from client.transport import RetryPolicy, TlsConfig, Transport, UploadDeclaration
-from models.card import ModelCard
-from models.errors import ModelError
+from xfer.client.download import Progress, fetch_artifact
+from xfer.client.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from xfer.client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
+from xfer.client.transport import RetryPolicy, TlsConfig, Transport, UploadDeclaration
+from xfer.models.card import ModelCard
+from xfer.models.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class Client:
 
     def load_torch(self, ref: str | ModelRef, *, progress: Progress | None = None) -> LoadedModel:
         """Pulls the safetensors artifact and rebuilds the module from `models/`, loaded strictly, in eval mode."""
-        from models.weights import load_safetensors, model_from_card
+        from xfer.models.weights import load_safetensors, model_from_card
 
         pulled = self.pull(ref, ArtifactFormat.SAFETENSORS, progress=progress)
         card = pulled.model_version.card
@@ -224,7 +224,7 @@ class Client:
                  chunk_size: int = UPLOAD_CHUNK_BYTES) -> ModelVersion:
         """Uploads a new version of `model_id` (operator token needed).
 
-        `source` is a folder as `python -m models.train` writes it
+        `source` is a folder as `python -m xfer.models.train` writes it
         (card.json, model.safetensors, optionally model.onnx) or a list of
         such files; `.pt` state dicts are accepted and converted by the
         server. Files are hashed, then streamed in `chunk_size` pieces, never
@@ -303,13 +303,13 @@ def _upload_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> _U
         artifacts[fmt] = path
     if not artifacts:
         raise InvalidArgumentError(f"no model weights found in {source!s}: expected model.safetensors "
-                                   f"(and optionally model.onnx), as `python -m models.train` writes them")
+                                   f"(and optionally model.onnx), as `python -m xfer.models.train` writes them")
     return _UploadFiles(card, artifacts)
 
 
 def _read_card(path: Path | None) -> ModelCard:
     if path is None:
-        raise InvalidArgumentError(f"no {CARD_FILE} found; pass the folder `python -m models.train` wrote, "
+        raise InvalidArgumentError(f"no {CARD_FILE} found; pass the folder `python -m xfer.models.train` wrote, "
                                    f"or the card explicitly")
     try:
         return ModelCard.from_dict(json.loads(path.read_text()))

@@ -20,10 +20,10 @@ from typing import Any
 
 import grpc
 
-from client import convert
-from client.domain import ArtifactFormat, Run
-from client.errors import InvalidArgumentError, XferError, from_rpc_error
-from models.card import ModelCard
+from xfer.client import convert
+from xfer.client.domain import ArtifactFormat, Run
+from xfer.client.errors import InvalidArgumentError, XferError, from_rpc_error
+from xfer.models.card import ModelCard
 from xfer.v1 import metrics_service_pb2 as metrics_pb2
 from xfer.v1 import metrics_service_pb2_grpc as metrics_grpc
 from xfer.v1 import model_pb2

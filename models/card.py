@@ -1,7 +1,7 @@
 """The model card: everything a client needs to rebuild a source model.
 
 Stored with every version, shipped over the wire as `xfer.v1.ModelCard`
-and on disk as `card.json` beside the artifacts `python -m models.train`
+and on disk as `card.json` beside the artifacts `python -m xfer.models.train`
 writes. `validate_card` is the single check both server and client use.
 """
 
@@ -12,8 +12,8 @@ import json
 import math
 from typing import Any
 
-from models.errors import InvalidCardError, ModelError
-from models.registry import build_config, get_entry
+from xfer.models.errors import InvalidCardError, ModelError
+from xfer.models.registry import build_config, get_entry
 
 MAX_TEXT = 4096
 MAX_LABEL = 128

@@ -1,6 +1,6 @@
 """Shared range checks for architecture configs."""
 
-from models.errors import InvalidConfigError
+from xfer.models.errors import InvalidConfigError
 
 
 def require_positive(**values: int | float) -> None:

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 import torch
 
-from models.base import XferModel
-from models.errors import ExportParityError
-from models.files import atomic_path
+from xfer.models.base import XferModel
+from xfer.models.errors import ExportParityError
+from xfer.models.files import atomic_path
 
 OPSET = 17
 INPUT_NAME = "input"

@@ -7,10 +7,10 @@ import dataclasses
 import torch
 from torch import nn
 
-from models.base import XferModel
-from models.config_checks import require_classes, require_positive
-from models.errors import InvalidConfigError
-from models.registry import register_model
+from xfer.models.base import XferModel
+from xfer.models.config_checks import require_classes, require_positive
+from xfer.models.errors import InvalidConfigError
+from xfer.models.registry import register_model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,8 +12,8 @@ import dataclasses
 import typing
 from typing import Any, Callable
 
-from models.base import XferModel
-from models.errors import DuplicateArchitectureError, InvalidConfigError, UnknownArchitectureError
+from xfer.models.base import XferModel
+from xfer.models.errors import DuplicateArchitectureError, InvalidConfigError, UnknownArchitectureError
 
 
 @dataclasses.dataclass(frozen=True)

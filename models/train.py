@@ -1,4 +1,4 @@
-"""Train a source model for operators: `python -m models.train --out DIR`.
+"""Train a source model for operators: `python -m xfer.models.train --out DIR`.
 
 Trains on scikit-learn's digits (the *source* pool, which ships with the
 package and never overlaps the clients' *target* pool) and writes the three
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.card import card_for_model, validate_card, ModelCard
-from models.digits import SHIFTS, apply_shift, load_pool, parse_classes, select_classes
-from models.export import export_onnx
-from models.files import sha256_file, write_json_atomic
-from models.registry import create_model
-from models.weights import save_safetensors
+from xfer.models.card import card_for_model, validate_card, ModelCard
+from xfer.models.digits import SHIFTS, apply_shift, load_pool, parse_classes, select_classes
+from xfer.models.export import export_onnx
+from xfer.models.files import sha256_file, write_json_atomic
+from xfer.models.registry import create_model
+from xfer.models.weights import save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def train_source_model(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m xfer.models.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--arch", default="convnet", choices=sorted(DIGITS_CONFIGS))
     parser.add_argument("--config", default="{}", help="JSON overrides of the architecture config")

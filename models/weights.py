@@ -12,11 +12,11 @@ import os
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.base import XferModel
-from models.card import ModelCard
-from models.errors import WeightsMismatchError
-from models.files import atomic_path
-from models.registry import create_model
+from xfer.models.base import XferModel
+from xfer.models.card import ModelCard
+from xfer.models.errors import WeightsMismatchError
+from xfer.models.files import atomic_path
+from xfer.models.registry import create_model
 
 
 def tensor_specs(model: torch.nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:

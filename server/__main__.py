@@ -1,4 +1,4 @@
-"""`xfer-server` / `python -m server`: flags and environment -> ServerConfig -> serve until a signal.
+"""`xfer-server` / `python -m xfer.server`: flags and environment -> ServerConfig -> serve until a signal.
 
 The only place the server reads environment variables: XFER_DATA_DIR and
 XFER_DB_URL (a database URL with a password does not belong on a command
@@ -16,9 +16,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.config import MIB, ServerConfig
+from xfer.server.config import MIB, ServerConfig
 
-logger = logging.getLogger("server")
+logger = logging.getLogger("xfer.server")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db-url", default=os.environ.get("XFER_DB_URL"),
                         help="SQLAlchemy URL, e.g. postgresql://user@host/xfer (default: $XFER_DB_URL or "
                              "a SQLite file in the data dir)")
-    parser.add_argument("--token-file", type=Path, help="bearer tokens (see `python -m server.auth --help`)")
+    parser.add_argument("--token-file", type=Path, help="bearer tokens (see `python -m xfer.server.auth --help`)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA for client certificates: turns on mutual TLS")
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported after logging is set up: importing torch & co. takes a moment and may log.
-    from server.app import ConfigError, create_server
+    from xfer.server.app import ConfigError, create_server
 
     try:
         config = ServerConfig(

@@ -11,16 +11,16 @@ import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import db
-from server.auth import OpenAuthorizer, TokenAuthorizer, is_loopback, server_credentials
-from server.blobs import BlobStore
-from server.catalog import Catalog
-from server.config import ServerConfig
-from server.interceptors import Authorizer, RpcInterceptor
-from server.metrics import RunStore
-from server.metrics_servicer import MetricsServicer
-from server.registry import Registry, RegistryLimits
-from server.servicers import RegistryServicer, TransferServicer
+from xfer.server import db
+from xfer.server.auth import OpenAuthorizer, TokenAuthorizer, is_loopback, server_credentials
+from xfer.server.blobs import BlobStore
+from xfer.server.catalog import Catalog
+from xfer.server.config import ServerConfig
+from xfer.server.interceptors import Authorizer, RpcInterceptor
+from xfer.server.metrics import RunStore
+from xfer.server.metrics_servicer import MetricsServicer
+from xfer.server.registry import Registry, RegistryLimits
+from xfer.server.servicers import RegistryServicer, TransferServicer
 from xfer.v1 import (metrics_service_pb2, metrics_service_pb2_grpc, registry_service_pb2,
                      registry_service_pb2_grpc, transfer_service_pb2, transfer_service_pb2_grpc)
 
@@ -70,14 +70,14 @@ def _authorizer(config: ServerConfig) -> Authorizer:
     if config.token_file is None:
         if not is_loopback(config.host):
             raise ConfigError(f"refusing to listen on {config.host!r} without authentication: pass --token-file "
-                              "(create one with `python -m server.auth add --role operator --file tokens.json`) "
+                              "(create one with `python -m xfer.server.auth add --role operator --file tokens.json`) "
                               "or listen on 127.0.0.1")
         logger.warning("no token file: authentication is OFF and every caller is an operator; "
                        "listening on loopback (%s) only", config.host)
         return OpenAuthorizer()
     if not config.token_file.exists():
         raise ConfigError(f"token file {config.token_file} does not exist; create it with "
-                          f"`python -m server.auth add --role operator --file {config.token_file}`")
+                          f"`python -m xfer.server.auth add --role operator --file {config.token_file}`")
     return TokenAuthorizer(config.token_file)
 
 

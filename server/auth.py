@@ -18,9 +18,9 @@ models and report/list/summarize runs. Health and reflection need no token.
 
 Add a token (prints the new token once; keep it, the file only has its hash)::
 
-    python -m server.auth add --role client --file tokens.json [--name NAME]
-    python -m server.auth list --file tokens.json
-    python -m server.auth remove --name NAME --file tokens.json
+    python -m xfer.server.auth add --role client --file tokens.json [--name NAME]
+    python -m xfer.server.auth list --file tokens.json
+    python -m xfer.server.auth remove --name NAME --file tokens.json
 
 The file is re-read when it changes, so adding or removing a token needs no restart.
 """
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import grpc
 
-from models.files import write_bytes_atomic
-from server.errors import PermissionDenied, Unauthenticated
+from xfer.models.files import write_bytes_atomic
+from xfer.server.errors import PermissionDenied, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class TokenAuthorizer:
         token = _bearer(metadata)
         if token is None:
             raise Unauthenticated("missing credentials: send metadata 'authorization: Bearer <token>' (the operator "
-                                  "creates tokens with `python -m server.auth add`)")
+                                  "creates tokens with `python -m xfer.server.auth add`)")
         digest = hash_token(token).encode()
         match: TokenEntry | None = None
         # Compare against every entry, in constant time each, so timing says nothing about which hash is close.
@@ -258,8 +258,8 @@ def remove_token(path: Path, *, name: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m server.auth add|list|remove ...`."""
-    parser = argparse.ArgumentParser(prog="python -m server.auth", description="Manage xfer-server tokens.")
+    """`python -m xfer.server.auth add|list|remove ...`."""
+    parser = argparse.ArgumentParser(prog="python -m xfer.server.auth", description="Manage xfer-server tokens.")
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="create a token and print it once")
     add.add_argument("--role", required=True, choices=[r.value for r in Role])

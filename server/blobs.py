@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from server.errors import DataLoss, InvalidArgument, ResourceExhausted
+from xfer.server.errors import DataLoss, InvalidArgument, ResourceExhausted
 
 logger = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from models.card import ModelCard
-from server.db import write_transaction
-from server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, Page, VersionRecord
-from server.errors import NotFound
-from server.names import LATEST
-from server.pagination import PageTokens, page_size_of
+from xfer.models.card import ModelCard
+from xfer.server.db import write_transaction
+from xfer.server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, Page, VersionRecord
+from xfer.server.errors import NotFound
+from xfer.server.names import LATEST
+from xfer.server.pagination import PageTokens, page_size_of
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from collections.abc import Iterable, Iterator
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from models.card import ModelCard
-from server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, UploadChunk,
+from xfer.models.card import ModelCard
+from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, UploadChunk,
                            UploadHeader, VersionRecord)
-from server.errors import InvalidArgument
-from server.transfer import ArtifactRead
+from xfer.server.errors import InvalidArgument
+from xfer.server.transfer import ArtifactRead
 from xfer.v1 import model_pb2, registry_service_pb2, transfer_service_pb2
 
 _FORMATS = {

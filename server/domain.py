@@ -7,7 +7,7 @@ import datetime as dt
 import enum
 from typing import Generic, TypeVar
 
-from models.card import ModelCard
+from xfer.models.card import ModelCard
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ import dataclasses
 
 import grpc
 
-from models.errors import ModelError
+from xfer.models.errors import ModelError
 
 
 class XferError(Exception):

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import grpc
 
-from server.errors import XferError, status_for
+from xfer.server.errors import XferError, status_for
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("server.access")
+access_logger = logging.getLogger("xfer.server.access")
 
 
 class Authorizer(Protocol):

@@ -37,10 +37,10 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from server.db import write_transaction
-from server.errors import AlreadyExists, InvalidArgument, NotFound
-from server.names import parse_model_name, parse_version_name
-from server.pagination import PageTokens, page_size_of
+from xfer.server.db import write_transaction
+from xfer.server.errors import AlreadyExists, InvalidArgument, NotFound
+from xfer.server.names import parse_model_name, parse_version_name
+from xfer.server.pagination import PageTokens, page_size_of
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import logging
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.errors import InvalidArgument
-from server.metrics import LeaderboardRow, RunPrivacy, RunReport, RunStore, StoredRun
+from xfer.server.errors import InvalidArgument
+from xfer.server.metrics import LeaderboardRow, RunPrivacy, RunReport, RunStore, StoredRun
 from xfer.v1 import metrics_service_pb2 as pb
 from xfer.v1 import metrics_service_pb2_grpc as pb_grpc
 

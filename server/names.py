@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from server.errors import InvalidArgument, shorten
+from xfer.server.errors import InvalidArgument, shorten
 
 MODEL_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")

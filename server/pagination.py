@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 
-from server.errors import InvalidArgument
+from xfer.server.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

@@ -17,16 +17,16 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from models.card import ModelCard
-from models.export import export_onnx
-from models.errors import ModelError
-from server.blobs import BlobStore, BlobWriter, check_sha256
-from server.catalog import Catalog
-from server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, Page, UploadChunk,
+from xfer.models.card import ModelCard
+from xfer.models.export import export_onnx
+from xfer.models.errors import ModelError
+from xfer.server.blobs import BlobStore, BlobWriter, check_sha256
+from xfer.server.catalog import Catalog
+from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, Page, UploadChunk,
                            UploadHeader, VersionRecord, version_name)
-from server.errors import InvalidArgument, ResourceExhausted
-from server.names import VersionRef, check_alias, parse_model_name, parse_version_name
-from server import validate
+from xfer.server.errors import InvalidArgument, ResourceExhausted
+from xfer.server.names import VersionRef, check_alias, parse_model_name, parse_version_name
+from xfer.server import validate
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from server import convert
-from server.registry import Registry
-from server.transfer import open_read
+from xfer.server import convert
+from xfer.server.registry import Registry
+from xfer.server.transfer import open_read
 from xfer.v1 import registry_service_pb2 as rs
 from xfer.v1 import registry_service_pb2_grpc, transfer_service_pb2_grpc
 

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from server.domain import ArtifactFormat
-from server.errors import DataLoss, InvalidArgument, NotFound, OutOfRange
-from server.registry import Registry
+from xfer.server.domain import ArtifactFormat
+from xfer.server.errors import DataLoss, InvalidArgument, NotFound, OutOfRange
+from xfer.server.registry import Registry
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ import re
 import struct
 from pathlib import Path
 
-from models.base import XferModel
-from models.card import ModelCard, validate_card
-from models.errors import ModelError
-from models.export import OUTPUT_NAMES, PARITY_ATOL, check_parity
-from models.weights import load_safetensors, model_from_card, tensor_specs
-from server.errors import InvalidArgument
+from xfer.models.base import XferModel
+from xfer.models.card import ModelCard, validate_card
+from xfer.models.errors import ModelError
+from xfer.models.export import OUTPUT_NAMES, PARITY_ATOL, check_parity
+from xfer.models.weights import load_safetensors, model_from_card, tensor_specs
+from xfer.server.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def source_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with model.safetensors, model.onnx and card.json made by `models.train` (1 epoch, small)."""
-    from models.train import train_source_model
+    from xfer.models.train import train_source_model
 
     out = tmp_path_factory.mktemp("source-model")
     train_source_model(out_dir=out, arch="convnet", classes=range(10), epochs=1, seed=0,
@@ -196,9 +196,9 @@ def make_tls_files(directory: Path) -> TlsFiles:
                                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     client_key, client_cert = leaf("xfer test client", ExtendedKeyUsageOID.CLIENT_AUTH, None)
     directory.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(ca_cert=directory / "ca.pem", server_cert=directory / "server.pem",
-                     server_key=directory / "server.key", client_cert=directory / "client.pem",
-                     client_key=directory / "client.key")
+    files = TlsFiles(ca_cert=directory / "ca.pem", server_cert=directory / "xfer.server.pem",
+                     server_key=directory / "xfer.server.key", client_cert=directory / "xfer.client.pem",
+                     client_key=directory / "xfer.client.key")
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     files.server_key.write_bytes(key_pem(server_key))

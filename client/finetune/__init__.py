@@ -4,18 +4,18 @@ Python entry point: `finetune(model, *, train, val, strategy, privacy=None, ...)
 the `xfer finetune` command's body is in `client.finetune.command`.
 """
 
-from client.finetune.data import TargetData, TensorData, load_target
-from client.finetune.errors import (
+from xfer.client.finetune.data import TargetData, TensorData, load_target
+from xfer.client.finetune.errors import (
     DataError,
     FinetuneError,
     PrivacyBudgetExceededError,
     PrivacyError,
 )
-from client.finetune.ledger import PrivacyLedger
-from client.finetune.metrics import Metrics, evaluate
-from client.finetune.privacy import PrivacyConfig
-from client.finetune.strategies import get_strategy, list_strategies, register_strategy
-from client.finetune.trainer import FinetuneResult, finetune
+from xfer.client.finetune.ledger import PrivacyLedger
+from xfer.client.finetune.metrics import Metrics, evaluate
+from xfer.client.finetune.privacy import PrivacyConfig
+from xfer.client.finetune.strategies import get_strategy, list_strategies, register_strategy
+from xfer.client.finetune.trainer import FinetuneResult, finetune
 
 __all__ = [
     "DataError",

@@ -16,21 +16,21 @@ import pathlib
 import time
 from typing import Any
 
-from client.finetune.data import TargetData, load_target
-from client.domain import pow2_at_least
-from client.finetune.devices import DEVICE_CHOICES
-from client.finetune.errors import FinetuneError, SearchError
-from client.finetune.ledger import BudgetStatus, PrivacyLedger
-from client.finetune.metrics import Metrics, evaluate
-from client.finetune.output import OutputPaths, save_outputs
-from client.finetune.privacy import ACCOUNTANTS, PrivacyConfig
-from client.finetune.schedules import SCHEDULES
-from client.finetune.search import SearchResult, search
-from client.finetune.strategies import get_strategy, list_strategies
-from client.finetune.trainer import EpochRecord, FinetuneResult, finetune
-from models.base import XferModel
-from models.card import ModelCard
-from models.export import ParityReport
+from xfer.client.finetune.data import TargetData, load_target
+from xfer.client.domain import pow2_at_least
+from xfer.client.finetune.devices import DEVICE_CHOICES
+from xfer.client.finetune.errors import FinetuneError, SearchError
+from xfer.client.finetune.ledger import BudgetStatus, PrivacyLedger
+from xfer.client.finetune.metrics import Metrics, evaluate
+from xfer.client.finetune.output import OutputPaths, save_outputs
+from xfer.client.finetune.privacy import ACCOUNTANTS, PrivacyConfig
+from xfer.client.finetune.schedules import SCHEDULES
+from xfer.client.finetune.search import SearchResult, search
+from xfer.client.finetune.strategies import get_strategy, list_strategies
+from xfer.client.finetune.trainer import EpochRecord, FinetuneResult, finetune
+from xfer.models.base import XferModel
+from xfer.models.card import ModelCard
+from xfer.models.export import ParityReport
 
 DEVICE_KINDS = {"cpu": "DEVICE_KIND_CPU", "cuda": "DEVICE_KIND_CUDA", "mps": "DEVICE_KIND_MPS"}
 MAX_METRICS = 64

@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.finetune.errors import DataError
-from models import digits as digits_mod
-from models.card import ModelCard
+from xfer.client.finetune.errors import DataError
+from xfer.models import digits as digits_mod
+from xfer.models.card import ModelCard
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import random
 import numpy as np
 import torch
 
-from client.finetune.errors import DeviceError
+from xfer.client.finetune.errors import DeviceError
 
 log = logging.getLogger(__name__)
 

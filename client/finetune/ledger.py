@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from client.finetune.errors import PrivacyBudgetExceededError
-from models.files import write_json_atomic
+from xfer.client.finetune.errors import PrivacyBudgetExceededError
+from xfer.models.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from models.base import XferModel
-from models.card import ModelCard, card_for_model, validate_card
-from models.export import ParityReport, export_onnx
-from models.files import write_json_atomic
-from models.weights import save_safetensors
+from xfer.models.base import XferModel
+from xfer.models.card import ModelCard, card_for_model, validate_card
+from xfer.models.export import ParityReport, export_onnx
+from xfer.models.files import write_json_atomic
+from xfer.models.weights import save_safetensors
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.finetune.errors import PrivacyError
+from xfer.client.finetune.errors import PrivacyError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from client.finetune.errors import FinetuneError
+from xfer.client.finetune.errors import FinetuneError
 
 Schedule = Callable[[int, int], float]
 

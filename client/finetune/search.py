@@ -22,14 +22,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from client.finetune.data import TensorData
-from client.finetune.errors import SearchError
-from client.finetune.ledger import PrivacyLedger
-from client.finetune.metrics import Metrics, evaluate
-from client.finetune.privacy import PrivacyConfig, default_delta, epsilon_of, plan_dp
-from client.finetune.strategies import get_strategy
-from client.finetune.trainer import FinetuneResult, finetune
-from models.base import XferModel
+from xfer.client.finetune.data import TensorData
+from xfer.client.finetune.errors import SearchError
+from xfer.client.finetune.ledger import PrivacyLedger
+from xfer.client.finetune.metrics import Metrics, evaluate
+from xfer.client.finetune.privacy import PrivacyConfig, default_delta, epsilon_of, plan_dp
+from xfer.client.finetune.strategies import get_strategy
+from xfer.client.finetune.trainer import FinetuneResult, finetune
+from xfer.models.base import XferModel
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from typing import ClassVar
 
 from torch import nn
 
-from client.finetune.errors import (
+from xfer.client.finetune.errors import (
     DuplicateStrategyError,
     StrategyError,
     UnknownStrategyError,
 )
-from models.base import XferModel
+from xfer.models.base import XferModel
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,18 +19,18 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from client.finetune.data import TensorData
-from client.finetune.devices import (
+from xfer.client.finetune.data import TensorData
+from xfer.client.finetune.devices import (
     DeviceSetup,
     autocast,
     resolve_device,
     seed_everything,
     to_device,
 )
-from client.finetune.errors import DataError, FinetuneError
-from client.finetune.ledger import PrivacyLedger
-from client.finetune.metrics import Metrics, evaluate
-from client.finetune.privacy import (
+from xfer.client.finetune.errors import DataError, FinetuneError
+from xfer.client.finetune.ledger import PrivacyLedger
+from xfer.client.finetune.metrics import Metrics, evaluate
+from xfer.client.finetune.privacy import (
     DPPlan,
     PrivacyConfig,
     PrivacyReport,
@@ -39,8 +39,8 @@ from client.finetune.privacy import (
     plan_dp,
     steps_per_epoch,
 )
-from client.finetune.schedules import get_schedule
-from client.finetune.strategies import (
+from xfer.client.finetune.schedules import get_schedule
+from xfer.client.finetune.strategies import (
     AutoRGN,
     Phase,
     Strategy,
@@ -48,8 +48,8 @@ from client.finetune.strategies import (
     relative_gradient_norms,
     rgn_lr_scales,
 )
-from models.base import XferModel
-from models.card import ModelCard
+from xfer.models.base import XferModel
+from xfer.models.card import ModelCard
 
 log = logging.getLogger(__name__)
 

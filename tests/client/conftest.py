@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main as cli_main
+from xfer.client.cli import main as cli_main
 from tests.client.server_process import SMALL_CHUNK, CliResult, ServerProcess, new_server_process
 
 
@@ -27,8 +27,8 @@ def big_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import json
 
-    from models import card_for_model, create_model
-    from models.weights import save_safetensors
+    from xfer.models import card_for_model, create_model
+    from xfer.models.weights import save_safetensors
 
     out = tmp_path_factory.mktemp("big-model")
     model = create_model("mlp", in_features=64, hidden=[1024, 1024], num_classes=10)

@@ -1,4 +1,4 @@
-"""A real `python -m server` subprocess for client e2e tests, plus small helpers.
+"""A real `python -m xfer.server` subprocess for client e2e tests, plus small helpers.
 
 A subprocess (not an in-process server) so tests can kill -9 it mid-pull
 and restart it on the same data dir, as a real outage would.
@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from client import Client, RetryPolicy
+from xfer.client import Client, RetryPolicy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Small ReadArtifact chunks so that even a 300 KB artifact takes many messages.
@@ -21,7 +21,7 @@ SMALL_CHUNK = 16 * 1024
 
 @dataclasses.dataclass
 class ServerProcess:
-    """One `python -m server` subprocess; `restart()` keeps the data dir (and gets a new port)."""
+    """One `python -m xfer.server` subprocess; `restart()` keeps the data dir (and gets a new port)."""
 
     data_dir: Path
     token_file: Path
@@ -37,7 +37,7 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         log = open(self.data_dir.parent / f"server-{self.data_dir.name}.log", "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), "--data-dir", str(self.data_dir),
+            [sys.executable, "-m", "xfer.server", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--token-file", str(self.token_file), "--chunk-size", str(self.chunk_size),
              "--log-level", "WARNING", "--grace", "0.5", *self.extra_args],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
@@ -77,7 +77,7 @@ class ServerProcess:
 
 def new_server_process(root: Path, *, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = (),
                        port: int = 0) -> ServerProcess:
-    from server.auth import add_token
+    from xfer.server.auth import add_token
 
     root.mkdir(parents=True, exist_ok=True)
     token_file = root / "tokens.json"

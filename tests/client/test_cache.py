@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from client.cache import Cache, CachedRef, default_cache_dir, write_atomic
-from client.errors import IntegrityError
-from client.progress import ProgressBar, human_bytes
+from xfer.client.cache import Cache, CachedRef, default_cache_dir, write_atomic
+from xfer.client.errors import IntegrityError
+from xfer.client.progress import ProgressBar, human_bytes
 
 DATA = os.urandom(300_000)
 DIGEST = hashlib.sha256(DATA).hexdigest()

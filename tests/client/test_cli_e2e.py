@@ -86,7 +86,7 @@ def test_operator_commands(xfer_server, run_cli, model_dir):
 
 
 def test_runs_and_leaderboard(xfer_server, run_cli, tmp_path):
-    from client import Run
+    from xfer.client import Run
 
     with xfer_server.client(tmp_path) as xfer:
         for i, accuracy in enumerate([0.6, 0.8]):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from client import convert
-from client.domain import ArtifactFormat, DeviceKind, Run, RunPrivacy, pow2_at_least
-from client.errors import InvalidArgumentError
-from models import card_for_model, create_model
+from xfer.client import convert
+from xfer.client.domain import ArtifactFormat, DeviceKind, Run, RunPrivacy, pow2_at_least
+from xfer.client.errors import InvalidArgumentError
+from xfer.models import card_for_model, create_model
 
 
 def test_formats_and_devices_parse_leniently_but_reject_unknowns():

@@ -3,7 +3,7 @@
 import grpc
 import pytest
 
-from client import errors
+from xfer.client import errors
 
 
 class FakeRpcError(grpc.RpcError):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from client.errors import DataLossError, UnavailableError
-from client.transport import RetryPolicy
+from xfer.client.errors import DataLossError, UnavailableError
+from xfer.client.transport import RetryPolicy
 from tests.client.server_process import blob_files, cli_env
 
 
@@ -96,12 +96,12 @@ def _blocked_waiters(lock_file: Path) -> int:
 
 
 def test_two_processes_pulling_at_once_end_with_one_correct_file(xfer_server, model_dir, tmp_path):
-    from client.cache import Cache
+    from xfer.client.cache import Cache
 
     cache = Cache(tmp_path / "shared-cache")
     digest = sha256(model_dir / "model.safetensors")
     env = cli_env(xfer_server, cache.root, xfer_server.client_token)
-    command = [sys.executable, "-m", "client.cli", "pull", "digits-convnet:1", "--json"]
+    command = [sys.executable, "-m", "xfer.client.cli", "pull", "digits-convnet:1", "--json"]
     # Hold the digest's lock so that both processes are provably inside pull at the same time.
     with cache.lock(digest):
         procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

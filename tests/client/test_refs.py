@@ -2,8 +2,8 @@
 
 import pytest
 
-from client.errors import InvalidArgumentError, InvalidRefError, XferError
-from client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
+from xfer.client.errors import InvalidArgumentError, InvalidRefError, XferError
+from xfer.client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
 
 
 @pytest.mark.parametrize(

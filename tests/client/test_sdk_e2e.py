@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from client import ArtifactFormat, LoadedModel, Run, RunPrivacy
-from client.errors import (
+from xfer.client import ArtifactFormat, LoadedModel, Run, RunPrivacy
+from xfer.client.errors import (
     AlreadyExistsError,
     AuthenticationError,
     InvalidArgumentError,
@@ -21,9 +21,9 @@ from client.errors import (
     UnavailableError,
     XferError,
 )
-from client.transport import RetryPolicy, TlsConfig
-from models.card import ModelCard
-from models.weights import load_safetensors, model_from_card
+from xfer.client.transport import RetryPolicy, TlsConfig
+from xfer.models.card import ModelCard
+from xfer.models.weights import load_safetensors, model_from_card
 
 
 def sha256(path: Path) -> str:
@@ -172,7 +172,7 @@ def test_errors_are_typed_and_builtin(xfer_server, tmp_path):
 
 
 def test_unreachable_server_is_a_connection_error(tmp_path):
-    from client import Client
+    from xfer.client import Client
 
     with Client("127.0.0.1:1", cache_dir=tmp_path,
                 retry=RetryPolicy(max_attempts=2, initial_backoff=0.01)) as xfer:

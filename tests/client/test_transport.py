@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from client.transport import RetryPolicy, decode_read_artifact_response
+from xfer.client.transport import RetryPolicy, decode_read_artifact_response
 from xfer.v1 import transfer_service_pb2 as transfer_pb2
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.finetune.data import TargetData, load_target
-from models import card_for_model
-from models.base import XferModel
-from models.card import ModelCard
+from xfer.client.finetune.data import TargetData, load_target
+from xfer.models import card_for_model
+from xfer.models.base import XferModel
+from xfer.models.card import ModelCard
 
 sys.path.insert(0, str(Path(__file__).parent))
 

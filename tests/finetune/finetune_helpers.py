@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models import create_model
-from models.base import XferModel
+from xfer.models import create_model
+from xfer.models.base import XferModel
 
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from client.finetune.data import load_target, parse_spec, split_indices
-from client.finetune.errors import DataError
-from models import card_for_model, create_model
-from models.digits import load_pool
+from xfer.client.finetune.data import load_target, parse_spec, split_indices
+from xfer.client.finetune.errors import DataError
+from xfer.models import card_for_model, create_model
+from xfer.models.digits import load_pool
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_too_few_examples_to_split(tmp_path, mlp_card):
 
 
 def test_from_arrays_checks_and_normalises(session_card):
-    from client.finetune.data import from_arrays
+    from xfer.client.finetune.data import from_arrays
 
     x = np.full((4, 64), 0.7, dtype=np.float32)
     data = from_arrays(x, np.array([0, 1, 0, 1]), card=session_card)

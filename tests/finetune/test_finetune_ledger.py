@@ -7,10 +7,10 @@ import multiprocessing
 
 import pytest
 
-from client.finetune.errors import PrivacyBudgetExceededError
-from client.finetune.ledger import LEDGER_NAME, PrivacyLedger
-from client.finetune.privacy import PrivacyConfig
-from client.finetune.trainer import finetune
+from xfer.client.finetune.errors import PrivacyBudgetExceededError
+from xfer.client.finetune.ledger import LEDGER_NAME, PrivacyLedger
+from xfer.client.finetune.privacy import PrivacyConfig
+from xfer.client.finetune.trainer import finetune
 
 
 def test_charges_add_up_and_the_budget_refuses(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from client.finetune.devices import resolve_device
-from client.finetune.errors import DeviceError
-from client.finetune.metrics import expected_calibration_error, metrics_from_logits
+from xfer.client.finetune.devices import resolve_device
+from xfer.client.finetune.errors import DeviceError
+from xfer.client.finetune.metrics import expected_calibration_error, metrics_from_logits
 
 
 def test_metrics_match_sklearn():
@@ -61,8 +61,8 @@ def test_cuda_setup_uses_bf16_and_pinned_memory():
 def test_finetune_on_cuda(model, card, blur, dp):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from client.finetune.privacy import PrivacyConfig
-    from client.finetune.trainer import finetune
+    from xfer.client.finetune.privacy import PrivacyConfig
+    from xfer.client.finetune.trainer import finetune
 
     privacy = PrivacyConfig(epsilon=4.0, accountant="rdp") if dp else None
     result = finetune(model, train=blur.train, val=blur.val, strategy="lp-ft", epochs=3, card=card,

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from client.finetune import command
-from client.domain import pow2_at_least
-from models.card import ModelCard, validate_card
-from models.export import check_parity
-from models.weights import load_safetensors, model_from_card
+from xfer.client.finetune import command
+from xfer.client.domain import pow2_at_least
+from xfer.models.card import ModelCard, validate_card
+from xfer.models.export import check_parity
+from xfer.models.weights import load_safetensors, model_from_card
 
 METRIC_NAME = re.compile(r"^[a-z][a-z0-9_./-]{0,63}$")
 
@@ -87,7 +87,7 @@ def test_report_fields_parse_into_the_run_message(tmp_path, model, card):
 
 
 def test_run_refuses_several_strategies_without_search(tmp_path, model, card):
-    from client.finetune.errors import FinetuneError, SearchError
+    from xfer.client.finetune.errors import FinetuneError, SearchError
 
     with pytest.raises(FinetuneError, match="need --dp-epsilon"):
         command.run(parse("digits", "--privacy-budget", "3"), model=model, card=card, cache_dir=tmp_path,

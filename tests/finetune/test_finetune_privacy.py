@@ -8,8 +8,8 @@ import pytest
 import torch
 from finetune_helpers import changed, snapshot
 
-from client.finetune.errors import PrivacyError
-from client.finetune.privacy import (
+from xfer.client.finetune.errors import PrivacyError
+from xfer.client.finetune.privacy import (
     DPPlan,
     PrivacyConfig,
     PrivateRun,
@@ -17,7 +17,7 @@ from client.finetune.privacy import (
     make_compatible,
     plan_dp,
 )
-from client.finetune.trainer import finetune
+from xfer.client.finetune.trainer import finetune
 
 
 def dp_run(model, card, data, *, seed=0, strategy="full", epochs=2, **privacy):
@@ -189,7 +189,7 @@ def test_ghost_clipping_trains(model, card, small_blur, strategy):
 
 
 def test_dp_works_for_mlp(card, small_blur):
-    from models import card_for_model, create_model
+    from xfer.models import card_for_model, create_model
 
     m = create_model("mlp", hidden=(32,))
     c = card_for_model(m, label_names=card.label_names, input_mean=(0.3,), input_std=(0.4,))
@@ -204,7 +204,7 @@ def _unbatched_lookup(self, x):
 
 
 def test_vit_tiny_trains_fully_under_dp(card, small_blur):
-    from models import card_for_model, create_model
+    from xfer.models import card_for_model, create_model
 
     m = create_model("vit_tiny", dim=16, depth=1)
     c = card_for_model(m, label_names=card.label_names, input_mean=(0.3,), input_std=(0.4,))
@@ -216,7 +216,7 @@ def test_vit_tiny_trains_fully_under_dp(card, small_blur):
 def test_layer_without_per_example_gradients_is_named(card, small_blur):
     import types
 
-    from models import card_for_model, create_model
+    from xfer.models import card_for_model, create_model
 
     m = create_model("vit_tiny", dim=16, depth=1)
     m.stem.forward = types.MethodType(_unbatched_lookup, m.stem)

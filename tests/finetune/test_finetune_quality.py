@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from client.finetune import PrivacyConfig, evaluate, finetune, load_target
-from models.card import ModelCard
-from models.weights import load_safetensors, model_from_card
+from xfer.client.finetune import PrivacyConfig, evaluate, finetune, load_target
+from xfer.models.card import ModelCard
+from xfer.models.weights import load_safetensors, model_from_card
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from models.train import train_source_model
+    from xfer.models.train import train_source_model
 
     out = tmp_path_factory.mktemp("source")
     train_source_model(out_dir=out, arch="convnet", epochs=20, seed=0)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.finetune.errors import PrivacyBudgetExceededError, SearchError
-from client.finetune.ledger import PrivacyLedger
-from client.finetune.privacy import PrivacyConfig, epsilon_of
-from client.finetune.search import kfold, search
+from xfer.client.finetune.errors import PrivacyBudgetExceededError, SearchError
+from xfer.client.finetune.ledger import PrivacyLedger
+from xfer.client.finetune.privacy import PrivacyConfig, epsilon_of
+from xfer.client.finetune.search import kfold, search
 
 
 def test_kfold_partitions_the_training_set():
@@ -24,7 +24,7 @@ def test_kfold_partitions_the_training_set():
 
 
 def test_search_never_touches_test_data(model, card, small_blur, monkeypatch):
-    import client.finetune.search as search_mod
+    import xfer.client.finetune.search as search_mod
 
     seen_train: list[set[int]] = []
     real = search_mod.finetune

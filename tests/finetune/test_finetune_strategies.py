@@ -6,13 +6,13 @@ import pytest
 import torch
 from finetune_helpers import changed, snapshot
 
-from client.finetune import strategies as S
-from client.finetune.errors import (
+from xfer.client.finetune import strategies as S
+from xfer.client.finetune.errors import (
     DuplicateStrategyError,
     StrategyError,
     UnknownStrategyError,
 )
-from client.finetune.trainer import finetune
+from xfer.client.finetune.trainer import finetune
 
 
 def block_params(model) -> dict[str, set[str]]:
@@ -132,7 +132,7 @@ def test_gradual_unfreeze_adds_one_block_per_stage(model, card, blur):
 
 
 def test_surgical_also_trains_a_reinitialised_head(model, card, session_card):
-    from client.finetune.data import load_target
+    from xfer.client.finetune.data import load_target
 
     five = load_target("digits:classes=5-9", card=session_card, seed=0)
     before = snapshot(model)

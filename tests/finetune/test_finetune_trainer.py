@@ -8,10 +8,10 @@ import pytest
 import torch
 from finetune_helpers import snapshot
 
-from client.finetune.data import load_target
-from client.finetune.errors import DataError, FinetuneError
-from client.finetune.schedules import constant, cosine, get_schedule, slanted_triangular
-from client.finetune.trainer import finetune, needs_head_reset
+from xfer.client.finetune.data import load_target
+from xfer.client.finetune.errors import DataError, FinetuneError
+from xfer.client.finetune.schedules import constant, cosine, get_schedule, slanted_triangular
+from xfer.client.finetune.trainer import finetune, needs_head_reset
 
 
 def test_head_reset_when_the_label_set_differs(model, card, session_card):
@@ -97,7 +97,7 @@ def test_schedules():
 
 
 def test_schedule_drives_the_lr(model, card, blur, monkeypatch):
-    from client.finetune import trainer
+    from xfer.client.finetune import trainer
 
     seen: list[float] = []
     real_step = torch.optim.AdamW.step

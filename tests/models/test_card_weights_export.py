@@ -5,11 +5,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import models
-from models.card import ModelCard, validate_card
-from models.errors import InvalidCardError, WeightsMismatchError
-from models.export import check_parity, export_onnx
-from models.weights import load_safetensors, model_from_card, save_safetensors, tensor_specs
+from xfer import models
+from xfer.models.card import ModelCard, validate_card
+from xfer.models.errors import InvalidCardError, WeightsMismatchError
+from xfer.models.export import check_parity, export_onnx
+from xfer.models.weights import load_safetensors, model_from_card, save_safetensors, tensor_specs
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import models
+from xfer import models
 
 ARCHITECTURES = ["mlp", "convnet", "vit_tiny"]
 

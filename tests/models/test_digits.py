@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.digits import SHIFTS, apply_shift, load_pool, parse_classes, select_classes
+from xfer.models.digits import SHIFTS, apply_shift, load_pool, parse_classes, select_classes
 
 
 def test_source_and_target_pools_are_disjoint_halves():

@@ -2,7 +2,7 @@ import stat
 
 import pytest
 
-from models.files import atomic_path, write_bytes_atomic, write_json_atomic
+from xfer.models.files import atomic_path, write_bytes_atomic, write_json_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

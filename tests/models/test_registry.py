@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-import models
-from models.errors import DuplicateArchitectureError, InvalidConfigError, UnknownArchitectureError
-from models.registry import build_config, register_model
+from xfer import models
+from xfer.models.errors import DuplicateArchitectureError, InvalidConfigError, UnknownArchitectureError
+from xfer.models.registry import build_config, register_model
 
 
 def test_list_models_has_the_builtin_architectures():

@@ -3,10 +3,10 @@ import json
 import onnxruntime as ort
 import pytest
 
-from models.card import ModelCard, validate_card
-from models.files import sha256_file
-from models.train import main, train_source_model
-from models.weights import load_safetensors, model_from_card
+from xfer.models.card import ModelCard, validate_card
+from xfer.models.files import sha256_file
+from xfer.models.train import main, train_source_model
+from xfer.models.weights import load_safetensors, model_from_card
 
 
 def test_train_writes_three_consistent_files(tmp_path):

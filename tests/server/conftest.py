@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.app import RunningServer, create_server
-from server.auth import add_token
-from server.config import ServerConfig
+from xfer.server.app import RunningServer, create_server
+from xfer.server.auth import add_token
+from xfer.server.config import ServerConfig
 from server_testkit import Stubs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def open_stubs(open_server: RunningServer) -> Iterator[Stubs]:
 
 @dataclasses.dataclass
 class SubprocessServer:
-    """`python -m server` running in a child process."""
+    """`python -m xfer.server` running in a child process."""
 
     process: subprocess.Popen
     target: str
@@ -96,7 +96,7 @@ def spawn_server(tmp_path: Path) -> Iterator[Callable[..., SubprocessServer]]:
     def spawn(*args: str, data_dir: Path | None = None) -> SubprocessServer:
         data = data_dir or tmp_path / "subprocess-data"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "server", "--port", "0", "--data-dir", str(data),
+        proc = subprocess.Popen([sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(data),
                                  "--log-level", "INFO", *args],
                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         output: list[str] = []

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 
-from models.card import ModelCard
-from server.convert import card_to_proto
+from xfer.models.card import ModelCard
+from xfer.server.convert import card_to_proto
 from xfer.v1 import model_pb2, registry_service_pb2 as rs, registry_service_pb2_grpc, transfer_service_pb2 as ts
 from xfer.v1 import transfer_service_pb2_grpc
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from server import metrics, pagination
-from server.db import create_engine
-from server.pagination import PageTokens
-from server.errors import AlreadyExists, InvalidArgument, NotFound
-from server.metrics import RunPrivacy, RunReport, RunStore
+from xfer.server import metrics, pagination
+from xfer.server.db import create_engine
+from xfer.server.pagination import PageTokens
+from xfer.server.errors import AlreadyExists, InvalidArgument, NotFound
+from xfer.server.metrics import RunPrivacy, RunReport, RunStore
 
 V1 = "models/digits/versions/1"
 V2 = "models/digits/versions/2"

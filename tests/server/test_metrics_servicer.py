@@ -8,12 +8,12 @@ from concurrent import futures
 import grpc
 import pytest
 
-from server.auth import OpenAuthorizer
-from server.db import create_engine
-from server.errors import NotFound
-from server.interceptors import RpcInterceptor
-from server.metrics import RunStore
-from server.metrics_servicer import MetricsServicer
+from xfer.server.auth import OpenAuthorizer
+from xfer.server.db import create_engine
+from xfer.server.errors import NotFound
+from xfer.server.interceptors import RpcInterceptor
+from xfer.server.metrics import RunStore
+from xfer.server.metrics_servicer import MetricsServicer
 from xfer.v1 import metrics_service_pb2 as pb
 from xfer.v1 import metrics_service_pb2_grpc as pb_grpc
 

@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from server.app import SERVICE_NAMES, ConfigError, create_server
-from server.config import ServerConfig
+from xfer.server.app import SERVICE_NAMES, ConfigError, create_server
+from xfer.server.config import ServerConfig
 from server_testkit import SAFETENSORS, Stubs, rpc_error
 from xfer.v1 import registry_service_pb2 as rs
 
@@ -132,8 +132,8 @@ def test_memory_does_not_grow_with_artifact_size(start_server, source_model_dir:
     import hashlib
     import os
 
-    from server.domain import ArtifactFormat, ArtifactRecord
-    from server.convert import card_to_proto
+    from xfer.server.domain import ArtifactFormat, ArtifactRecord
+    from xfer.server.convert import card_to_proto
     from server_testkit import load_card
     from xfer.v1 import transfer_service_pb2 as ts
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from server.auth import (CLIENT_METHODS, OpenAuthorizer, Role, TokenAuthorizer, TokenFileError, add_token, hash_token,
+from xfer.server.auth import (CLIENT_METHODS, OpenAuthorizer, Role, TokenAuthorizer, TokenFileError, add_token, hash_token,
                          is_loopback, load_token_file, parse_token_file, remove_token)
-from server.errors import PermissionDenied, Unauthenticated
+from xfer.server.errors import PermissionDenied, Unauthenticated
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_cli_add_prints_the_token_once_and_stores_only_its_hash(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
-    result = subprocess.run([sys.executable, "-m", "server.auth", "add", "--role", "client", "--file", str(path),
+    result = subprocess.run([sys.executable, "-m", "xfer.server.auth", "add", "--role", "client", "--file", str(path),
                              "--name", "edge-1"], cwd=REPO, capture_output=True, text=True, check=True)
     token = result.stdout.strip()
     assert token.startswith("xfer_") and len(token) > 40
@@ -26,7 +26,7 @@ def test_cli_add_prints_the_token_once_and_stores_only_its_hash(tmp_path: Path) 
     assert token not in stored and hash_token(token) in stored
     assert json.loads(stored)["tokens"] == [{"name": "edge-1", "role": "client", "sha256": hash_token(token)}]
     assert path.stat().st_mode & 0o777 == 0o600
-    listing = subprocess.run([sys.executable, "-m", "server.auth", "list", "--file", str(path)], cwd=REPO,
+    listing = subprocess.run([sys.executable, "-m", "xfer.server.auth", "list", "--file", str(path)], cwd=REPO,
                              capture_output=True, text=True, check=True).stdout
     assert "client\tedge-1" in listing and token not in listing
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from server.blobs import BlobStore, check_sha256
-from server.errors import DataLoss, InvalidArgument, ResourceExhausted
+from xfer.server.blobs import BlobStore, check_sha256
+from xfer.server.errors import DataLoss, InvalidArgument, ResourceExhausted
 
 
 def _put(store: BlobStore, data: bytes) -> str:

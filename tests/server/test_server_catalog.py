@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from models import card_for_model, create_model
-from server.catalog import Catalog
-from server.pagination import PageTokens
-from server.db import create_engine
-from server.domain import ArtifactFormat, ArtifactRecord
-from server.errors import InvalidArgument, NotFound
+from xfer.models import card_for_model, create_model
+from xfer.server.catalog import Catalog
+from xfer.server.pagination import PageTokens
+from xfer.server.db import create_engine
+from xfer.server.domain import ArtifactFormat, ArtifactRecord
+from xfer.server.errors import InvalidArgument, NotFound
 
 CARD = card_for_model(create_model("mlp", in_features=4, hidden=[8], num_classes=3))
 

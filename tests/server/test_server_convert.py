@@ -7,12 +7,12 @@ import datetime as dt
 import grpc
 import pytest
 
-from models import card_for_model, create_model
-from models.errors import InvalidCardError
-from server import convert
-from server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, VersionRecord
-from server.errors import DataLoss, InvalidArgument, NotFound, status_for
-from server.names import parse_model_name, parse_version_name
+from xfer.models import card_for_model, create_model
+from xfer.models.errors import InvalidCardError
+from xfer.server import convert
+from xfer.server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, VersionRecord
+from xfer.server.errors import DataLoss, InvalidArgument, NotFound, status_for
+from xfer.server.names import parse_model_name, parse_version_name
 from xfer.v1 import model_pb2
 
 

@@ -13,8 +13,8 @@ import onnx
 import pytest
 import torch
 
-from models import create_model
-from models.weights import save_safetensors
+from xfer.models import create_model
+from xfer.models.weights import save_safetensors
 from server_testkit import (ONNX, SAFETENSORS, TORCH, Artifact, Stubs, load_card, model_artifacts, rpc_error,
                             upload_requests)
 from xfer.v1 import registry_service_pb2 as rs

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from server.blobs import BlobStore
-from server.catalog import Catalog
-from server.db import create_engine
-from server.domain import ArtifactDeclaration, ArtifactFormat, UploadChunk, UploadHeader
-from server.errors import InvalidArgument, NotFound, ResourceExhausted
-from server.registry import Registry, RegistryLimits
+from xfer.server.blobs import BlobStore
+from xfer.server.catalog import Catalog
+from xfer.server.db import create_engine
+from xfer.server.domain import ArtifactDeclaration, ArtifactFormat, UploadChunk, UploadHeader
+from xfer.server.errors import InvalidArgument, NotFound, ResourceExhausted
+from xfer.server.registry import Registry, RegistryLimits
 from server_testkit import load_card
 
 ST = ArtifactFormat.SAFETENSORS

@@ -10,10 +10,10 @@ import onnx
 import pytest
 import torch
 
-from models import card_for_model, create_model
-from models.weights import save_safetensors
-from server import validate
-from server.errors import InvalidArgument
+from xfer.models import card_for_model, create_model
+from xfer.models.weights import save_safetensors
+from xfer.server import validate
+from xfer.server.errors import InvalidArgument
 
 
 def _write(path: Path, header: dict, data: bytes) -> Path:
@@ -28,7 +28,7 @@ def test_parses_a_real_file(tmp_path: Path) -> None:
     header = validate.parse_safetensors_header(tmp_path / "m.safetensors")
     assert header.metadata == {"k": "v"}
     assert {n: (t.dtype, t.shape) for n, t in header.tensors.items()} == {
-        n: spec for n, spec in __import__("models.weights", fromlist=["x"]).tensor_specs(model).items()}
+        n: spec for n, spec in __import__("xfer.models.weights", fromlist=["x"]).tensor_specs(model).items()}
 
 
 @pytest.mark.parametrize("header,data,message", [
@@ -107,7 +107,7 @@ def test_state_dict_conversion(tmp_path: Path) -> None:
 
 
 def test_onnx_checks(tmp_path: Path, source_model_dir: Path) -> None:
-    from models.weights import load_safetensors, model_from_card
+    from xfer.models.weights import load_safetensors, model_from_card
     from server_testkit import load_card
 
     model = load_safetensors(model_from_card(load_card(source_model_dir)), source_model_dir / "model.safetensors")
