@@ -24,7 +24,7 @@ _EXPORTS = {
     "Run": "xfer.client.domain",
     "RunPrivacy": "xfer.client.domain",
     "Leaderboard": "xfer.client.domain",
-    "XferError": "xfer.client.errors",
+    "XferError": "xfer.errors",
 }
 
 __all__ = sorted(_EXPORTS)

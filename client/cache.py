@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -41,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from xfer.client.errors import IntegrityError
+from xfer.names import is_sha256
 from xfer.models.files import fsync_dir, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 #: Read size when re-hashing an existing partial file on resume.
 _HASH_BLOCK = 1 << 20
 #: Bytes between page-cache releases of a growing partial file.
@@ -63,7 +62,7 @@ def default_cache_dir(environ: Mapping[str, str]) -> Path:
 
 def _check_digest(sha256: str) -> str:
     # The digest becomes a file name: refuse anything that is not plain hex.
-    if not isinstance(sha256, str) or not SHA256_RE.match(sha256):
+    if not is_sha256(sha256):
         raise IntegrityError(f"malformed sha256 {sha256!r}: expected 64 lower-case hex digits")
     return sha256
 

@@ -15,29 +15,13 @@ from __future__ import annotations
 
 import grpc
 
-
-class XferError(Exception):
-    """Base class of every error the xfer client raises."""
-
-    #: Process exit status of the `xfer` CLI for this kind of failure.
-    exit_code: int = 1
-    #: The gRPC status code this error came from, when it came from one.
-    code: grpc.StatusCode | None = None
-
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-    def __str__(self) -> str:
-        return self.message
+from xfer.errors import EXIT_CODES, XferError
 
 
 class InvalidArgumentError(XferError, ValueError):
     """The request was malformed: a bad name, card, artifact, metric or digest."""
 
-    exit_code = 3
+    exit_code = EXIT_CODES["invalid_argument"]
 
 
 class InvalidRefError(InvalidArgumentError):
@@ -51,49 +35,49 @@ class OutOfRangeError(InvalidArgumentError):
 class NotFoundError(XferError, LookupError):
     """The model, version, alias or artifact format does not exist."""
 
-    exit_code = 4
+    exit_code = EXIT_CODES["not_found"]
 
 
 class AlreadyExistsError(XferError, FileExistsError):
     """A conflicting object already exists (e.g. a run_id reported with other content)."""
 
-    exit_code = 5
+    exit_code = EXIT_CODES["already_exists"]
 
 
 class AuthenticationError(XferError, PermissionError):
     """The token is missing, malformed or unknown."""
 
-    exit_code = 6
+    exit_code = EXIT_CODES["unauthenticated"]
 
 
 class PermissionDeniedError(XferError, PermissionError):
     """The token is valid but its role may not do this (e.g. a client registering)."""
 
-    exit_code = 7
+    exit_code = EXIT_CODES["permission_denied"]
 
 
 class UnavailableError(XferError, ConnectionError):
     """The server could not be reached, or is shutting down; retried before it is raised."""
 
-    exit_code = 8
+    exit_code = EXIT_CODES["unavailable"]
 
 
 class DeadlineExceededError(XferError, TimeoutError):
     """The call did not finish within its deadline."""
 
-    exit_code = 9
+    exit_code = EXIT_CODES["deadline_exceeded"]
 
 
 class ResourceExhaustedError(XferError, ValueError):
     """Something is above a server limit, such as the maximum artifact size."""
 
-    exit_code = 10
+    exit_code = EXIT_CODES["resource_exhausted"]
 
 
 class DataLossError(XferError, IOError):
     """Bytes are corrupt: the server's stored blob, or what arrived here."""
 
-    exit_code = 11
+    exit_code = EXIT_CODES["data_loss"]
 
 
 class IntegrityError(DataLossError):
@@ -103,13 +87,13 @@ class IntegrityError(DataLossError):
 class UnimplementedError(XferError, NotImplementedError):
     """The server does not implement this call (an older server?)."""
 
-    exit_code = 12
+    exit_code = EXIT_CODES["unimplemented"]
 
 
 class ServerError(XferError, RuntimeError):
     """The server failed in a way the client cannot fix (INTERNAL, UNKNOWN, ...)."""
 
-    exit_code = 13
+    exit_code = EXIT_CODES["server_error"]
 
 
 _BY_CODE: dict[grpc.StatusCode, type[XferError]] = {

@@ -26,12 +26,10 @@ import dataclasses
 import re
 
 from xfer.client.errors import InvalidArgumentError, InvalidRefError
+from xfer.names import LATEST as DEFAULT_ALIAS
+from xfer.names import is_alias, is_model_id, is_version_number
 
-DEFAULT_ALIAS = "latest"
-MODEL_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")
-_RESOURCE_RE = re.compile(r"^models/(?P<model>[^/]+)(?:/versions/(?P<selector>[^/]+))?$")
+_RESOURCE_RE = re.compile(r"models/(?P<model>[^/]+)(?:/versions/(?P<selector>[^/]+))?")
 
 _FORMS = "use MODEL, MODEL:VERSION or MODEL@ALIAS, e.g. digits-convnet, digits-convnet:3, digits-convnet@stable"
 
@@ -79,7 +77,7 @@ class ModelRef:
 
 
 def _check_model(model: str, text: str) -> None:
-    if not MODEL_ID_RE.match(model):
+    if not is_model_id(model):
         raise InvalidRefError(
             f"invalid model reference {text!r}: model id {model!r} must be 2-63 characters of "
             f"a-z, 0-9 and '-', starting with a letter ({_FORMS})"
@@ -87,9 +85,9 @@ def _check_model(model: str, text: str) -> None:
 
 
 def _selector(model: str, selector: str, text: str) -> ModelRef:
-    if VERSION_RE.match(selector):
+    if is_version_number(selector):
         return ModelRef(model, version=int(selector))
-    if ALIAS_RE.match(selector) and not selector.isdigit():
+    if is_alias(selector):
         return ModelRef(model, alias=selector)
     raise InvalidRefError(
         f"invalid model reference {text!r}: {selector!r} is neither a version number (1, 2, ...) "
@@ -106,7 +104,7 @@ def parse_ref(text: str | ModelRef) -> ModelRef:
     stripped = text.strip()
     if not stripped:
         raise InvalidRefError(f"empty model reference ({_FORMS})")
-    resource = _RESOURCE_RE.match(stripped)
+    resource = _RESOURCE_RE.fullmatch(stripped)
     if resource:
         model, selector = resource.group("model"), resource.group("selector")
         _check_model(model, text)
@@ -134,7 +132,7 @@ def parse_ref(text: str | ModelRef) -> ModelRef:
 
 def validate_alias(alias: str, *, settable: bool = True) -> str:
     """Checks an alias name; with `settable`, also refuses `latest`, which the server owns."""
-    if not isinstance(alias, str) or not ALIAS_RE.match(alias) or alias.isdigit():
+    if not is_alias(alias):
         raise InvalidArgumentError(
             f"invalid alias {alias!r}: 1-32 characters of a-z, 0-9 and '-', starting with a letter"
         )
@@ -145,7 +143,7 @@ def validate_alias(alias: str, *, settable: bool = True) -> str:
 
 def validate_model_id(model_id: str) -> str:
     """Checks a bare model id (as `register` takes) and returns it."""
-    if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
+    if not is_model_id(model_id):
         raise InvalidArgumentError(
             f"invalid model id {model_id!r}: 2-63 characters of a-z, 0-9 and '-', starting with a letter"
         )

@@ -1,8 +1,12 @@
 """Errors raised by the model zoo. Each is also the matching builtin."""
 
+from xfer.errors import EXIT_CODES, XferError
 
-class ModelError(Exception):
-    """Base class of every error raised by `models`."""
+
+class ModelError(XferError):
+    """Base class of every error raised by `models`: the model or its card cannot be used as given."""
+
+    exit_code = EXIT_CODES["invalid_argument"]
 
 
 class UnknownArchitectureError(ModelError, LookupError):

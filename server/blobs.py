@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from xfer.names import is_sha256
 from xfer.server.errors import DataLoss, InvalidArgument, ResourceExhausted
 
 logger = logging.getLogger(__name__)
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TEMP_PREFIX = ".upload-"
 TEMP_SUFFIX = ".tmp"
 #: A temp file nobody has written to for this long is abandoned, whoever owns it.
@@ -49,7 +49,7 @@ _READ_BLOCK = 1024 * 1024
 
 def check_sha256(value: str, *, what: str = "sha256") -> str:
     """Returns `value` if it is 64 lower-case hex digits, else raises InvalidArgument."""
-    if not isinstance(value, str) or not SHA256_RE.match(value):
+    if not is_sha256(value):
         raise InvalidArgument(f"{what} must be 64 lower-case hex digits, got {value[:80]!r}")
     return value
 
@@ -235,7 +235,7 @@ class BlobStore:
         removed = 0
         cutoff = time.time() - min_age_s
         for path in self.root.glob("??/*"):
-            if SHA256_RE.match(path.name) and path.name not in referenced and path.stat().st_mtime < cutoff:
+            if is_sha256(path.name) and path.name not in referenced and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
         if removed:

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 
+from xfer.names import ALIAS_RULE, LATEST, MODEL_ID_RULE, is_alias, is_model_id
 from xfer.server.errors import InvalidArgument, shorten
 
-MODEL_ID_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
-ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-LATEST = "latest"
 MAX_VERSION = 2**63 - 1
-MODEL_ID_RULE = ("model ids match ^[a-z][a-z0-9-]{1,62}$: 2 to 63 lower-case letters, digits "
-                 "or '-', starting with a letter")
-ALIAS_RULE = "aliases match ^[a-z][a-z0-9-]{0,31}$: a lower-case letter, then letters, digits or '-'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +23,14 @@ class VersionRef:
 
 def check_model_id(model_id: str) -> str:
     """Returns `model_id` if valid, else raises InvalidArgument saying the rule."""
-    if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
+    if not is_model_id(model_id):
         raise InvalidArgument(f"invalid model id {shorten(str(model_id))}: {MODEL_ID_RULE}")
     return model_id
 
 
 def check_alias(alias: str, *, settable: bool = False) -> str:
     """Returns `alias` if valid; with `settable`, also refuses the server-owned `latest`."""
-    if not ALIAS_RE.match(alias):
+    if not is_alias(alias):
         raise InvalidArgument(f"invalid alias {shorten(alias)}: {ALIAS_RULE}")
     if settable and alias == LATEST:
         raise InvalidArgument("alias 'latest' is owned by the server (it always names the newest "
@@ -64,7 +58,7 @@ def parse_version_name(name: str) -> VersionRef:
             raise InvalidArgument(f"invalid version number {shorten(token)}: versions are numbered from 1, "
                                   "without leading zeros")
         return VersionRef(model_id=model_id, version=int(token), alias=None)
-    if not ALIAS_RE.match(token):
+    if not is_alias(token):
         raise InvalidArgument(f"invalid alias {shorten(token)} in {shorten(name)}: {{version}} must be a version "
                               f"number or an alias; {ALIAS_RULE}")
     return VersionRef(model_id=model_id, version=None, alias=token)

@@ -1,11 +1,15 @@
 """Errors raised by `client.finetune`. Each is also the matching builtin.
 
-Messages say what happened and how to fix it (DESIGN §7.2).
+Messages say what happened and how to fix it.
 """
 
+from xfer.errors import EXIT_CODES, XferError
 
-class FinetuneError(Exception):
+
+class FinetuneError(XferError):
     """Base class of every error raised by `client.finetune`."""
+
+    exit_code = EXIT_CODES["invalid_argument"]
 
 
 class DataError(FinetuneError, ValueError):
@@ -31,6 +35,8 @@ class PrivacyError(FinetuneError, ValueError):
 class PrivacyBudgetExceededError(PrivacyError):
     """A run (or search) that would take a data set past its privacy budget."""
 
+    exit_code = EXIT_CODES["privacy_budget"]
+
 
 class SearchError(FinetuneError, ValueError):
     """A hyperparameter search that cannot run as configured."""
@@ -38,3 +44,5 @@ class SearchError(FinetuneError, ValueError):
 
 class DeviceError(FinetuneError, RuntimeError):
     """A requested device that is not available on this machine."""
+
+    exit_code = EXIT_CODES["device_unavailable"]
