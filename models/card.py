@@ -2,7 +2,9 @@
 
 Stored with every version, shipped over the wire as `xfer.v1.ModelCard`
 and on disk as `card.json` beside the artifacts `python -m xfer.models.train`
-writes. `validate_card` is the single check both server and client use.
+writes. The card is plain data and imports no torch: `validate_card` checks
+its fields; whether it agrees with its architecture is checked when a module
+is built from it (`xfer.models.weights.model_from_card`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import json
 import math
 from typing import Any
 
-from xfer.models.errors import InvalidCardError, ModelError
-from xfer.models.registry import build_config, get_entry
+from xfer.models.errors import InvalidCardError
 
 MAX_TEXT = 4096
 MAX_LABEL = 128
@@ -84,26 +85,22 @@ def _text(name: str, value: Any, limit: int = MAX_TEXT) -> None:
 
 
 def validate_card(card: ModelCard) -> None:
-    """Checks every field, and that the card agrees with its architecture.
+    """Checks every field of the card as plain data (no torch, no architecture lookup).
 
     Raises InvalidCardError with a message that names the field.
     """
-    try:
-        entry = get_entry(card.architecture)
-        model = entry.model_cls(build_config(card.architecture, card.architecture_config))
-    except ModelError as exc:
-        raise InvalidCardError(f"card architecture: {exc}") from None
-    if tuple(card.blocks) != tuple(model.block_names()):
-        raise InvalidCardError(f"card blocks {list(card.blocks)} do not match {card.architecture}'s "
-                               f"blocks {model.block_names()}")
-    if card.head != model.head_name:
-        raise InvalidCardError(f"card head {card.head!r} is not the architecture's head {model.head_name!r}")
-    if card.num_classes != model.num_classes:
-        raise InvalidCardError(f"card num_classes {card.num_classes} disagrees with the config's "
-                               f"{model.num_classes}")
-    if tuple(card.input_shape) != model.input_shape():
-        raise InvalidCardError(f"card input_shape {list(card.input_shape)} disagrees with the config's "
-                               f"{list(model.input_shape())}")
+    if not isinstance(card.architecture, str) or not card.architecture:
+        raise InvalidCardError("card field 'architecture' must name an architecture, e.g. 'convnet'")
+    _text("architecture", card.architecture, 64)
+    if not isinstance(card.architecture_config, dict):
+        raise InvalidCardError("card field 'architecture_config' must be an object")
+    if not card.input_shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                       for d in card.input_shape):
+        raise InvalidCardError(f"card input_shape must be positive integers, got {list(card.input_shape)}")
+    if not isinstance(card.num_classes, int) or isinstance(card.num_classes, bool) or card.num_classes < 1:
+        raise InvalidCardError(f"card num_classes must be a positive integer, got {card.num_classes!r}")
+    if not card.blocks or card.head not in card.blocks:
+        raise InvalidCardError(f"card head {card.head!r} must be one of its blocks {list(card.blocks)}")
     if card.input_dtype != "float32":
         raise InvalidCardError(f"input_dtype must be 'float32', got {card.input_dtype!r}")
     if len(card.input_mean) != len(card.input_std):

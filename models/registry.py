@@ -9,6 +9,7 @@ rejects unknown or missing fields instead of guessing.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import typing
 from typing import Any, Callable
 
@@ -25,6 +26,15 @@ class ArchitectureEntry:
 
 
 _REGISTRY: dict[str, ArchitectureEntry] = {}
+# Built-in architectures register themselves when their module is imported;
+# importing them on first lookup keeps `import xfer.models` free of torch.
+_BUILTIN_MODULES = {"mlp": "xfer.models.mlp", "convnet": "xfer.models.convnet", "vit_tiny": "xfer.models.vit"}
+
+
+def _load_builtins(name: str | None = None) -> None:
+    for arch, module in _BUILTIN_MODULES.items():
+        if (name is None or name == arch) and arch not in _REGISTRY:
+            importlib.import_module(module)
 
 
 def register_model(name: str, *, config: type) -> Callable[[type[XferModel]], type[XferModel]]:
@@ -43,11 +53,13 @@ def register_model(name: str, *, config: type) -> Callable[[type[XferModel]], ty
 
 def list_models() -> list[str]:
     """Registered architecture ids, sorted."""
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def get_entry(name: str) -> ArchitectureEntry:
     """The registry entry for `name`; raises listing the valid ids if unknown."""
+    _load_builtins(name)
     try:
         return _REGISTRY[name]
     except KeyError:

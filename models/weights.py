@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from xfer.models.base import XferModel
 from xfer.models.card import ModelCard
-from xfer.models.errors import WeightsMismatchError
+from xfer.models.errors import InvalidCardError, ModelError, WeightsMismatchError
 from xfer.models.files import atomic_path
 from xfer.models.registry import create_model
 
@@ -27,8 +27,28 @@ def tensor_specs(model: torch.nn.Module) -> dict[str, tuple[str, tuple[int, ...]
 
 
 def model_from_card(card: ModelCard) -> XferModel:
-    """A freshly initialised module of the card's architecture and config."""
-    return create_model(card.architecture, **card.architecture_config)
+    """A freshly initialised module of the card's architecture and config.
+
+    This is where a card meets its architecture: raises InvalidCardError if
+    the architecture is unknown, the config invalid, or the card's blocks,
+    head, classes or input shape disagree with the module it describes.
+    """
+    try:
+        model = create_model(card.architecture, **card.architecture_config)
+    except ModelError as exc:
+        raise InvalidCardError(f"card architecture: {exc}") from None
+    if tuple(card.blocks) != tuple(model.block_names()):
+        raise InvalidCardError(f"card blocks {list(card.blocks)} do not match {card.architecture}'s "
+                               f"blocks {model.block_names()}")
+    if card.head != model.head_name:
+        raise InvalidCardError(f"card head {card.head!r} is not the architecture's head {model.head_name!r}")
+    if card.num_classes != model.num_classes:
+        raise InvalidCardError(f"card num_classes {card.num_classes} disagrees with the config's "
+                               f"{model.num_classes}")
+    if tuple(card.input_shape) != model.input_shape():
+        raise InvalidCardError(f"card input_shape {list(card.input_shape)} disagrees with the config's "
+                               f"{list(model.input_shape())}")
+    return model
 
 
 def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, *,

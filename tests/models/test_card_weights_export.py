@@ -1,4 +1,6 @@
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -47,9 +49,20 @@ def test_card_rejects_unknown_and_missing_fields(card):
         ({"description": "x" * 5000}, "longer than"),
     ],
 )
-def test_validate_card_names_the_bad_field(card, change, message):
+def test_card_checks_name_the_bad_field(card, change, message):
+    # Field rules are checked on the plain card; the architecture when a module is built from it.
+    bad = dataclasses.replace(card, **change)
     with pytest.raises(InvalidCardError, match=message):
-        validate_card(dataclasses.replace(card, **change))
+        validate_card(bad)
+        model_from_card(bad)
+
+
+def test_card_module_imports_no_torch():
+    code = ("import sys, xfer.models, xfer.models.card as c; "
+            "c.validate_card(c.ModelCard.from_dict({'architecture': 'x', 'architecture_config': {}, "
+            "'input_shape': [1, 8, 8], 'num_classes': 2, 'blocks': ['stem', 'head']})); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_safetensors_round_trip_is_exact(tmp_path, card):
