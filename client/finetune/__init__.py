@@ -1,37 +1,40 @@
 """Adapting pulled source models to a client's own data, optionally with DP.
 
 Python entry point: `finetune(model, *, train, val, strategy, privacy=None, ...)`;
-the `xfer finetune` command's body is in `client.finetune.command`.
+the `xfer finetune` command's body is in `xfer.client.finetune.command`.
+Names are imported lazily, so the torch-free parts (errors, the privacy
+ledger) can be used without loading torch.
 """
 
-from xfer.client.finetune.data import TargetData, TensorData, load_target
-from xfer.client.finetune.errors import (
-    DataError,
-    FinetuneError,
-    PrivacyBudgetExceededError,
-    PrivacyError,
-)
-from xfer.client.finetune.ledger import PrivacyLedger
-from xfer.client.finetune.metrics import Metrics, evaluate
-from xfer.client.finetune.privacy import PrivacyConfig
-from xfer.client.finetune.strategies import get_strategy, list_strategies, register_strategy
-from xfer.client.finetune.trainer import FinetuneResult, finetune
+from __future__ import annotations
 
-__all__ = [
-    "DataError",
-    "FinetuneError",
-    "FinetuneResult",
-    "Metrics",
-    "PrivacyBudgetExceededError",
-    "PrivacyConfig",
-    "PrivacyError",
-    "PrivacyLedger",
-    "TargetData",
-    "TensorData",
-    "evaluate",
-    "finetune",
-    "get_strategy",
-    "list_strategies",
-    "load_target",
-    "register_strategy",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TargetData": "xfer.client.finetune.data",
+    "TensorData": "xfer.client.finetune.data",
+    "load_target": "xfer.client.finetune.data",
+    "DataError": "xfer.client.finetune.errors",
+    "FinetuneError": "xfer.client.finetune.errors",
+    "PrivacyBudgetExceededError": "xfer.client.finetune.errors",
+    "PrivacyError": "xfer.client.finetune.errors",
+    "PrivacyLedger": "xfer.client.finetune.ledger",
+    "Metrics": "xfer.client.finetune.metrics",
+    "evaluate": "xfer.client.finetune.metrics",
+    "PrivacyConfig": "xfer.client.finetune.privacy",
+    "get_strategy": "xfer.client.finetune.strategies",
+    "list_strategies": "xfer.client.finetune.strategies",
+    "register_strategy": "xfer.client.finetune.strategies",
+    "FinetuneResult": "xfer.client.finetune.trainer",
+    "finetune": "xfer.client.finetune.trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xfer.client.finetune' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,10 +1,10 @@
 """A local privacy ledger: ε spent per data set, refusing runs past a budget.
 
 The ledger is one JSON file in the cache dir. Every read-modify-write holds
-an exclusive `fcntl` lock on a side file (so concurrent `xfer finetune`
-processes serialise), and the new content is written to a temp file,
-fsynced and moved into place with `os.replace` (DESIGN §7.7), so readers
-never see a torn file.
+an exclusive lock on a side file (`filelock`, so concurrent `xfer finetune`
+processes serialise on any OS), and the new content is written to a temp
+file, fsynced and moved into place with `os.replace`, so readers never see
+a torn file. Torch-free: the ONNX head fit uses the same ledger.
 
 Across runs, ε adds up (basic sequential composition; δ adds up too): a
 conservative bound that holds whatever the runs were.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -23,6 +22,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from xfer.client.finetune.errors import PrivacyBudgetExceededError
 from xfer.models.files import write_json_atomic
@@ -68,16 +69,12 @@ class PrivacyLedger:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, Any]]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a+") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                state = self._read()
-                before = json.dumps(state, sort_keys=True)
-                yield state
-                if json.dumps(state, sort_keys=True) != before:
-                    write_json_atomic(self.path, state)
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        with FileLock(self.path.with_name(self.path.name + ".lock")):
+            state = self._read()
+            before = json.dumps(state, sort_keys=True)
+            yield state
+            if json.dumps(state, sort_keys=True) != before:
+                write_json_atomic(self.path, state)
 
     def _read(self) -> dict[str, Any]:
         try:
