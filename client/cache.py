@@ -4,7 +4,7 @@ Layout under the root (`$XFER_CACHE` or `~/.cache/xfer`, chosen by the caller)::
 
     blobs/<sha256>                         verified artifacts, named by their digest
     partial/<sha256>.partial               bytes of an unfinished download (resumed later)
-    locks/<sha256>.lock                    fcntl lock: one downloader per digest at a time
+    locks/<sha256>.lock                    file lock (filelock): one downloader per digest at a time
     refs/<model>/<version-or-alias>.json   what a reference last resolved to
     snapshots/<model>/<version>/model.<ext>  readable names: symlinks into blobs/
 
@@ -18,8 +18,11 @@ Invariants (the reasons behind the code below):
 * downloaders of the same digest serialise on `locks/<sha256>.lock`, so
   two processes pulling at once end with one correct file, and the second
   finds the blob and transfers nothing;
-* lock files are never deleted: unlinking a lock another process holds
-  would let a third process lock a different inode.
+* lock files are deleted only by `xfer cache prune`, and only while it
+  holds them; filelock notices a lock file unlinked under it and retries,
+  so no two processes ever hold "the" lock on different inodes.
+
+Maintenance (`ls`, `verify`, `prune`) lives in cache_admin.py.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,6 +40,8 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from xfer.client.errors import IntegrityError
 from xfer.names import is_sha256
@@ -258,18 +262,30 @@ class Cache:
             return False
         return size_bytes is None or st.st_size == size_bytes
 
+    def lock_path(self, sha256: str) -> Path:
+        """The lock file that serialises downloads of `sha256`."""
+        return self.root / "locks" / f"{_check_digest(sha256)}.lock"
+
     @contextlib.contextmanager
-    def lock(self, sha256: str) -> Iterator[None]:
-        """Holds an exclusive fcntl lock for downloading `sha256` (blocks while another holds it)."""
-        path = self.root / "locks" / f"{_check_digest(sha256)}.lock"
+    def lock(self, sha256: str, *, timeout: float = -1) -> Iterator[None]:
+        """Holds the exclusive lock for downloading `sha256` (blocks while another process holds it).
+
+        The OS releases it when the process dies, so a crash never leaves a stale lock.
+        """
+        path = self.lock_path(sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = FileLock(path, timeout=timeout, thread_local=False)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            lock.acquire(timeout=0)
+        except Timeout:
+            if timeout == 0:
+                raise
+            log.info("another process is downloading %s; waiting for it", sha256[:12])
+            lock.acquire()
+        try:
             yield
         finally:
-            # Closing the descriptor releases the lock, also when the process dies.
-            os.close(fd)
+            lock.release()
 
     def open_partial(self, sha256: str) -> PartialDownload:
         """Opens (or creates) the partial file of `sha256`; call only while holding `lock`."""

@@ -62,6 +62,10 @@ class UnavailableError(XferError, ConnectionError):
     exit_code = EXIT_CODES["unavailable"]
 
 
+class OfflineError(UnavailableError):
+    """Offline mode (`XFER_OFFLINE=1`) and the request needs the server, or the reference was never cached."""
+
+
 class DeadlineExceededError(XferError, TimeoutError):
     """The call did not finish within its deadline."""
 

@@ -1,13 +1,10 @@
-"""A small progress bar for the CLI: stderr only, and only when stderr is a terminal."""
+"""Progress for the CLI: a tqdm bar on stderr, drawn only when stderr is a terminal."""
 
 from __future__ import annotations
 
-import time
 from typing import TextIO
 
-_WIDTH = 28
-#: Seconds between redraws; fast transfers would otherwise spend their time drawing.
-_INTERVAL = 0.1
+from tqdm import tqdm
 
 
 def human_bytes(n: float) -> str:
@@ -20,43 +17,23 @@ def human_bytes(n: float) -> str:
 
 
 class ProgressBar:
-    """Callable as `progress(done, total)`; draws `label [#####.....] 45% 12.0/27.0 MiB 30.1 MiB/s`.
+    """Callable as `progress(done, total)` (the SDK's progress contract), drawn by tqdm.
 
     Silent when `stream` is not a TTY, so pipes, logs and `--json` output
     stay clean.
     """
 
     def __init__(self, label: str, *, stream: TextIO, unit: str = "bytes") -> None:
-        self.label = label
-        self.stream = stream
-        self.unit = unit
         self.enabled = bool(getattr(stream, "isatty", lambda: False)())
-        self._start = time.monotonic()
-        self._last_draw = 0.0
-        self._drawn = False
+        byte_units = unit == "bytes"
+        self._bar = tqdm(desc=label, file=stream, disable=not self.enabled, unit="B" if byte_units else unit,
+                         unit_scale=byte_units, unit_divisor=1024, mininterval=0.1, leave=True)
 
     def __call__(self, done: float, total: float) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if done < total and now - self._last_draw < _INTERVAL:
-            return
-        self._last_draw = now
-        fraction = min(1.0, done / total) if total else 1.0
-        filled = int(fraction * _WIDTH)
-        bar = "#" * filled + "." * (_WIDTH - filled)
-        if self.unit == "bytes":
-            rate = done / max(now - self._start, 1e-6)
-            detail = f"{human_bytes(done)}/{human_bytes(total)} {human_bytes(rate)}/s"
-        else:
-            detail = f"{done:g}/{total:g} {self.unit}"
-        self.stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} {detail}\x1b[K")
-        self.stream.flush()
-        self._drawn = True
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
         """Ends the bar's line, if one was drawn."""
-        if self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
+        self._bar.close()

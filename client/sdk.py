@@ -16,7 +16,6 @@ classes of client/errors.py.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,11 +37,12 @@ from xfer.client.domain import (
     Run,
 )
 from xfer.client.download import Progress, fetch_artifact
-from xfer.client.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from xfer.client.errors import InvalidArgumentError, NotFoundError, OfflineError, UnavailableError
 from xfer.client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
 from xfer.client.transport import RetryPolicy, TlsConfig, Transport, UploadDeclaration
 from xfer.models.card import ModelCard
 from xfer.models.errors import ModelError
+from xfer.models.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,22 @@ class Client:
     `cache_dir` defaults to `$XFER_CACHE` or `~/.cache/xfer`. `timeout` is
     the deadline of every unary call in seconds; pulls and uploads stream
     without one (`stream_timeout` sets one for pulls).
+
+    `offline=True` (the CLI sets it from `XFER_OFFLINE=1`, like
+    `HF_HUB_OFFLINE`) never contacts the server: references resolve from
+    what this cache recorded when they were last pulled, pulls of cached
+    artifacts succeed, and everything else raises `OfflineError`.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None,
                  tls: TlsConfig | bool | None = None, cache_dir: str | os.PathLike | None = None,
                  timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(),
-                 stream_timeout: float | None = None) -> None:
+                 stream_timeout: float | None = None, offline: bool = False) -> None:
         self.target = target
         self.cache = Cache(default_cache_dir(os.environ) if cache_dir is None else cache_dir)
         self.retry = retry
         self.stream_timeout = stream_timeout
+        self.offline = offline
         self._transport = Transport(target, token=token, tls=tls, timeout=timeout, retry=retry)
 
     def __repr__(self) -> str:  # the token stays out of reprs, logs and tracebacks
@@ -87,13 +93,19 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _online(self, what: str) -> Transport:
+        if self.offline:
+            raise OfflineError(f"offline mode (XFER_OFFLINE=1): {what} needs the server; unset XFER_OFFLINE "
+                               "to reach it, or use a model already in the cache")
+        return self._transport
+
     # -- discovery --------------------------------------------------------------
     def list_models(self) -> list[ModelSummary]:
         """Every model on the server, ordered by id (all pages)."""
         models: list[ModelSummary] = []
         token = ""
         while True:
-            page = self._transport.list_models(page_token=token)
+            page = self._online("listing models").list_models(page_token=token)
             models.extend(convert.model_from_pb(m) for m in page.models)
             token = page.next_page_token
             if not token:
@@ -105,15 +117,21 @@ class Client:
         versions: list[ModelVersion] = []
         token = ""
         while True:
-            page = self._transport.list_model_versions(ref.model_name, page_token=token)
+            page = self._online("listing versions").list_model_versions(ref.model_name, page_token=token)
             versions.extend(convert.version_from_pb(v) for v in page.model_versions)
             token = page.next_page_token
             if not token:
                 return versions
 
     def get(self, ref: str | ModelRef) -> ModelVersion:
-        """The version `ref` names (its card, artifacts with sizes and digests, aliases)."""
-        version = convert.version_from_pb(self._transport.get_model_version(parse_ref(ref).version_name))
+        """The version `ref` names (its card, artifacts with sizes and digests, aliases).
+
+        Offline, the version as this cache last resolved it.
+        """
+        if self.offline:
+            return self._resolve(parse_ref(ref))
+        version = convert.version_from_pb(self._online("resolving a reference").get_model_version(
+            parse_ref(ref).version_name))
         if version.deprecated:
             log.warning("%s is deprecated: %s", version.ref, version.deprecation_message or "(no message)")
         return version
@@ -135,6 +153,9 @@ class Client:
         if artifact is None:
             have = ", ".join(a.format.value for a in version.artifacts) or "none"
             raise NotFoundError(f"{version.ref} has no {fmt.value} artifact (available: {have})")
+        if self.offline and not self.cache.has_blob(artifact.sha256, size_bytes=artifact.size_bytes):
+            raise OfflineError(f"offline mode (XFER_OFFLINE=1): the {fmt.value} artifact of {version.ref} is not "
+                               "in the cache; pull it once while online")
         outcome = fetch_artifact(
             transport=self._transport, cache=self.cache, version_name=version.name, fmt=fmt,
             sha256=artifact.sha256, size_bytes=artifact.size_bytes, retry=self.retry, progress=progress,
@@ -149,23 +170,34 @@ class Client:
                           restarts=outcome.restarts)
 
     def _resolve(self, ref: ModelRef) -> ModelVersion:
-        # Online, the server says what `ref` means. When it cannot be reached, a
-        # reference this cache resolved before still works, so an edge device keeps
-        # loading the models it has; pulling anything not cached still fails.
+        # Online, the server says what `ref` means. Offline, or when it cannot be
+        # reached, a reference this cache resolved before still works, so an edge
+        # device keeps loading the models it has; anything not cached still fails.
+        if self.offline:
+            cached = self._cached_version(ref)
+            if cached is None:
+                raise OfflineError(f"offline mode (XFER_OFFLINE=1): {ref} was never pulled into {self.cache.root}")
+            return cached
         try:
             return self.get(ref)
         except UnavailableError as exc:
-            cached = self.cache.read_ref(model=ref.model, selector=ref.selector)
-            if cached is None or cached.card is None:
+            cached = self._cached_version(ref)
+            if cached is None:
                 raise
             log.warning("%s; using %s as this cache last resolved it", exc, ref)
-            return ModelVersion(
-                name=cached.model_version, model=ref.model, version=cached.version,
-                card=ModelCard.from_dict(cached.card),
-                artifacts=tuple(Artifact(format=ArtifactFormat.parse(fmt), size_bytes=int(a["size_bytes"]),
-                                         sha256=a["sha256"]) for fmt, a in cached.artifacts.items()),
-                deprecated=cached.deprecated, deprecation_message=cached.deprecation_message,
-            )
+            return cached
+
+    def _cached_version(self, ref: ModelRef) -> ModelVersion | None:
+        cached = self.cache.read_ref(model=ref.model, selector=ref.selector)
+        if cached is None or cached.card is None:
+            return None
+        return ModelVersion(
+            name=cached.model_version, model=ref.model, version=cached.version,
+            card=ModelCard.from_dict(cached.card),
+            artifacts=tuple(Artifact(format=ArtifactFormat.parse(fmt), size_bytes=int(a["size_bytes"]),
+                                     sha256=a["sha256"]) for fmt, a in cached.artifacts.items()),
+            deprecated=cached.deprecated, deprecation_message=cached.deprecation_message,
+        )
 
     def _remember(self, ref: ModelRef, version: ModelVersion) -> None:
         entry = CachedRef(model_version=version.name, version=version.version,
@@ -198,14 +230,14 @@ class Client:
     def report(self, run: Run) -> ReportedRun:
         """Reports an adaptation run; idempotent on `run.run_id` (a retry returns the stored run)."""
         name = parse_ref(run.model_version).version_name
-        return convert.reported_from_pb(self._transport.report_run(run, model_version=name))
+        return convert.reported_from_pb(self._online("reporting a run").report_run(run, model_version=name))
 
     def list_runs(self, *, model: str | ModelRef | None = None, strategy: str | None = None) -> list[Run]:
         """Reported runs, newest first; `model` is a model id (all versions) or a versioned reference."""
         runs: list[Run] = []
         token = ""
         while True:
-            page = self._transport.list_runs(model=_filter_name(model), strategy=strategy or "",
+            page = self._online("listing runs").list_runs(model=_filter_name(model), strategy=strategy or "",
                                              page_token=token)
             runs.extend(convert.run_from_pb(r) for r in page.runs)
             token = page.next_page_token
@@ -215,7 +247,7 @@ class Client:
     def summarize_runs(self, *, metric: str = "accuracy", model: str | ModelRef | None = None,
                        goal: str = "maximize") -> Leaderboard:
         """The leaderboard of `metric` per (version, strategy, dp), best mean first."""
-        reply = self._transport.summarize_runs(metric=metric, model=_filter_name(model), goal=goal)
+        reply = self._online("the leaderboard").summarize_runs(metric=metric, model=_filter_name(model), goal=goal)
         return convert.leaderboard_from_pb(reply)
 
     # -- operator calls ---------------------------------------------------------
@@ -234,10 +266,10 @@ class Client:
         files = _upload_files(source)
         if card is None:
             card = _read_card(files.card)
-        declarations = [UploadDeclaration(format=fmt, size_bytes=path.stat().st_size, sha256=_sha256(path))
+        declarations = [UploadDeclaration(format=fmt, size_bytes=path.stat().st_size, sha256=sha256_file(path))
                         for fmt, path in files.artifacts.items()]
         total = sum(d.size_bytes for d in declarations)
-        reply = self._transport.create_model_version(
+        reply = self._online("registering").create_model_version(
             parent=f"models/{model_id}", card=card, declarations=declarations,
             chunks=_chunks(files.artifacts, chunk_size=chunk_size, total=total, progress=progress),
         )
@@ -246,11 +278,11 @@ class Client:
     def set_alias(self, ref: str | ModelRef, alias: str) -> ModelVersion:
         """Points `alias` at the version `ref` names (moving it if it exists)."""
         validate_alias(alias)
-        return convert.version_from_pb(self._transport.set_alias(parse_ref(ref).version_name, alias))
+        return convert.version_from_pb(self._online("setting an alias").set_alias(parse_ref(ref).version_name, alias))
 
     def deprecate(self, ref: str | ModelRef, message: str = "") -> ModelVersion:
         """Flags the version as deprecated; it stays readable and clients see `message`."""
-        return convert.version_from_pb(self._transport.deprecate(parse_ref(ref).version_name, message))
+        return convert.version_from_pb(self._online("deprecating").deprecate(parse_ref(ref).version_name, message))
 
     def delete(self, ref: str | ModelRef) -> None:
         """Deletes one version and its aliases. `ref` must name the version or alias explicitly."""
@@ -258,7 +290,7 @@ class Client:
         if not parsed.explicit:
             # A bare id would mean `latest`: too easy to delete the wrong thing by accident.
             raise InvalidArgumentError(f"say which version to delete, e.g. {parsed.model}:3 or {parsed.model}@latest")
-        self._transport.delete(parsed.version_name)
+        self._online("deleting").delete(parsed.version_name)
 
 
 def _filter_name(model: str | ModelRef | None) -> str:
@@ -319,14 +351,6 @@ def _read_card(path: Path | None) -> ModelCard:
         raise InvalidArgumentError(f"{str(path)!r}: {exc}") from None
     except OSError as exc:
         raise InvalidArgumentError(f"cannot read {str(path)!r}: {exc.strerror}") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(UPLOAD_CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _chunks(artifacts: Mapping[ArtifactFormat, Path], *, chunk_size: int, total: int,

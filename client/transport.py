@@ -2,18 +2,21 @@
 
 With convert.py the only client module that touches `xfer.v1` messages.
 Every call goes through `_unary` or `read_artifact`, so that each failure is
-mapped to a typed error exactly once (client/errors.py) and each retry
-follows one policy: exponential backoff with full jitter, on UNAVAILABLE
-only (the code gRPC reserves for "transient, try again"), and only for calls
-that are safe to repeat.
+mapped to a typed error exactly once (client/errors.py).
+
+Unary calls that are safe to repeat are retried by gRPC itself, through the
+channel's service config (`retryPolicy`: exponential backoff with jitter, on
+UNAVAILABLE only, the code gRPC reserves for "transient, try again").
+Uploads and deletes are never retried. Pulls keep their own loop in
+download.py, because a retried pull must resume at the byte it reached.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,14 +72,45 @@ class TlsConfig:
         )
 
 
+#: gRPC caps a retryPolicy's maxAttempts at 5 (gRFC A6); the pull's resume loop has no cap.
+GRPC_MAX_ATTEMPTS = 5
+#: Unary methods safe to repeat. DeleteModelVersion is not (a retry after a lost reply
+#: would say NOT_FOUND); ReportRun is, because the server is idempotent on run_id.
+_IDEMPOTENT = {
+    "xfer.v1.RegistryService": ("GetModelVersion", "ListModels", "ListModelVersions", "SetAlias",
+                                "DeprecateModelVersion"),
+    "xfer.v1.MetricsService": ("ReportRun", "ListRuns", "SummarizeRuns"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter (gRPC's A6 proposal, AWS's 'full jitter')."""
+    """Exponential backoff with jitter, on UNAVAILABLE only (gRPC's A6 proposal).
+
+    Unary calls retry through gRPC's service config, which allows at most 5
+    attempts; `max_attempts` above that applies to resuming a pull only.
+    """
 
     max_attempts: int = 5
     initial_backoff: float = 0.1
     max_backoff: float = 5.0
     multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or not (0 < self.initial_backoff <= self.max_backoff) or self.multiplier < 1:
+            raise InvalidArgumentError(f"invalid retry policy {self}: need max_attempts >= 1, "
+                                       "0 < initial_backoff <= max_backoff and multiplier >= 1")
+
+    def service_config(self) -> str:
+        """The channel's service config (JSON): this policy for every idempotent unary method."""
+        names = [{"service": service, "method": method} for service, methods in _IDEMPOTENT.items()
+                 for method in methods]
+        policy = {"maxAttempts": max(2, min(self.max_attempts, GRPC_MAX_ATTEMPTS)),
+                  "initialBackoff": f"{self.initial_backoff:.3f}s", "maxBackoff": f"{self.max_backoff:.3f}s",
+                  "backoffMultiplier": self.multiplier, "retryableStatusCodes": ["UNAVAILABLE"]}
+        if self.max_attempts == 1:
+            return json.dumps({"methodConfig": []})
+        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` (0-based)."""
@@ -171,11 +205,6 @@ class UploadDeclaration:
     sha256: str
 
 
-def is_retryable(error: XferError) -> bool:
-    """Whether an error is the transient kind worth another attempt."""
-    return error.code == grpc.StatusCode.UNAVAILABLE
-
-
 class Transport:
     """Typed stubs over one channel; returns protobuf messages for convert.py to translate."""
 
@@ -188,9 +217,11 @@ class Transport:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Reconnect soon after an outage (gRPC's default first wait is 1 s, growing to 120 s),
-            # so that our retries find the server once it is back.
+            # so that retries find the server once it is back.
             ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 5000),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", retry.service_config()),
         ]
         if tls is None or tls is False:
             self._channel = grpc.insecure_channel(target, options=options)
@@ -222,20 +253,12 @@ class Transport:
         self._channel.close()
 
     # -- plumbing -------------------------------------------------------------
-    def _unary(self, method: Callable[..., Any], request: Any, *, idempotent: bool = True) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return method(request, timeout=self.timeout, metadata=self._metadata)
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc, target=self.target)
-            attempt += 1
-            if not (idempotent and is_retryable(error)) or attempt >= self.retry.max_attempts:
-                raise error
-            delay = self.retry.delay(attempt - 1)
-            log.info("%s: %s; retry %d/%d in %.2fs", type(request).__name__, error, attempt,
-                     self.retry.max_attempts - 1, delay)
-            time.sleep(delay)
+    def _unary(self, method: Callable[..., Any], request: Any) -> Any:
+        # Retries (for the idempotent methods) happen inside gRPC, per the service config.
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, target=self.target) from None
 
     # -- registry -------------------------------------------------------------
     def get_model_version(self, name: str) -> model_pb2.ModelVersion:
@@ -266,8 +289,7 @@ class Transport:
 
     def delete(self, name: str) -> None:
         """DeleteModelVersion; not retried, since a retry after a lost reply would say NOT_FOUND."""
-        self._unary(self._registry.DeleteModelVersion, registry_pb2.DeleteModelVersionRequest(name=name),
-                    idempotent=False)
+        self._unary(self._registry.DeleteModelVersion, registry_pb2.DeleteModelVersionRequest(name=name))
 
     def create_model_version(self, *, parent: str, card: ModelCard, declarations: list[UploadDeclaration],
                              chunks: Iterable[tuple[ArtifactFormat, bytes]]) -> model_pb2.ModelVersion:

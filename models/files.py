@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 
-def sha256_file(path: str | os.PathLike, *, block: int = 1 << 20) -> str:
-    """Lower-case hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
+    """Lower-case hex sha256 of a file (streamed by `hashlib.file_digest`, never read whole)."""
     with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

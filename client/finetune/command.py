@@ -13,20 +13,20 @@ import argparse
 import dataclasses
 import math
 import pathlib
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from xfer.client.finetune.data import TargetData, load_target
-from xfer.client.domain import pow2_at_least
-from xfer.client.finetune.devices import DEVICE_CHOICES
+from xfer.client.finetune.options import add_arguments  # noqa: F401  (the CLI declares these flags)
+from xfer.client.domain import Run, pow2_at_least
 from xfer.client.finetune.errors import FinetuneError, SearchError
 from xfer.client.finetune.ledger import BudgetStatus, PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate
 from xfer.client.finetune.output import OutputPaths, save_outputs
-from xfer.client.finetune.privacy import ACCOUNTANTS, PrivacyConfig
-from xfer.client.finetune.schedules import SCHEDULES
+from xfer.client.finetune.privacy import PrivacyConfig
 from xfer.client.finetune.search import SearchResult, search
-from xfer.client.finetune.strategies import get_strategy, list_strategies
+from xfer.client.finetune.strategies import get_strategy
 from xfer.client.finetune.trainer import EpochRecord, FinetuneResult, finetune
 from xfer.models.base import XferModel
 from xfer.models.card import ModelCard
@@ -34,43 +34,6 @@ from xfer.models.export import ParityReport
 
 DEVICE_KINDS = {"cpu": "DEVICE_KIND_CPU", "cuda": "DEVICE_KIND_CUDA", "mps": "DEVICE_KIND_MPS"}
 MAX_METRICS = 64
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declares the `xfer finetune` flags on `parser`."""
-    parser.add_argument("data", help="data spec: digits[:shift=blur,classes=5-9,per_class=5], file.npz, "
-                                     "file.csv[:label=col] or an image folder (see client/finetune/data.py)")
-    parser.add_argument("--strategy", default="lp-ft",
-                        help=f"one of {', '.join(list_strategies())}; with --search a comma-separated list "
-                             f"(default: lp-ft)")
-    parser.add_argument("--lr", default=None,
-                        help="learning rate (default: the strategy's own); with --search a comma-separated "
-                             "grid (default: each strategy's LR x 0.3, 1, 3)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--schedule", choices=list(SCHEDULES), default="cosine")
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--patience", type=int, default=None,
-                        help="stop a phase after this many epochs without validation improvement")
-    parser.add_argument("--reinit-head", action="store_true",
-                        help="re-initialise the head even if the label set matches the card's")
-    parser.add_argument("--search", action="store_true",
-                        help="choose strategy x LR by k-fold cross-validation on the training split")
-    parser.add_argument("--folds", type=int, default=3, help="folds for --search (default 3)")
-    parser.add_argument("--dp-epsilon", type=float, default=None,
-                        help="train with DP-SGD to this target epsilon (per run)")
-    parser.add_argument("--dp-delta", type=float, default=None, help="DP delta (default min(1e-5, 1/n^1.1))")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="DP per-example clipping norm")
-    parser.add_argument("--accountant", choices=ACCOUNTANTS, default="prv")
-    parser.add_argument("--ghost-clipping", action="store_true", help="DP with ghost clipping (less memory)")
-    parser.add_argument("--privacy-budget", type=float, default=None,
-                        help="total epsilon allowed on this data set; recorded in the local privacy ledger")
-    parser.add_argument("--dataset-id", default=None,
-                        help="privacy-ledger key of the data (default: derived from the data)")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("finetune-out"),
-                        help="output folder for model.safetensors, model.onnx, metrics.json, card.json")
 
 
 @dataclasses.dataclass
@@ -124,6 +87,10 @@ class FinetuneOutcome:
             "wall_seconds": float(self.wall_seconds),
         }
 
+    def to_run(self, *, run_id: str, model_version: str) -> Run:
+        """The MetricsService run to report for this outcome."""
+        return Run.from_report_fields(dict(self.report_fields()), model_version=model_version, run_id=run_id)
+
     def summary(self) -> str:
         """A short human-readable summary."""
         m = self.test_metrics
@@ -157,8 +124,8 @@ def _privacy(args: argparse.Namespace) -> PrivacyConfig | None:
 
 
 def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_dir: pathlib.Path,
-        progress: bool) -> FinetuneOutcome:
-    """Runs `xfer finetune` on a pulled model; prints progress if asked; returns the outcome."""
+        progress: bool, out: TextIO = sys.stdout) -> FinetuneOutcome:
+    """Runs `xfer finetune` on a pulled model; prints progress to `out` if asked; returns the outcome."""
     started = time.perf_counter()
     strategies = _split_list(args.strategy)
     try:
@@ -177,7 +144,7 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
     def on_epoch(record: EpochRecord) -> None:
         if progress:
             val = "" if record.val_loss is None else f"  val loss {record.val_loss:.4f}  val acc {record.val_accuracy:.4f}"
-            print(f"  epoch {record.epoch:3d} [{record.phase}] train loss {record.train_loss:.4f}{val}", flush=True)
+            print(f"  epoch {record.epoch:3d} [{record.phase}] train loss {record.train_loss:.4f}{val}", file=out, flush=True)
 
     common = {"card": card, "epochs": args.epochs, "batch_size": args.batch_size, "schedule": args.schedule,
               "weight_decay": args.weight_decay, "patience": args.patience, "reinit_head": args.reinit_head,
@@ -186,18 +153,18 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
     if args.search:
         if progress:
             print(f"cross-validating {len(strategies)} strategies x {len(lrs) or 3} LRs over {args.folds} folds "
-                  f"on {len(target.train)} training examples", flush=True)
+                  f"on {len(target.train)} training examples", file=out, flush=True)
         found = search(model, train=target.train, val=target.val, test=target.test, strategies=strategies,
                        lrs=lrs or None, folds=args.folds, label_names=target.label_names, privacy=privacy,
                        ledger=ledger, dataset_id=dataset_id, privacy_budget=args.privacy_budget, seed=args.seed,
                        **common)
         result, test_metrics = found.final, found.test_metrics
         if progress:
-            print(found.table(), flush=True)
-            print(f"best: {found.best.strategy} lr={found.best.lr:g}; retrained on all training data", flush=True)
+            print(found.table(), file=out, flush=True)
+            print(f"best: {found.best.strategy} lr={found.best.lr:g}; retrained on all training data", file=out, flush=True)
     else:
         if progress:
-            print(f"fine-tuning with {strategies[0]} on {len(target.train)} examples", flush=True)
+            print(f"fine-tuning with {strategies[0]} on {len(target.train)} examples", file=out, flush=True)
         result = finetune(model, train=target.train, val=target.val, strategy=strategies[0],
                           lr=lrs[0] if lrs else None, label_names=target.label_names, privacy=privacy,
                           ledger=ledger, dataset_id=dataset_id, privacy_budget=args.privacy_budget, seed=args.seed,
@@ -217,5 +184,5 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
     outcome = FinetuneOutcome(result, test_metrics, paths, parity, dataset_id, found, budget,
                               time.perf_counter() - started)
     if progress:
-        print(outcome.summary(), flush=True)
+        print(outcome.summary(), file=out, flush=True)
     return outcome

@@ -152,3 +152,29 @@ def test_real_xfer_subprocess(xfer_server, tmp_path):
 def test_help(run_cli, argv):
     result = run_cli(None, *argv)
     assert result.code == 0 and "usage: xfer" in result.out
+
+
+def test_offline_mode_serves_cached_models_only(xfer_server, run_cli, tmp_path):
+    cache = tmp_path / "cache"
+    assert run_cli(xfer_server, "pull", "digits-convnet:1", cache_dir=cache).code == 0
+    offline = {"XFER_OFFLINE": "1", "XFER_SERVER": "127.0.0.1:1"}  # nothing listens there: proves no contact
+    shown = run_cli(None, "show", "digits-convnet:1", "--json", cache_dir=cache, env=offline)
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["card"]["architecture"] == "convnet"
+    pulled = json.loads(run_cli(None, "pull", "digits-convnet:1", "--json", cache_dir=cache, env=offline).out)
+    assert pulled["cache_hit"] and pulled["transferred_bytes"] == 0
+    missing = run_cli(None, "pull", "digits-convnet:1", "--format", "onnx", cache_dir=cache, env=offline)
+    assert missing.code == 8 and "offline mode" in one_error_line(missing)
+    listing = run_cli(None, "models", cache_dir=cache, env=offline)
+    assert listing.code == 8 and "needs the server" in one_error_line(listing)
+
+
+def test_login_checks_the_token_then_later_commands_use_it(xfer_server, run_cli, tmp_path):
+    config = {"XFER_CONFIG_DIR": str(tmp_path / "config")}
+    refused = run_cli(xfer_server, "--token", "not-a-token", "login", token=None, env=config)
+    assert refused.code == 6 and not (tmp_path / "config" / "credentials.json").exists()
+    assert "not-a-token" not in refused.err
+    stored = run_cli(xfer_server, "--token", xfer_server.client_token, "login", token=None, env=config)
+    assert stored.code == 0, stored.err
+    listed = run_cli(xfer_server, "models", "--json", token=None, env=config)  # no XFER_TOKEN: the stored login
+    assert listed.code == 0 and "digits-convnet" in listed.out

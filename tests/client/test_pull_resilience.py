@@ -88,34 +88,37 @@ def test_corrupt_blob_on_the_server_gives_a_clear_error_and_no_cached_file(new_s
     assert not (cache / "partial" / f"{digest}.partial").exists()
 
 
-def _blocked_waiters(lock_file: Path) -> int:
-    """How many processes wait for an flock on `lock_file` (from /proc/locks)."""
-    inode = lock_file.stat().st_ino
-    lines = Path("/proc/locks").read_text().splitlines()
-    return sum(1 for line in lines if "->" in line and f":{inode} " in line)
-
-
 def test_two_processes_pulling_at_once_end_with_one_correct_file(xfer_server, model_dir, tmp_path):
     from xfer.client.cache import Cache
 
     cache = Cache(tmp_path / "shared-cache")
     digest = sha256(model_dir / "model.safetensors")
     env = cli_env(xfer_server, cache.root, xfer_server.client_token)
-    command = [sys.executable, "-m", "xfer.client.cli", "pull", "digits-convnet:1", "--json"]
-    # Hold the digest's lock so that both processes are provably inside pull at the same time.
+    command = [sys.executable, "-m", "xfer.client.cli", "-v", "pull", "digits-convnet:1", "--json"]
+    # Hold the digest's lock until both processes say they wait for it: both are provably inside pull.
     with cache.lock(digest):
         procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
-        deadline = time.monotonic() + 60
-        lock_file = cache.root / "locks" / f"{digest}.lock"
-        while _blocked_waiters(lock_file) < 2:
-            assert time.monotonic() < deadline, "the two pulls never waited for the lock"
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-            time.sleep(0.05)
+        waiting = [threading.Event() for _ in procs]
+        logs: list[list[str]] = [[] for _ in procs]
+
+        def watch(i: int) -> None:
+            for line in procs[i].stderr:
+                logs[i].append(line)
+                if "waiting for it" in line:
+                    waiting[i].set()
+
+        watchers = [threading.Thread(target=watch, args=(i,), daemon=True) for i in range(len(procs))]
+        for w in watchers:
+            w.start()
+        for i, event in enumerate(waiting):
+            assert event.wait(timeout=60), f"pull {i} never waited for the lock: {''.join(logs[i])}"
     results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+    for i, proc in enumerate(procs):
+        out = proc.stdout.read()
+        proc.wait(timeout=120)
+        watchers[i].join(timeout=10)
+        assert proc.returncode == 0, "".join(logs[i])
         results.append(json.loads(out))
     size = (model_dir / "model.safetensors").stat().st_size
     # One process downloads; the other, once it has the lock, finds the verified blob.
@@ -148,12 +151,22 @@ def test_unavailable_is_retried_and_a_pull_resumes_within_one_call(new_server, b
         assert result.transferred_bytes == size and result.restarts == 0
         assert sha256(result.blob_path) == result.sha256
         server.kill()
-        later = threading.Timer(0.5, server.start)
-        later.start()
+        with pytest.raises(UnavailableError):
+            xfer.list_models()  # down: retried by gRPC's retryPolicy, then a typed error
+        server.start()
+        assert "retry-model" in [m.model for m in _once_reconnected(xfer.list_models)]
+
+
+def _once_reconnected(call, *, within: float = 15.0):
+    # The channel reconnects on its own backoff (at most ~1 s here); the same client recovers.
+    deadline = time.monotonic() + within
+    while True:
         try:
-            assert "retry-model" in [m.model for m in xfer.list_models()]  # a unary call rides out the outage
-        finally:
-            later.join()
+            return call()
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_a_cached_reference_still_loads_while_the_server_is_down(new_server, model_dir, tmp_path):

@@ -1,0 +1,80 @@
+"""`xfer finetune`: pull a model, adapt it to local data with torch, save it, report the run.
+
+The flags are declared by `xfer.client.finetune.options`, which imports no
+torch; the engine is imported only when the command runs, so an edge
+install without the [finetune] extra still has a working `xfer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from xfer.client.cli.context import Context
+from xfer.client.cli.output import Io, jsonable
+from xfer.client.finetune import options as finetune_options
+from xfer.client.progress import ProgressBar
+
+EXIT_OK = 0
+
+
+def register(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Declares the commands of this module."""
+    p = command("finetune", cmd_finetune, "pull a model, adapt it to local data, save it, report the run")
+    p.add_argument("ref", metavar="REF")
+    finetune_options.add_arguments(p)
+    _report_options(p)
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-report", action="store_true", help="adapt and save, but report nothing")
+    p.add_argument("--run-id", default=None, help="id of the report (default: a random one)")
+
+
+def _engine(name: str, extra: str) -> Any:
+    import importlib
+
+    from xfer.client.errors import UnimplementedError
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise UnimplementedError(f"this installation cannot run it ({exc}); install xfer[{extra}]") from None
+
+
+def cmd_finetune(args: argparse.Namespace, io: Io, ctx: Context) -> int:
+    """`xfer finetune REF DATA ...`"""
+    command = _engine("xfer.client.finetune.command", "finetune")
+    client = ctx.client
+    bar = ProgressBar(f"pull {args.ref}", stream=io.err)
+    try:
+        loaded = client.load_torch(args.ref, progress=bar)
+    finally:
+        bar.close()
+    # Per-epoch progress only for a person watching (and never into --json output).
+    live = not args.json and io.interactive
+    outcome = command.run(args, model=loaded.module, card=loaded.card, cache_dir=client.cache.root, progress=live,
+                          out=io.out)
+    return _report(args, io, client, outcome, loaded.model_version, live=live)
+
+
+def _report(args: argparse.Namespace, io: Io, client: Any, outcome: Any, model_version: Any, *, live: bool) -> int:
+    """Reports the outcome's run (unless --no-report) and prints what happened."""
+    reported = None
+    if not args.no_report:
+        run = outcome.to_run(run_id=args.run_id or f"{model_version.model}-{uuid.uuid4().hex[:16]}",
+                             model_version=model_version.name)
+        reported = client.report(run)
+    if args.json:
+        io.json({"model_version": model_version.name, "outputs": jsonable(getattr(outcome, "paths", None)),
+                 "report_fields": jsonable(outcome.report_fields()),
+                 "run": reported.run.to_dict() if reported else None,
+                 "duplicate": reported.duplicate if reported else None})
+        return EXIT_OK
+    if not live:
+        io.print(outcome.summary())  # printed by the engine itself when live
+    if reported:
+        io.print(f"reported run {reported.run.run_id} on {model_version.ref}")
+    return EXIT_OK

@@ -1,0 +1,122 @@
+"""`xfer models | versions | show | pull`: what the server offers, and getting it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from xfer.client.cli.context import Context
+from xfer.client.cli.output import Io, fields, table, when
+from xfer.client.progress import ProgressBar, human_bytes
+
+EXIT_OK = 0
+
+
+def register(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Declares the commands of this module."""
+    command("models", cmd_models, "list source models")
+    p = command("versions", cmd_versions, "list the versions of a model, newest first")
+    p.add_argument("model", metavar="MODEL")
+    p = command("show", cmd_show, "show a version's card and artifacts")
+    p.add_argument("ref", metavar="REF")
+    p = command("pull", cmd_pull, "download an artifact into the cache (verified, resumable)")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"])
+
+
+def cmd_models(args: argparse.Namespace, io: Io, ctx: Context) -> int:
+    """`xfer models`"""
+    client = ctx.client
+    models = client.list_models()
+    if args.json:
+        io.json([m.to_dict() for m in models])
+        return EXIT_OK
+    if not models:
+        io.print("no models registered yet (an operator adds one with `xfer register`)")
+        return EXIT_OK
+    rows = []
+    for m in models:
+        card = m.latest_card
+        aliases = ", ".join(f"{a}={v}" for a, v in m.aliases.items() if a != "latest")
+        rows.append([m.model, m.version_count, m.latest_version.rsplit("/", 1)[-1], aliases or "-",
+                     card.architecture if card else "-", card.num_classes if card else "-",
+                     "yes" if card and card.private else "no", when(m.update_time)])
+    io.print(table(["MODEL", "VERSIONS", "LATEST", "ALIASES", "ARCH", "CLASSES", "DP", "UPDATED"], rows))
+    return EXIT_OK
+
+
+def cmd_versions(args: argparse.Namespace, io: Io, ctx: Context) -> int:
+    """`xfer versions MODEL`"""
+    client = ctx.client
+    versions = client.list_versions(args.model)
+    if args.json:
+        io.json([v.to_dict() for v in versions])
+        return EXIT_OK
+    rows = [[v.ref, ", ".join(v.aliases) or "-", when(v.create_time),
+             " ".join(f"{a.format.value}" for a in v.artifacts),
+             f"deprecated: {v.deprecation_message}" if v.deprecated else ""] for v in versions]
+    io.print(table(["VERSION", "ALIASES", "CREATED", "ARTIFACTS", "STATUS"], rows))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, io: Io, ctx: Context) -> int:
+    """`xfer show REF`"""
+    client = ctx.client
+    v = client.get(args.ref)
+    if args.json:
+        io.json(v.to_dict())
+        return EXIT_OK
+    c = v.card
+    privacy = f"DP-SGD, epsilon={c.dp_epsilon:g}, delta={c.dp_delta:g}" if c.private else "none (not trained with DP)"
+    norm = f"mean={list(c.input_mean)} std={list(c.input_std)}" if c.input_mean else "none"
+    rows: list[tuple[str, Any]] = [
+        ("name", v.name),
+        ("version", f"{v.ref}  (aliases: {', '.join(v.aliases) or '-'})"),
+        ("created", when(v.create_time)),
+    ]
+    if v.deprecated:
+        rows.append(("DEPRECATED", v.deprecation_message or "yes"))
+    rows += [
+        ("architecture", f"{c.architecture} {json.dumps(c.architecture_config, sort_keys=True)}"),
+        ("input", f"{list(c.input_shape)} {c.input_dtype}, normalisation {norm}"
+                  + (f", {c.preprocessing}" if c.preprocessing else "")),
+        ("output", f"{c.num_classes} classes" + (f": {', '.join(c.label_names)}" if c.label_names else "")),
+        ("blocks", " -> ".join(c.blocks) + f"  (head: {c.head})"),
+        ("source task", c.source_task or "-"),
+        ("source privacy", privacy),
+        ("license", c.license),
+        ("frameworks", ", ".join(f"{k} {val}" for k, val in sorted(c.framework_versions.items())) or "-"),
+    ]
+    if c.description:
+        rows.append(("description", c.description))
+    io.print(fields(rows))
+    io.print()
+    io.print(table(["FORMAT", "SIZE", "SHA256", "DERIVED"],
+                   [[a.format.value, human_bytes(a.size_bytes), a.sha256, "yes" if a.derived else "no"]
+                    for a in v.artifacts]))
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace, io: Io, ctx: Context) -> int:
+    """`xfer pull REF [--format F]`"""
+    client = ctx.client
+    bar = ProgressBar(f"pull {args.ref}", stream=io.err)  # stderr: never disturbs --json on stdout
+    try:
+        result = client.pull(args.ref, args.format, progress=bar)
+    finally:
+        bar.close()
+    if args.json:
+        io.json({"ref": result.model_version.ref, "model_version": result.model_version.name,
+                 "format": result.format.value, "path": str(result.path), "blob_path": str(result.blob_path),
+                 "sha256": result.sha256, "size_bytes": result.size_bytes, "cache_hit": result.cache_hit,
+                 "transferred_bytes": result.transferred_bytes, "resumed_from": result.resumed_from,
+                 "deprecated": result.model_version.deprecated})
+        return EXIT_OK
+    how = ("already cached" if result.cache_hit else
+           f"resumed at {human_bytes(result.resumed_from)}" if result.resumed_from else "downloaded")
+    io.print(f"{result.model_version.ref} {result.format.value} {human_bytes(result.size_bytes)} "
+             f"sha256:{result.sha256[:12]} ({how}, verified)")
+    io.print(str(result.path))
+    return EXIT_OK
