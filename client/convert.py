@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from xfer.client.domain import (
     Artifact,
@@ -20,7 +19,7 @@ from xfer.client.domain import (
     Run,
     RunPrivacy,
 )
-from xfer.models.card import ModelCard
+from xfer.models.card_proto import card_from_proto, card_to_proto
 from xfer.v1 import metrics_service_pb2 as metrics_pb2
 from xfer.v1 import model_pb2
 
@@ -51,68 +50,6 @@ def _timestamp(ts: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None
     return ts.ToDatetime(tzinfo=dt.timezone.utc)
 
 
-def _plain_numbers(value: Any) -> Any:
-    # Struct stores every number as a double; turn 16.0 back into 16 so that a
-    # card reads like the card.json it came from (models/ coerces either way).
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_plain_numbers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain_numbers(v) for k, v in value.items()}
-    return value
-
-
-def card_from_pb(pb: model_pb2.ModelCard) -> ModelCard:
-    """A `models.card.ModelCard` from its wire form."""
-    privacy = pb.source_privacy
-    return ModelCard(
-        architecture=pb.architecture,
-        architecture_config=_plain_numbers(json_format.MessageToDict(pb.architecture_config)),
-        input_shape=tuple(int(s) for s in pb.input.shape),
-        num_classes=int(pb.output.num_classes),
-        blocks=tuple(pb.blocks),
-        head=pb.head,
-        input_dtype=pb.input.dtype or "float32",
-        input_mean=tuple(pb.input.mean),
-        input_std=tuple(pb.input.std),
-        preprocessing=pb.input.preprocessing,
-        label_names=tuple(pb.output.label_names),
-        source_task=pb.source_task,
-        dp_epsilon=privacy.epsilon if privacy.dp else None,
-        dp_delta=privacy.delta if privacy.dp else None,
-        license=pb.license,
-        framework_versions=dict(pb.framework_versions),
-        description=pb.description,
-    )
-
-
-def card_to_pb(card: ModelCard) -> model_pb2.ModelCard:
-    """The wire form of a `models.card.ModelCard`."""
-    config = struct_pb2.Struct()
-    config.update(card.to_dict()["architecture_config"])
-    return model_pb2.ModelCard(
-        architecture=card.architecture,
-        architecture_config=config,
-        input=model_pb2.InputSpec(
-            shape=list(card.input_shape), dtype=card.input_dtype, mean=list(card.input_mean),
-            std=list(card.input_std), preprocessing=card.preprocessing,
-        ),
-        output=model_pb2.OutputSpec(num_classes=card.num_classes, label_names=list(card.label_names)),
-        blocks=list(card.blocks),
-        head=card.head,
-        source_task=card.source_task,
-        source_privacy=model_pb2.PrivacyGuarantee(
-            dp=card.dp_epsilon is not None,
-            epsilon=card.dp_epsilon or 0.0,
-            delta=card.dp_delta or 0.0,
-        ),
-        license=card.license,
-        framework_versions=dict(card.framework_versions),
-        description=card.description,
-    )
-
-
 def _model_id(name: str) -> str:
     parts = name.split("/")
     return parts[1] if len(parts) >= 2 and parts[0] == "models" else name
@@ -133,7 +70,7 @@ def version_from_pb(pb: model_pb2.ModelVersion) -> ModelVersion:
         name=pb.name,
         model=_model_id(pb.name),
         version=int(pb.version),
-        card=card_from_pb(pb.card),
+        card=card_from_proto(pb.card),
         artifacts=artifacts,
         aliases=tuple(pb.aliases),
         create_time=_timestamp(pb.create_time, pb.HasField("create_time")),
@@ -150,7 +87,7 @@ def model_from_pb(pb: model_pb2.Model) -> ModelSummary:
         latest_version=pb.latest_version,
         version_count=int(pb.version_count),
         aliases={k: int(v) for k, v in sorted(pb.aliases.items())},
-        latest_card=card_from_pb(pb.latest_card) if pb.HasField("latest_card") else None,
+        latest_card=card_from_proto(pb.latest_card) if pb.HasField("latest_card") else None,
         create_time=_timestamp(pb.create_time, pb.HasField("create_time")),
         update_time=_timestamp(pb.update_time, pb.HasField("update_time")),
     )

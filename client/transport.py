@@ -299,7 +299,7 @@ class Transport:
         """
         header = registry_pb2.CreateModelVersionHeader(
             parent=parent,
-            card=convert.card_to_pb(card),
+            card=convert.card_to_proto(card),
             artifacts=[registry_pb2.ArtifactDeclaration(format=convert.format_to_pb(d.format),
                                                      size_bytes=d.size_bytes, sha256=d.sha256)
                        for d in declarations],

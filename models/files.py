@@ -30,7 +30,7 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, mode: int = 0o600) -> Iterator[Path]:
-    """Yields a temp path beside `path` for a writer to fill (DESIGN §7.7).
+    """Yields a temp path beside `path` for a writer to fill (readers see the old file or the new one, never half).
 
     When the block succeeds the temp file is fsynced, given `mode` (0o600 is
     mkstemp's own) and moved into place with `os.replace`, so readers see the

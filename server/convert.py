@@ -1,6 +1,6 @@
 """Converters between xfer.v1 messages and server domain types (registry and transfer).
 
-One of the few modules allowed to import *_pb2 (DESIGN convention 1).
+One of the few modules allowed to import *_pb2 (servicers and converters only).
 """
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Iterator
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
-from xfer.models.card import ModelCard
+from xfer.models.card_proto import card_from_proto, card_to_proto
+from xfer.models.errors import ModelError
 from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, UploadChunk,
                            UploadHeader, VersionRecord)
 from xfer.server.errors import InvalidArgument
@@ -46,52 +47,6 @@ def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(value)
     return ts
-
-
-# -- model card ----------------------------------------------------------------
-def card_from_proto(card: model_pb2.ModelCard) -> ModelCard:
-    """xfer.v1.ModelCard -> ModelCard. Struct numbers arrive as doubles; `check_card` coerces them."""
-    privacy = card.source_privacy
-    return ModelCard(
-        architecture=card.architecture,
-        architecture_config=json_format.MessageToDict(card.architecture_config),
-        input_shape=tuple(card.input.shape),
-        num_classes=card.output.num_classes,
-        blocks=tuple(card.blocks),
-        head=card.head,
-        input_dtype=card.input.dtype or "float32",
-        input_mean=tuple(card.input.mean),
-        input_std=tuple(card.input.std),
-        preprocessing=card.input.preprocessing,
-        label_names=tuple(card.output.label_names),
-        source_task=card.source_task,
-        dp_epsilon=privacy.epsilon if privacy.dp else None,
-        dp_delta=privacy.delta if privacy.dp else None,
-        license=card.license,
-        framework_versions=dict(card.framework_versions),
-        description=card.description,
-    )
-
-
-def card_to_proto(card: ModelCard) -> model_pb2.ModelCard:
-    """ModelCard -> xfer.v1.ModelCard (the config becomes a Struct)."""
-    config = struct_pb2.Struct()
-    config.update(card.architecture_config)
-    return model_pb2.ModelCard(
-        architecture=card.architecture,
-        architecture_config=config,
-        input=model_pb2.InputSpec(shape=list(card.input_shape), dtype=card.input_dtype, mean=list(card.input_mean),
-                                  std=list(card.input_std), preprocessing=card.preprocessing),
-        output=model_pb2.OutputSpec(num_classes=card.num_classes, label_names=list(card.label_names)),
-        blocks=list(card.blocks),
-        head=card.head,
-        source_task=card.source_task,
-        source_privacy=model_pb2.PrivacyGuarantee(dp=card.dp_epsilon is not None, epsilon=card.dp_epsilon or 0.0,
-                                                  delta=card.dp_delta or 0.0),
-        license=card.license,
-        framework_versions=dict(card.framework_versions),
-        description=card.description,
-    )
 
 
 # -- versions and models ---------------------------------------------------------
@@ -152,7 +107,11 @@ def header_from_proto(header: registry_service_pb2.CreateModelVersionHeader) -> 
             raise InvalidArgument("an artifact declaration has format UNSPECIFIED; use SAFETENSORS, ONNX or "
                                   "TORCH_STATE_DICT")
         declarations.append(ArtifactDeclaration(format=fmt, size_bytes=declared.size_bytes, sha256=declared.sha256))
-    return UploadHeader(parent=header.parent, card=card_from_proto(header.card), artifacts=tuple(declarations))
+    try:
+        card = card_from_proto(header.card)
+    except ModelError as exc:
+        raise InvalidArgument(f"invalid model card: {exc}") from None
+    return UploadHeader(parent=header.parent, card=card, artifacts=tuple(declarations))
 
 
 # -- transfer ---------------------------------------------------------------------------

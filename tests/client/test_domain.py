@@ -48,9 +48,9 @@ def test_card_round_trips_through_the_wire_form():
     model = create_model("convnet", width=8, depth=2)
     card = card_for_model(model, source_task="digits", dp_epsilon=3.0, dp_delta=1e-5, label_names=tuple("abcdefghij"),
                           input_mean=(0.5,), input_std=(0.25,), framework_versions={"torch": "2.13.0"})
-    assert convert.card_from_pb(convert.card_to_pb(card)) == card
+    assert convert.card_from_proto(convert.card_to_proto(card)) == card
     plain = card_for_model(model)
-    back = convert.card_from_pb(convert.card_to_pb(plain))
+    back = convert.card_from_proto(convert.card_to_proto(plain))
     assert back == plain and back.dp_epsilon is None
     assert isinstance(back.architecture_config["width"], int)  # Struct doubles come back as ints
 

@@ -104,3 +104,21 @@ def test_parity_detects_different_weights(tmp_path):
     export_onnx(model, tmp_path / "m.onnx")
     other = models.create_model("mlp")
     assert not check_parity(other, tmp_path / "m.onnx").ok
+
+
+def test_card_round_trips_through_the_wire_form(card):
+    from xfer.models.card_proto import card_from_proto, card_to_proto
+
+    private = dataclasses.replace(card, dp_epsilon=2.0, dp_delta=1e-5, label_names=("a", "b", "c", "d"))
+    assert card_from_proto(card_to_proto(private)) == private
+    wire = card_to_proto(card)
+    assert isinstance(card_from_proto(wire).architecture_config["width"], int)  # Struct doubles come back whole
+
+
+def test_wire_card_with_contradictory_privacy_is_refused(card):
+    from xfer.models.card_proto import card_from_proto, card_to_proto
+
+    wire = card_to_proto(card)
+    wire.source_privacy.epsilon = 3.0  # dp stays false
+    with pytest.raises(InvalidCardError, match="dp=false"):
+        card_from_proto(wire)

@@ -1,0 +1,75 @@
+"""The model card on the wire: `ModelCard` <-> `xfer.v1.ModelCard`, once for client and server.
+
+protobuf's Struct carries every number as a double; numbers that are
+whole come back as ints, so a card read from the wire equals the card.json
+it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from xfer.models.card import ModelCard
+from xfer.models.errors import InvalidCardError
+from xfer.v1 import model_pb2
+
+
+def _plain_numbers(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_plain_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_numbers(v) for k, v in value.items()}
+    return value
+
+
+def card_from_proto(pb: model_pb2.ModelCard) -> ModelCard:
+    """The card a wire message describes; a contradictory privacy block raises InvalidCardError."""
+    privacy = pb.source_privacy
+    if not privacy.dp and (privacy.epsilon or privacy.delta):
+        raise InvalidCardError("source_privacy says dp=false but sets epsilon or delta; set dp=true with both, "
+                               "or leave epsilon and delta at 0")
+    return ModelCard(
+        architecture=pb.architecture,
+        architecture_config=_plain_numbers(json_format.MessageToDict(pb.architecture_config)),
+        input_shape=tuple(int(s) for s in pb.input.shape),
+        num_classes=int(pb.output.num_classes),
+        blocks=tuple(pb.blocks),
+        head=pb.head,
+        input_dtype=pb.input.dtype or "float32",
+        input_mean=tuple(pb.input.mean),
+        input_std=tuple(pb.input.std),
+        preprocessing=pb.input.preprocessing,
+        label_names=tuple(pb.output.label_names),
+        source_task=pb.source_task,
+        dp_epsilon=privacy.epsilon if privacy.dp else None,
+        dp_delta=privacy.delta if privacy.dp else None,
+        license=pb.license,
+        framework_versions=dict(pb.framework_versions),
+        description=pb.description,
+    )
+
+
+def card_to_proto(card: ModelCard) -> model_pb2.ModelCard:
+    """The wire form of a card (its architecture config becomes a Struct)."""
+    config = struct_pb2.Struct()
+    config.update(card.to_dict()["architecture_config"])
+    return model_pb2.ModelCard(
+        architecture=card.architecture,
+        architecture_config=config,
+        input=model_pb2.InputSpec(shape=list(card.input_shape), dtype=card.input_dtype, mean=list(card.input_mean),
+                                  std=list(card.input_std), preprocessing=card.preprocessing),
+        output=model_pb2.OutputSpec(num_classes=card.num_classes, label_names=list(card.label_names)),
+        blocks=list(card.blocks),
+        head=card.head,
+        source_task=card.source_task,
+        source_privacy=model_pb2.PrivacyGuarantee(dp=card.dp_epsilon is not None, epsilon=card.dp_epsilon or 0.0,
+                                                  delta=card.dp_delta or 0.0),
+        license=card.license,
+        framework_versions=dict(card.framework_versions),
+        description=card.description,
+    )
