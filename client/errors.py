@@ -66,6 +66,12 @@ class OfflineError(UnavailableError):
     """Offline mode (`XFER_OFFLINE=1`) and the request needs the server, or the reference was never cached."""
 
 
+class SignatureError(XferError):
+    """A model whose signature is missing, made by an untrusted key, or does not match its card and digests."""
+
+    exit_code = EXIT_CODES["untrusted"]
+
+
 class DeadlineExceededError(XferError, TimeoutError):
     """The call did not finish within its deadline."""
 

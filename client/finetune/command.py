@@ -124,8 +124,9 @@ def _privacy(args: argparse.Namespace) -> PrivacyConfig | None:
 
 
 def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_dir: pathlib.Path,
-        progress: bool, out: TextIO = sys.stdout) -> FinetuneOutcome:
-    """Runs `xfer finetune` on a pulled model; prints progress to `out` if asked; returns the outcome."""
+        progress: bool, out: TextIO | None = None) -> FinetuneOutcome:
+    """Runs `xfer finetune` on a pulled model; prints progress to `out` (default stdout) if asked."""
+    out = out or sys.stdout
     started = time.perf_counter()
     strategies = _split_list(args.strategy)
     try:

@@ -29,6 +29,7 @@ EXIT_CODES: dict[str, int] = {
     "privacy_budget": 14,
     "device_unavailable": 15,
     "failed_precondition": 16,
+    "untrusted": 17,
 }
 
 
