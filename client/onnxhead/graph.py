@@ -78,6 +78,18 @@ def _ancestors(nodes: list[Any], targets: Iterable[str], *, stop: set[str]) -> s
     return seen
 
 
+def _descendants(nodes: list[Any], name: str) -> set[str]:
+    """Every tensor computed, directly or not, from `name`."""
+    reached, changed = {name}, True
+    while changed:
+        changed = False
+        for node in nodes:
+            if _node_inputs(node) & reached and not set(node.output) <= reached:
+                reached |= {o for o in node.output if o}
+                changed = True
+    return reached - {name}
+
+
 def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
     ready = set(available)
     remaining = list(nodes)
@@ -193,7 +205,9 @@ def replace_head(model: Any, head: LinearHead, *,
     removed_inits = len(graph.initializer) - len(initializers)
     inputs = [i for i in graph.input if i.name in used or i.name not in {t.name for t in graph.initializer}]
     produced = set().union(*(set(n.output) for n in remaining))
-    value_info = [v for v in graph.value_info if v.name in produced]
+    # Shapes recorded downstream of the old logits (a softmax output, say) may hold the old class count.
+    stale = _descendants(remaining, LOGITS)
+    value_info = [v for v in graph.value_info if v.name in produced and v.name not in stale]
     available = {i.name for i in inputs} | {t.name for t in initializers} | {t.name for t in head_inits}
     ordered = _toposort(remaining, available)
 
@@ -210,11 +224,15 @@ def replace_head(model: Any, head: LinearHead, *,
     for i, o in enumerate(graph.output):
         if o.name == LOGITS:
             graph.output[i].CopyFrom(logits_info)
+        elif o.name in stale and o.type.HasField("tensor_type"):
+            o.type.tensor_type.ClearField("shape")
     props = {p.key: p.value for p in out.metadata_props}
     props.update(metadata or {})
     del out.metadata_props[:]
     for key, value in sorted(props.items()):
         out.metadata_props.add(key=key, value=value)
+    if stale:
+        out = onnx.shape_inference.infer_shapes(out)  # fills the cleared shapes in from the new head
     try:
         onnx.checker.check_model(out, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
