@@ -118,8 +118,9 @@ def _fit_logreg(ctx: FitContext) -> FittedHead:
         if result.iterations == 0:
             raise HeadError("logistic regression made no step: the features carry no signal for these labels "
                             "(the objective is flat at zero weights); check the data and the model")
-        hyper = {"l2": "auto" if cfg.l2 is None else f"{cfg.l2:g}",
-                 "selection": "val" if ctx.val is not None else "train-cv", "standardize": "true"}
+        hyper = {"l2": "auto" if cfg.l2 is None else f"{cfg.l2:g}", "standardize": "true"}
+        if cfg.l2 is None:
+            hyper["selection"] = "val" if ctx.val is not None else "train-cv"
         details = {"l2": result.selection.l2, "l2_method": result.selection.method,
                    "l2_scores": {f"{k:g}": v for k, v in result.selection.scores.items()},
                    "iterations": result.iterations, "converged": result.converged}
