@@ -115,7 +115,7 @@ def _fit_logreg(ctx: FitContext) -> FittedHead:
     if ctx.privacy is None:
         result = fit_logreg(ctx.features, ctx.y, num_classes=ctx.num_classes, l2=cfg.l2, val=ctx.val,
                             folds=cfg.folds, seed=cfg.seed, max_iter=cfg.max_iter)
-        if result.iterations == 0:
+        if result.iterations == 0 or not np.any(result.head.weight):
             raise HeadError("logistic regression made no step: the features carry no signal for these labels "
                             "(the objective is flat at zero weights); check the data and the model")
         hyper = {"l2": "auto" if cfg.l2 is None else f"{cfg.l2:g}", "standardize": "true"}
