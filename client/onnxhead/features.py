@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -123,10 +122,3 @@ def extract_features(model: str | os.PathLike | bytes, x: Any, *, batch_size: in
                      options: SessionOptions = SessionOptions()) -> np.ndarray:
     """One-call form of `FeatureExtractor(model)(x)`."""
     return FeatureExtractor(model, batch_size=batch_size, options=options)(x)
-
-
-def providers_available() -> Sequence[str]:
-    """onnxruntime's execution providers on this machine."""
-    import onnxruntime as ort
-
-    return ort.get_available_providers()

@@ -195,6 +195,9 @@ def replace_head(model: Any, head: LinearHead, *,
     if not any(LOGITS in node.output for node in nodes):
         raise OnnxModelError("no node computes 'logits' (it is an input or initializer); nothing to replace")
     keep = _ancestors(nodes, [o.name for o in graph.output if o.name != LOGITS], stop={LOGITS})
+    if any(LOGITS in nodes[i].output for i in keep):
+        raise OnnxModelError("the node that computes 'logits' also computes tensors the model's other outputs "
+                             "need, so it cannot be replaced; export 'logits' from its own node")
     drop = _ancestors(nodes, [LOGITS], stop=set()) - keep
     names = _Names(graph)
     head_nodes, head_inits = _head_nodes(head, names=names, dtype=np.dtype(dtypes[feature_type.elem_type]),

@@ -37,7 +37,7 @@ from xfer.client.onnxhead.accounting import GaussianAccountant, GaussianRelease,
 from xfer.client.onnxhead.errors import HeadPrivacyError
 from xfer.client.onnxhead.head import Center, L2Normalize, LinearHead
 from xfer.client.onnxhead.prototype import PrototypeResult, fit_prototype, head_from_prototypes
-from xfer.client.onnxhead.stats import class_stats, counts_share, privatise, prototypes
+from xfer.client.onnxhead.stats import ClassStats, class_stats, counts_share, privatise, prototypes
 
 #: δ never exceeds this, and is at most 1/B^1.1 for a training set in the power-of-two bucket B.
 MAX_DELTA = 1e-5
@@ -108,7 +108,7 @@ def _rng(config: PrivacyConfig) -> np.random.Generator:
 
 def _release_stats(units: np.ndarray, y: np.ndarray, *, num_classes: int, share: float, epsilon: float,
                    delta: float, extra: dict[str, tuple[float, int]], rng: np.random.Generator,
-                   accountant: GaussianAccountant):
+                   accountant: GaussianAccountant) -> tuple[ClassStats, dict[str, float]]:
     counts = share * counts_share(units.shape[1])
     shares = {"class_sums": (share - counts, 1), "class_counts": (counts, 1), **extra}
     noise = split_budget(epsilon=epsilon, delta=delta, shares=shares)

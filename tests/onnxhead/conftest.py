@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from xfer.client.onnxhead.data import HeadData, load_data
 from xfer.models.card import ModelCard
+
+sys.path.insert(0, str(Path(__file__).parent))  # onnxhead_helpers, importable by the test modules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +62,3 @@ def mlp_source(tmp_path_factory: pytest.TempPathFactory) -> OnnxSource:
 def digits_59(convnet_source: OnnxSource) -> HeadData:
     """digits classes 5-9 (all of the target pool's), split 60/20/20 as xfer finetune does."""
     return load_data("digits:classes=5-9", card=convnet_source.card, seed=0)
-
-
-def blobs(*, n: int, dim: int, classes: int, seed: int = 0, spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Gaussian blobs: (n, dim) float64 features and balanced labels."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0.0, 3.0, (classes, dim))
-    y = np.arange(n) % classes
-    return centres[y] + rng.normal(0.0, spread, (n, dim)), y

@@ -128,3 +128,14 @@ def test_models_without_the_expected_outputs_are_refused(convnet_source):
     del renamed.graph.output[1]  # drop 'features'
     with pytest.raises(OnnxModelError, match="features"):
         replace_head(renamed, head)
+
+
+def test_a_node_computing_logits_and_kept_tensors_is_refused():
+    graph = helper.make_graph(
+        [helper.make_node("Split", ["input"], ["features", "logits"], axis=1, num_outputs=2)], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(OnnxModelError, match="cannot be replaced"):
+        replace_head(model, _heads(2, 3)["linear"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import blobs
+from onnxhead_helpers import blobs
 
 from xfer.client.onnxhead.accounting import GaussianAccountant, split_budget
 from xfer.client.onnxhead.errors import HeadPrivacyError

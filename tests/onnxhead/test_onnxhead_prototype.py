@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import blobs
+from onnxhead_helpers import blobs
 
 from xfer.client.onnxhead.head import log_softmax
 from xfer.client.onnxhead.prototype import DEFAULT_SCALE, fit_prototype, fit_scale

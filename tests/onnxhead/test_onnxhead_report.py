@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import blobs
+from onnxhead_helpers import blobs
 
 from xfer.client.domain import pow2_at_least
 from xfer.client.onnxhead import PrivacyConfig, fit_head
