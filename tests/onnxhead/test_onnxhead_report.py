@@ -16,8 +16,15 @@ from xfer.names import METRIC_NAME, STRATEGY
 
 
 def consistent_sizes(value: float, *, step: float, sizes: range) -> list[int]:
-    """Every test-split size m for which some k/m rounds to `value` (what an observer can still believe)."""
-    return [m for m in sizes if any(round_to_step(k / m, step) == value for k in range(m + 1))]
+    """Every test-split size m for which some k/m rounds to `value` (what an observer can still believe).
+
+    Only the k nearest value·m can round to it, so a few candidates per m are enough.
+    """
+    def fits(m: int) -> bool:
+        near = math.floor(value * m)
+        return any(round_to_step(k / m, step) == value for k in range(max(0, near - 2), min(m, near + 3) + 1))
+
+    return [m for m in sizes if fits(m)]
 
 
 def test_metric_step_is_a_power_of_two_no_finer_than_one_over_the_floor():
