@@ -47,7 +47,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kilobytes on Linux
 
 
-def worker_torch_free(source: Path, data: Path, threads: int) -> dict:
+def worker_torch_free(*, source: Path, data: Path, threads: int) -> dict:
     """Fits onnx-logreg on the .npz splits; returns timings, accuracy and peak memory."""
     started = time.perf_counter()
     import numpy as np
@@ -69,7 +69,7 @@ def worker_torch_free(source: Path, data: Path, threads: int) -> dict:
             "accuracy": result.test_metrics.accuracy, "phases": result.timings}
 
 
-def worker_torch_probe(source: Path, data: Path, threads: int) -> dict:
+def worker_torch_probe(*, source: Path, data: Path, threads: int) -> dict:
     """`finetune(strategy="linear-probe")` on the same splits, from the source's safetensors."""
     started = time.perf_counter()
     import numpy as np
@@ -200,7 +200,7 @@ def write_cost_data(source: Path, work: Path, *, large: int) -> list[tuple[str, 
     return sets
 
 
-def run_worker(kind: str, source: Path, data: Path, threads: int) -> dict:
+def run_worker(kind: str, *, source: Path, data: Path, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     done = subprocess.run([sys.executable, __file__, "--worker", kind, "--source", str(source), "--data", str(data),
                            "--threads", str(threads)], capture_output=True, text=True, env=env, timeout=3600)
@@ -217,7 +217,7 @@ def print_cost(source: Path, work: Path, *, large: int, threads: int, reps: int)
     for label, data in write_cost_data(source, work, large=large):
         medians = {}
         for kind in ("torch-free", "torch-probe"):
-            runs = [run_worker(kind, source, data, threads) for _ in range(reps)]
+            runs = [run_worker(kind, source=source, data=data, threads=threads) for _ in range(reps)]
             medians[kind] = {key: statistics.median(r[key] for r in runs)
                              for key in ("process_seconds", "fit_seconds", "peak_rss_mb", "accuracy")}
             m = medians[kind]
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         work = worker_torch_free if args.worker == "torch-free" else worker_torch_probe
-        print(json.dumps(work(args.source, args.data, args.threads)))
+        print(json.dumps(work(source=args.source, data=args.data, threads=args.threads)))
         return 0
     if args.quick:
         args.seeds, args.large, args.reps = 1, 0, 1

@@ -74,7 +74,7 @@ class MultinomialFit:
     objective: float
 
 
-def objective(theta: np.ndarray, xt: np.ndarray, y: np.ndarray, *, num_classes: int,
+def objective(theta: np.ndarray, *, xt: np.ndarray, y: np.ndarray, num_classes: int,
               l2: float) -> tuple[float, np.ndarray]:
     """J(θ) and ∇J(θ), θ = [W.ravel(), b]; `xt` is the inputs transposed, (D, n).
 
@@ -107,14 +107,14 @@ def fit_multinomial(x: np.ndarray, y: np.ndarray, *, num_classes: int, l2: float
     xt = np.ascontiguousarray(x.T)
     theta0 = (np.concatenate([init.weight.ravel(), init.bias]) if init is not None
               else np.zeros(num_classes * (d + 1)))
-    result = minimize_lbfgs(lambda t: objective(t, xt, y, num_classes=num_classes, l2=l2), theta0,
+    result = minimize_lbfgs(lambda t: objective(t, xt=xt, y=y, num_classes=num_classes, l2=l2), theta0,
                             max_iter=max_iter, gtol=gtol)
     w = result.x[: num_classes * d].reshape(num_classes, d)
     b = result.x[num_classes * d:]
     return MultinomialFit(w, b - b.mean(), l2, result.iterations, result.converged, result.fun)
 
 
-def heldout_log_loss(fit: MultinomialFit, x: np.ndarray, y: np.ndarray) -> float:
+def heldout_log_loss(fit: MultinomialFit, *, x: np.ndarray, y: np.ndarray) -> float:
     """Mean log-loss of a fit on held-out (transformed) data."""
     logp = log_softmax(x @ fit.weight.T + fit.bias)
     return -float(logp[np.arange(len(y)), y].mean())
@@ -155,7 +155,8 @@ class _Split:
     y_eval: np.ndarray
 
     @classmethod
-    def standardised(cls, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray) -> "_Split":
+    def standardised(cls, *, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray,
+                     y_eval: np.ndarray) -> "_Split":
         scaler = Standardizer.fit(x_fit)  # fitted on the fit part only, so nothing leaks into the held-out score
         return cls(scaler.apply(x_fit), y_fit, scaler.apply(x_eval), y_eval)
 
@@ -169,7 +170,8 @@ def _holdout_splits(x: np.ndarray, y: np.ndarray, *, num_classes: int, folds: in
     # Past `large` examples one held-out fold estimates the loss well enough, at 1/k of the cost.
     used = range(1) if len(y) > large else range(k)
     method = f"holdout-1/{k}" if len(y) > large else f"cv-{k}"
-    return [_Split.standardised(x[fold != i], y[fold != i], x[fold == i], y[fold == i]) for i in used], method
+    return [_Split.standardised(x_fit=x[fold != i], y_fit=y[fold != i], x_eval=x[fold == i], y_eval=y[fold == i])
+            for i in used], method
 
 
 def select_l2(x: np.ndarray, y: np.ndarray, *, num_classes: int, val: tuple[np.ndarray, np.ndarray] | None = None,
@@ -182,8 +184,8 @@ def select_l2(x: np.ndarray, y: np.ndarray, *, num_classes: int, val: tuple[np.n
     curve is U-shaped; the weak end is where L-BFGS needs most iterations).
     """
     if val is not None:
-        splits, method = [_Split.standardised(x, y, np.asarray(val[0], dtype=np.float64),
-                                              np.asarray(val[1]))], "val"
+        splits, method = [_Split.standardised(x_fit=x, y_fit=y, x_eval=np.asarray(val[0], dtype=np.float64),
+                                              y_eval=np.asarray(val[1]))], "val"
     else:
         splits, method = _holdout_splits(x, y, num_classes=num_classes, folds=folds, seed=seed,
                                          large=LARGE_TRAINING_SET)
@@ -197,7 +199,7 @@ def select_l2(x: np.ndarray, y: np.ndarray, *, num_classes: int, val: tuple[np.n
         for i, split in enumerate(splits):
             fits[i] = fit_multinomial(split.x_fit, split.y_fit, num_classes=num_classes, l2=l2, init=fits[i],
                                       max_iter=max_iter, gtol=PATH_GTOL)
-            losses.append(heldout_log_loss(fits[i], split.x_eval, split.y_eval))
+            losses.append(heldout_log_loss(fits[i], x=split.x_eval, y=split.y_eval))
         scores[float(l2)] = float(np.mean(losses))
         if best is None or scores[float(l2)] < scores[best] - 1e-12:
             best, worse, start = float(l2), 0, fits[0]

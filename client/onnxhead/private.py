@@ -128,7 +128,7 @@ def private_prototype(units: np.ndarray, y: np.ndarray, *, num_classes: int, met
     return fit_prototype(stats=noisy, metric=metric, scale=scale, private=True, val=val)
 
 
-def clipped_gradient_sum(z: np.ndarray, y: np.ndarray, weight: np.ndarray, bias: np.ndarray, *,
+def clipped_gradient_sum(z: np.ndarray, y: np.ndarray, *, weight: np.ndarray, bias: np.ndarray,
                          clip: float) -> tuple[np.ndarray, np.ndarray]:
     """Σᵢ clip_C(∇ℓᵢ) for the softmax loss at (W, b): (K, D) and (K,) parts, each example's norm <= C."""
     logits = z @ weight.T + bias
@@ -158,7 +158,7 @@ def private_logreg(units: np.ndarray, y: np.ndarray, *, num_classes: int, gd: No
     sigma = noise["gradient_steps"] * config.max_grad_norm
     accountant.record(GaussianRelease("gradient_steps", noise["gradient_steps"], gd.steps))
     for step in range(gd.steps):
-        grad_w, grad_b = clipped_gradient_sum(z, y, weight, bias, clip=config.max_grad_norm)
+        grad_w, grad_b = clipped_gradient_sum(z, y, weight=weight, bias=bias, clip=config.max_grad_norm)
         grad_w += rng.normal(0.0, sigma, grad_w.shape)
         grad_b += rng.normal(0.0, sigma, grad_b.shape)
         weight -= gd.lr * (grad_w / normaliser + gd.l2 * weight)

@@ -78,7 +78,7 @@ def fit_scale(unscaled_logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def _loo_unscaled_logits(units: np.ndarray, y: np.ndarray, stats: ClassStats, protos: Prototypes, *,
+def _loo_unscaled_logits(units: np.ndarray, y: np.ndarray, *, stats: ClassStats, protos: Prototypes,
                          metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Unscaled logits of the training examples whose class has >= 2 of them, own class left out."""
     counts = stats.counts[y]
@@ -111,7 +111,8 @@ def choose_scale(*, protos: Prototypes, metric: str, scale: float | None, privat
         unit_head = head_from_prototypes(protos, metric=metric, scale=1.0)
         return ScaleFit(fit_scale(unit_head.logits(val[0]), val[1]), "val")
     if not private and train is not None:
-        logits, yk = _loo_unscaled_logits(*train, protos, metric=metric)
+        units, labels, stats = train
+        logits, yk = _loo_unscaled_logits(units, labels, stats=stats, protos=protos, metric=metric)
         if len(yk):
             return ScaleFit(fit_scale(logits, yk), "loo")
     return ScaleFit(DEFAULT_SCALE[metric], "default")

@@ -27,10 +27,10 @@ def test_gradient_matches_finite_differences():
     x, y = blobs(n=40, dim=6, classes=3, seed=1)
     xt = np.ascontiguousarray(x.T)
     theta = np.random.default_rng(0).normal(size=3 * 7)
-    _, grad = objective(theta, xt, y, num_classes=3, l2=0.1)
+    _, grad = objective(theta, xt=xt, y=y, num_classes=3, l2=0.1)
     eps = 1e-6
-    numeric = np.array([(objective(theta + eps * e, xt, y, num_classes=3, l2=0.1)[0]
-                         - objective(theta - eps * e, xt, y, num_classes=3, l2=0.1)[0]) / (2 * eps)
+    numeric = np.array([(objective(theta + eps * e, xt=xt, y=y, num_classes=3, l2=0.1)[0]
+                         - objective(theta - eps * e, xt=xt, y=y, num_classes=3, l2=0.1)[0]) / (2 * eps)
                         for e in np.eye(len(theta))])
     np.testing.assert_allclose(grad, numeric, atol=1e-7)
 

@@ -47,7 +47,7 @@ def test_clipped_gradient_sum_equals_the_sum_of_clipped_per_example_gradients():
     z = rng.normal(size=(25, 6)) * 3
     y = rng.integers(0, 4, 25)
     w, b = rng.normal(size=(4, 6)), rng.normal(size=4)
-    got_w, got_b = clipped_gradient_sum(z, y, w, b, clip=0.7)
+    got_w, got_b = clipped_gradient_sum(z, y, weight=w, bias=b, clip=0.7)
     want_w, want_b = np.zeros_like(w), np.zeros_like(b)
     for zi, yi in zip(z, y):
         logits = w @ zi + b
