@@ -1,8 +1,9 @@
-"""`xfer finetune`: pull a model, adapt it to local data with torch, save it, report the run.
+"""`xfer finetune` and `xfer fit-head`: pull a model, adapt it to local data, save it, report the run.
 
-The flags are declared by `xfer.client.finetune.options`, which imports no
-torch; the engine is imported only when the command runs, so an edge
-install without the [finetune] extra still has a working `xfer`.
+`finetune` trains with torch (the [finetune] extra); `fit-head` fits a new
+head on the ONNX model's features with numpy and onnxruntime only (the
+[onnx] extra). Flags are declared without importing either engine, so an
+edge install without the extras still has a working `xfer`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from xfer.client.cli.context import Context
 from xfer.client.cli.output import Io, jsonable
 from xfer.client.finetune import options as finetune_options
+from xfer.client.onnxhead import command as head_command
 from xfer.client.progress import ProgressBar
 
 EXIT_OK = 0
@@ -25,6 +27,11 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("finetune", cmd_finetune, "pull a model, adapt it to local data, save it, report the run")
     p.add_argument("ref", metavar="REF")
     finetune_options.add_arguments(p)
+    _report_options(p)
+    p = command("fit-head", cmd_fit_head, "pull a model's ONNX, fit a new head on its features (no torch), "
+                "save it, report the run")
+    p.add_argument("ref", metavar="REF")
+    head_command.add_arguments(p)
     _report_options(p)
 
 
@@ -58,6 +65,21 @@ def cmd_finetune(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     outcome = command.run(args, model=loaded.module, card=loaded.card, cache_dir=client.cache.root, progress=live,
                           out=io.out)
     return _report(args, io, client, outcome, loaded.model_version, live=live)
+
+
+def cmd_fit_head(args: argparse.Namespace, io: Io, ctx: Context) -> int:
+    """`xfer fit-head REF DATA ...`"""
+    _engine("onnxruntime", "onnx")
+    client = ctx.client
+    bar = ProgressBar(f"pull {args.ref}", stream=io.err)
+    try:
+        pulled = client.pull(args.ref, "onnx", progress=bar)
+    finally:
+        bar.close()
+    live = not args.json and io.interactive
+    outcome = head_command.run(args, onnx_path=pulled.blob_path, card=pulled.model_version.card,
+                               cache_dir=client.cache.root, progress=live, out=io.out)
+    return _report(args, io, client, outcome, pulled.model_version, live=live)
 
 
 def _report(args: argparse.Namespace, io: Io, client: Any, outcome: Any, model_version: Any, *, live: bool) -> int:

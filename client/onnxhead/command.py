@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 from xfer.client.domain import Run
 from xfer.client.finetune.ledger import BudgetStatus, PrivacyLedger
@@ -107,8 +108,9 @@ def _privacy(args: argparse.Namespace) -> PrivacyConfig | None:
 
 
 def run(args: argparse.Namespace, *, onnx_path: str | pathlib.Path, card: ModelCard, cache_dir: pathlib.Path,
-        progress: bool) -> FitHeadOutcome:
-    """Runs `xfer fit-head` on a pulled ONNX model; prints progress if asked; returns the outcome."""
+        progress: bool, out: TextIO | None = None) -> FitHeadOutcome:
+    """Runs `xfer fit-head` on a pulled ONNX model; prints progress to `out` (default stdout) if asked."""
+    out = out or sys.stdout
     privacy = _privacy(args)
     config = HeadConfig(l2=args.l2, metric=args.metric, scale=args.scale, dp=NoisyGDConfig(steps=args.dp_steps),
                         batch_size=args.batch_size, seed=args.seed,
@@ -118,12 +120,12 @@ def run(args: argparse.Namespace, *, onnx_path: str | pathlib.Path, card: ModelC
     ledger = PrivacyLedger.in_cache(cache_dir) if privacy is not None else None
     if progress:
         print(f"fitting a {args.head} head on the features of {len(data.train)} training examples"
-              + (f" with DP (epsilon={privacy.epsilon:g})" if privacy else ""), flush=True)
+              + (f" with DP (epsilon={privacy.epsilon:g})" if privacy else ""), file=out, flush=True)
     result = fit_head(onnx_path, train=data.train, val=data.val, test=data.test, strategy=args.head,
                       label_names=data.label_names, card=card, privacy=privacy, ledger=ledger,
                       dataset_id=dataset_id, privacy_budget=args.privacy_budget, config=config, out_dir=args.out)
     budget = ledger.status(dataset_id, budget=args.privacy_budget) if ledger is not None else None
     outcome = FitHeadOutcome(result, dataset_id, data.min_eval_examples, budget)
     if progress:
-        print(outcome.summary(), flush=True)
+        print(outcome.summary(), file=out, flush=True)
     return outcome

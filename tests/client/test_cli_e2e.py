@@ -118,6 +118,16 @@ def test_finetune_pulls_adapts_saves_and_reports(xfer_server, run_cli, tmp_path)
     assert "cli-ft-1" in {r["run_id"] for r in listed}
 
 
+def test_fit_head_adapts_the_onnx_artifact_and_reports(xfer_server, run_cli, tmp_path):
+    out = tmp_path / "head"
+    result = run_cli(xfer_server, "fit-head", "digits-convnet:1", "digits:classes=0-4,per_class=10",
+                     "--head", "prototype", "--out", str(out), "--run-id", "cli-head-1", "--json")
+    assert result.code == 0, result.err
+    document = json.loads(result.out)
+    assert document["run"]["strategy"] == "onnx-prototype" and "accuracy" in document["run"]["metrics"]
+    assert (out / "model.onnx").exists() and not (out / "model.safetensors").exists()
+
+
 def test_errors_are_one_line_with_distinct_exit_codes(xfer_server, run_cli):
     wrong = run_cli(xfer_server, "models", token="not-a-token")
     assert wrong.code == 6 and "not-a-token" not in wrong.err
