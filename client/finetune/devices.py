@@ -20,7 +20,7 @@ from xfer.client.finetune.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+from xfer.client.finetune.config import DEVICE_CHOICES
 
 
 @dataclasses.dataclass(frozen=True)
