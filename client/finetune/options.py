@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "comma-separated grid (default: each strategy's LR x 0.3, 1, 3)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps (default: 10 passes over the size bucket, at least 200; 100 under DP)")
+                        help="optimizer steps (default: 10 passes over the size bucket, at least 200 (also under DP, with larger batches))")
     budget.add_argument("--epochs", type=float, default=None,
                         help="budget as passes over the size bucket (the training-set size rounded up to a power "
                              "of two) instead of --steps")
