@@ -70,8 +70,9 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_dir: pathlib.Path,
-        progress: bool, out: TextIO = sys.stdout) -> FinetuneOutcome:
-    """Runs `xfer finetune` on a pulled model; prints progress to `out` if asked; returns the outcome."""
+        progress: bool, out: TextIO | None = None) -> FinetuneOutcome:
+    """Runs `xfer finetune` on a pulled model; prints progress to `out` (stdout) if asked; returns the outcome."""
+    out = out if out is not None else sys.stdout
     config = config_from_args(args)
     target = load_target(args.data, card=card, seed=args.seed)
     ledger = PrivacyLedger.in_cache(cache_dir) if config.privacy is not None else None

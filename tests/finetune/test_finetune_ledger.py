@@ -77,3 +77,22 @@ def test_finetune_refuses_an_over_budget_run_before_training(tmp_path, model, ca
                       config=cfg(strategy="linear-probe", steps=3, privacy=PrivacyConfig(epsilon=0.4, accountant="rdp")))
     # The reservation was settled to the accountant's figure.
     assert ledger.status("digits-target").spent == pytest.approx(2.5 + result.privacy.epsilon_spent)
+
+
+def test_errors_share_the_package_root_and_exit_codes():
+    from xfer.client.finetune.errors import DeviceError, FinetuneError, PrivacyError
+    from xfer.errors import EXIT_CODES, XferError
+
+    assert issubclass(PrivacyBudgetExceededError, PrivacyError) and issubclass(FinetuneError, XferError)
+    assert PrivacyBudgetExceededError.exit_code == EXIT_CODES["privacy_budget"] == 14
+    assert DeviceError.exit_code == 15 and FinetuneError.exit_code == 3
+
+
+def test_the_config_and_ledger_layer_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import xfer.client.finetune.ledger, xfer.client.finetune.config, "
+            "xfer.client.finetune.budget, xfer.client.finetune.report, xfer.client.finetune.options; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
