@@ -44,8 +44,7 @@ DP_MAX_BATCH = 1024
 #: DP step budget (measured at ε = 2 on 277 examples: lp-ft 0.674 at 100 steps, 0.766 at 200, 0.772 at 400;
 #: linear-probe 0.739, 0.750, 0.755), with the expected batch below: σ grows with the number of steps.
 DP_STEPS = 200
-#: Per-example clipping norm. With AdamW a small clip makes every example's gradient count equally
-#: (normalised SGD), so the noise σ·C is small next to the signal.
+#: Per-example clipping norm of a strategy that states none (strategies set their own `dp_clip`).
 DP_CLIP = 1.0
 #: DP learning rates are the strategy's default times this (noisy steps need bolder ones).
 DP_LR_MULTIPLIER = 3.0
@@ -104,10 +103,12 @@ class Budget:
         return max(1, math.ceil(self.bucket / self.batch_size))
 
 
-def plan_budget(*, n: int, config: FinetuneConfig, strategy_lr: float, bucket: int | None = None) -> Budget:
+def plan_budget(*, n: int, config: FinetuneConfig, strategy_lr: float, bucket: int | None = None,
+                strategy_clip: float | None = None) -> Budget:
     """The budget of a run on `n` training examples (used only through its size bucket).
 
-    `bucket` overrides the bucket of `n` (a search trains on parts of a data set with the whole set's budget).
+    `bucket` overrides the bucket of `n` (a search trains on parts of a data set with the whole set's
+    budget); `strategy_clip` is the strategy's default DP clipping norm.
     """
     bucket = bucket or size_bucket(n)
     dp = config.privacy is not None
@@ -125,6 +126,7 @@ def plan_budget(*, n: int, config: FinetuneConfig, strategy_lr: float, bucket: i
     if config.privacy is not None:
         # q = 1/ceil(N/B) is Opacus' own convention (one "epoch" of the bucket per 1/q steps).
         sample_rate = 1.0 / per_pass
-        clip = config.privacy.max_grad_norm if config.privacy.max_grad_norm is not None else DP_CLIP
+        clip = config.privacy.max_grad_norm if config.privacy.max_grad_norm is not None else \
+            (strategy_clip if strategy_clip is not None else DP_CLIP)
     return Budget(bucket=bucket, batch_size=int(batch), steps=int(steps), eval_every=int(min(eval_every, steps)),
                   lr=float(lr), sample_rate=sample_rate, max_grad_norm=clip)

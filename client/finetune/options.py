@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dp-delta", type=float, default=None,
                         help="DP delta (default min(1e-5, 1/N^1.1) for the size bucket N)")
     parser.add_argument("--max-grad-norm", type=float, default=None,
-                        help="DP per-example clipping norm (default 1.0)")
+                        help="DP per-example clipping norm (default: 1 for a lone head, 10 when the body trains)")
     parser.add_argument("--accountant", choices=ACCOUNTANT_CHOICES, default="prv",
                         help="DP accountant of a single run (a private search always uses RDP)")
     parser.add_argument("--ghost-clipping", action="store_true", help="DP with ghost clipping (less memory)")

@@ -32,7 +32,6 @@ import copy
 import dataclasses
 import functools
 import logging
-import math
 import warnings
 
 import numpy as np

@@ -193,7 +193,8 @@ def finetune(
     for split, labels in (("training", y_train), ("validation", y_val)):
         if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(label_names)):
             raise DataError(f"{split} labels out of range 0..{len(label_names) - 1} ({len(label_names)} label names)")
-    budget = plan_budget(n=n, config=config, strategy_lr=strat.default_lr, bucket=bucket)
+    budget = plan_budget(n=n, config=config, strategy_lr=strat.default_lr, bucket=bucket,
+                         strategy_clip=strat.dp_clip)
 
     work = copy.deepcopy(model)
     head_reset = config.reinit_head or needs_head_reset(work, label_names=label_names, card=card)

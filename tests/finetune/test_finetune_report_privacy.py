@@ -63,7 +63,8 @@ def consistent_sizes(run: Run, *, config: FinetuneConfig, candidates: range,
     for n in candidates:
         if pow2_at_least(n) != run.train_examples_pow2:
             continue
-        budget = plan_budget(n=n, config=config.replace(lr=float(h["lr"])), strategy_lr=strategy.default_lr)
+        budget = plan_budget(n=n, config=config.replace(lr=float(h["lr"])), strategy_lr=strategy.default_lr,
+                             strategy_clip=strategy.dp_clip)
         if (h["steps"], h["batch_size"], h["eval_every"]) != (str(budget.steps), str(budget.batch_size),
                                                               str(budget.eval_every)):
             continue
@@ -167,3 +168,21 @@ def test_grids():
     assert training_fraction_grid(512) == 1 / 256
     assert held_out_grid(64, 180) == 1 / 128 and held_out_grid(512, 180) == 1 / 32
     assert quantize(52 / 92, 1 / 32) == 18 / 32
+
+
+def test_a_private_search_report_carries_no_training_statistic(session_card):
+    from finetune_helpers import tiny_model
+
+    target = load_target("digits:shift=blur,per_class=10", card=session_card, seed=0)
+    config = cfg(steps=2, privacy=PrivacyConfig(epsilon=4.0, accountant="rdp"),
+                 search=SearchConfig(strategies=("linear-probe",), lrs=(1e-2, 3e-2), trials=2))
+    outcome = adapt(tiny_model(), target=target, config=config, card=session_card)
+    run = outcome.to_run(run_id="r", model_version="m")
+    assert outcome.search is not None and outcome.search.private
+    assert "cv/accuracy" not in run.metrics  # the trials' scores are noisy, and stay local anyway
+    # Neither the number of trials drawn nor which one won (its seed), nor the time they took.
+    assert "search_trials" not in run.hyperparameters and run.hyperparameters["seed"] == "0"
+    assert run.wall_seconds == 0.0
+    assert run.hyperparameters["search_grid"] == "linear-probe@0.01;linear-probe@0.03"
+    assert run.privacy.epsilon_spent == pytest.approx(outcome.search.selection.epsilon) and \
+        run.privacy.epsilon_spent <= 4.0 + 1e-9
