@@ -16,7 +16,7 @@ def test_refused_budget_exits_14_and_a_fitting_run_is_reported(tmp_path, source_
             operator.register(source_model_dir, "digits-convnet")
         env = {"XFER_SERVER": server.target, "XFER_TOKEN": server.client_token, "XFER_CACHE": str(tmp_path / "cache")}
         common = ["finetune", "digits-convnet", "digits:shift=blur,per_class=5", "--strategy", "linear-probe",
-                  "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "out"), "--privacy-budget", "2",
+                  "--steps", "6", "--device", "cpu", "--out", str(tmp_path / "out"), "--privacy-budget", "2",
                   "--accountant", "rdp"]
         out, err = io.StringIO(), io.StringIO()
         code = main([*common, "--dp-epsilon", "3"], environ=env, stdout=out, stderr=err)

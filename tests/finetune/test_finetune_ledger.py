@@ -71,10 +71,10 @@ def test_finetune_refuses_an_over_budget_run_before_training(tmp_path, model, ca
     with pytest.raises(PrivacyBudgetExceededError, match="only 0.5 of 3 is left"):
         finetune(model, train=small_blur.train, card=card, label_names=small_blur.label_names, ledger=ledger,
                  dataset_id="digits-target",
-                 config=cfg(strategy="linear-probe", steps=3, privacy=PrivacyConfig(epsilon=1.0, accountant="rdp")))
+                 config=cfg(strategy="linear-probe", steps=6, privacy=PrivacyConfig(epsilon=3.0, accountant="rdp")))
     result = finetune(model, train=small_blur.train, card=card, label_names=small_blur.label_names, ledger=ledger,
                       dataset_id="digits-target",
-                      config=cfg(strategy="linear-probe", steps=3, privacy=PrivacyConfig(epsilon=0.4, accountant="rdp")))
+                      config=cfg(strategy="linear-probe", steps=6, privacy=PrivacyConfig(epsilon=0.4, accountant="rdp")))
     # The reservation was settled to the accountant's figure.
     assert ledger.status("digits-target").spent == pytest.approx(2.5 + result.privacy.epsilon_spent)
 
