@@ -28,9 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from xfer.client.finetune.budget import plan_budget
+from xfer.client.finetune.config import FinetuneConfig, PrivacyConfig
 from xfer.client.finetune.data import TensorData
 from xfer.client.finetune.devices import resolve_device
-from xfer.client.finetune.privacy import PrivacyConfig, plan_dp
+from xfer.client.finetune.privacy import plan_dp
 from xfer.client.finetune.trainer import finetune
 from xfer.models import create_model
 
@@ -101,8 +103,11 @@ def ours(model: torch.nn.Module, data: TensorData, *, epochs: int, batch_size: i
          privacy: PrivacyConfig | None) -> tuple[int, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = finetune(model, train=data, val=None, strategy="full", lr=LR, epochs=epochs, batch_size=batch_size,
-                          privacy=privacy, device=device, seed=0, label_names=[str(i) for i in range(10)])
+        # `epochs` passes over the data (a power of two, so it is its own size bucket) as steps.
+        steps = epochs * -(-len(data) // batch_size)
+        config = FinetuneConfig(strategy="full", lr=LR, steps=steps, batch_size=batch_size, eval_every=steps,
+                                privacy=privacy, device=device, seed=0)
+        result = finetune(model, train=data, val=None, config=config, label_names=[str(i) for i in range(10)])
     return result.examples_seen, result.train_seconds
 
 
@@ -148,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: baseline_plain(model, data, device=setup.device, **kw), reps=args.reps)
     ratios = {"plain": ratio}
     if not args.skip_dp:
-        privacy = PrivacyConfig(epsilon=8.0, accountant="prv")
-        sigma = plan_dp(privacy, n=args.examples, batch_size=args.batch_size, epochs=args.epochs).noise_multiplier
+        privacy = PrivacyConfig(epsilon=8.0, accountant="prv", max_grad_norm=1.0)
+        steps = args.epochs * -(-args.examples // args.batch_size)
+        config = FinetuneConfig(steps=steps, batch_size=args.batch_size, privacy=privacy)
+        sigma = plan_dp(privacy, budget=plan_budget(n=args.examples, config=config, strategy_lr=LR)).noise_multiplier
         ratios["dp"] = compare("DP trainer vs plain Opacus loop",
                                lambda: ours(model, data, device=setup.kind, privacy=privacy, **kw),
                                lambda: baseline_opacus(model, data, noise_multiplier=sigma, device=setup.device,

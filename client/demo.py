@@ -122,11 +122,11 @@ def main() -> int:
 
         step(f"5. Edge client: adapt to its own data, digits it never saw ({TARGET}); only metrics go back")
         for strategy in ("linear-probe", "lp-ft", "surgical:auto"):
-            run(xfer, "finetune", f"{MODEL}@stable", TARGET, "--strategy", strategy, "--epochs", "10",
+            run(xfer, "finetune", f"{MODEL}@stable", TARGET, "--strategy", strategy,
                 "--out", f".demo/finetuned-{strategy.replace(':', '-')}", env=as_client)
         step("6. The same adaptation with differential privacy (Opacus DP-SGD, epsilon = 2 of a budget of 8)")
         for strategy in ("linear-probe", "lp-ft"):
-            run(xfer, "finetune", f"{MODEL}@stable", TARGET, "--strategy", strategy, "--epochs", "10",
+            run(xfer, "finetune", f"{MODEL}@stable", TARGET, "--strategy", strategy,
                 "--dp-epsilon", "2", "--privacy-budget", "8", "--out", f".demo/finetuned-{strategy}-dp",
                 env=as_client)
 

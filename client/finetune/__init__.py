@@ -1,7 +1,11 @@
 """Adapting pulled source models to a client's own data, optionally with DP.
 
-Python entry point: `finetune(model, *, train, val, strategy, privacy=None, ...)`;
-the `xfer finetune` command's body is in `xfer.client.finetune.command`.
+Python entry points take one frozen `FinetuneConfig`:
+`adapt(model, target=..., config=...)` (fine-tune or search, score once on the
+test split, save; its outcome's `to_run(...)` is the report), and the
+lower-level `finetune(model, train=..., val=..., config=...)` and
+`search(...)`. The `xfer finetune` command's body is in
+`xfer.client.finetune.command`.
 Names are imported lazily, so the torch-free parts (errors, the privacy
 ledger) can be used without loading torch.
 """
@@ -22,7 +26,13 @@ _EXPORTS = {
     "PrivacyLedger": "xfer.client.finetune.ledger",
     "Metrics": "xfer.client.finetune.metrics",
     "evaluate": "xfer.client.finetune.metrics",
-    "PrivacyConfig": "xfer.client.finetune.privacy",
+    "PrivacyConfig": "xfer.client.finetune.config",
+    "FinetuneConfig": "xfer.client.finetune.config",
+    "SearchConfig": "xfer.client.finetune.config",
+    "FinetuneOutcome": "xfer.client.finetune.pipeline",
+    "adapt": "xfer.client.finetune.pipeline",
+    "search": "xfer.client.finetune.search",
+    "size_bucket": "xfer.client.finetune.budget",
     "get_strategy": "xfer.client.finetune.strategies",
     "list_strategies": "xfer.client.finetune.strategies",
     "register_strategy": "xfer.client.finetune.strategies",

@@ -16,11 +16,10 @@ import random
 import numpy as np
 import torch
 
+from xfer.client.finetune.config import DEVICE_CHOICES
 from xfer.client.finetune.errors import DeviceError
 
 log = logging.getLogger(__name__)
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 The `xfer` parser is built on every invocation, also on edge devices that
 have no torch installed; only running the command imports the engine.
+`xfer.client.finetune.command.config_from_args` turns the parsed flags into
+the engine's one frozen `FinetuneConfig`.
 """
 
 from __future__ import annotations
@@ -9,40 +11,59 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from xfer.client.finetune.config import ACCOUNTANTS, DEVICE_CHOICES
 from xfer.client.finetune.schedules import SCHEDULES
 
 #: Strategy names for the help text; tests check they equal the engine's registry.
 STRATEGY_HELP = ("full, linear-probe, lp-ft, discriminative, gradual-unfreeze, surgical:BLOCK, "
                  "surgical:auto")
-ACCOUNTANT_CHOICES = ("prv", "rdp")
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+ACCOUNTANT_CHOICES = ACCOUNTANTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declares the `xfer finetune` flags (after REF) on `parser`."""
     parser.add_argument("data", help="data spec: digits[:shift=blur,classes=5-9,per_class=5], file.npz, "
-                                     "file.csv[:label=col] or an image folder")
+                                     "file.csv[:label=col] or an image folder (per_class=K: few-label mode)")
     parser.add_argument("--strategy", default="lp-ft",
-                        help=f"one of {STRATEGY_HELP}; with --search a comma-separated list (default: lp-ft)")
+                        help=f"one of {STRATEGY_HELP}; with --search a comma-separated list "
+                             f"(default: lp-ft; with --search: linear-probe,lp-ft)")
     parser.add_argument("--lr", default=None,
-                        help="learning rate (default: the strategy's own); with --search a comma-separated "
-                             "grid (default: each strategy's LR x 0.3, 1, 3)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
+                        help="learning rate (default: the strategy's own, x3 under DP); with --search a "
+                             "comma-separated grid (default: each strategy's LR x 0.3, 1, 3)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps (default: 10 passes over the size bucket, at least 200 (also under DP, with larger batches))")
+    budget.add_argument("--epochs", type=float, default=None,
+                        help="budget as passes over the size bucket (the training-set size rounded up to a power "
+                             "of two) instead of --steps")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch size (default: bucket/8 in [8, 64]; under DP the expected Poisson batch, "
+                             "bucket/4 in [16, 1024])")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between validation evaluations (default: one pass over the bucket, at most "
+                             "50 evaluations)")
     parser.add_argument("--schedule", choices=list(SCHEDULES), default="cosine")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--patience", type=int, default=None,
-                        help="stop a phase after this many epochs without validation improvement")
+                        help="stop a phase after this many evaluations without validation improvement (needs a "
+                             "validation split: not in few-label mode)")
     parser.add_argument("--reinit-head", action="store_true",
                         help="re-initialise the head even if the label set matches the card's")
     parser.add_argument("--search", action="store_true",
-                        help="choose strategy x LR by k-fold cross-validation on the training split")
-    parser.add_argument("--folds", type=int, default=3, help="folds for --search (default 3)")
+                        help="choose strategy x LR on the training labels: k-fold cross-validation, or under DP "
+                             "private selection whose cost is inside --dp-epsilon")
+    parser.add_argument("--folds", type=int, default=3,
+                        help="folds for --search (default 3; under DP 1/folds of the labels score the trials)")
+    parser.add_argument("--trials", type=float, default=None,
+                        help="--search under DP: mean number of random trials (default: the grid size)")
     parser.add_argument("--dp-epsilon", type=float, default=None,
-                        help="train with DP-SGD to this target epsilon (per run)")
-    parser.add_argument("--dp-delta", type=float, default=None, help="DP delta (default min(1e-5, 1/n^1.1))")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="DP per-example clipping norm")
-    parser.add_argument("--accountant", choices=ACCOUNTANT_CHOICES, default="prv")
+                        help="train with DP-SGD; epsilon of everything released, a whole --search included")
+    parser.add_argument("--dp-delta", type=float, default=None,
+                        help="DP delta (default min(1e-5, 1/N^1.1) for the size bucket N)")
+    parser.add_argument("--max-grad-norm", type=float, default=None,
+                        help="DP per-example clipping norm (default: 1 for a lone head, 10 when the body trains)")
+    parser.add_argument("--accountant", choices=ACCOUNTANT_CHOICES, default="prv",
+                        help="DP accountant of a single run (a private search always uses RDP)")
     parser.add_argument("--ghost-clipping", action="store_true", help="DP with ghost clipping (less memory)")
     parser.add_argument("--privacy-budget", type=float, default=None,
                         help="total epsilon allowed on this data set; recorded in the local privacy ledger")

@@ -14,10 +14,16 @@ The guarantee covers the training split. The validation split picks the
 best checkpoint and drives early stopping, and the test split is scored
 once: both are held out, used without noise, and never trained on.
 
+Every DP parameter is a function of the size bucket N (the training-set
+size rounded up to a power of two) and the config, never of the exact size:
+δ = min(1e-5, 1/N^1.1), the sample rate q = 1/ceil(N/B) and the step budget,
+hence σ. So the privacy fields of a report hold for every size in the
+bucket, and the sample rate is fixed independently of the data, as the
+add/remove-one analysis of Poisson-subsampled DP-SGD assumes.
+
 Batches are drawn by Poisson sampling (each example independently with
-probability q = 1/steps_per_epoch, the rate Opacus' accountant assumes)
-directly on index tensors rather than through `DPDataLoader`, which
-collates example by example.
+probability q) directly on index tensors rather than through `DPDataLoader`,
+which collates example by example.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ import copy
 import dataclasses
 import functools
 import logging
-import math
 import warnings
 
 import numpy as np
@@ -34,40 +39,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from xfer.client.finetune.budget import Budget
+from xfer.client.finetune.config import ACCOUNTANTS, PrivacyConfig
 from xfer.client.finetune.errors import PrivacyError
 
 log = logging.getLogger(__name__)
 
-ACCOUNTANTS = ("prv", "rdp")
+__all__ = ["ACCOUNTANTS", "DPPlan", "PrivacyConfig", "PrivacyReport", "PrivateRun", "default_delta",
+           "epsilon_of", "make_compatible", "plan_dp"]
 
 
-@dataclasses.dataclass(frozen=True)
-class PrivacyConfig:
-    """What the caller asks for: a target (ε, δ) per training run and DP-SGD knobs.
-
-    `delta=None` means min(1e-5, 1/n^1.1) for a training set of n examples.
-    """
-
-    epsilon: float
-    delta: float | None = None
-    max_grad_norm: float = 1.0
-    accountant: str = "prv"
-    ghost_clipping: bool = False
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise PrivacyError(f"target epsilon must be positive and finite, got {self.epsilon}")
-        if self.delta is not None and not 0 < self.delta < 1:
-            raise PrivacyError(f"delta must be in (0, 1), got {self.delta}")
-        if not self.max_grad_norm > 0:
-            raise PrivacyError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
-        if self.accountant not in ACCOUNTANTS:
-            raise PrivacyError(f"unknown accountant {self.accountant!r}; valid: {', '.join(ACCOUNTANTS)}")
-
-
-def default_delta(n: int) -> float:
-    """min(1e-5, 1/n^1.1): well below 1/n, so no single example can leak outright."""
-    return min(1e-5, 1.0 / n**1.1)
+def default_delta(bucket: int) -> float:
+    """min(1e-5, 1/N^1.1) for the size bucket N >= n: below 1/n, so no single example can leak outright."""
+    return min(1e-5, 1.0 / bucket**1.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +66,14 @@ class DPPlan:
     max_grad_norm: float
     accountant: str
     ghost_clipping: bool
+    #: The expected Poisson batch, q x bucket: the DP optimizer averages noisy sums over it, a constant
+    #: fixed before training (dividing by the batch actually drawn would leak its size).
+    expected_batch: int = 1
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
         """The accountant history this plan produces if it runs to the end."""
         return [(self.noise_multiplier, self.sample_rate, self.steps)]
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Batches per epoch; the Poisson sample rate is its inverse (as in Opacus)."""
-    return max(1, math.ceil(n / batch_size))
 
 
 @functools.lru_cache(maxsize=256)
@@ -105,23 +87,26 @@ def _noise_multiplier(epsilon: float, delta: float, rate: float, steps: int, acc
                                                 steps=steps, accountant=accountant))
 
 
-def plan_dp(config: PrivacyConfig, *, n: int, batch_size: int, epochs: int) -> DPPlan:
-    """Solves the noise multiplier that reaches the target ε after `epochs` epochs."""
-    per_epoch = steps_per_epoch(n, batch_size)
-    rate = 1.0 / per_epoch
-    steps = per_epoch * epochs
-    delta = config.delta if config.delta is not None else default_delta(n)
-    if per_epoch == 1:
-        log.warning("batch size %d >= training set (%d examples): every step sees all data, so DP-SGD gets no "
-                    "amplification by subsampling; a smaller --batch-size usually needs far less noise",
-                    batch_size, n)
+def plan_dp(config: PrivacyConfig, *, budget: Budget, noise_multiplier: float | None = None) -> DPPlan:
+    """Solves the noise multiplier that reaches the target ε after the budget's steps at its sample rate.
+
+    `noise_multiplier` fixes σ instead (a private search solves it for the whole selection).
+    """
+    if budget.sample_rate is None or budget.max_grad_norm is None:
+        raise PrivacyError("the budget was planned without DP; plan it with a PrivacyConfig in the config")
+    rate, steps = budget.sample_rate, budget.steps
+    delta = config.delta if config.delta is not None else default_delta(budget.bucket)
+    if rate >= 1.0:
+        log.warning("batch size %d >= the size bucket (%d): every step sees all data, so DP-SGD gets no "
+                    "amplification by subsampling; a smaller batch size usually needs far less noise",
+                    budget.batch_size, budget.bucket)
     try:
-        sigma = _noise_multiplier(config.epsilon, delta, rate, steps, config.accountant)
+        sigma = noise_multiplier or _noise_multiplier(config.epsilon, delta, rate, steps, config.accountant)
     except ValueError as exc:
         raise PrivacyError(f"cannot reach epsilon={config.epsilon} at delta={delta:.3g} with {steps} steps at "
-                           f"sample rate {rate:.3g} ({exc}); raise epsilon or train fewer epochs") from None
-    return DPPlan(float(sigma), rate, steps, delta, config.epsilon, config.max_grad_norm, config.accountant,
-                  config.ghost_clipping)
+                           f"sample rate {rate:.3g} ({exc}); raise epsilon or train fewer steps") from None
+    return DPPlan(float(sigma), rate, steps, delta, config.epsilon, budget.max_grad_norm, config.accountant,
+                  config.ghost_clipping, expected_batch=max(1, round(rate * budget.bucket)))
 
 
 def epsilon_of(history: list[tuple[float, float, int]], *, delta: float, accountant: str) -> float:
@@ -175,18 +160,21 @@ def make_compatible(model: nn.Module) -> nn.Module:
 class PrivateRun:
     """One run's Opacus state: the engine (and its accountant) across all phases."""
 
-    def __init__(self, plan: DPPlan, *, n: int, batch_size: int, seed: int, device: torch.device) -> None:
+    def __init__(self, plan: DPPlan, *, n: int, seed: int, device: torch.device) -> None:
         from opacus import PrivacyEngine
 
         self.plan = plan
         self.n = n
-        self.batch_size = batch_size
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the "secure RNG off" notice: we seed on purpose
             self.engine = PrivacyEngine(accountant=plan.accountant)
         self.noise_generator = torch.Generator(device=device).manual_seed(seed + 7919)
-        # Only its length matters: Opacus derives sample rate 1/len and the expected batch from it.
-        self._loader = DataLoader(TensorDataset(torch.arange(n)), batch_size=batch_size)
+        # Only its shape matters: Opacus derives the sample rate 1/len(loader) and the expected batch
+        # len(dataset) x rate from it, so the stand-in is sized from the plan alone, never from the data.
+        per_pass = max(1, round(1.0 / plan.sample_rate))
+        self.expected_batch = max(1, plan.expected_batch)
+        self._loader = DataLoader(TensorDataset(torch.arange(per_pass * self.expected_batch)),
+                                  batch_size=self.expected_batch)
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer,
              criterion: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module]:

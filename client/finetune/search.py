@@ -1,16 +1,24 @@
-"""Hyperparameter search by k-fold cross-validation on the client's training set.
+"""Hyperparameter search on the client's own labelled data: strategy × learning rate.
 
-The grid is strategy × learning rate. Each cell trains on k-1 folds for the
-full epoch budget and is scored by accuracy on the held-out fold; the best
-mean wins, is retrained on all training data (with the validation split for
-early stopping) and evaluated once on the test split, which the search never
-touches.
+Without DP: stratified k-fold cross-validation over the whole grid. Each
+cell trains on k-1 folds with the budget of the full training set (same
+size bucket, same steps) and is scored on the held-out fold; the best mean
+wins, is retrained on all training data (with the validation split, if
+there is one, for the checkpoint) and evaluated once on the test split,
+which the search never touches. In few-label mode (no validation split)
+the folds come out of the few labels themselves.
 
-Under DP every fold's training is a mechanism run on (part of) the private
-training set, so the search costs privacy too. Its total is the composition
-of every run's accountant history (all folds plus the final retrain) in the
-run's accountant at the final δ — computed before anything trains, charged
-to the ledger up front, and refused if it does not fit the budget.
+With DP: private selection with a random number of trials (Papernot &
+Steinke, ICLR 2022; arithmetic in `selection.py`). Each training example is
+assigned once, independently of the others, to a training part (1 − 1/folds)
+or a held-out part (1/folds). K ~ D(η, γ) trials are drawn independently of
+the data; each picks a grid cell uniformly at random, trains with DP-SGD on
+the training part (σ solved so that the whole selection — not each trial —
+meets the target ε) and counts its correct held-out predictions plus
+Gaussian noise. Only the best trial is released: its model is the result,
+retraining on all data would cost a second run's ε. No noise-free statistic
+of the training data leaves the search (the per-trial noisy scores stay in
+the local table; the report carries none of them).
 """
 
 from __future__ import annotations
@@ -19,17 +27,22 @@ import dataclasses
 import logging
 import statistics
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from xfer.client.finetune.budget import plan_budget, size_bucket
+from xfer.client.finetune.config import FinetuneConfig, SearchConfig
 from xfer.client.finetune.data import TensorData
-from xfer.client.finetune.errors import SearchError
+from xfer.client.finetune.errors import PrivacyError, SearchError
 from xfer.client.finetune.ledger import PrivacyLedger
-from xfer.client.finetune.metrics import Metrics, evaluate
-from xfer.client.finetune.privacy import PrivacyConfig, default_delta, epsilon_of, plan_dp
+from xfer.client.finetune.metrics import Metrics, evaluate, predict_logits
+from xfer.client.finetune.privacy import default_delta
+from xfer.client.finetune.selection import SelectionPlan, plan_selection, sample_trials
 from xfer.client.finetune.strategies import get_strategy
-from xfer.client.finetune.trainer import FinetuneResult, finetune
+from xfer.client.finetune.trainer import FinetuneResult, config_from_legacy, finetune
 from xfer.models.base import XferModel
+from xfer.models.card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +60,15 @@ class Fold:
 
 @dataclasses.dataclass(frozen=True)
 class CVRow:
+    """One grid cell (or, under DP, one trial) and its held-out scores."""
+
     strategy: str
     lr: float
     scores: tuple[float, ...]
 
     @property
     def mean(self) -> float:
-        """Mean held-out accuracy over the folds."""
+        """Mean held-out accuracy over the folds (a DP trial: its noisy accuracy)."""
         return statistics.fmean(self.scores)
 
     @property
@@ -64,18 +79,32 @@ class CVRow:
 
 @dataclasses.dataclass
 class SearchResult:
+    """What a search found. `final` is the model to use; `test_metrics` its one look at the test split."""
+
     rows: list[CVRow]
     best: CVRow
     folds: list[Fold]
     final: FinetuneResult
     test_metrics: Metrics | None
-    #: Composed ε of every run of the search (None without DP).
+    #: ε of the whole search at `delta` (None without DP).
     epsilon_total: float | None
     delta: float | None
+    #: DP only: the noise plan and the number of trials drawn. K stays local: the selection's guarantee
+    #: holds for a K nobody knows (the best of a known k runs costs about k runs).
+    selection: SelectionPlan | None = None
+    trials: int = 0
+    #: The grid searched, (strategy, lr) per cell.
+    grid: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+    @property
+    def private(self) -> bool:
+        """Whether this was a private (DP) selection."""
+        return self.selection is not None
 
     def table(self) -> str:
-        """The CV table as text, best first."""
-        lines = [f"{'strategy':<20} {'lr':>9} {'mean acc':>9} {'std':>7}  folds"]
+        """The CV (or trial) table as text, best first."""
+        label = "noisy acc" if self.private else "mean acc"
+        lines = [f"{'strategy':<20} {'lr':>9} {label:>9} {'std':>7}  folds"]
         for row in sorted(self.rows, key=lambda r: -r.mean):
             mark = " *" if row is self.best else ""
             folds = " ".join(f"{s:.3f}" for s in row.scores)
@@ -96,10 +125,33 @@ def kfold(y: np.ndarray, *, folds: int, seed: int) -> list[Fold]:
         # Continue the round-robin across classes so fold sizes stay balanced.
         assignment[rows] = (np.arange(len(rows)) + offset) % folds
         offset += len(rows)
-    out = []
-    for k in range(folds):
-        out.append(Fold(train=np.nonzero(assignment != k)[0], val=np.nonzero(assignment == k)[0]))
-    return out
+    return [Fold(train=np.nonzero(assignment != k)[0], val=np.nonzero(assignment == k)[0]) for k in range(folds)]
+
+
+def _grid(search: SearchConfig) -> list[tuple[str, float]]:
+    cells = []
+    for name in search.strategies:
+        strat = get_strategy(name)
+        for lr in search.lrs if search.lrs else [strat.default_lr * m for m in LR_MULTIPLIERS]:
+            cells.append((strat.label, float(lr)))
+    return cells
+
+
+def _legacy_search(config: FinetuneConfig | None, legacy: dict[str, Any]) -> FinetuneConfig:
+    if not legacy:
+        if config is None or config.search is None:
+            raise SearchError("search() needs config=FinetuneConfig(search=SearchConfig(...))")
+        return config
+    fields = dict(legacy)
+    search_fields = {k: fields.pop(k) for k in ("strategies", "lrs", "folds") if k in fields}
+    if "strategies" in search_fields:
+        search_fields["strategies"] = tuple(search_fields["strategies"])
+    if search_fields.get("lrs") is not None:
+        search_fields["lrs"] = tuple(search_fields["lrs"])
+    else:
+        search_fields.pop("lrs", None)
+    base = config_from_legacy(None, fields, where="search") if fields else FinetuneConfig()
+    return base.replace(search=SearchConfig(**search_fields))
 
 
 def search(
@@ -108,83 +160,144 @@ def search(
     train: TensorData,
     val: TensorData | None = None,
     test: TensorData | None = None,
-    strategies: Sequence[str],
-    lrs: Sequence[float] | None = None,
-    folds: int = 3,
-    label_names: Sequence[str],
-    privacy: PrivacyConfig | None = None,
+    config: FinetuneConfig | None = None,
+    card: ModelCard | None = None,
+    label_names: Sequence[str] | None = None,
     ledger: PrivacyLedger | None = None,
     dataset_id: str | None = None,
-    privacy_budget: float | None = None,
-    seed: int = 0,
     on_row: Callable[[CVRow], None] | None = None,
-    **train_kwargs,
+    **legacy: Any,
 ) -> SearchResult:
-    """Cross-validates strategy × LR on `train`, retrains the winner, evaluates once on `test`.
+    """Chooses strategy × LR on `train` as `config.search` says, then evaluates the winner once on `test`.
 
-    `lrs=None` tries each strategy's default LR × (0.3, 1, 3). `train_kwargs`
-    go to every `finetune` call (epochs, batch_size, card, device, ...).
+    Without `config.privacy`: k-fold cross-validation and a retrain on all of
+    `train`. With it: private selection; the whole search meets the target
+    (ε, δ), is charged to the ledger up front and refused if it does not fit
+    `config.privacy.budget`.
     """
-    if not strategies:
-        raise SearchError("the search needs at least one strategy")
-    label_names = tuple(label_names)
-    fold_list = kfold(train.y.numpy(), folds=folds, seed=seed)
-    grid = []
-    for name in strategies:
-        strat = get_strategy(name)
-        for lr in (lrs if lrs else [strat.default_lr * m for m in LR_MULTIPLIERS]):
-            grid.append((strat, float(lr)))
+    config = _legacy_search(config, legacy)
+    assert config.search is not None
+    if train.y is None:
+        raise SearchError("a search needs labelled training data")
+    label_names = tuple(label_names) if label_names is not None else \
+        tuple(str(i) for i in range(int(train.y.max()) + 1))
+    grid = _grid(config.search)
+    if config.privacy is None:
+        result = _cross_validate(model, train=train, val=val, config=config, grid=grid, card=card,
+                                 label_names=label_names, on_row=on_row)
+    else:
+        result = _private_select(model, train=train, config=config, grid=grid, card=card,
+                                 label_names=label_names, ledger=ledger, dataset_id=dataset_id, on_row=on_row)
+    result.grid = grid
+    if test is not None and len(test) and test.y is not None:
+        result.test_metrics = evaluate(result.final.model, test.x, test.y, label_names=label_names)
+    return result
 
-    epochs = int(train_kwargs.get("epochs", 10))
-    batch_size = int(train_kwargs.get("batch_size", 64))
-    epsilon_total = delta = None
-    entry = None
-    if privacy is not None:
-        # One δ for every run, so the composed accountant speaks about a single (ε, δ).
-        delta = privacy.delta if privacy.delta is not None else default_delta(len(train))
-        privacy = dataclasses.replace(privacy, delta=delta)
-        planned = []
-        for strat, lr in grid:
-            run_epochs = sum(p.epochs for p in strat.plan(model, lr=lr, epochs=epochs, head_reset=True))
-            for fold in fold_list:
-                planned += plan_dp(privacy, n=len(fold.train), batch_size=batch_size, epochs=run_epochs).history
-        best_epochs = max(sum(p.epochs for p in s.plan(model, lr=lr, epochs=epochs, head_reset=True))
-                          for s, lr in grid)
-        planned += plan_dp(privacy, n=len(train), batch_size=batch_size, epochs=best_epochs).history
-        epsilon_total = epsilon_of(planned, delta=delta, accountant=privacy.accountant)
-        log.info("DP search: %d runs compose to epsilon=%.3g at delta=%.2e", len(grid) * folds + 1,
-                 epsilon_total, delta)
-        if ledger is not None:
-            if not dataset_id:
-                raise SearchError("a privacy ledger needs the dataset_id to charge")
-            entry = ledger.charge(dataset_id, epsilon=epsilon_total, delta=delta,
-                                  budget=privacy_budget,
-                                  note=f"search {len(grid)} configs x {folds} folds + final")
 
+def _cross_validate(model: XferModel, *, train: TensorData, val: TensorData | None, config: FinetuneConfig,
+                    grid: list[tuple[str, float]], card: ModelCard | None, label_names: tuple[str, ...],
+                    on_row: Callable[[CVRow], None] | None) -> SearchResult:
+    assert config.search is not None and train.y is not None
+    folds = kfold(train.y.numpy(), folds=config.search.folds, seed=config.seed)
+    bucket = size_bucket(len(train))
+    # Fold runs have no validation split; the final run keeps early stopping if it has one.
+    fold_config = config.replace(patience=None, search=None)
     rows: list[CVRow] = []
-    actual: list[tuple[float, float, int]] = []
-    for strat, lr in grid:
+    for strategy, lr in grid:
         scores = []
-        for k, fold in enumerate(fold_list):
-            result = finetune(model, train=train.subset(fold.train), val=None, strategy=strat, lr=lr,
-                              label_names=label_names, privacy=privacy, seed=seed + k, **train_kwargs)
+        for k, fold in enumerate(folds):
+            run = finetune(model, train=train.subset(fold.train), val=None, card=card, label_names=label_names,
+                           config=fold_config.replace(strategy=strategy, lr=lr, seed=config.seed + k),
+                           bucket=bucket)
             held_out = train.subset(fold.val)
-            scores.append(evaluate(result.model, held_out.x, held_out.y, label_names=label_names).accuracy)
-            actual += result.dp_history
-        row = CVRow(strat.label, lr, tuple(scores))
+            scores.append(evaluate(run.model, held_out.x, held_out.y, label_names=label_names).accuracy)
+        row = CVRow(strategy, lr, tuple(scores))
         rows.append(row)
         log.info("cv %s lr=%g: %.4f ± %.4f", row.strategy, lr, row.mean, row.std)
         if on_row is not None:
             on_row(row)
     best = max(rows, key=lambda r: r.mean)
-    final = finetune(model, train=train, val=val, strategy=best.strategy, lr=best.lr, label_names=label_names,
-                     privacy=privacy, seed=seed, **train_kwargs)
-    actual += final.dp_history
-    if privacy is not None:
-        epsilon_total = epsilon_of(actual, delta=delta, accountant=privacy.accountant)
-        if ledger is not None and entry is not None:
-            ledger.settle(dataset_id, entry.entry_id, epsilon=epsilon_total, delta=delta)
-    test_metrics = None
-    if test is not None and len(test):
-        test_metrics = evaluate(final.model, test.x, test.y, label_names=label_names)
-    return SearchResult(rows, best, fold_list, final, test_metrics, epsilon_total, delta)
+    final_config = config.replace(strategy=best.strategy, lr=best.lr, search=None)
+    if val is None:
+        final_config = final_config.replace(patience=None)
+    final = finetune(model, train=train, val=val, config=final_config, card=card, label_names=label_names)
+    return SearchResult(rows, best, folds, final, None, None, None)
+
+
+def holdout_assignment(n: int, *, fraction: float, seed: int) -> np.ndarray:
+    """True for held-out rows: each row independently with probability `fraction`.
+
+    Independent per-example draws (not a stratified split) are what the
+    add/remove-one argument needs: adding or removing one example changes no
+    other example's part.
+    """
+    return np.random.default_rng([seed, 0x5E1EC7]).random(n) < fraction
+
+
+def _private_select(model: XferModel, *, train: TensorData, config: FinetuneConfig, grid: list[tuple[str, float]],
+                    card: ModelCard | None, label_names: tuple[str, ...], ledger: PrivacyLedger | None,
+                    dataset_id: str | None, on_row: Callable[[CVRow], None] | None) -> SearchResult:
+    assert config.search is not None and config.privacy is not None and train.y is not None
+    privacy = config.privacy
+    bucket = size_bucket(len(train))
+    delta = privacy.delta if privacy.delta is not None else default_delta(bucket)
+    # Every cell trains the same steps at the same rate, so every trial has the same RDP curve.
+    budgets = {plan_budget(n=len(train), config=config.replace(strategy=s, lr=lr), strategy_lr=lr)
+               for s, lr in grid}
+    shapes = {(b.sample_rate, b.steps) for b in budgets}
+    if len(shapes) != 1:
+        raise SearchError("a private search needs one step budget and batch size for every grid cell")
+    (sample_rate, steps), = shapes
+    assert sample_rate is not None
+    mean_trials = float(config.search.trials if config.search.trials is not None else max(2, len(grid)))
+    plan = plan_selection(epsilon=privacy.epsilon, delta=delta, sample_rate=sample_rate, steps=steps,
+                          mean=mean_trials, shape=config.search.trials_shape)
+    entry = None
+    if ledger is not None:
+        if not dataset_id:
+            raise SearchError("a privacy ledger needs the dataset_id to charge")
+        entry = ledger.charge(dataset_id, epsilon=plan.epsilon, delta=delta, budget=privacy.budget,
+                              note=f"private search over {len(grid)} configs, {mean_trials:g} trials on average")
+    held = holdout_assignment(len(train), fraction=1.0 / config.search.folds, seed=config.seed)
+    part, out = train.subset(np.nonzero(~held)[0]), train.subset(np.nonzero(held)[0])
+    if len(out) == 0 or len(part) == 0 or part.y is None or out.y is None:
+        raise SearchError(f"too few labelled examples ({len(train)}) for a private search with a 1/{config.search.folds} "
+                          f"held-out part; use more data or skip --search")
+    rng = np.random.default_rng([config.seed, 0x7E1A15])
+    trials = sample_trials(rng, mean=mean_trials, shape=config.search.trials_shape)
+    log.info("private search: %d trials (%.3g on average), sigma %.3f, count noise %.3f, epsilon %.3f at delta "
+             "%.2e", trials, mean_trials, plan.noise_multiplier, plan.score_noise, plan.epsilon, delta)
+    trial_config = config.replace(search=None, patience=None)
+    rows: list[CVRow] = []
+    best_run: FinetuneResult | None = None
+    best_row: CVRow | None = None
+    best_noisy = -np.inf
+    try:
+        for t in range(trials):
+            strategy, lr = grid[int(rng.integers(len(grid)))]
+            run = finetune(model, train=part, val=None, card=card, label_names=label_names, bucket=bucket,
+                           noise_multiplier=plan.noise_multiplier,
+                           config=trial_config.replace(strategy=strategy, lr=lr, seed=config.seed + t))
+            correct = int((predict_logits(run.model, out.x).argmax(1) == out.y).sum())
+            noisy = correct + float(rng.normal(0.0, plan.score_noise))
+            # Shown locally as an accuracy; only the comparison between trials (same held-out part) matters.
+            row = CVRow(strategy, lr, (noisy / len(out),))
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+            if noisy > best_noisy:
+                best_noisy, best_run, best_row = noisy, run, row
+            else:
+                del run  # only the best trial's model is kept
+    except BaseException:
+        if ledger is not None and entry is not None and dataset_id:
+            log.warning("private search interrupted: its full epsilon stays charged")
+        raise
+    if best_run is None or best_row is None:
+        raise PrivacyError("the private search ran no trial")
+    if ledger is not None and entry is not None and dataset_id:
+        ledger.settle(dataset_id, entry.entry_id, epsilon=plan.epsilon, delta=delta)
+    return SearchResult(rows, best_row, [], best_run, None, plan.epsilon, delta, selection=plan, trials=trials)
+
+
+__all__ = ["CVRow", "Fold", "LR_MULTIPLIERS", "SearchResult", "holdout_assignment", "kfold", "search"]

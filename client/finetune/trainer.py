@@ -1,9 +1,12 @@
 """The training loop that executes a strategy's plan, with or without DP.
 
-Built for throughput on small models: the whole data set lives on the
-device as tensors and batches are gathered by index (no per-example
-collation), the running loss stays on the device (one host sync per epoch,
-not per step), and the LR schedule is a cheap per-group multiply.
+The budget is a number of optimizer steps (`budget.plan_budget`), not of
+epochs: every strategy gets enough updates on 50 examples and the usual
+passes on 50,000. Built for throughput on small models: the whole data set
+lives on the device as tensors and batches are gathered by index (no
+per-example collation), the running loss stays on the device (one host sync
+per evaluation, not per step), and the LR schedule is a cheap per-group
+multiply. A run that applied no optimizer step raises: it is never a result.
 """
 
 from __future__ import annotations
@@ -15,30 +18,19 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from xfer.client.finetune.budget import Budget, plan_budget
+from xfer.client.finetune.config import FinetuneConfig, PrivacyConfig
 from xfer.client.finetune.data import TensorData
-from xfer.client.finetune.devices import (
-    DeviceSetup,
-    autocast,
-    resolve_device,
-    seed_everything,
-    to_device,
-)
-from xfer.client.finetune.errors import DataError, FinetuneError
+from xfer.client.finetune.devices import DeviceSetup, autocast, resolve_device, seed_everything, to_device
+from xfer.client.finetune.errors import DataError, FinetuneError, StrategyError
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate
-from xfer.client.finetune.privacy import (
-    DPPlan,
-    PrivacyConfig,
-    PrivacyReport,
-    PrivateRun,
-    make_compatible,
-    plan_dp,
-    steps_per_epoch,
-)
+from xfer.client.finetune.privacy import DPPlan, PrivacyReport, PrivateRun, make_compatible, plan_dp
 from xfer.client.finetune.schedules import get_schedule
 from xfer.client.finetune.strategies import (
     AutoRGN,
@@ -55,9 +47,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class EpochRecord:
+class RoundRecord:
+    """One evaluation point: every `eval_every` steps and at the end of every phase."""
+
     phase: str
-    epoch: int  # global, from 1
+    step: int  # optimizer steps done so far, over all phases
     train_loss: float
     val_loss: float | None
     val_accuracy: float | None
@@ -75,23 +69,27 @@ class GroupRecord:
 
 @dataclasses.dataclass
 class FinetuneResult:
-    """Everything a fine-tuning run produced. `model` is the best checkpoint, on the CPU, in eval mode."""
+    """Everything a fine-tuning run produced. `model` is the chosen checkpoint, on the CPU, in eval mode."""
 
     model: XferModel
     strategy: str
+    #: The run's settings as reported: every value a function of the config and the size bucket.
     hyperparameters: dict[str, str]
     label_names: tuple[str, ...]
     head_reset: bool
-    history: list[EpochRecord]
-    best_epoch: int
+    history: list[RoundRecord]
+    #: Steps done when the kept checkpoint was taken (the last step without a validation split).
+    best_step: int
     groups: list[GroupRecord]
-    #: Auto-RGN only: per epoch, parameter name -> LR scale (RGN / max RGN).
+    #: Auto-RGN only: per evaluation round, parameter name -> LR scale (RGN / max RGN) at its first step.
     rgn_scales: list[dict[str, float]]
     privacy: PrivacyReport | None
     #: The DP accountant history [(noise_multiplier, sample_rate, steps)]; empty without DP.
     dp_history: list[tuple[float, float, int]]
     val_metrics: Metrics | None
     train_examples: int
+    budget: Budget
+    steps_applied: int
     device_kind: str
     wall_seconds: float
     train_seconds: float
@@ -105,8 +103,41 @@ def needs_head_reset(model: XferModel, *, label_names: Sequence[str], card: Mode
     return bool(card is not None and card.label_names and tuple(card.label_names) != tuple(label_names))
 
 
-def _param_names(model: nn.Module) -> dict[int, str]:
-    return {id(p): name for name, p in model.named_parameters()}
+#: The keyword arguments of the first release, accepted for one release with a DeprecationWarning.
+_LEGACY_KEYS = {"strategy", "lr", "epochs", "steps", "batch_size", "schedule", "weight_decay", "patience",
+                "reinit_head", "device", "seed", "privacy", "privacy_budget", "eval_every"}
+
+
+def config_from_legacy(config: FinetuneConfig | None, legacy: dict[str, Any], *, where: str) -> FinetuneConfig:
+    """The config of a call that used the old keyword arguments (strategy=..., epochs=...) instead of one."""
+    if not legacy:
+        return config if config is not None else FinetuneConfig()
+    unknown = sorted(set(legacy) - _LEGACY_KEYS)
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {unknown}")
+    if config is not None:
+        raise FinetuneError(f"give {where}() either config=FinetuneConfig(...) or the old keyword arguments, "
+                            f"not both (got {sorted(legacy)})")
+    warnings.warn(f"{where}(strategy=..., epochs=..., ...) is deprecated; pass config=FinetuneConfig(...)",
+                  DeprecationWarning, stacklevel=3)
+    fields = dict(legacy)
+    budget = fields.pop("privacy_budget", None)
+    privacy = fields.get("privacy")
+    if budget is not None:
+        if privacy is None:
+            raise FinetuneError("privacy_budget needs privacy=PrivacyConfig(...)")
+        fields["privacy"] = dataclasses.replace(privacy, budget=budget)
+    if isinstance(fields.get("device"), DeviceSetup):
+        fields["device"] = fields["device"].kind
+    return FinetuneConfig(**{k: v for k, v in fields.items() if v is not None or k in ("privacy",)})
+
+
+def _labels(data: TensorData, purpose: str) -> torch.Tensor:
+    y = getattr(data, "y", None)
+    if y is None:
+        raise DataError(f"{purpose} needs labelled examples, but these have no labels; give labels "
+                        f"(e.g. per_class=K of a labelled source) or a strategy for unlabelled data")
+    return y
 
 
 def finetune(
@@ -114,86 +145,97 @@ def finetune(
     *,
     train: TensorData,
     val: TensorData | None = None,
-    strategy: str | Strategy = "lp-ft",
-    label_names: Sequence[str] | None = None,
+    config: FinetuneConfig | None = None,
     card: ModelCard | None = None,
-    privacy: PrivacyConfig | None = None,
-    lr: float | None = None,
-    epochs: int = 10,
-    batch_size: int = 64,
-    schedule: str = "cosine",
-    weight_decay: float = 0.0,
-    patience: int | None = None,
-    reinit_head: bool = False,
-    device: str | DeviceSetup = "auto",
-    seed: int = 0,
+    label_names: Sequence[str] | None = None,
     ledger: PrivacyLedger | None = None,
     dataset_id: str | None = None,
-    privacy_budget: float | None = None,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_progress: Callable[[RoundRecord], None] | None = None,
+    bucket: int | None = None,
+    noise_multiplier: float | None = None,
+    **legacy: Any,
 ) -> FinetuneResult:
-    """Adapts a copy of `model` to `train` with a named strategy, optionally under DP-SGD.
+    """Adapts a copy of `model` to `train` as `config` says, optionally under DP-SGD.
 
     `model` itself is left untouched. The head is re-initialised when the
     target's labels (`label_names`, default 0..max(y)) differ from the
-    card's, or when `reinit_head`. With `val`, training keeps the checkpoint
-    of lowest validation loss and stops after `patience` epochs (per phase)
-    without improvement. With `privacy`, training is DP-SGD with the noise
-    solved for the target ε over the whole plan; with a `ledger` the target ε
-    is charged to `dataset_id` before training (refused past
-    `privacy_budget`) and settled to the ε actually spent afterwards.
+    card's, or when `config.reinit_head`. With `val`, training keeps the
+    checkpoint of lowest validation loss and, with `config.patience`, stops a
+    phase after that many evaluations without improvement; with `val=None`
+    (few-label mode: all labels are training data) the last step is kept.
+    With `config.privacy`, training is DP-SGD with σ solved for the target ε
+    over the whole plan; with a `ledger` the target ε is charged to
+    `dataset_id` before training (refused past `config.privacy.budget`) and
+    settled to the ε actually spent afterwards. `bucket` plans the budget for
+    that size bucket instead of the training set's own, and `noise_multiplier`
+    fixes σ (both used by a search, whose runs train on parts of the data).
     """
     started = time.perf_counter()
-    if epochs < 1 or batch_size < 1:
-        raise FinetuneError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
-    setup = device if isinstance(device, DeviceSetup) else resolve_device(device)
-    seed_everything(seed)
-    strat = get_strategy(strategy)
-    lr = float(lr) if lr is not None else strat.default_lr
-    sched = get_schedule(schedule)
+    config = config_from_legacy(config, legacy, where="finetune")
+    setup = resolve_device(config.device)
+    seed_everything(config.seed)
+    strat = get_strategy(config.strategy)
+    sched = get_schedule(config.schedule)
+    y_train = _labels(train, "fine-tuning")
     n = len(train)
+    if n == 0:
+        raise DataError("the training set is empty")
+    if val is not None and len(val) == 0:
+        val = None
+    y_val = _labels(val, "validation") if val is not None else None
+    if config.patience is not None and val is None:
+        raise FinetuneError("patience (early stopping) needs a validation split; without one (few-label mode) "
+                            "train a fixed step budget, or choose it with a search (k-fold within the labels)")
     if label_names is None:
-        top = int(train.y.max()) if val is None else max(int(train.y.max()), int(val.y.max()))
+        top = int(y_train.max()) if y_val is None else max(int(y_train.max()), int(y_val.max()))
         label_names = tuple(str(i) for i in range(top + 1))
     label_names = tuple(label_names)
-    for split, data in (("training", train), ("validation", val)):
-        if data is not None and len(data) and (int(data.y.min()) < 0 or int(data.y.max()) >= len(label_names)):
+    for split, labels in (("training", y_train), ("validation", y_val)):
+        if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(label_names)):
             raise DataError(f"{split} labels out of range 0..{len(label_names) - 1} ({len(label_names)} label names)")
+    budget = plan_budget(n=n, config=config, strategy_lr=strat.default_lr, bucket=bucket,
+                         strategy_clip=strat.dp_clip)
 
     work = copy.deepcopy(model)
-    head_reset = reinit_head or needs_head_reset(work, label_names=label_names, card=card)
+    head_reset = config.reinit_head or needs_head_reset(work, label_names=label_names, card=card)
     if head_reset:
-        work.reset_head(len(label_names), generator=torch.Generator().manual_seed(seed))
-    if privacy is not None:
+        work.reset_head(len(label_names), generator=torch.Generator().manual_seed(config.seed))
+    if config.privacy is not None:
         work = make_compatible(work)
     work.to(setup.device)
     work.train()
-    phases = strat.plan(work, lr=lr, epochs=epochs, head_reset=head_reset)
-    names = _param_names(work)
+    phases = strat.plan(work, lr=budget.lr, steps=budget.steps, head_reset=head_reset)
+    for phase in phases:
+        if not phase.trainable():
+            raise StrategyError(f"{strat.label}: phase {phase.name!r} trains no parameters; pick a block that has "
+                                f"some (see the card's blocks) or another strategy")
+    names = {id(p): name for name, p in work.named_parameters()}
 
-    x, y = to_device(train.x, setup), to_device(train.y, setup)
+    x, y = to_device(train.x, setup), to_device(y_train, setup)
     xv = yv = None
-    if val is not None and len(val):
-        xv, yv = to_device(val.x, setup), to_device(val.y, setup)
+    if val is not None and y_val is not None:
+        xv, yv = to_device(val.x, setup), to_device(y_val, setup)
 
     run: PrivateRun | None = None
     dp_plan: DPPlan | None = None
     entry = None
+    privacy = config.privacy
     if privacy is not None:
-        dp_plan = plan_dp(privacy, n=n, batch_size=batch_size, epochs=sum(p.epochs for p in phases))
-        run = PrivateRun(dp_plan, n=n, batch_size=batch_size, seed=seed, device=setup.device)
+        dp_plan = plan_dp(privacy, budget=budget, noise_multiplier=noise_multiplier)
+        run = PrivateRun(dp_plan, n=n, seed=config.seed, device=setup.device)
         if ledger is not None:
             if not dataset_id:
                 raise FinetuneError("a privacy ledger needs the dataset_id to charge")
             # Reserved up front and kept in full if training fails midway: part of it may be spent.
             entry = ledger.charge(dataset_id, epsilon=dp_plan.target_epsilon, delta=dp_plan.delta,
-                                  budget=privacy_budget, note=f"finetune {strat.label}")
+                                  budget=privacy.budget, note=f"finetune {strat.label}")
         log.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, delta %.2e", dp_plan.noise_multiplier,
                  dp_plan.sample_rate, dp_plan.steps, dp_plan.delta)
 
-    loop = _Loop(work=work, setup=setup, x=x, y=y, xv=xv, yv=yv, batch_size=batch_size, sched=sched,
-                 weight_decay=weight_decay, patience=patience, run=run, seed=seed, names=names,
-                 probe_batches=strat.probe_batches if isinstance(strat, AutoRGN) else 0, on_epoch=on_epoch)
+    momentum = strat.momentum if isinstance(strat, AutoRGN) else 0.0
+    loop = _Loop(work=work, setup=setup, x=x, y=y, xv=xv, yv=yv, budget=budget, sched=sched,
+                 weight_decay=config.weight_decay, patience=config.patience, run=run, seed=config.seed, names=names,
+                 rgn_momentum=momentum, on_progress=on_progress)
     train_started = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -206,6 +248,9 @@ def finetune(
         for p in work.parameters():
             p.requires_grad_(True)
     train_seconds = time.perf_counter() - train_started
+    if loop.steps_applied == 0:
+        raise FinetuneError(f"{strat.label} applied no optimizer step, so the result would be the source model "
+                            f"unchanged; raise the step budget")
 
     if loop.best_state is not None:
         work.load_state_dict(loop.best_state)
@@ -219,46 +264,51 @@ def finetune(
         report = PrivacyReport(spent, dp_plan.delta, dp_plan.noise_multiplier, dp_plan.max_grad_norm,
                                dp_plan.sample_rate, run.steps_taken, dp_plan.accountant, dp_plan.target_epsilon,
                                dp_plan.ghost_clipping)
-        if ledger is not None and entry is not None:
+        if ledger is not None and entry is not None and dataset_id:
             ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=dp_plan.delta)
 
     val_metrics = None
-    if val is not None and len(val):
-        val_metrics = evaluate(work, val.x, val.y, label_names=label_names)
-    hyper = {"lr": f"{lr:g}", "epochs": str(epochs), "batch_size": str(batch_size), "schedule": schedule,
-             "weight_decay": f"{weight_decay:g}", "head_reset": str(head_reset).lower(), "seed": str(seed),
-             **strat.hyperparameters()}
-    if patience is not None:
-        hyper["patience"] = str(patience)
+    if val is not None and y_val is not None:
+        val_metrics = evaluate(work, val.x, y_val, label_names=label_names)
+    hyper = {"lr": f"{budget.lr:g}", "steps": str(budget.steps), "batch_size": str(budget.batch_size),
+             "eval_every": str(budget.eval_every), "schedule": config.schedule,
+             "weight_decay": f"{config.weight_decay:g}", "head_reset": str(head_reset).lower(),
+             "seed": str(config.seed), **strat.hyperparameters()}
+    if config.patience is not None:
+        hyper["patience"] = str(config.patience)
     return FinetuneResult(
         model=work, strategy=strat.label, hyperparameters=hyper, label_names=label_names, head_reset=head_reset,
-        history=loop.history, best_epoch=loop.best_epoch, groups=loop.groups, rgn_scales=loop.rgn_scales,
-        privacy=report, dp_history=history, val_metrics=val_metrics, train_examples=n, device_kind=setup.kind,
-        wall_seconds=time.perf_counter() - started, train_seconds=train_seconds, examples_seen=loop.examples_seen,
+        history=loop.history, best_step=loop.best_step, groups=loop.groups, rgn_scales=loop.rgn_scales,
+        privacy=report, dp_history=history, val_metrics=val_metrics, train_examples=n, budget=budget,
+        steps_applied=loop.steps_applied, device_kind=setup.kind, wall_seconds=time.perf_counter() - started,
+        train_seconds=train_seconds, examples_seen=loop.examples_seen,
     )
 
 
 class _Loop:
-    """State shared across the phases of one run (best checkpoint, history, RNG)."""
+    """State shared across the phases of one run (best checkpoint, history, RNG, batch stream)."""
 
     def __init__(self, *, work: XferModel, setup: DeviceSetup, x: torch.Tensor, y: torch.Tensor,
-                 xv: torch.Tensor | None, yv: torch.Tensor | None, batch_size: int, sched, weight_decay: float,
-                 patience: int | None, run: PrivateRun | None, seed: int, names: dict[int, str],
-                 probe_batches: int, on_epoch) -> None:
+                 xv: torch.Tensor | None, yv: torch.Tensor | None, budget: Budget, sched: Callable[[int, int], float],
+                 weight_decay: float, patience: int | None, run: PrivateRun | None, seed: int, names: dict[int, str],
+                 rgn_momentum: float, on_progress: Callable[[RoundRecord], None] | None) -> None:
         self.work, self.setup, self.x, self.y, self.xv, self.yv = work, setup, x, y, xv, yv
-        self.batch_size, self.sched, self.weight_decay, self.patience = batch_size, sched, weight_decay, patience
-        self.run, self.names, self.probe_batches, self.on_epoch = run, names, probe_batches, on_epoch
+        self.budget, self.sched, self.weight_decay, self.patience = budget, sched, weight_decay, patience
+        self.run, self.names, self.rgn_momentum, self.on_progress = run, names, rgn_momentum, on_progress
         # Shuffling and Poisson sampling draw from their own CPU generator: repeatable on any device.
         self.generator = torch.Generator().manual_seed(seed)
         self.criterion = nn.CrossEntropyLoss()
-        self.history: list[EpochRecord] = []
+        self.history: list[RoundRecord] = []
         self.groups: list[GroupRecord] = []
         self.rgn_scales: list[dict[str, float]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_loss = math.inf
-        self.best_epoch = 0
-        self.epoch = 0
+        self.best_step = 0
+        self.step = 0
+        self.steps_applied = 0
         self.examples_seen = 0
+        self._order: torch.Tensor | None = None
+        self._pos = 0
 
     def _optimizer(self, phase: Phase) -> torch.optim.Optimizer:
         if phase.rgn:
@@ -267,21 +317,28 @@ class _Loop:
             # Blocks that share an LR share one optimizer group: fewer groups, less per-step overhead.
             by_scale: dict[float, tuple[list[str], list[nn.Parameter]]] = {}
             for g in phase.groups:
-                names, params = by_scale.setdefault(g.lr_scale, ([], []))
-                names.append(g.name)
+                group_names, params = by_scale.setdefault(g.lr_scale, ([], []))
+                group_names.append(g.name)
                 params.extend(g.params)
-            merged = [("+".join(names), params, scale) for scale, (names, params) in by_scale.items()]
+            merged = [("+".join(group_names), params, scale) for scale, (group_names, params) in by_scale.items()]
         groups = [{"params": params, "lr": phase.lr * scale, "base_lr": phase.lr * scale, "name": name}
                   for name, params, scale in merged]
         return torch.optim.AdamW(groups, lr=phase.lr, weight_decay=self.weight_decay)
 
-    def _batches(self, n: int) -> list[torch.Tensor]:
+    def _next_batch(self) -> torch.Tensor:
+        n = len(self.y)
         if self.run is not None:
-            return [self.run.poisson_batch(self.generator) for _ in range(steps_per_epoch(n, self.batch_size))]
-        order = torch.randperm(n, generator=self.generator)
-        if self.setup.kind != "cpu":
-            order = order.to(self.setup.device, non_blocking=True)  # one copy per epoch, not one per step
-        return list(order.split(self.batch_size))
+            return self.run.poisson_batch(self.generator)
+        # Without DP: consecutive slices of reshuffled passes over the data (the last slice of a pass may be
+        # shorter); a batch size above n gives full-batch steps.
+        if self._order is None or self._pos >= n:
+            self._order = torch.randperm(n, generator=self.generator)
+            if self.setup.kind != "cpu":
+                self._order = self._order.to(self.setup.device, non_blocking=True)  # one copy per pass
+            self._pos = 0
+        batch = self._order[self._pos:self._pos + self.budget.batch_size]
+        self._pos += self.budget.batch_size
+        return batch
 
     def run_phase(self, phase: Phase) -> None:
         trainable = phase.trainable()
@@ -291,99 +348,111 @@ class _Loop:
         net, opt, criterion = self.work, optimizer, self.criterion
         if self.run is not None:
             net, opt, criterion = self.run.wrap(self.work, optimizer, self.criterion)
-        n = len(self.y)
-        per_epoch = steps_per_epoch(n, self.batch_size)
-        total = per_epoch * phase.epochs
-        step = 0
-        stale = 0
-        amp = self.run is None  # per-sample gradient norms for clipping stay in full precision
         dp = self.run is not None
+        amp = not dp  # per-sample gradient norms for clipping stay in full precision
         groups = opt.param_groups
+        rgn_params = [p for g in groups for p in g["params"]] if phase.rgn else []
+        rgn_avg: list[torch.Tensor] | None = None
+        stale = 0
+        loss_sum = torch.zeros((), device=self.setup.device)
+        seen = 0
+        round_start = True
         try:
-            for _ in range(phase.epochs):
-                self.epoch += 1
-                net.train()
-                loss_sum = torch.zeros((), device=self.setup.device)
-                seen = 0
-                rgn_sum: list[float] | None = None
-                rgn_count = 0
-                for i, idx in enumerate(self._batches(n)):
-                    factor = self.sched(step, total)
-                    step += 1
-                    for g in groups:
-                        g["lr"] = g["base_lr"] * factor
-                    empty = dp and idx.numel() == 0
-                    if empty:
-                        # An empty Poisson batch must still be a (noise-only) step for the accounting to
-                        # hold: one example with zero loss weight contributes a zero gradient.
-                        idx = torch.zeros(1, dtype=torch.long)
-                    if idx.device != self.x.device:
-                        idx = idx.to(self.x.device, non_blocking=True)
-                    xb, yb = self.x[idx], self.y[idx]
-                    with autocast(self.setup, enabled=amp):
-                        loss = criterion(net(xb), yb)
-                    if empty:
-                        loss = loss * 0.0
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if phase.rgn and i < self.probe_batches:
-                        if dp:
-                            opt.pre_step()  # clip + noise (+ accounting): RGN sees only privatised gradients
-                        rgn = relative_gradient_norms([p for g in groups for p in g["params"]])
-                        rgn_sum = rgn if rgn_sum is None else [a + b for a, b in zip(rgn_sum, rgn)]
-                        rgn_count += 1
-                        if i == min(self.probe_batches, per_epoch) - 1:
-                            self._apply_rgn(phase, groups, [r / rgn_count for r in rgn_sum])
-                        opt.zero_grad(set_to_none=True)
+            for step in range(phase.steps):
+                factor = self.sched(step, phase.steps)
+                idx = self._next_batch()
+                empty = dp and idx.numel() == 0
+                if empty:
+                    # An empty Poisson batch must still be a (noise-only) step for the accounting to
+                    # hold: one example with zero loss weight contributes a zero gradient.
+                    idx = torch.zeros(1, dtype=torch.long)
+                if idx.device != self.x.device:
+                    idx = idx.to(self.x.device, non_blocking=True)
+                xb, yb = self.x[idx], self.y[idx]
+                with autocast(self.setup, enabled=amp):
+                    loss = criterion(net(xb), yb)
+                if empty:
+                    loss = loss * 0.0
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if phase.rgn:
+                    # Clip + noise (+ accounting) first: the RGN sees only privatised gradients, and the
+                    # step that measured it is the step that applies it.
+                    if dp and not opt.pre_step():
                         continue
+                    rgn_avg = self._update_rgn(phase, groups, rgn_params, rgn_avg, step, record=round_start)
+                    round_start = False
+                for g in groups:
+                    g["lr"] = g["base_lr"] * factor
+                if phase.rgn and dp:
+                    opt.original_optimizer.step()
+                else:
                     opt.step()
-                    if not empty:
-                        size = len(idx)
-                        loss_sum.add_(loss.detach(), alpha=size)  # stays on the device: no per-step sync
-                        seen += size
-                self.examples_seen += seen
-                stop = self._end_epoch(phase, loss_sum, seen)
-                stale = 0 if self.best_epoch == self.epoch else stale + 1
-                if stop and self.patience is not None and stale >= self.patience:
-                    log.info("early stop in phase %s after epoch %d", phase.name, self.epoch)
-                    break
+                self.step += 1
+                self.steps_applied += 1
+                if not empty:
+                    size = len(idx)
+                    loss_sum.add_(loss.detach(), alpha=size)  # stays on the device: no per-step sync
+                    seen += size
+                last = step == phase.steps - 1
+                if self.step % self.budget.eval_every == 0 or last:
+                    improved = self._evaluate(phase, loss_sum, seen)
+                    self.examples_seen += seen
+                    loss_sum, seen, round_start = torch.zeros((), device=self.setup.device), 0, True
+                    stale = 0 if improved else stale + 1
+                    if self.xv is not None and self.patience is not None and stale >= self.patience and not last:
+                        log.info("early stop in phase %s after step %d", phase.name, self.step)
+                        break
         finally:
             if self.run is not None:
                 self.run.unwrap(net)
-            names = self.names
             final_lr = {id(p): g["base_lr"] for g in groups for p in g["params"]}
             for g in phase.groups:
-                self.groups.append(GroupRecord(phase.name, g.name, tuple(names[id(p)] for p in g.params),
+                self.groups.append(GroupRecord(phase.name, g.name, tuple(self.names[id(p)] for p in g.params),
                                                final_lr[id(g.params[0])]))
 
-    def _apply_rgn(self, phase: Phase, groups: list[dict], rgn: list[float]) -> None:
+    @torch.no_grad()
+    def _update_rgn(self, phase: Phase, groups: list[dict], params: list[nn.Parameter],
+                    avg: list[torch.Tensor] | None, step: int, *, record: bool) -> list[torch.Tensor]:
+        beta = self.rgn_momentum
+        grads = [p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
+                 for p in params]
+        avg = [g.clone() for g in grads] if avg is None else [a.mul_(beta).add_(g, alpha=1 - beta)
+                                                               for a, g in zip(avg, grads)]
+        correction = 1.0 - beta ** (step + 1)
+        scales = rgn_lr_scales(relative_gradient_norms(params, [a / correction for a in avg]))
         # One tensor per group (AutoRGN.plan), so group order matches the RGN list.
-        scales = rgn_lr_scales(rgn)
         for g, scale in zip(groups, scales):
             g["base_lr"] = phase.lr * scale
-        self.rgn_scales.append({g["name"]: s for g, s in zip(groups, scales)})
+        if record:
+            self.rgn_scales.append({g["name"]: s for g, s in zip(groups, scales)})
+        return avg
 
     @torch.no_grad()
-    def _end_epoch(self, phase: Phase, loss_sum: torch.Tensor, seen: int) -> bool:
+    def _evaluate(self, phase: Phase, loss_sum: torch.Tensor, seen: int) -> bool:
+        """Records a round; keeps the checkpoint if it is the best so far. True when it improved."""
         train_loss = float(loss_sum) / max(seen, 1)
         val_loss = val_acc = None
-        if self.xv is not None:
+        if self.xv is not None and self.yv is not None:
             self.work.eval()
             logits = torch.cat([self.work(self.xv[i:i + 1024]).float() for i in range(0, len(self.xv), 1024)])
             val_loss = float(nn.functional.cross_entropy(logits, self.yv))
             val_acc = float((logits.argmax(1) == self.yv).float().mean())
             self.work.train()
-            monitored = val_loss
-        else:
-            monitored = train_loss
-        # Without a validation set the last epoch is kept (train loss is no guide to generalisation).
-        if self.xv is None or monitored < self.best_loss:
-            self.best_loss = monitored
-            self.best_epoch = self.epoch
+        # Without a validation split the last step is kept (train loss is no guide to generalisation);
+        # NaN never counts as an improvement.
+        improved = self.xv is None or (val_loss is not None and val_loss < self.best_loss)
+        if improved:
+            self.best_loss = val_loss if val_loss is not None else self.best_loss
+            self.best_step = self.step
             self.best_state = {k: v.detach().clone() for k, v in self.work.state_dict().items()}
-        record = EpochRecord(phase.name, self.epoch, train_loss, val_loss, val_acc)
+        record = RoundRecord(phase.name, self.step, train_loss, val_loss, val_acc)
         self.history.append(record)
-        log.debug("epoch %d (%s): %s", self.epoch, phase.name, record)
-        if self.on_epoch is not None:
-            self.on_epoch(record)
-        return self.xv is not None
+        log.debug("step %d (%s): %s", self.step, phase.name, record)
+        if self.on_progress is not None:
+            self.on_progress(record)
+        return improved
+
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "GroupRecord", "PrivacyConfig", "RoundRecord", "finetune",
+           "needs_head_reset"]

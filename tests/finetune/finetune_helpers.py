@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from xfer.client.finetune.config import FinetuneConfig
 from xfer.models import create_model
 from xfer.models.base import XferModel
 
@@ -14,6 +17,11 @@ def tiny_model(seed: int = 0) -> XferModel:
     """convnet width 8, depth 2: blocks stem, block1, block2, head."""
     torch.manual_seed(seed)
     return create_model("convnet", width=8, depth=2)
+
+
+def cfg(**fields: Any) -> FinetuneConfig:
+    """A CPU FinetuneConfig for tests."""
+    return FinetuneConfig(**{"device": "cpu", **fields})
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

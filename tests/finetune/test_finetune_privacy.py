@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
-from finetune_helpers import changed, snapshot
+from finetune_helpers import cfg, changed, snapshot
 
+from xfer.client.finetune.budget import Budget, size_bucket
 from xfer.client.finetune.errors import PrivacyError
 from xfer.client.finetune.privacy import (
     DPPlan,
@@ -20,22 +21,25 @@ from xfer.client.finetune.privacy import (
 from xfer.client.finetune.trainer import finetune
 
 
-def dp_run(model, card, data, *, seed=0, strategy="full", epochs=2, **privacy):
+def dp_run(model, card, data, *, seed=0, strategy="full", steps=6, **privacy):
+    # One (ε, δ, q, steps) for most tests: the σ solve is cached and shared across them.
     config = PrivacyConfig(**{"epsilon": 3.0, "accountant": "rdp", **privacy})
-    return finetune(model, train=data.train, val=None, strategy=strategy, epochs=epochs, batch_size=32, card=card,
-                    label_names=data.label_names, privacy=config, device="cpu", seed=seed)
+    return finetune(model, train=data.train, val=None, card=card, label_names=data.label_names,
+                    config=cfg(strategy=strategy, steps=steps, batch_size=64, privacy=config, seed=seed))
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_reported_epsilon_is_the_accountants(model, card, small_blur, accountant):
     from opacus.accountants import PRVAccountant, RDPAccountant
 
-    result = dp_run(model, card, small_blur, accountant=accountant, epochs=2)
+    result = dp_run(model, card, small_blur, accountant=accountant)
     p = result.privacy
     n = len(small_blur.train)
-    assert p.sample_rate == pytest.approx(1 / math.ceil(n / 32))
-    assert p.steps == 2 * math.ceil(n / 32)
-    assert p.delta == pytest.approx(min(1e-5, 1 / n**1.1))
+    bucket = size_bucket(n)
+    # Sample rate and δ come from the size bucket, never from n itself.
+    assert p.sample_rate == pytest.approx(1 / math.ceil(bucket / 64))
+    assert p.steps == 6
+    assert p.delta == pytest.approx(min(1e-5, 1 / bucket**1.1))
     independent = {"rdp": RDPAccountant, "prv": PRVAccountant}[accountant]()
     independent.history = [(p.noise_multiplier, p.sample_rate, p.steps)]
     assert p.epsilon_spent == pytest.approx(independent.get_epsilon(delta=p.delta), rel=1e-9)
@@ -57,28 +61,30 @@ def test_poisson_batches_vary_in_size(model, card, small_blur, monkeypatch):
         return batch
 
     monkeypatch.setattr(PrivateRun, "poisson_batch", spy)
-    dp_run(model, card, small_blur, strategy="linear-probe", epochs=1)
-    assert len(set(sizes)) > 1 and len(sizes) == math.ceil(len(small_blur.train) / 32)
+    dp_run(model, card, small_blur, strategy="linear-probe")
+    assert len(set(sizes)) > 1 and len(sizes) == 6
 
 
-@pytest.mark.parametrize(("strategy", "epochs"), [("lp-ft", 2), ("gradual-unfreeze", 3), ("surgical:auto", 2)])
-def test_multi_phase_and_probe_steps_are_all_accounted(model, card, small_blur, strategy, epochs):
-    """Every phase (and Auto-RGN's privatised probe batches) composes in one accountant."""
+@pytest.mark.parametrize(("strategy", "steps"), [("lp-ft", 6), ("gradual-unfreeze", 6), ("surgical:auto", 6)])
+def test_every_accounted_step_is_an_applied_step(model, card, small_blur, strategy, steps):
+    """Every phase composes in one accountant, and every noisy step it counts was applied (no RGN probes)."""
     from opacus.accountants import RDPAccountant
 
-    result = dp_run(model, card, small_blur, strategy=strategy, epochs=epochs)
+    result = dp_run(model, card, small_blur, strategy=strategy, steps=steps)
     p = result.privacy
-    assert p.steps == epochs * math.ceil(len(small_blur.train) / 32)
+    assert p.steps == steps == result.steps_applied
     independent = RDPAccountant()
     independent.history = [(p.noise_multiplier, p.sample_rate, p.steps)]
     assert p.epsilon_spent == pytest.approx(independent.get_epsilon(delta=p.delta), rel=1e-9)
     assert p.epsilon_spent <= 3.0 + 1e-6
 
 
-def test_default_delta():
-    assert default_delta(1000) == 1e-5
-    assert default_delta(100) == 1e-5
-    assert default_delta(100_000) == pytest.approx(100_000**-1.1)
+def test_default_delta_is_a_function_of_the_bucket():
+    assert default_delta(1024) == 1e-5
+    assert default_delta(128) == 1e-5
+    assert default_delta(131072) == pytest.approx(131072**-1.1)
+    # Every n of a bucket gets the δ of the bucket: below 1/n^1.1 for all of them.
+    assert all(default_delta(size_bucket(n)) <= n**-1.1 for n in range(65537, 131073, 997))
 
 
 def test_invalid_privacy_config():
@@ -96,13 +102,14 @@ def test_unreachable_epsilon_is_a_clear_error(monkeypatch):
 
     # The real search takes ~30 s to give up; the message is what this test is about.
     monkeypatch.setattr(utils, "get_noise_multiplier", refuse)
-    with pytest.raises(PrivacyError, match="cannot reach epsilon=1e-09.*raise epsilon or train fewer epochs"):
-        plan_dp(PrivacyConfig(epsilon=1e-9, delta=1e-5, accountant="rdp"), n=100, batch_size=50, epochs=10)
+    budget = Budget(bucket=128, batch_size=64, steps=20, eval_every=2, lr=1e-3, sample_rate=0.5, max_grad_norm=1.0)
+    with pytest.raises(PrivacyError, match="cannot reach epsilon=1e-09.*raise epsilon or train fewer steps"):
+        plan_dp(PrivacyConfig(epsilon=1e-9, delta=1e-5, accountant="rdp"), budget=budget)
 
 
 def _plan(noise: float, clip: float) -> DPPlan:
     return DPPlan(noise_multiplier=noise, sample_rate=0.25, steps=1, delta=1e-5, target_epsilon=1.0,
-                  max_grad_norm=clip, accountant="rdp", ghost_clipping=False)
+                  max_grad_norm=clip, accountant="rdp", ghost_clipping=False, expected_batch=8)
 
 
 def _per_example_grads(model, x, y):
@@ -128,7 +135,7 @@ def test_dp_step_clips_each_example_and_adds_noise(model, small_blur):
         assert scaled <= clip + 1e-6
 
     def privatised_grad(noise: float, seed: int) -> dict[str, torch.Tensor]:
-        run = PrivateRun(_plan(noise, clip), n=32, batch_size=8, seed=seed, device=torch.device("cpu"))
+        run = PrivateRun(_plan(noise, clip), n=32, seed=seed, device=torch.device("cpu"))
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         net, dp_opt, crit = run.wrap(model, opt, torch.nn.CrossEntropyLoss())
         dp_opt.zero_grad()
@@ -154,9 +161,9 @@ def test_dp_step_clips_each_example_and_adds_noise(model, small_blur):
 
 
 def test_two_seeds_differ_same_seed_repeats(model, card, small_blur):
-    a = dp_run(model, card, small_blur, seed=1, epochs=1)
-    b = dp_run(model, card, small_blur, seed=2, epochs=1)
-    a2 = dp_run(model, card, small_blur, seed=1, epochs=1)
+    a = dp_run(model, card, small_blur, seed=1, steps=6)
+    b = dp_run(model, card, small_blur, seed=2, steps=6)
+    a2 = dp_run(model, card, small_blur, seed=1, steps=6)
     sa, sb, sa2 = a.model.state_dict(), b.model.state_dict(), a2.model.state_dict()
     assert any(not torch.equal(sa[k], sb[k]) for k in sa)
     assert all(torch.equal(sa[k], sa2[k]) for k in sa)
@@ -176,14 +183,14 @@ def test_frozen_blocks_stay_frozen_and_are_not_privatised(model, card, small_blu
 
     monkeypatch.setattr(PrivateRun, "wrap", spy)
     before = snapshot(model)
-    result = dp_run(model, card, small_blur, strategy="linear-probe", epochs=1)
+    result = dp_run(model, card, small_blur, strategy="linear-probe", steps=6)
     assert changed(before, result.model) == {"head.weight", "head.bias"}
     assert hooked == [{"Linear:head"}]
 
 
 @pytest.mark.parametrize("strategy", ["full", "surgical:auto"])
 def test_ghost_clipping_trains(model, card, small_blur, strategy):
-    result = dp_run(model, card, small_blur, epochs=1, ghost_clipping=True, strategy=strategy)
+    result = dp_run(model, card, small_blur, steps=6, ghost_clipping=True, strategy=strategy)
     assert result.privacy.ghost_clipping and result.privacy.epsilon_spent > 0
     assert changed(snapshot(model), result.model)
 
@@ -193,7 +200,7 @@ def test_dp_works_for_mlp(card, small_blur):
 
     m = create_model("mlp", hidden=(32,))
     c = card_for_model(m, label_names=card.label_names, input_mean=(0.3,), input_std=(0.4,))
-    assert dp_run(m, c, small_blur, epochs=1).privacy.epsilon_spent > 0
+    assert dp_run(m, c, small_blur, steps=6).privacy.epsilon_spent > 0
 
 
 def _unbatched_lookup(self, x):
@@ -208,7 +215,7 @@ def test_vit_tiny_trains_fully_under_dp(card, small_blur):
 
     m = create_model("vit_tiny", dim=16, depth=1)
     c = card_for_model(m, label_names=card.label_names, input_mean=(0.3,), input_std=(0.4,))
-    result = dp_run(m, c, small_blur, epochs=1, strategy="full")
+    result = dp_run(m, c, small_blur, steps=6, strategy="full")
     assert result.privacy.epsilon_spent > 0
     assert changed(snapshot(m), result.model)
 
@@ -222,9 +229,9 @@ def test_layer_without_per_example_gradients_is_named(card, small_blur):
     m.stem.forward = types.MethodType(_unbatched_lookup, m.stem)
     c = card_for_model(m, label_names=card.label_names, input_mean=(0.3,), input_std=(0.4,))
     with pytest.raises(PrivacyError, match=r"stem\.cls_token\.weight, stem\.positions\.weight"):
-        dp_run(m, c, small_blur, epochs=1)
+        dp_run(m, c, small_blur, steps=6)
     # Freezing the offending block is the documented way out.
-    assert dp_run(m, c, small_blur, epochs=1, strategy="linear-probe").privacy.epsilon_spent > 0
+    assert dp_run(m, c, small_blur, steps=6, strategy="linear-probe").privacy.epsilon_spent > 0
 
 
 class BatchNormNet(torch.nn.Module):
@@ -256,6 +263,6 @@ def test_an_empty_poisson_batch_is_still_a_noise_step(model, card, small_blur, m
 
     monkeypatch.setattr(PrivateRun, "poisson_batch", sometimes_empty)
     before = snapshot(model)
-    result = dp_run(model, card, small_blur, strategy="linear-probe", epochs=1)
-    assert result.privacy.steps == math.ceil(len(small_blur.train) / 32)  # the empty step was accounted
+    result = dp_run(model, card, small_blur, strategy="linear-probe", steps=6)
+    assert result.privacy.steps == 6 == result.steps_applied  # the empty step was accounted
     assert changed(before, result.model) == {"head.weight", "head.bias"}

@@ -38,6 +38,7 @@ def test_cli_rejects_bad_options_with_one_line(tmp_path, capsys):
     assert err.startswith("models.train: error:") and err.count("\n") == 1
 
 
+@pytest.mark.slow  # ~50 s; tests/finetune trains every architecture under DP in a few steps by default
 def test_every_architecture_trains_under_dp(tmp_path):
     # Opacus needs per-example gradients for every parameter (vit_tiny's embeddings included).
     for arch in ("mlp", "convnet", "vit_tiny"):
