@@ -333,10 +333,10 @@ def _bars(ax, groups: Sequence[str], *, series: dict[str, list[Stat | None]], yl
     n = max(1, len(series))
     width = 0.8 / n
     for i, (name, stats) in enumerate(series.items()):
-        xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
-        means = [st.mean if st else 0.0 for st in stats]
-        errs = [st.std if st else 0.0 for st in stats]
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=name)
+        # A missing entry (not run) draws no bar at all, rather than a zero.
+        drawn = [(g + (i - (n - 1) / 2) * width, st) for g, st in enumerate(stats) if st is not None]
+        ax.bar([x for x, _ in drawn], [st.mean for _, st in drawn], width, yerr=[st.std for _, st in drawn],
+               capsize=3, label=name)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
@@ -362,7 +362,7 @@ def make_figures(results: Results, *, settings: Settings, out_dir: Path) -> list
                       "random init": [row.random for row in rows]})
         ax.set_title(f"{SOURCES[TARGETS[t].source].short}\n→ {TARGETS[t].data}", fontsize=8)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Pretrained vs random initialisation")
+    fig.suptitle("Pretrained vs random initialisation", y=1.04)
     paths.append(_save(fig, fig_dir / "init.png"))
 
     targets = list(dict.fromkeys(row.target for row in r.surgical))
@@ -372,7 +372,7 @@ def make_figures(results: Results, *, settings: Settings, out_dir: Path) -> list
         names = {ALL_BLOCKS: "all blocks"}
         _bars(ax, [names.get(row.tuned, row.tuned) for row in rows], series={"": [row.accuracy for row in rows]})
         ax.set_title(f"{TARGETS[t].level}-level shift", fontsize=10)
-    fig.suptitle("Surgical fine-tuning: which block to tune")
+    fig.suptitle("Surgical fine-tuning: which block to tune", y=1.04)
     paths.append(_save(fig, fig_dir / "surgical.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
