@@ -7,7 +7,10 @@ PROTOS := $(wildcard protos/xfer/v1/*.proto)
 GEN    := protos/xfer/v1/.generated
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv proto lint test test-all demo serve report bench gpu-check clean
+FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+APT_FASHION := DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1
+
+.PHONY: all venv proto data lint test test-all demo serve report bench gpu-check clean
 
 all: test
 
@@ -26,25 +29,35 @@ $(GEN): $(PROTOS) $(STAMP)
 
 proto: $(GEN)
 
+# Fashion-MNIST is the Debian package dataset-fashion-mnist: installed here when it is missing and apt can run
+# (root on Debian/Ubuntu); otherwise one line says how, tests that need it skip and the demo uses digits.
+data:
+	@if [ -f $(FASHION) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { $(APT_FASHION) || { apt-get update -q >/dev/null 2>&1 && $(APT_FASHION); }; } \
+	    && echo "data: installed Fashion-MNIST (Debian package dataset-fashion-mnist)" \
+	    || echo "data: could not install Fashion-MNIST with apt-get (dataset-fashion-mnist); continuing without it"; \
+	else echo "data: Fashion-MNIST is missing; install it with: sudo apt-get install dataset-fashion-mnist"; fi
+
 $(BUF):
 	npm install --no-save --no-package-lock --silent @bufbuild/buf@1.75.0
 
 lint: $(BUF)
 	cd protos && ../$(BUF) lint
 
-test: $(GEN)
+test: $(GEN) data
 	$(PY) -m pytest -q
 
-test-all: $(GEN)
+test-all: $(GEN) data
 	$(PY) -m pytest -q -m 'not gpu'
 
-demo: $(GEN)
+demo: $(GEN) data
 	$(PY) -m xfer.client.demo
 
 serve: $(GEN)
 	$(VENV)/bin/xfer-server --data-dir .xfer-data
 
-report: $(GEN)
+report: $(GEN) data
 	$(PY) bench/transfer_report.py
 
 bench: $(GEN)

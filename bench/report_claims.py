@@ -13,7 +13,7 @@ import math
 from typing import Sequence
 
 from report_experiments import ALL_BLOCKS, AUTO, Results, Stat
-from report_setup import TARGETS, eps_text, labels_text
+from report_setup import SOURCES, TARGETS, eps_text, labels_text
 
 AGREES = "agrees"
 DISAGREES = "does not agree"
@@ -86,17 +86,20 @@ def claims(results: Results) -> list[Claim]:
 
 def _init_claims(results: Results) -> list[Claim]:
     out = []
-    source = "Girshick et al. 2014 (R-CNN: ImageNet-pretrained 58.3 vs random 41.3 mAP on PASCAL)"
+    source = "Huh, Agrawal & Efros 2016 (What makes ImageNet good for transfer learning?: pretrained 58.3 vs random 41.3 mAP)"
     for row in results.init:
+        if row.pretrained is None or row.random is None:
+            continue
         rel = compare(row.pretrained, row.random)
         out.append(Claim(
-            "1", f"Pretrained initialisation beats random initialisation ({TARGETS[row.target].level}-level target, "
+            "1", f"Pretrained initialisation beats random initialisation ({_pair(row.target)}, "
                  f"{labels_text(row.per_class)})", source,
-            f"pretrained {row.pretrained.fmt()} vs random {row.random.fmt()} ({_diff(row.pretrained, row.random)}, "
+            f"fine-tuned {row.pretrained.fmt()} vs random {row.random.fmt()} ({_diff(row.pretrained, row.random)}, "
             f"{_relation(rel)})", _verdict(rel, expect=(GREATER,))))
     by_target: dict[str, list] = {}
     for row in results.init:
-        by_target.setdefault(row.target, []).append(row)
+        if row.pretrained is not None and row.random is not None:
+            by_target.setdefault(row.target, []).append(row)
     for target, rows in by_target.items():
         if len(rows) < 2:
             continue
@@ -106,11 +109,16 @@ def _init_claims(results: Results) -> list[Claim]:
         gap_many = Stat(tuple(p - r for p, r in zip(most.pretrained.values, most.random.values, strict=True)))
         rel = compare(gap_few, gap_many)
         out.append(Claim(
-            "1", f"The benefit of pretraining shrinks as labels grow ({TARGETS[target].level}-level target)",
+            "1", f"The benefit of pretraining shrinks as labels grow ({_pair(target)})",
             "He, Girshick & Dollár 2019 (Rethinking ImageNet pre-training)",
             f"gap {gap_few.fmt()} at {labels_text(fewest.per_class)} vs {gap_many.fmt()} at "
             f"{labels_text(most.per_class)} ({_relation(rel)})", _verdict(rel, expect=(GREATER,))))
     return out
+
+
+def _pair(target: str) -> str:
+    """'Fashion 0-4 convnet → mnist5k'."""
+    return f"{SOURCES[TARGETS[target].source].short} → {TARGETS[target].data}"
 
 
 def _surgical_claims(results: Results) -> list[Claim]:

@@ -12,8 +12,9 @@ import math
 import statistics
 from typing import Callable, Sequence
 
-from report_runs import PRETRAINED, RANDOM, Runner, RunSpec, SearchOutcome, SearchSpec, run_spec
-from report_setup import Settings
+from report_runs import (PRETRAINED, RANDOM, FeatureSpec, ProbeSpec, Runner, RunSpec, SearchOutcome, SearchSpec,
+                         run_spec)
+from report_setup import IMPORT, SOURCES, TARGETS, Settings
 
 ALL_BLOCKS = "all blocks (full)"
 AUTO = "surgical:auto"
@@ -57,11 +58,14 @@ def stat(values: Sequence[float]) -> Stat:
 
 @dataclasses.dataclass(frozen=True)
 class InitRow:
+    """Section 1: one source, target and label count."""
+
     target: str
     per_class: int | None
     train_examples: int
-    pretrained: Stat
-    random: Stat
+    probe: Stat  # logistic regression on the pretrained source's frozen features
+    pretrained: Stat | None  # fine-tuned (`full`) from the source; None where not run
+    random: Stat | None  # the same architecture trained from random initialisation; None where not run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,27 +126,62 @@ class Results:
 # -- 1. pretrained vs random -----------------------------------------------------------------
 
 
+def _imported(target: str) -> bool:
+    return SOURCES[TARGETS[target].source].kind == IMPORT
+
+
+def _finetuned(s: Settings, target: str, per_class: int | None) -> bool:
+    """Whether section 1 fine-tunes (and trains from scratch) at this label count: the ImageNet model only at some."""
+    return not _imported(target) or per_class in s.imagenet_finetune_labels
+
+
 def _init_spec(s: Settings, *, target: str, per_class: int | None, init: str, seed: int) -> RunSpec:
     lr = s.random_lr if init == RANDOM else None
-    return run_spec(target=target, strategy="full", seed=seed, per_class=per_class, steps=s.steps,
+    steps = s.imagenet_steps if _imported(target) else s.steps
+    return run_spec(target=target, strategy="full", seed=seed, per_class=per_class, steps=steps,
                     batch_size=s.batch_size, lr=lr, init=init)
 
 
-def plan_init(s: Settings) -> list[RunSpec]:
-    """Section 1: full fine-tuning from the source vs from random init, per target and label count."""
-    return [_init_spec(s, target=t, per_class=pc, init=init, seed=seed)
-            for t in s.init_targets for pc in s.few_labels for init in (PRETRAINED, RANDOM) for seed in s.seeds]
+def feature_spec(target: str, *, work_dir: str) -> FeatureSpec:
+    """The frozen-feature pass of `target`'s pool (one file per target)."""
+    return FeatureSpec(target=target, out_path=f"{work_dir}/features-{target}.npy")
 
 
-def rows_init(s: Settings, runner: Runner) -> list[InitRow]:
+def _probe_spec(s: Settings, *, target: str, per_class: int | None, seed: int, work_dir: str) -> ProbeSpec:
+    return ProbeSpec(target=target, seed=seed, per_class=per_class, features=feature_spec(target, work_dir=work_dir))
+
+
+def plan_features(s: Settings, *, work_dir: str) -> list[FeatureSpec]:
+    """Section 1's feature passes (run before the probes that read them)."""
+    return [feature_spec(t, work_dir=work_dir) for t in s.init_targets]
+
+
+def plan_init(s: Settings, *, work_dir: str) -> list[RunSpec | ProbeSpec]:
+    """Section 1: probe, fine-tuning from the source, and training from random init, per target and label count."""
+    specs: list[RunSpec | ProbeSpec] = []
+    for t in s.init_targets:
+        for pc in s.few_labels:
+            for seed in s.seeds:
+                specs.append(_probe_spec(s, target=t, per_class=pc, seed=seed, work_dir=work_dir))
+                if _finetuned(s, t, pc):
+                    specs += [_init_spec(s, target=t, per_class=pc, init=init, seed=seed)
+                              for init in (PRETRAINED, RANDOM)]
+    return specs
+
+
+def rows_init(s: Settings, runner: Runner, *, work_dir: str) -> list[InitRow]:
     """Section 1's rows."""
     rows = []
     for t in s.init_targets:
         for pc in s.few_labels:
-            pre = [runner[_init_spec(s, target=t, per_class=pc, init=PRETRAINED, seed=seed)] for seed in s.seeds]
-            rnd = [runner[_init_spec(s, target=t, per_class=pc, init=RANDOM, seed=seed)] for seed in s.seeds]
-            rows.append(InitRow(t, pc, pre[0].train_examples, stat(o.accuracy for o in pre),
-                                stat(o.accuracy for o in rnd)))
+            probes = [runner[_probe_spec(s, target=t, per_class=pc, seed=seed, work_dir=work_dir)] for seed in s.seeds]
+            pre = rnd = None
+            if _finetuned(s, t, pc):
+                pre = stat(runner[_init_spec(s, target=t, per_class=pc, init=PRETRAINED, seed=seed)].accuracy
+                           for seed in s.seeds)
+                rnd = stat(runner[_init_spec(s, target=t, per_class=pc, init=RANDOM, seed=seed)].accuracy
+                           for seed in s.seeds)
+            rows.append(InitRow(t, pc, probes[0].train_examples, stat(o.accuracy for o in probes), pre, rnd))
     return rows
 
 
@@ -200,7 +239,7 @@ def rows_strategies(s: Settings, runner: Runner) -> list[StrategyRow]:
 
 def _privacy_spec(s: Settings, *, init: str, strategy: str, epsilon: float | None, seed: int) -> RunSpec:
     return run_spec(target=s.privacy_target, strategy=strategy, seed=seed, per_class=s.privacy_per_class,
-                    steps=s.steps, batch_size=s.privacy_batch_size, lr=s.random_lr if init == RANDOM else None,
+                    steps=s.privacy_steps, batch_size=s.privacy_batch_size, lr=s.random_lr if init == RANDOM else None,
                     init=init, epsilon=epsilon, max_grad_norm=s.max_grad_norm)
 
 
@@ -257,7 +296,7 @@ def rows_search(s: Settings, runner: Runner) -> list[SearchRow]:
         cells = {(name, lr): stat(runner[_adapt_spec(s, target=t, strategy=name, seed=seed, lr=lr)].accuracy
                                   for seed in s.seeds) for name, lr in _grid(s)}
         (best_name, best_lr), best = max(cells.items(), key=lambda kv: kv[1].mean)
-        default = "lp-ft" if "lp-ft" in s.search_strategies else s.search_strategies[0]
+        default = "lp-ft" if "lp-ft" in s.search_strategies else s.search_strategies[-1]
         default_cell = cells[(default, get_strategy(default).default_lr)]
         rows.append(SearchRow(t, tuple(f"{o.picked_strategy}@{o.picked_lr:g}" for o in found),
                               stat(o.test_accuracy for o in found), f"{best_name}@{best_lr:g}", best,
@@ -266,14 +305,15 @@ def rows_search(s: Settings, runner: Runner) -> list[SearchRow]:
 
 
 def run_experiments(settings: Settings, runner: Runner, *, blocks: dict[str, list[str]], config,
-                    progress: Callable[[str], None]) -> Results:
-    """Plans every section, runs all their specs in one pool, and builds the rows."""
-    specs = (plan_init(settings) + plan_surgical(settings, blocks=blocks) + plan_strategies(settings)
-             + plan_privacy(settings) + plan_search(settings))
+                    work_dir: str, progress: Callable[[str], None]) -> Results:
+    """Plans every section, runs all their specs in one pool (feature passes first), and builds the rows."""
+    runner.run_all(plan_features(settings, work_dir=work_dir), config=config, label="frozen-feature passes")
+    specs = (plan_init(settings, work_dir=work_dir) + plan_surgical(settings, blocks=blocks)
+             + plan_strategies(settings) + plan_privacy(settings) + plan_search(settings))
     unique = len(set(specs))
     progress(f"planned {len(specs)} runs ({unique} distinct) across 5 sections")
     runner.run_all(specs, config=config, label="adaptation runs")
     surgical, rgn = rows_surgical(settings, runner, blocks=blocks)
-    return Results(init=rows_init(settings, runner), surgical=surgical, rgn=rgn,
+    return Results(init=rows_init(settings, runner, work_dir=work_dir), surgical=surgical, rgn=rgn,
                    strategies=rows_strategies(settings, runner), privacy=rows_privacy(settings, runner),
                    search=rows_search(settings, runner), blocks=blocks)

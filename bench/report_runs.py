@@ -1,15 +1,21 @@
 """Units of work of the transfer report and the processes that execute them.
 
 A `RunSpec` is one adaptation run (pull, fine-tune, score on test, report);
-a `SearchSpec` is one k-fold search; a `SourceSpec` trains one source model.
-They are plain frozen dataclasses, so equal specs from different sections
-run once (`Runner` memoises by value). Each worker process is an edge
-client: its own `Client` (client token) over the shared cache, into which
-the main process pulled every source model first.
+a `SearchSpec` is one k-fold search; a `SourceSpec` trains or imports one
+source model; a `FeatureSpec` computes a source's frozen features of a
+target pool once, which every `ProbeSpec` (a logistic-regression probe on
+them) reads. They are plain frozen dataclasses, so equal specs from
+different sections run once (`Runner` memoises by value). Each worker
+process is an edge client: its own `Client` (client token) over the shared
+cache, into which the main process pulled every source model first.
+
+Every call into the fine-tuning engine (`finetune`, `search`) is in
+`_train` and `_search_call`, so a change of the engine's API is one edit.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import dataclasses
 import hashlib
@@ -22,17 +28,18 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
-from report_setup import SOURCES, TARGETS, epochs_for
+from report_setup import IMPORT, SOURCES, TARGETS, epochs_for
 
 log = logging.getLogger(__name__)
 
 PRETRAINED = "pretrained"
+DATA_CACHE = 4
 RANDOM = "random"
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    """Train one source model into `out_dir` (operator side)."""
+    """Train (or import) one source model into `out_dir` (operator side)."""
 
     source: str
     arch: str
@@ -40,10 +47,42 @@ class SourceSpec:
     lr: float
     seed: int
     out_dir: str
+    max_examples: int = 15_000
+    image_size: int = 64  # imported models only
 
     def describe(self) -> str:
         """One line for progress output."""
-        return f"train source {SOURCES[self.source].model_id} ({self.arch}, {self.epochs} epochs)"
+        src = SOURCES[self.source]
+        if src.kind == IMPORT:
+            return f"import source {src.model_id} ({src.weights} at {self.image_size}x{self.image_size})"
+        return f"train source {src.model_id} ({self.arch}, {self.epochs} epochs on {self.max_examples:,} images)"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """Compute the frozen features of a target's whole pool with its (pulled) source model, once."""
+
+    target: str
+    out_path: str
+
+    def describe(self) -> str:
+        """One line for progress output."""
+        return f"features of {TARGETS[self.target].data} by {SOURCES[TARGETS[self.target].source].model_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSpec:
+    """A linear probe (logistic regression) on frozen features of one seed's few-label training split."""
+
+    target: str
+    seed: int
+    per_class: int | None
+    features: FeatureSpec
+
+    def describe(self) -> str:
+        """One line for progress output."""
+        pc = "all" if self.per_class is None else f"{self.per_class}/class"
+        return f"{self.target} {pc} frozen-feature probe seed={self.seed}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +134,7 @@ class SearchSpec:
         return "report-search-" + hashlib.sha256(repr(self).encode()).hexdigest()[:24]
 
 
-Spec = Union[SourceSpec, RunSpec, SearchSpec]
+Spec = Union[SourceSpec, FeatureSpec, ProbeSpec, RunSpec, SearchSpec]
 
 
 def run_spec(*, target: str, strategy: str, seed: int, per_class: int | None, steps: int, batch_size: int,
@@ -112,7 +151,25 @@ def run_spec(*, target: str, strategy: str, seed: int, per_class: int | None, st
 @dataclasses.dataclass(frozen=True)
 class SourceOutcome:
     spec: SourceSpec
-    test_accuracy: float
+    test_accuracy: float | None  # held-out source accuracy (None for imported weights)
+    seconds: float
+    cpu_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureOutcome:
+    spec: FeatureSpec
+    examples: int
+    dim: int
+    seconds: float
+    cpu_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeOutcome:
+    spec: ProbeSpec
+    accuracy: float
+    train_examples: int
     seconds: float
     cpu_seconds: float
 
@@ -149,7 +206,7 @@ class SearchOutcome:
     transferred_bytes: int = 0
 
 
-Outcome = Union[SourceOutcome, RunOutcome, SearchOutcome]
+Outcome = Union[SourceOutcome, FeatureOutcome, ProbeOutcome, RunOutcome, SearchOutcome]
 
 
 # -- worker side -------------------------------------------------------------------------------
@@ -171,8 +228,10 @@ class _Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self._client = None
+        self._flat_card = None
         self._models: dict[str, object] = {}
-        self._data: dict[tuple[str, int | None, int], object] = {}
+        # Bounded: a target at the ImageNet model's 64x64 RGB is tens of MB per seed.
+        self._data: collections.OrderedDict[tuple, object] = collections.OrderedDict()
         self.transferred_bytes = 0
 
     @property
@@ -194,13 +253,27 @@ class _Worker:
         return self._models[ref]
 
     def data(self, target: str, *, per_class: int | None, seed: int, card):
-        """The target's splits for this seed, loaded once per process."""
+        """The target's splits for this seed, fitted to `card` (the few most recent kept per process)."""
         from xfer.client.finetune import load_target
 
-        key = (target, per_class, seed)
+        key = (target, per_class, seed, card.architecture, tuple(card.input_shape))
         if key not in self._data:
             self._data[key] = load_target(TARGETS[target].spec(per_class), card=card, seed=seed)
+            while len(self._data) > DATA_CACHE:
+                self._data.popitem(last=False)
+        self._data.move_to_end(key)
         return self._data[key]
+
+    def splits(self, target: str, *, per_class: int | None, seed: int):
+        """The same splits (indices and labels) without fitting the images to a big model: a flat 784 card.
+
+        Which rows land in which split depends only on the labels and the seed, never on the card.
+        """
+        if self._flat_card is None:
+            from xfer.models import card_for_model, create_model
+
+            self._flat_card = card_for_model(create_model("mlp", in_features=784, hidden=[8]))
+        return self.data(target, per_class=per_class, seed=seed, card=self._flat_card)
 
 
 _WORKER: _Worker | None = None
@@ -221,21 +294,77 @@ def init_worker(config: WorkerConfig) -> None:
 def execute(spec: Spec) -> Outcome:
     """Runs one spec in this process (after `init_worker`)."""
     if isinstance(spec, SourceSpec):
-        return _train_source(spec)
+        return _make_source(spec)
+    if isinstance(spec, FeatureSpec):
+        return _features(spec)
+    if isinstance(spec, ProbeSpec):
+        return _probe(spec)
     if isinstance(spec, RunSpec):
         return _adapt(spec)
     return _search(spec)
 
 
-def _train_source(spec: SourceSpec) -> SourceOutcome:
+def _make_source(spec: SourceSpec) -> SourceOutcome:
+    cpu, started = time.process_time(), time.perf_counter()
+    source = SOURCES[spec.source]
+    if source.kind == IMPORT:
+        from xfer.models.importer import import_weights
+
+        import_weights(source.weights, out_dir=spec.out_dir, image_size=spec.image_size)
+        return SourceOutcome(spec, None, time.perf_counter() - started, time.process_time() - cpu)
     from xfer.models.train import train_source_model
 
-    cpu = time.process_time()
-    source = SOURCES[spec.source]
-    result = train_source_model(out_dir=spec.out_dir, arch=spec.arch, classes=source.classes, epochs=spec.epochs,
-                                lr=spec.lr, seed=spec.seed,
+    result = train_source_model(out_dir=spec.out_dir, arch=spec.arch, data=source.data, classes=source.classes,
+                                epochs=spec.epochs, lr=spec.lr, seed=spec.seed, max_examples=spec.max_examples,
                                 description=f"{spec.arch} trained on {source.description} (xfer transfer report)")
     return SourceOutcome(spec, result.test_accuracy, result.seconds, time.process_time() - cpu)
+
+
+def _pool_features(model, data) -> tuple:
+    """Features of every example of a TargetData (train, val, test), by row of the pool."""
+    import numpy as np
+    import torch
+
+    parts = [p for p in (data.train, data.val, data.test, data.unlabeled) if p is not None]
+    index = torch.cat([p.index for p in parts]).numpy()
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for part in parts:
+            for i in range(0, len(part), 256):
+                out.append(model.forward_features(part.x[i:i + 256]))
+    return index, torch.cat(out).numpy().astype(np.float32)
+
+
+def _features(spec: FeatureSpec) -> FeatureOutcome:
+    import numpy as np
+
+    from xfer.client.finetune import load_target
+
+    started, cpu = time.perf_counter(), time.process_time()
+    target = TARGETS[spec.target]
+    loaded = _WORKER.model(target.source)
+    data = load_target(target.data, card=loaded.card, seed=0)
+    index, features = _pool_features(loaded.module, data)
+    by_row = np.zeros((int(index.max()) + 1, features.shape[1]), dtype=np.float32)
+    by_row[index] = features
+    np.save(spec.out_path, by_row)
+    return FeatureOutcome(spec, len(index), features.shape[1], time.perf_counter() - started,
+                          time.process_time() - cpu)
+
+
+def _probe(spec: ProbeSpec) -> ProbeOutcome:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    started, cpu = time.perf_counter(), time.process_time()
+    features = np.load(spec.features.out_path)
+    data = _WORKER.splits(spec.target, per_class=spec.per_class, seed=spec.seed)
+    train, test = features[data.train.index.numpy()], features[data.test.index.numpy()]
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    probe = LogisticRegression(C=1.0, max_iter=2000).fit((train - mean) / std, data.train.y.numpy())
+    accuracy = float(probe.score((test - mean) / std, data.test.y.numpy()))
+    return ProbeOutcome(spec, accuracy, len(data.train), time.perf_counter() - started, time.process_time() - cpu)
 
 
 def _report(*, run_id: str, version: str, strategy: str, hyperparameters: dict[str, str],
@@ -271,10 +400,37 @@ def search_metric(target: str, *, per_class: int | None) -> str:
     return f"search/{target}/{pc}"
 
 
+def _train(model, *, data, spec: RunSpec, card):
+    """The one call into the trainer: `spec`'s strategy, LR, step budget and privacy on `data.train`.
+
+    No validation data (few-label mode has none, and the report keeps the last checkpoint everywhere).
+    """
+    from xfer.client.finetune import PrivacyConfig, finetune
+
+    epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
+    privacy = None
+    if spec.epsilon is not None:
+        privacy = PrivacyConfig(epsilon=spec.epsilon, max_grad_norm=spec.max_grad_norm)
+    result = finetune(model, train=data.train, val=None, strategy=spec.strategy, lr=spec.lr,
+                      label_names=data.label_names, card=card, privacy=privacy, epochs=epochs,
+                      batch_size=spec.batch_size, device="cpu", seed=spec.seed)
+    return result, epochs
+
+
+def _search_call(model, *, data, spec: "SearchSpec", card):
+    """The one call into the search: k-fold CV over strategy x LR on the few labels, winner scored on test."""
+    from xfer.client.finetune.search import search
+
+    epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
+    return search(model, train=data.train, val=None, test=data.test, strategies=list(spec.strategies),
+                  lrs=None, folds=spec.folds, label_names=data.label_names, seed=spec.seed, card=card,
+                  epochs=epochs, batch_size=spec.batch_size, device="cpu")
+
+
 def _adapt(spec: RunSpec) -> RunOutcome:
     import torch
 
-    from xfer.client.finetune import PrivacyConfig, evaluate, finetune, get_strategy
+    from xfer.client.finetune import evaluate, get_strategy
     from xfer.models.weights import model_from_card
 
     started, cpu, before = time.perf_counter(), time.process_time(), _WORKER.transferred_bytes
@@ -285,13 +441,7 @@ def _adapt(spec: RunSpec) -> RunOutcome:
         model = model_from_card(loaded.card)
     else:
         model = loaded.module
-    epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
-    privacy = None
-    if spec.epsilon is not None:
-        privacy = PrivacyConfig(epsilon=spec.epsilon, max_grad_norm=spec.max_grad_norm)
-    result = finetune(model, train=data.train, val=None, strategy=spec.strategy, lr=spec.lr,
-                      label_names=data.label_names, card=loaded.card, privacy=privacy, epochs=epochs,
-                      batch_size=spec.batch_size, device="cpu", seed=spec.seed)
+    result, epochs = _train(model, data=data, spec=spec, card=loaded.card)
     test = evaluate(result.model, data.test.x, data.test.y, label_names=data.label_names)
     rgn_blocks = None
     if result.rgn_scales:
@@ -320,15 +470,10 @@ def _adapt(spec: RunSpec) -> RunOutcome:
 
 
 def _search(spec: SearchSpec) -> SearchOutcome:
-    from xfer.client.finetune.search import search
-
     started, cpu, before = time.perf_counter(), time.process_time(), _WORKER.transferred_bytes
     loaded = _WORKER.model(TARGETS[spec.target].source)
     data = _WORKER.data(spec.target, per_class=spec.per_class, seed=spec.seed, card=loaded.card)
-    epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
-    found = search(loaded.module, train=data.train, val=None, test=data.test, strategies=list(spec.strategies),
-                   lrs=None, folds=spec.folds, label_names=data.label_names, seed=spec.seed, card=loaded.card,
-                   epochs=epochs, batch_size=spec.batch_size, device="cpu")
+    found = _search_call(loaded.module, data=data, spec=spec, card=loaded.card)
     seconds = time.perf_counter() - started
     test_accuracy = found.test_metrics.accuracy
     version = loaded.model_version.name
@@ -352,12 +497,18 @@ def _search(spec: SearchSpec) -> SearchOutcome:
 def _cost(spec: Spec) -> float:
     """Rough relative cost, to start the longest work first and keep every worker busy to the end."""
     if isinstance(spec, SearchSpec):
-        return 100.0 * len(spec.strategies)
+        return 30.0 * len(spec.strategies) * spec.folds * spec.steps / 100.0
     if isinstance(spec, SourceSpec):
-        return 50.0
+        return 60.0
+    if isinstance(spec, FeatureSpec):
+        return 40.0 if SOURCES[TARGETS[spec.target].source].kind == IMPORT else 2.0
+    if isinstance(spec, ProbeSpec):
+        return 0.5
     cost = spec.steps / 100.0
+    if SOURCES[TARGETS[spec.target].source].kind == IMPORT:
+        cost *= 30.0  # an EfficientNet step at 64x64 is about thirty convnet steps
     if spec.epsilon is not None:
-        cost *= 1.0 if spec.strategy == "linear-probe" else 5.0
+        cost *= 1.5 if spec.strategy == "linear-probe" else 4.0
     return cost
 
 
@@ -413,7 +564,12 @@ class Runner:
 
 def _summary(outcome: Outcome) -> str:
     if isinstance(outcome, SourceOutcome):
-        return f"source test accuracy {outcome.test_accuracy:.3f}"
+        return ("imported" if outcome.test_accuracy is None
+                else f"source test accuracy {outcome.test_accuracy:.3f}")
+    if isinstance(outcome, FeatureOutcome):
+        return f"{outcome.examples} x {outcome.dim} features"
+    if isinstance(outcome, ProbeOutcome):
+        return f"test accuracy {outcome.accuracy:.3f}"
     if isinstance(outcome, SearchOutcome):
         return f"picked {outcome.picked_strategy}@{outcome.picked_lr:g}, test accuracy {outcome.test_accuracy:.3f}"
     eps = f", ε spent {outcome.epsilon_spent:.2f}" if outcome.epsilon_spent is not None else ""

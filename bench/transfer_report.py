@@ -1,12 +1,13 @@
-"""`make report`: which adaptation works when, measured end to end through xfer.
+"""`make report`: which adaptation works when, measured end to end through xfer on real data.
 
-Trains source models on scikit-learn's digits, registers them on a real
-xfer server (a `python -m xfer.server --port 0` subprocess with a temp data dir)
-as an operator, pulls and adapts them through the SDK as edge clients,
-reports every run back, and writes a Markdown report with tables and PNG
-plots:
+Trains convnet source models on Fashion-MNIST and imports Google's
+ImageNet EfficientNet-Lite0, registers them on a real xfer server (a
+`python -m xfer.server --port 0` subprocess with a temp data dir) as an
+operator, pulls and adapts them through the SDK as edge clients (to unseen
+Fashion classes, MNIST digits, corrupted images, permuted labels), reports
+every run back, and writes a Markdown report with tables and PNG plots:
 
-1. pretrained vs random initialisation with few labels;
+1. pretrained vs random initialisation with 1 to all labels per class;
 2. surgical fine-tuning by shift type (input / feature / output level) and
    which blocks `surgical:auto` favours;
 3. the strategies side by side;
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports", help="output folder (default reports/)")
     parser.add_argument("--quick", action="store_true", help="one seed, fewer settings: a smoke test (~1-2 min)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per number (default 3; 1 with --quick)")
-    parser.add_argument("--arch", default="convnet", help="source architecture (default convnet)")
+    parser.add_argument("--arch", default="convnet", help="architecture of the trained sources (default convnet)")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="worker processes (default: 2 if 2 cores)")
     return parser
 
@@ -94,7 +95,9 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
             # Operator: train the source models and register them.
             source_specs = {key: SourceSpec(source=key, arch=settings.arch, epochs=settings.source_epochs,
                                             lr=settings.source_lr, seed=settings.source_seed,
-                                            out_dir=str(tmp / "sources" / key)) for key in SOURCES}
+                                            out_dir=str(tmp / "sources" / key),
+                                            max_examples=settings.source_examples,
+                                            image_size=settings.imagenet_size) for key in SOURCES}
             runner.run_all(source_specs.values(), label="source models",
                            config=WorkerConfig(None, None, None, str(REPO_ROOT)))
             with client(server.target, token=server.operator_token, cache_dir=tmp / "operator-cache") as op:
@@ -123,7 +126,10 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
                     progress(f"pulled {loaded.model_version.ref} as client ({pull.transferred_bytes:,} bytes)")
 
             config = WorkerConfig(server.target, server.client_token, str(cache), str(REPO_ROOT))
-            results = run_experiments(settings, runner, blocks=blocks, config=config, progress=progress)
+            work_dir = tmp / "work"
+            work_dir.mkdir()
+            results = run_experiments(settings, runner, blocks=blocks, config=config, work_dir=str(work_dir),
+                                      progress=progress)
 
             with client(server.target, token=server.client_token, cache_dir=cache) as edge:
                 product = _product_facts(edge, runner, settings=settings, target=server.target, sources=sources,
@@ -183,12 +189,16 @@ def _strategy_label(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     args = build_parser().parse_args(argv)
-    from xfer.models.train import DIGITS_CONFIGS
+    from xfer.models import datasets
+    from xfer.models.train import ARCHITECTURES
 
-    if args.arch not in DIGITS_CONFIGS:
-        print(f"transfer_report: unknown --arch {args.arch!r}; valid: {', '.join(sorted(DIGITS_CONFIGS))}",
-              file=sys.stderr)
+    if args.arch not in ARCHITECTURES:
+        print(f"transfer_report: unknown --arch {args.arch!r}; valid: {', '.join(ARCHITECTURES)}", file=sys.stderr)
         return 2
+    for name in ("fashion-mnist", "mnist5k"):
+        if not datasets.is_available(name):
+            print(f"transfer_report: {datasets.install_hint(name)}", file=sys.stderr)
+            return 2
     if args.seeds is not None and args.seeds < 1:
         print("transfer_report: --seeds must be at least 1", file=sys.stderr)
         return 2

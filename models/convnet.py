@@ -25,10 +25,14 @@ class ConvNetConfig:
     depth: int = 3
     num_classes: int = 10
     groups: int = 4
+    #: 2 halves the resolution in the stem: for 28x28 images, four times less compute for the same accuracy class.
+    stem_stride: int = 1
 
     def validate(self) -> None:
         require_positive(in_channels=self.in_channels, image_size=self.image_size, width=self.width,
                          depth=self.depth, groups=self.groups)
+        if self.stem_stride not in (1, 2):
+            raise InvalidConfigError(f"stem_stride must be 1 or 2, got {self.stem_stride}")
         require_classes(self.num_classes)
         if self.width % self.groups:
             raise InvalidConfigError(f"width {self.width} must be divisible by groups {self.groups}")
@@ -63,9 +67,9 @@ class ConvNet(XferModel):
     def __init__(self, config: ConvNetConfig) -> None:
         super().__init__(config)
         w, g = config.width, config.groups
-        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, w, 3, padding=1, bias=False),
+        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, w, 3, stride=config.stem_stride, padding=1, bias=False),
                                   nn.GroupNorm(g, w), nn.ReLU())
-        body, c, size = [], w, config.image_size
+        body, c, size = [], w, (config.image_size + config.stem_stride - 1) // config.stem_stride
         for i in range(config.depth):
             downsample = i > 0 and size >= 4
             c_out = c * 2 if downsample else c

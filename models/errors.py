@@ -31,3 +31,7 @@ class WeightsMismatchError(ModelError, ValueError):
 
 class ExportParityError(ModelError, ValueError):
     """An ONNX export whose outputs disagree with the torch module."""
+
+
+class DatasetUnavailableError(ModelError, LookupError):
+    """A built-in data set whose files are not installed (the message says how to install them)."""

@@ -28,7 +28,8 @@ class ArchitectureEntry:
 _REGISTRY: dict[str, ArchitectureEntry] = {}
 # Built-in architectures register themselves when their module is imported;
 # importing them on first lookup keeps `import xfer.models` free of torch.
-_BUILTIN_MODULES = {"mlp": "xfer.models.mlp", "convnet": "xfer.models.convnet", "vit_tiny": "xfer.models.vit"}
+_BUILTIN_MODULES = {"mlp": "xfer.models.mlp", "convnet": "xfer.models.convnet", "vit_tiny": "xfer.models.vit",
+                    "efficientnet_lite": "xfer.models.efficientnet"}
 
 
 def _load_builtins(name: str | None = None) -> None:

@@ -9,7 +9,7 @@ from report_claims import (AGREES, DISAGREES, GREATER, INCONCLUSIVE, LESS, TIE, 
 from report_experiments import ALL_BLOCKS, AUTO, InitRow, PrivacyRow, Results, RGNRow, SearchRow, Stat, \
     StrategyRow, SurgicalRow
 from report_render import table
-from report_setup import Settings, epochs_for
+from report_setup import SOURCES, TARGETS, Settings, epochs_for
 
 BLOCKS = ["stem", "block1", "block2", "block3", "head"]
 
@@ -43,7 +43,8 @@ def _results(*, pretrained: Stat, random: Stat, early: Stat, late: Stat) -> Resu
     surgical = [SurgicalRow("input", b, early if b in ("stem", "block1") else late) for b in BLOCKS]
     surgical += [SurgicalRow("input", ALL_BLOCKS, s(0.8, 0.8, 0.8)), SurgicalRow("input", AUTO, s(0.8, 0.8, 0.8))]
     return Results(
-        init=[InitRow("feature", 5, 25, pretrained, random)],
+        init=[InitRow("feature", 5, 25, pretrained, pretrained, random),
+              InitRow("feature-imagenet", None, 3000, pretrained, None, None)],
         surgical=surgical,
         rgn=[RGNRow("input", b, s(1.0, 1.0, 1.0) if b == "stem" else s(0.1, 0.1, 0.1)) for b in BLOCKS],
         strategies=[StrategyRow("input", "full", s(0.8, 0.8, 0.8)), StrategyRow("input", "lp-ft", s(0.8, 0.8, 0.8))],
@@ -90,4 +91,15 @@ def test_quick_preset_keeps_every_section() -> None:
     assert quick.init_targets and quick.surgical_targets and quick.strategy_targets and quick.search_targets
     assert None in quick.epsilons and len(quick.epsilons) >= 2
     full = Settings.full()
-    assert len(full.seeds) >= 3 and full.epsilons == (0.5, 1.0, 2.0, 4.0, 8.0, None)
+    assert len(full.seeds) >= 3 and full.epsilons == (1.0, 2.0, 4.0, 8.0, None)
+    assert full.few_labels == (1, 5, 20, None)
+    # Section 1 adapts a Fashion source and the ImageNet source to the same two targets.
+    assert {TARGETS[t].data for t in full.init_targets} == {"fashion-mnist:classes=5-9", "mnist5k"}
+    assert {SOURCES[TARGETS[t].source].kind for t in full.init_targets} == {"train", "import"}
+
+
+def test_rows_without_fine_tuning_make_no_init_claim() -> None:
+    results = _results(pretrained=s(0.9, 0.92, 0.91), random=s(0.5, 0.52, 0.51), early=s(0.8, 0.8, 0.8),
+                       late=s(0.8, 0.8, 0.8))
+    init_claims = [c for c in claims(results) if c.section == "1"]
+    assert len(init_claims) == 1 and "Fashion 0-4 convnet → fashion-mnist:classes=5-9" in init_claims[0].claim

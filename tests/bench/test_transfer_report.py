@@ -1,11 +1,15 @@
 """Smoke test of `make report`: the real script with --quick, through a real server, into tmp_path.
 
 Checks the report's structure — sections, tables, PNGs, numbers that parse
-as accuracies — never its numbers.
+as accuracies — never its numbers. The end-to-end run trains two sources and
+imports the ImageNet model, minutes on a busy 2-core machine, so it is
+`slow` (`make test-all`); `test_report_renders_every_section` checks the same
+structure in seconds, from rows made here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -33,10 +37,52 @@ VERDICTS = {"agrees", "does not agree", "within noise", "inconclusive"}
 
 
 @pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The renderer alone, on rows of every section made here: the report's structure without training."""
+    from test_report_claims import _results
+
+    from report_claims import claims
+    from report_experiments import PrivacyRow, Stat
+    from report_render import LeaderboardTable, ProductFacts, ReportInput, make_figures, render_markdown
+    from report_setup import Settings
+
+    out = tmp_path_factory.mktemp("rendered")
+    good, bad = Stat((0.9, 0.92, 0.91)), Stat((0.5, 0.52, 0.51))
+    results = _results(pretrained=good, random=bad, early=good, late=bad)
+    results.privacy.append(PrivacyRow("pretrained + linear-probe", "pretrained", "linear-probe", None, good, None))
+    results.privacy.append(PrivacyRow("random + full", "random", "full", None, bad, None))
+    settings = dataclasses.replace(Settings.full(), epsilons=(1.0, None), strategies=("full", "lp-ft"),
+                                   search_strategies=("lp-ft",))
+    product = ProductFacts("127.0.0.1:1", (("fashion-convnet:1", "ab" * 32, 0.9, 1000),
+                                           ("imagenet-lite0:1", "cd" * 32, None, 2000)), 3000, 0, 4, 4,
+                           (LeaderboardTable("input", "acc/input/pc20", (), {}),))
+    data = ReportInput(settings=settings, results=results, claims=claims(results), product=product,
+                       wall_seconds=60.0, busy_seconds=100.0, cpu_seconds=90.0, generated="now")
+    make_figures(results, settings=settings, out_dir=out)
+    (out / "transfer_report.md").write_text(render_markdown(data), encoding="utf-8")
+    return out
+
+
+def test_report_renders_every_section(rendered: Path) -> None:
+    sections = _sections((rendered / "transfer_report.md").read_text(encoding="utf-8"))
+    for heading in SECTIONS:
+        assert heading in sections, f"missing section {heading!r}; have {list(sections)}"
+    for heading in SECTIONS[2:8]:
+        tables = _tables(sections[heading])
+        assert tables and all(len(t) >= 2 and len({len(row) for row in t}) == 1 for t in tables), heading
+    init = _tables(sections["## 1. Pretrained vs random initialisation"])[0]
+    assert init[0][4:7] == ["frozen-feature probe", "fine-tuned", "random init"]
+    assert any(row[5] == "—" for row in init[1:])  # the ImageNet model is not fine-tuned at every label count
+    assert "imported" in sections["## The product path"]
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (rendered / "transfer_report.md").read_text())
+    assert len(figures) >= 5 and all((rendered / f).read_bytes()[:8] == PNG_SIGNATURE for f in figures)
+
+
+@pytest.fixture(scope="module")
 def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("report")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=540)
+                          capture_output=True, text=True, timeout=880)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
     return out, proc
 
@@ -62,7 +108,8 @@ def _tables(body: str) -> list[list[list[str]]]:
     return tables
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quick_report_structure(quick_report) -> None:
     out, proc = quick_report
     report = Path(proc.stdout.strip().splitlines()[-1])
@@ -82,7 +129,8 @@ def test_quick_report_structure(quick_report) -> None:
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quick_report_numbers_are_accuracies(quick_report) -> None:
     out, _ = quick_report
     text = (out / "transfer_report.md").read_text(encoding="utf-8")
@@ -102,7 +150,8 @@ def test_quick_report_numbers_are_accuracies(quick_report) -> None:
     assert data["settings"]["quick"] is True and data["results"]["init"]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quick_report_figures_are_pngs(quick_report) -> None:
     from PIL import Image
 
@@ -120,7 +169,8 @@ def test_quick_report_figures_are_pngs(quick_report) -> None:
             assert image.size[0] > 100 and image.size[1] > 100
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_quick_report_went_through_the_server(quick_report) -> None:
     out, _ = quick_report
     sections = _sections((out / "transfer_report.md").read_text(encoding="utf-8"))

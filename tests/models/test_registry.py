@@ -12,7 +12,7 @@ def test_list_models_has_the_builtin_architectures():
 
 
 def test_unknown_architecture_lists_valid_ones():
-    with pytest.raises(UnknownArchitectureError, match="valid ones: convnet, mlp, vit_tiny"):
+    with pytest.raises(UnknownArchitectureError, match="valid ones: convnet, efficientnet_lite, mlp, vit_tiny"):
         models.create_model("resnet9000")
     with pytest.raises(LookupError):
         models.create_model("nope")

@@ -5,7 +5,8 @@ import pytest
 
 from xfer.models.card import ModelCard, validate_card
 from xfer.models.files import sha256_file
-from xfer.models.train import main, train_source_model
+from xfer.models import fashion
+from xfer.models.train import arch_config, main, train_source_model
 from xfer.models.weights import load_safetensors, model_from_card
 
 
@@ -44,3 +45,29 @@ def test_every_architecture_trains_under_dp(tmp_path):
     for arch in ("mlp", "convnet", "vit_tiny"):
         result = train_source_model(out_dir=tmp_path / arch, arch=arch, epochs=1, dp_epsilon=8.0, seed=0)
         assert 0 < result.dp_epsilon <= 8.0 + 1e-6
+
+
+def test_trains_on_28x28_data_sets(tmp_path):
+    result = train_source_model(out_dir=tmp_path, data="mnist5k", classes=[0, 1, 2], epochs=6, max_examples=600,
+                                seed=0)
+    card = ModelCard.from_dict(json.loads((tmp_path / "card.json").read_text()))
+    assert card.input_shape == (1, 28, 28) and card.architecture_config["stem_stride"] == 2
+    assert card.label_names == ("0", "1", "2") and card.license == "BSD-3-Clause"
+    assert "5,000 MNIST digits" in card.source_task and "source pool" in card.source_task
+    assert result.test_accuracy > 0.6  # three digits, 480 training images, 6 epochs: far above chance (1/3)
+
+
+@pytest.mark.skipif(not fashion.available(), reason=fashion.INSTALL_HINT)
+def test_trains_on_fashion_mnist(tmp_path):
+    assert main(["--data", "fashion-mnist", "--classes", "0-4", "--epochs", "1", "--max-examples", "400",
+                 "--out", str(tmp_path)]) == 0
+    card = ModelCard.from_dict(json.loads((tmp_path / "card.json").read_text()))
+    assert card.label_names == fashion.LABEL_NAMES[:5] and card.license == "MIT"
+
+
+def test_arch_config_fits_the_images():
+    assert arch_config("mlp", (1, 28, 28))["in_features"] == 784
+    assert arch_config("convnet", (1, 8, 8))["stem_stride"] == 1
+    assert arch_config("vit_tiny", (1, 28, 28))["patch_size"] == 4
+    with pytest.raises(ValueError, match="unknown architecture"):
+        arch_config("resnet", (1, 8, 8))
