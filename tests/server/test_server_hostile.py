@@ -101,20 +101,36 @@ def test_safetensors_offsets_past_the_file(stubs, source_model_dir) -> None:
 
 
 def test_safetensors_forged_header_length(stubs, source_model_dir) -> None:
-    data = struct.pack("<Q", 2**40) + b"{}"
+    real = (source_model_dir / "model.safetensors").stat().st_size
+    data = struct.pack("<Q", 2**40) + b"{}" + b"\0" * real  # as long as real weights, so only the header is wrong
     err = rpc_error(lambda: stubs.upload(model="forged", card=load_card(source_model_dir),
                                          artifacts=[Artifact(SAFETENSORS, data)]))
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "header claims", "above the limit")
 
 
 def test_tensor_shapes_that_do_not_match_the_architecture(stubs, source_model_dir, tmp_path) -> None:
-    narrow = create_model("convnet", width=8, groups=4)  # same tensor names, other shapes
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(source_model_dir / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.dim() == 2 and v.shape[0] != v.shape[1])
+    rows, cols = state[name].shape
+    state[name] = state[name].t().contiguous()  # same names, same byte count, one shape swapped
+    path = tmp_path / "swapped.safetensors"
+    save_file(state, str(path))
+    err = rpc_error(lambda: stubs.upload(model="swapped", card=load_card(source_model_dir),
+                                         artifacts=[Artifact(SAFETENSORS, path.read_bytes())]))
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, f"tensor '{name}' is F32[{cols}, {rows}]",
+                  f"needs F32[{rows}, {cols}]")
+    _nothing_registered(stubs)
+
+
+def test_weights_smaller_than_the_card_says_are_refused_before_upload(stubs, source_model_dir, tmp_path) -> None:
+    narrow = create_model("convnet", width=8, groups=4)  # a quarter of the card's parameters
     path = tmp_path / "narrow.safetensors"
     save_safetensors(narrow, path)
     err = rpc_error(lambda: stubs.upload(model="narrow", card=load_card(source_model_dir),
                                          artifacts=[Artifact(SAFETENSORS, path.read_bytes())]))
-    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "tensor 'stem.0.weight' is F32[8, 1, 3, 3]",
-                  "needs F32[16, 1, 3, 3]")
+    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "the card describes", "declares only")
     _nothing_registered(stubs)
 
 
