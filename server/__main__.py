@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     validation.add_argument("--validation-cpu-seconds", type=int, default=defaults.validation_cpu_seconds)
     validation.add_argument("--validation-timeout", type=float, default=defaults.validation_timeout_s,
                             help="wall-clock seconds per validation (default %(default)s)")
+    validation.add_argument("--lazy-sandbox", dest="warm_sandbox", action="store_false",
+                            help="start the sandbox worker (which imports torch) at the first upload, not at start-up")
     ops = parser.add_argument_group("operations")
     ops.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 picks one)")
     ops.add_argument("--metrics-host", help="address of the metrics endpoint (default: --host)")
@@ -140,6 +142,7 @@ def serve_main(argv: Sequence[str]) -> int:
             max_uploads=args.max_uploads, max_connection_age_s=args.max_connection_age,
             validation_workers=args.validation_workers, validation_memory_bytes=args.validation_memory_mb * MIB,
             validation_cpu_seconds=args.validation_cpu_seconds, validation_timeout_s=args.validation_timeout,
+            warm_sandbox=args.warm_sandbox,
             metrics_port=args.metrics_port, metrics_host=args.metrics_host, health_interval_s=args.health_interval,
             gc_interval_s=args.gc_interval,
         )

@@ -295,7 +295,7 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
     metrics = ServerMetrics()
     owns_sandbox = sandbox is None
     if sandbox is None:
-        sandbox = Sandbox(max_concurrent=config.validation_workers, on_job=metrics.observe_validation)
+        sandbox = Sandbox(max_concurrent=config.validation_workers)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="xfer-io")
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)
@@ -308,7 +308,8 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
         limits = RegistryLimits(max_artifact_bytes=config.max_artifact_bytes, validation=ValidationLimits(
             memory_base_bytes=config.validation_memory_bytes, cpu_seconds=config.validation_cpu_seconds,
             wall_seconds=config.validation_timeout_s))
-        registry = Registry(catalog=catalog, blobs=blobs, limits=limits, sandbox=sandbox)
+        registry = Registry(catalog=catalog, blobs=blobs, limits=limits, sandbox=sandbox,
+                            observe_validation=metrics.observe_validation)
         store = RunStore(engine=engine, resolve_version=registry.resolve, page_tokens=tokens)
         if config.warm_sandbox and owns_sandbox:
             threading.Thread(target=sandbox.warm_up, name="xfer-sandbox-warm-up", daemon=True).start()

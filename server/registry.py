@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from xfer.models.card import ModelCard, validate_card
@@ -84,11 +84,14 @@ class _Incoming:
 class Registry:
     """Versions of source models: create, read, alias, deprecate, delete."""
 
-    def __init__(self, *, catalog: Catalog, blobs: BlobStore, limits: RegistryLimits, sandbox: Sandbox) -> None:
+    def __init__(self, *, catalog: Catalog, blobs: BlobStore, limits: RegistryLimits, sandbox: Sandbox,
+                 observe_validation: Callable[[str, str, float], None] | None = None) -> None:
+        """`observe_validation(job, outcome, seconds)` hears about every sandboxed check (for metrics)."""
         self._catalog = catalog
         self._blobs = blobs
         self._limits = limits
         self._sandbox = sandbox
+        self._observe = observe_validation
 
     @property
     def blobs(self) -> BlobStore:
@@ -214,7 +217,7 @@ class Registry:
         except ModelError as exc:
             raise InvalidArgument(f"invalid model card: {exc}", reason=Reason.INVALID_CARD, field="header.card") from None
         validate.check_card_text(card)
-        result = self._sandbox.run("card", {"card": card.to_dict()}, limits=CARD_LIMITS).value
+        result = self._sandbox.run("card", {"card": card.to_dict()}, limits=CARD_LIMITS, observe=self._observe).value
         return CardCheck(card=dataclasses.replace(card, architecture_config=result["config"]),
                          parameters=int(result["parameters"]), weight_bytes=int(result["weight_bytes"]))
 
@@ -263,7 +266,7 @@ class Registry:
             payload["onnx_path"] = str(onnx_path)
         artifact_bytes = sum(item.declaration.size_bytes for item in incoming.values())
         limits = self._limits.validation.for_upload(artifact_bytes=artifact_bytes, weight_bytes=checked.weight_bytes)
-        result = self._sandbox.run("artifacts", payload, limits=limits)
+        result = self._sandbox.run("artifacts", payload, limits=limits, observe=self._observe)
         logger.info("validated artifacts in %.2fs (%d probes, max |onnx - torch| %.2g%s)", result.seconds,
                     result.value["probes"], result.value["max_abs_diff"],
                     ", ONNX derived" if result.value["derived_onnx"] else "")

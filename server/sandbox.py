@@ -138,11 +138,8 @@ class _Worker:
 class Sandbox:
     """Runs validation jobs in limited child processes, at most `max_concurrent` at a time."""
 
-    def __init__(self, *, max_concurrent: int = 2,
-                 on_job: Callable[[str, str, float], None] | None = None) -> None:
-        """`on_job(job, outcome, seconds)` is told about every job (outcome: ok, rejected, limit, error)."""
+    def __init__(self, *, max_concurrent: int = 2) -> None:
         self._slots = threading.BoundedSemaphore(max_concurrent)
-        self._on_job = on_job
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
         self._ids = itertools.count(1)
@@ -175,12 +172,15 @@ class Sandbox:
         if worker is not None:
             worker.stop()
 
-    def run(self, job: str, payload: dict[str, Any], *, limits: Limits) -> JobResult:
+    def run(self, job: str, payload: dict[str, Any], *, limits: Limits,
+            observe: Callable[[str, str, float], None] | None = None) -> JobResult:
         """Runs `job` (a name in validation_jobs.JOBS) on `payload` in a child process; blocks until it ends.
 
         Returns the job's JSON result. Raises the job's own InvalidArgument /
         ResourceExhausted, ResourceExhausted (VALIDATION_LIMIT) when it broke a
         limit, or RuntimeError when it failed for a reason of its own.
+        `observe(job, outcome, seconds)` hears how it went (outcome: ok,
+        rejected, limit or error), waiting for a free slot included.
         """
         started = time.monotonic()
         outcome = "error"
@@ -195,8 +195,8 @@ class Sandbox:
             outcome = "rejected"
             raise
         finally:
-            if self._on_job is not None and job != "noop":
-                self._on_job(job, outcome, time.monotonic() - started)
+            if observe is not None:
+                observe(job, outcome, time.monotonic() - started)
 
     def _run(self, job: str, payload: dict[str, Any], limits: Limits) -> JobResult:
         with self._slots:

@@ -135,6 +135,9 @@ class TransferServicer:
         served = self._metrics.bytes_served.labels(format=fmt.value) if self._metrics and fmt else None
         ahead: asyncio.Future | None = None
         try:
+            # Headers go on their own (they are not flow-controlled), so that when a write to a client that
+            # stopped reading is abandoned, the status that follows is not refused as a second header batch.
+            await context.send_initial_metadata(())
             chunk = await asyncio.to_thread(read.next_chunk)
             ahead = asyncio.ensure_future(asyncio.to_thread(read.next_chunk))
             await write_message(context, convert.first_read_response(read, chunk), stall_timeout=self._stall_timeout)
