@@ -285,10 +285,26 @@ _HINTS: dict[grpc.StatusCode, str] = {
 }
 
 
+#: How gRPC reports a stream cut in transit (a proxy resetting it because the replica behind it died):
+#: the server never chose that status, and a repeat of an idempotent call may well succeed elsewhere.
+_TRANSPORT_RESETS = ("RST_STREAM", "Stream removed")
+
+
+def _cut_in_transit(code: grpc.StatusCode, details: str) -> bool:
+    return code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and any(m in details for m in _TRANSPORT_RESETS)
+
+
 def from_rpc_error(error: grpc.RpcError, *, target: str = "") -> XferError:
-    """The typed error for a failed gRPC call (an `RpcError` that is also a `grpc.Call`)."""
+    """The typed error for a failed gRPC call (an `RpcError` that is also a `grpc.Call`).
+
+    A stream reset in transit (INTERNAL "Received RST_STREAM", what a load
+    balancer sends when the replica behind a stream dies) becomes UNAVAILABLE:
+    transient, so retried, and a pull resumes through another replica.
+    """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else "") or ""
+    if _cut_in_transit(code, details):
+        code = grpc.StatusCode.UNAVAILABLE
     info = details_of(error)
     cls = _BY_CODE.get(code, ServerError)
     narrower = _BY_REASON.get(info.reason)

@@ -125,3 +125,18 @@ def test_status_proto_has_error_info_bad_request_and_retry_info() -> None:
     assert parsed == client_errors.StatusDetails(reason="DATABASE_UNAVAILABLE", domain="xfer.v1", metadata={"k": "v"},
                                                  field_violations=(("f", "d"),), retry_after=1.5)
     assert client_errors.parse_status_details(b"\xff\xff garbage") == client_errors.StatusDetails()
+
+
+def test_a_stream_reset_in_transit_is_transient_for_the_sdk() -> None:
+    """What a client behind nginx sees when the replica serving its pull dies: retryable, not a server error."""
+
+    class Reset(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.INTERNAL
+
+        def details(self):
+            return "Received RST_STREAM with error code 2"
+
+    error = client_errors.from_rpc_error(Reset(), target="lb:443")
+    assert isinstance(error, client_errors.UnavailableError) and error.code == grpc.StatusCode.UNAVAILABLE
+    assert "lb:443" in str(error)
