@@ -7,7 +7,7 @@ PROTOS := $(wildcard protos/xfer/v1/*.proto)
 GEN    := protos/xfer/v1/.generated
 BUF    := node_modules/.bin/buf
 
-.PHONY: all venv proto lint test test-all demo serve report bench gpu-check clean
+.PHONY: all venv proto lint test test-all demo serve migrate report bench bench-serve gpu-check clean
 
 all: test
 
@@ -44,12 +44,20 @@ demo: $(GEN)
 serve: $(GEN)
 	$(VENV)/bin/xfer-server --data-dir .xfer-data
 
+# Apply the server's schema migrations (XFER_DB_URL, or the SQLite file in .xfer-data) and exit.
+migrate: $(GEN)
+	$(VENV)/bin/xfer-server migrate --data-dir .xfer-data
+
 report: $(GEN)
 	$(PY) bench/transfer_report.py
 
 bench: $(GEN)
 	$(PY) bench/pull.py
 	$(PY) bench/finetune.py
+
+# The server under load: 1/8/64 concurrent pulls against a raw socket, 200 stalled readers, ReportRun/s.
+bench-serve: $(GEN)
+	$(PY) bench/serve_load.py
 
 # For a machine with a CUDA GPU: the GPU-marked tests plus the fine-tuning benchmark, as one script.
 gpu-check: $(GEN)

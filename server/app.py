@@ -77,8 +77,8 @@ class RunningServer:
 
     def __init__(self, *, config: ServerConfig, registry: Registry, engine: sa.Engine, metrics: ServerMetrics,
                  sandbox: Sandbox, owns_sandbox: bool, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
-                 runtime: _Runtime,
-                 executor: concurrent.futures.ThreadPoolExecutor, metrics_port: int | None) -> None:
+                 runtime: _Runtime, executors: tuple[concurrent.futures.ThreadPoolExecutor, ...],
+                 metrics_port: int | None) -> None:
         self.config = config
         self.registry = registry
         self.engine = engine
@@ -92,7 +92,7 @@ class RunningServer:
         self._loop = loop
         self._thread = thread
         self._runtime = runtime
-        self._executor = executor
+        self._executors = executors
         self._stopped = False
         self._database_up = True
 
@@ -122,7 +122,8 @@ class RunningServer:
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(30)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            for executor in self._executors:
+                executor.shutdown(wait=False, cancel_futures=True)
             if self._owns_sandbox:
                 self.sandbox.close()
             self.metrics.close()
@@ -251,7 +252,8 @@ class _Watchdog:
 
 
 async def _start(*, config: ServerConfig, registry: Registry, store: RunStore, authorizer: Authorizer,
-                 metrics: ServerMetrics, on_database_change: Any) -> _Runtime:
+                 metrics: ServerMetrics, on_database_change: Any,
+                 reads: concurrent.futures.Executor) -> _Runtime:
     limiters = {
         READ_METHOD: StreamLimiter(what="artifact reads", per_key=config.max_reads_per_token, total=config.max_reads,
                                    flag="--max-reads"),
@@ -263,7 +265,8 @@ async def _start(*, config: ServerConfig, registry: Registry, store: RunStore, a
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, stall_timeout=config.stall_timeout_s, metrics=metrics), server)
     server.add_generic_rpc_handlers((transfer_handler(TransferServicer(
-        registry, chunk_size=config.chunk_size, stall_timeout=config.stall_timeout_s, metrics=metrics)),))
+        registry, chunk_size=config.chunk_size, stall_timeout=config.stall_timeout_s, metrics=metrics,
+        reads=reads)),))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(RunsServicer(store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -297,6 +300,8 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
     if sandbox is None:
         sandbox = Sandbox(max_concurrent=config.validation_workers)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="xfer-io")
+    # Chunk reads get their own threads: a metadata call never waits behind the read-aheads of many pulls.
+    reads = concurrent.futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="xfer-read")
     loop = asyncio.new_event_loop()
     loop.set_default_executor(executor)
     thread = threading.Thread(target=loop.run_forever, name="xfer-server-loop", daemon=True)
@@ -325,21 +330,22 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
 
         started = asyncio.run_coroutine_threadsafe(
             _start(config=config, registry=registry, store=store, authorizer=authorizer, metrics=metrics,
-                   on_database_change=on_database_change), loop)
+                   on_database_change=on_database_change, reads=reads), loop)
         runtime = started.result(60)
     except BaseException:
         if thread.is_alive():
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
         executor.shutdown(wait=False)
+        reads.shutdown(wait=False)
         if owns_sandbox:
             sandbox.close()
         metrics.close()
         engine.dispose()
         raise
     running = RunningServer(config=config, registry=registry, engine=engine, metrics=metrics, sandbox=sandbox,
-                            owns_sandbox=owns_sandbox, loop=loop, thread=thread, runtime=runtime, executor=executor,
-                            metrics_port=metrics_port)
+                            owns_sandbox=owns_sandbox, loop=loop, thread=thread, runtime=runtime,
+                            executors=(executor, reads), metrics_port=metrics_port)
     holder["server"] = running
     logger.info("serving with tls=%s, mtls=%s, auth=%s, db=%s, data dir %s%s", running.tls,
                 config.tls_client_ca is not None, config.token_file is not None, engine.dialect.name, config.data_dir,

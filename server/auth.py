@@ -259,3 +259,12 @@ def remove_token(path: Path, *, name: str) -> int:
     kept = [e for e in entries if e.name != name]
     _write_entries(path, kept)
     return len(entries) - len(kept)
+
+
+if __name__ == "__main__":
+    # `python -m xfer.server.auth add|list|remove` predates `xfer-server tokens`; it is the same command.
+    import sys
+
+    from xfer.server.tokens_cli import main
+
+    sys.exit(main())

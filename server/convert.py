@@ -172,13 +172,6 @@ def header_from_proto(header: registry_service_pb2.CreateModelVersionHeader) -> 
 
 
 # -- transfer ---------------------------------------------------------------------------
-def first_read_response(read: ArtifactRead, chunk: Chunk | None) -> transfer_service_pb2.ReadArtifactResponse:
-    """The first ReadArtifact response: total size, digest and version, plus the first chunk."""
-    return transfer_service_pb2.ReadArtifactResponse(
-        total_size_bytes=read.total_size_bytes, sha256=read.sha256, model_version=read.model_version,
-        offset=read.read_offset, data=chunk.data if chunk is not None else b"")
-
-
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -191,21 +184,31 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-#: Field tags of ReadArtifactResponse: offset (3, varint) and data (4, length-delimited).
-_OFFSET_TAG = bytes([3 << 3 | 0])
-_DATA_TAG = bytes([4 << 3 | 2])
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def read_response_bytes(chunk: Chunk) -> bytes:
-    """A serialized ReadArtifactResponse carrying only `offset` and `data`.
+def read_response_bytes(chunk: Chunk | None, *, first: ArtifactRead | None = None) -> bytes:
+    """A serialized ReadArtifactResponse: `chunk` (offset, data), plus size, digest and version if `first`.
 
     Encoded by hand, because building the message and serializing it would
     copy each chunk twice; this copies it once. Byte for byte what
-    `ReadArtifactResponse(offset=..., data=...).SerializeToString()` gives
-    (tests/server/test_server_convert.py checks it).
+    `ReadArtifactResponse(...).SerializeToString()` gives, fields in number
+    order and defaults omitted (tests/server/test_server_convert.py checks it).
     """
-    head = (_OFFSET_TAG + _varint(chunk.offset)) if chunk.offset else b""
-    return b"".join((head, _DATA_TAG, _varint(len(chunk.data)), chunk.data))
+    parts: list[bytes] = []
+    if first is not None and first.total_size_bytes:
+        parts.append(_varint(1 << 3) + _varint(first.total_size_bytes))
+    if first is not None and first.sha256:
+        parts.append(_length_delimited(2, first.sha256.encode()))
+    offset = chunk.offset if chunk is not None else (first.read_offset if first is not None else 0)
+    if offset:
+        parts.append(_varint(3 << 3) + _varint(offset))
+    if chunk is not None and chunk.data:
+        parts += [_varint(4 << 3 | 2), _varint(len(chunk.data)), chunk.data]
+    if first is not None and first.model_version:
+        parts.append(_length_delimited(5, first.model_version.encode()))
+    return b"".join(parts)
 
 
 def serialize_read_response(response: transfer_service_pb2.ReadArtifactResponse | bytes) -> bytes:

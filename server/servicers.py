@@ -12,6 +12,7 @@ server.errors exceptions and mapped to statuses by the interceptor.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -26,7 +27,7 @@ from xfer.server.errors import InvalidArgument, Reason, Unavailable
 from xfer.server.observability import ServerMetrics
 from xfer.server.registry import Registry
 from xfer.server.run_store import RunStore
-from xfer.server.transfer import ArtifactRead, open_read
+from xfer.server.transfer import ChunkSizer, open_read
 from xfer.v1 import metrics_service_pb2 as ms
 from xfer.v1 import metrics_service_pb2_grpc, registry_service_pb2_grpc, transfer_service_pb2
 from xfer.v1 import registry_service_pb2 as rs
@@ -52,6 +53,11 @@ async def write_message(context: grpc.aio.ServicerContext, message: Any, *, stal
         raise Unavailable(f"the client read nothing for {stall_timeout:g} s, so the server ended the stream; "
                           "resume from the bytes received (read_offset) and keep reading",
                           reason=Reason.STREAM_STALLED, retry_after=1.0) from None
+    except Exception as exc:
+        # A send fails only when the call is already over (the client went away or the server is
+        # stopping): that is a cancellation, not a server error.
+        logger.debug("write to a finished call failed (%s); treating it as cancelled", type(exc).__name__)
+        raise asyncio.CancelledError() from None
 
 
 class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
@@ -120,11 +126,14 @@ class TransferServicer:
     """
 
     def __init__(self, registry: Registry, *, chunk_size: int, stall_timeout: float,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None, reads: concurrent.futures.Executor | None = None) -> None:
+        """`reads` runs the chunk reads: a pool of their own, so that metadata calls never queue behind
+        the read-aheads of many pulls (None: the loop's default pool)."""
         self._registry = registry
         self._chunk_size = chunk_size
         self._stall_timeout = stall_timeout
         self._metrics = metrics
+        self._reads = reads
 
     async def ReadArtifact(self, request: transfer_service_pb2.ReadArtifactRequest,
                            context: grpc.aio.ServicerContext) -> None:
@@ -133,22 +142,29 @@ class TransferServicer:
                                        read_offset=request.read_offset, read_limit=request.read_limit,
                                        chunk_size=self._chunk_size)
         served = self._metrics.bytes_served.labels(format=fmt.value) if self._metrics and fmt else None
+        sizer = ChunkSizer(self._chunk_size)
         ahead: asyncio.Future | None = None
         try:
             # Headers go on their own (they are not flow-controlled), so that when a write to a client that
             # stopped reading is abandoned, the status that follows is not refused as a second header batch.
             await context.send_initial_metadata(())
-            chunk = await asyncio.to_thread(read.next_chunk)
-            ahead = asyncio.ensure_future(asyncio.to_thread(read.next_chunk))
-            await write_message(context, convert.first_read_response(read, chunk), stall_timeout=self._stall_timeout)
-            while chunk is not None:
-                if served is not None:
-                    served.inc(len(chunk.data))
-                chunk = await ahead
-                ahead = asyncio.ensure_future(asyncio.to_thread(read.next_chunk)) if chunk is not None else None
+            loop = asyncio.get_running_loop()
+            chunk = await loop.run_in_executor(self._reads, read.next_chunk, sizer.size)
+            message = convert.read_response_bytes(chunk, first=read)
+            while True:
+                # The next chunk is read from disk while this one waits for the client.
                 if chunk is not None:
-                    await write_message(context, convert.read_response_bytes(chunk),
-                                        stall_timeout=self._stall_timeout)
+                    ahead = loop.run_in_executor(self._reads, read.next_chunk, sizer.next_size)
+                await write_message(context, message, stall_timeout=self._stall_timeout)
+                sizer.taken()
+                if served is not None and chunk is not None:
+                    served.inc(len(chunk.data))
+                if ahead is None:
+                    break
+                chunk, ahead = await ahead, None
+                if chunk is None:
+                    break
+                message = convert.read_response_bytes(chunk)
         finally:
             await _settle(ahead)
             read.close()

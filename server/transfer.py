@@ -4,6 +4,12 @@
 process, hashing the blob); `ArtifactRead.next_chunk` reads one chunk with
 `os.pread`, so the asyncio servicer can run each read in a worker thread and
 wait for the client between chunks without holding one.
+
+Chunk sizes start small and double with every chunk the client takes, up to
+the configured chunk size (`ChunkSizer`, like TCP's slow start): a client
+that opens a stream and never reads holds a few dozen KiB of server memory
+instead of several chunk sizes, while a reading client reaches full-size
+chunks after about 2 MiB.
 """
 
 from __future__ import annotations
@@ -29,6 +35,27 @@ class Chunk:
     data: bytes
 
 
+#: Size of the first chunk of every read (or the chunk size, if smaller).
+FIRST_CHUNK = 64 * 1024
+
+
+class ChunkSizer:
+    """Slow start: FIRST_CHUNK, then twice the previous size after each chunk the client took, up to `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self.size = min(FIRST_CHUNK, limit)
+
+    @property
+    def next_size(self) -> int:
+        """The size after the next `taken()`."""
+        return min(self.size * 2, self._limit)
+
+    def taken(self) -> None:
+        """The client accepted a chunk: the next may be twice as large."""
+        self.size = self.next_size
+
+
 class ArtifactRead:
     """An open read: what the first response announces, and the chunks to send. Close it when done."""
 
@@ -48,11 +75,12 @@ class ArtifactRead:
         """Bytes still to send."""
         return self._end - self._next
 
-    def next_chunk(self) -> Chunk | None:
-        """The next chunk (one pread; memory stays at one chunk), or None at the end."""
+    def next_chunk(self, size: int | None = None) -> Chunk | None:
+        """The next chunk of at most `size` bytes (default: the chunk size), one pread; None at the end."""
         if self._next >= self._end:
             return None
-        data = os.pread(self._file.fileno(), min(self._chunk_size, self._end - self._next), self._next)
+        size = self._chunk_size if size is None else min(size, self._chunk_size)
+        data = os.pread(self._file.fileno(), min(size, self._end - self._next), self._next)
         if not data:
             raise DataLoss("the stored artifact ended early while being read; ask the operator to re-upload it",
                            reason=Reason.BLOB_CORRUPT)
