@@ -236,3 +236,38 @@ def test_server_wide_stream_limit(start_server, tokens, source_model_dir) -> Non
         err = rpc_error(lambda: _pull_sha(operator))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the server has 1 artifact reads open" in err.details()
         held.cancel()
+
+
+def test_connections_are_recycled_at_their_maximum_age_and_a_pull_resumes(start_server, tokens, source_model_dir,
+                                                                          tmp_path, caplog) -> None:
+    """A connection older than max_connection_age is closed (after its grace); a slow pull on it resumes."""
+    import logging
+
+    from xfer.client import Client, RetryPolicy
+
+    caplog.set_level(logging.INFO, logger="xfer.client.download")
+    running = start_server(token_file=tokens.file, max_connection_age_s=1.0, max_connection_age_grace_s=1.0,
+                           chunk_size=256 * 1024)
+    sha = _register_big_blob(running, source_model_dir)
+
+    def slowly(done: int, total: int) -> None:
+        time.sleep(0.05)  # about 4 s for the whole artifact: longer than age + grace
+
+    patient = RetryPolicy(max_attempts=20, initial_backoff=0.05, max_backoff=0.2)
+    with Client(running.target, token=tokens.client, cache_dir=tmp_path / "cache", retry=patient) as xfer:
+        result = xfer.pull("big:1", progress=slowly)
+    assert result.sha256 == sha and hashlib.sha256(result.blob_path.read_bytes()).hexdigest() == sha
+    assert result.transferred_bytes == BIG and result.restarts == 0
+    assert "resuming models/big/versions/1 at byte" in caplog.text  # the connection really was recycled
+
+
+def test_keepalive_and_connection_limits_are_configured() -> None:
+    from xfer.server.app import _options
+    from xfer.server.config import ServerConfig
+
+    options = dict(_options(ServerConfig(data_dir=Path("."))))
+    assert options["grpc.http2.min_ping_interval_without_data_ms"] == 10_000  # clients may not ping more often
+    assert options["grpc.http2.max_ping_strikes"] == 2
+    assert options["grpc.keepalive_time_ms"] == 60_000 and options["grpc.keepalive_timeout_ms"] == 20_000
+    assert options["grpc.max_connection_age_ms"] == 1_800_000 and options["grpc.max_connection_age_grace_ms"] == 300_000
+    assert options["grpc.max_connection_idle_ms"] == 900_000 and options["grpc.max_concurrent_streams"] == 100
