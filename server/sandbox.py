@@ -146,7 +146,7 @@ class Sandbox:
 
     def _current_worker(self) -> _Worker:
         with self._lock:
-            if self._worker is None or self._worker.dead:
+            if self._worker is None or self._worker.dead or self._worker.process.poll() is not None:
                 if self._worker is not None:
                     logger.warning("the validation sandbox worker exited; starting a new one")
                     self._worker.stop()
@@ -200,17 +200,21 @@ class Sandbox:
 
     def _run(self, job: str, payload: dict[str, Any], limits: Limits) -> JobResult:
         with self._slots:
-            worker = self._current_worker()
             request = {"id": str(next(self._ids)), "job": job, "payload": payload, "limits": limits.as_dict(),
                        "wall_seconds": limits.wall_seconds}
             started = time.monotonic()
-            future = worker.submit(request)
+            try:
+                future = self._current_worker().submit(request)
+            except SandboxUnavailable:
+                # The worker died between two jobs (its exit not yet noticed): one fresh start.
+                future = self._current_worker().submit(request)
             try:
                 # The worker enforces the deadline; the margin only guards against a hung worker.
                 message = future.result(limits.wall_seconds + 60)
             except concurrent.futures.TimeoutError:
                 logger.error("the validation sandbox worker did not answer job %s; restarting it", job)
-                worker.stop()
+                if self._worker is not None:
+                    self._worker.stop()
                 raise SandboxUnavailable("the validation sandbox did not answer") from None
         seconds = time.monotonic() - started
         answer = message.get("answer")
