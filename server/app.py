@@ -307,6 +307,7 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
     thread = threading.Thread(target=loop.run_forever, name="xfer-server-loop", daemon=True)
     try:
         tokens = _prepare_database(config, engine)
+        metrics.database_up.set(1)  # it just answered; the watchdog keeps this current from here on
         catalog = Catalog(engine, page_tokens=tokens)
         blobs = BlobStore(config.blob_dir, verify=config.verify_blobs)
         blobs.remove_temp_files()
