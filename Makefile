@@ -10,7 +10,7 @@ BUF    := node_modules/.bin/buf
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 APT_FASHION := DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1
 
-.PHONY: all venv proto data lint test test-all demo serve report bench gpu-check clean
+.PHONY: all venv proto data lint test test-all demo serve migrate report bench bench-serve gpu-check clean
 
 all: test
 
@@ -57,12 +57,20 @@ demo: $(GEN) data
 serve: $(GEN)
 	$(VENV)/bin/xfer-server --data-dir .xfer-data
 
+# Apply the server's schema migrations (XFER_DB_URL, or the SQLite file in .xfer-data) and exit.
+migrate: $(GEN)
+	$(VENV)/bin/xfer-server migrate --data-dir .xfer-data
+
 report: $(GEN) data
 	$(PY) bench/transfer_report.py
 
 bench: $(GEN)
 	$(PY) bench/pull.py
 	$(PY) bench/finetune.py
+
+# The server under load: 1/8/64 concurrent pulls against a raw socket, 200 stalled readers, ReportRun/s.
+bench-serve: $(GEN)
+	$(PY) bench/serve_load.py
 
 # For a machine with a CUDA GPU: the GPU-marked tests plus the fine-tuning benchmark, as one script.
 gpu-check: $(GEN)
