@@ -15,7 +15,6 @@ on the server's word.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import json
@@ -24,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xfer.client.domain import ManifestSignature
 from xfer.client.errors import InvalidArgumentError, SignatureError
 from xfer.models.card import ModelCard
 from xfer.models.files import atomic_path
@@ -32,15 +32,6 @@ MANIFEST_VERSION = 1
 ALGORITHM = "ed25519"
 PUBLIC_SUFFIX = ".pub"
 PRIVATE_SUFFIX = ".key"
-
-
-@dataclasses.dataclass(frozen=True)
-class ManifestSignature:
-    """One signature over a version's manifest."""
-
-    key_id: str
-    algorithm: str
-    signature: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,9 +160,3 @@ def verify(manifest: bytes, signatures: Sequence[ManifestSignature], trusted: Se
         return by_id[signature.key_id]
     raise SignatureError(f"{what}: the signature by {known[0].key_id} does not match the card and artifact "
                          "digests the server sent; they were changed after signing. Nothing was cached.")
-
-
-def encode_signature(signature: ManifestSignature) -> dict[str, str]:
-    """A JSON-able form (for `--json` output and the ref cache)."""
-    return {"key_id": signature.key_id, "algorithm": signature.algorithm,
-            "signature": base64.b64encode(signature.signature).decode("ascii")}

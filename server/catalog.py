@@ -18,6 +18,7 @@ aliases, ...), whatever the page size.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -27,7 +28,8 @@ import sqlalchemy as sa
 
 from xfer.models.card import ModelCard
 from xfer.server.db import dialect_insert, insert_ignore, write_transaction
-from xfer.server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, Page, VersionRecord, version_name
+from xfer.server.domain import (ArtifactFormat, ArtifactRecord, ModelRecord, Page, Signature, VersionRecord,
+                                version_name)
 from xfer.server.errors import NotFound, Reason
 from xfer.server.names import LATEST
 from xfer.server.pagination import PageTokens, page_size_of
@@ -77,8 +79,8 @@ class Catalog:
         return self._engine
 
     # -- writes ------------------------------------------------------------
-    def create_version(self, *, model_id: str, card: ModelCard,
-                       artifacts: Iterable[ArtifactRecord]) -> VersionRecord:
+    def create_version(self, *, model_id: str, card: ModelCard, artifacts: Iterable[ArtifactRecord],
+                       signatures: Sequence[Signature] = ()) -> VersionRecord:
         """Allocates the next version number and stores the version with its artifacts atomically."""
         now = _now_us()
         with write_transaction(self._engine) as conn:
@@ -91,7 +93,8 @@ class Catalog:
                                    .where(models_table.c.model_id == model_id)).scalar_one()
             conn.execute(versions_table.insert().values(
                 model_id=model_id, version=version, card_json=json.dumps(card.to_dict(), sort_keys=True),
-                create_time_us=now, deprecated=False, deprecation_message=""))
+                create_time_us=now, deprecated=False, deprecation_message="",
+                signatures_json=json.dumps([_signature_json(sig) for sig in signatures])))
             rows = [dict(model_id=model_id, version=version, format=a.format.value, sha256=a.sha256,
                          size_bytes=a.size_bytes, derived=a.derived) for a in artifacts]
             if rows:
@@ -270,7 +273,8 @@ class Catalog:
                           card=ModelCard.from_dict(json.loads(row.card_json)), artifacts=artifacts[int(row.version)],
                           aliases=tuple(sorted(a for a, v in aliases.items() if v == int(row.version))),
                           create_time=_time(row.create_time_us), deprecated=bool(row.deprecated),
-                          deprecation_message=row.deprecation_message)
+                          deprecation_message=row.deprecation_message,
+                          signatures=tuple(_signature_from_json(d) for d in json.loads(row.signatures_json)))
             for row in rows)
 
     def _load_version(self, conn: sa.Connection, model_id: str, version: int) -> VersionRecord:
@@ -302,3 +306,12 @@ class Catalog:
                         latest_card=cards.get(row.model_id), create_time=_time(row.create_time_us),
                         update_time=_time(row.update_time_us))
             for row in rows)
+
+
+def _signature_json(signature: Signature) -> dict[str, str]:
+    return {"key_id": signature.key_id, "algorithm": signature.algorithm,
+            "signature": base64.b64encode(signature.signature).decode("ascii")}
+
+
+def _signature_from_json(data: dict[str, str]) -> Signature:
+    return Signature(key_id=data["key_id"], algorithm=data["algorithm"], signature=base64.b64decode(data["signature"]))

@@ -7,14 +7,15 @@ these and delegate; domain code never sees a message.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Iterator
 
 from google.protobuf import timestamp_pb2
 
 from xfer.models.card_proto import card_from_proto, card_to_proto
 from xfer.models.errors import ModelError
-from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, UploadChunk,
-                                UploadHeader, VersionRecord)
+from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, Signature,
+                                UploadChunk, UploadHeader, VersionRecord)
 from xfer.server.errors import InvalidArgument, Reason
 from xfer.server.runs import LeaderboardRow, RunPrivacy, RunReport, StoredRun
 from xfer.server.transfer import ArtifactRead, Chunk
@@ -65,6 +66,8 @@ def version_to_proto(record: VersionRecord) -> model_pb2.ModelVersion:
         artifacts=[artifact_to_proto(a) for a in record.artifacts], aliases=list(record.aliases),
         create_time=timestamp(record.create_time), deprecated=record.deprecated,
         deprecation_message=record.deprecation_message,
+        signatures=[model_pb2.ManifestSignature(key_id=s.key_id, algorithm=s.algorithm, signature=s.signature)
+                    for s in record.signatures],
     )
 
 
@@ -120,7 +123,37 @@ def header_from_proto(header: registry_service_pb2.CreateModelVersionHeader) -> 
     except ModelError as exc:
         raise InvalidArgument(f"invalid model card: {exc}", reason=Reason.INVALID_CARD,
                               field="header.card") from None
-    return UploadHeader(parent=header.parent, card=card, artifacts=tuple(declarations))
+    return UploadHeader(parent=header.parent, card=card, artifacts=tuple(declarations),
+                        signatures=signatures_from_proto(header.signatures))
+
+
+#: Ed25519 is the one algorithm clients verify; anything else could only ever fail verification.
+SIGNATURE_ALGORITHMS = {"ed25519": 64}
+MAX_SIGNATURES = 8
+
+
+def signatures_from_proto(signatures: Iterable[model_pb2.ManifestSignature]) -> tuple[Signature, ...]:
+    """Upload signatures, checked for form only (clients verify them against the keys they trust)."""
+    found = list(signatures)
+    if len(found) > MAX_SIGNATURES:
+        raise InvalidArgument(f"{len(found)} signatures; at most {MAX_SIGNATURES} are allowed per version",
+                              reason=Reason.INVALID_UPLOAD, field="header.signatures")
+    checked = []
+    for i, sig in enumerate(found):
+        field = f"header.signatures[{i}]"
+        size = SIGNATURE_ALGORITHMS.get(sig.algorithm)
+        if size is None:
+            raise InvalidArgument(f"signature {i}: algorithm {sig.algorithm[:32]!r} is not supported; use "
+                                  f"{', '.join(SIGNATURE_ALGORITHMS)}", reason=Reason.INVALID_UPLOAD,
+                                  field=f"{field}.algorithm")
+        if not re.fullmatch(r"[0-9a-f]{16}", sig.key_id):
+            raise InvalidArgument(f"signature {i}: key_id must be 16 lower-case hex digits", reason=Reason.INVALID_UPLOAD,
+                                  field=f"{field}.key_id")
+        if len(sig.signature) != size:
+            raise InvalidArgument(f"signature {i}: an {sig.algorithm} signature has {size} bytes, got "
+                                  f"{len(sig.signature)}", reason=Reason.INVALID_UPLOAD, field=f"{field}.signature")
+        checked.append(Signature(key_id=sig.key_id, algorithm=sig.algorithm, signature=bytes(sig.signature)))
+    return tuple(checked)
 
 
 # -- transfer ---------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from xfer.models.files import sha256_file
 from xfer.server import validate
 from xfer.server.blobs import BlobStore, BlobWriter, check_sha256
 from xfer.server.catalog import Catalog
-from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, Page, UploadChunk,
-                                UploadHeader, VersionRecord, version_name)
+from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, Page, Signature,
+                                UploadChunk, UploadHeader, VersionRecord, version_name)
 from xfer.server.errors import InvalidArgument, Reason, ResourceExhausted
 from xfer.server.names import VersionRef, check_alias, parse_model_name, parse_version_name
 from xfer.server.sandbox import Limits, Sandbox
@@ -203,8 +203,13 @@ class Registry:
                                   f"artifact declares only {weights.size_bytes:,} bytes; upload the weights of the "
                                   "model the card describes", reason=Reason.SIZE_MISMATCH,
                                   field="header.artifacts.size_bytes")
+        if header.signatures and checked.card != header.card:
+            raise InvalidArgument("the card is signed but not canonical: its architecture_config lacks fields the "
+                                  "architecture defines (or gives them as other types), so the stored card would not "
+                                  "be the one signed. Sign the card `python -m xfer.models.train` writes, with every "
+                                  "config field given", reason=Reason.INVALID_CARD, field="header.card")
         return UploadSession(registry=self, model_id=model_id, card=checked,
-                             declarations=header.artifacts)
+                             declarations=header.artifacts, signatures=header.signatures)
 
     def check_card(self, card: ModelCard) -> CardCheck:
         """Validates the card (fields, text, architecture) and returns it canonical, with the model's size.
@@ -287,10 +292,11 @@ class UploadSession:
     """One upload in progress: feed it chunks, then `finish` (or `discard`; a `with` block discards on error)."""
 
     def __init__(self, *, registry: Registry, model_id: str, card: CardCheck,
-                 declarations: tuple[ArtifactDeclaration, ...]) -> None:
+                 declarations: tuple[ArtifactDeclaration, ...], signatures: tuple[Signature, ...] = ()) -> None:
         self._registry = registry
         self._model_id = model_id
         self._card = card
+        self._signatures = signatures
         self._cleanup = contextlib.ExitStack()
         self._incoming: dict[ArtifactFormat, _Incoming] = {}
         try:
@@ -337,7 +343,7 @@ class UploadSession:
         artifacts = self._registry._validate_and_store(checked=self._card, incoming=self._incoming,
                                                        cleanup=self._cleanup)
         record = self._registry.catalog.create_version(model_id=self._model_id, card=self._card.card,
-                                                       artifacts=artifacts)
+                                                       artifacts=artifacts, signatures=self._signatures)
         logger.info("created %s (%s)", record.name,
                     ", ".join(f"{a.format.value}{' derived' if a.derived else ''} {a.size_bytes} B" for a in artifacts))
         self.discard()

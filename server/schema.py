@@ -32,6 +32,8 @@ versions_table = sa.Table(
     sa.Column("create_time_us", sa.BigInteger, nullable=False),
     sa.Column("deprecated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("deprecation_message", sa.Text, nullable=False, server_default=""),
+    # [{"key_id", "algorithm", "signature" (base64)}]: the operator's signatures, as uploaded.
+    sa.Column("signatures_json", sa.Text, nullable=False, server_default="[]"),
 )
 
 artifacts_table = sa.Table(
