@@ -48,11 +48,27 @@ def manifest_bytes(*, model: str, card: ModelCard, artifacts: Mapping[str, tuple
     document = {
         "xfer_manifest": MANIFEST_VERSION,
         "model": model,
-        "card": card.to_dict(),
+        "card": _json_numbers(card.to_dict()),
         "artifacts": {fmt: {"sha256": sha, "size_bytes": int(size)} for fmt, (sha, size) in sorted(artifacts.items())},
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+def _json_numbers(value: Any) -> Any:
+    """Integral floats as ints, as RFC 8785 (JCS) writes numbers: 0.0 and 0 are one JSON number.
+
+    Protobuf Structs carry every number as a double and the wire form gives
+    integral ones back as ints, so `dropout: 0.0` signed by the operator
+    arrives as `dropout: 0`; both must give the same manifest.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_numbers(v) for v in value]
+    return value
 
 
 def key_id(public_key: Any) -> str:
