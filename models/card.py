@@ -74,10 +74,10 @@ class ModelCard:
                     values[key] = tuple(values[key])
             values["architecture_config"] = dict(values["architecture_config"])
             values["framework_versions"] = dict(values.get("framework_versions") or {})
-            if values.get("audit") is not None:
-                values["audit"] = PrivacyAudit.from_dict(values["audit"])
         except (TypeError, ValueError) as exc:
             raise InvalidCardError(f"malformed model card: {exc}") from None
+        if values.get("audit") is not None:
+            values["audit"] = PrivacyAudit.from_dict(values["audit"])
         return cls(**values)
 
     @property

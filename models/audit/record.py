@@ -200,6 +200,8 @@ class PrivacyAudit:
         try:
             attacks = tuple(MembershipAttack.from_dict(a) for a in values.get("attacks") or ())
             versions = dict(values.get("tool_versions") or {})
+        except InvalidCardError:
+            raise
         except (TypeError, ValueError):
             raise _fail("attacks must be a list and tool_versions an object") from None
         dp = values.get("dp")
