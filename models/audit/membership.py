@@ -102,9 +102,9 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def audit_membership(*, model: nn.Module, make_model: Callable[[], nn.Module], members: tuple[torch.Tensor, torch.Tensor],
-                     non_members: tuple[torch.Tensor, torch.Tensor], fit_config: FitConfig,
-                     config: AuditConfig) -> tuple[MembershipAttack, ...]:
+def audit_membership(*, model: nn.Module, make_model: Callable[[], nn.Module],
+                     members: tuple[torch.Tensor, torch.Tensor], non_members: tuple[torch.Tensor, torch.Tensor],
+                     fit_config: FitConfig, config: AuditConfig) -> tuple[MembershipAttack, ...]:
     """Runs the loss-threshold attack and (with reference pairs) offline RMIA against `model`.
 
     `members` are (x, y) the model trained on, `non_members` (x, y) it never

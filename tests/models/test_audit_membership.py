@@ -106,3 +106,18 @@ def test_standalone_audit_of_a_folder_from_data_specs(tmp_path, capsys):
     bad = main([str(tmp_path / "m"), "--members", str(tmp_path / "missing.npz"), "--non-members",
                 str(tmp_path / "out.npz")])
     assert bad != 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("epsilon", [1.0, 4.0, 8.0])
+def test_train_audit_lower_bound_never_exceeds_the_accountants_epsilon(tmp_path, epsilon):
+    """The product's own DP training (models.train, Opacus, PRV accountant) with --audit, on real images."""
+    from xfer.models.train import train_source_model
+
+    result = train_source_model(out_dir=tmp_path, data="digits", epochs=5, seed=0, dp_epsilon=epsilon,
+                                audit=AuditConfig(reference_pairs=1))
+    dp = result.card.audit.dp
+    assert dp is not None and dp.claimed_epsilon == pytest.approx(epsilon, rel=0.05)
+    assert 0 <= dp.epsilon_lower_bound <= dp.claimed_epsilon
+    assert dp.canaries == min(1000, result.card.audit.attacks[0].members // 5)
+    assert {a.attack for a in result.card.audit.attacks} == {"loss-threshold", "rmia-offline"}
