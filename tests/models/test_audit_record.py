@@ -64,6 +64,24 @@ def test_the_signed_manifest_covers_the_audit():
     assert b'"audit"' in one and b'"auc":0.55' in one
 
 
+def test_the_manifest_of_an_audited_card_survives_the_wire_and_the_catalog():
+    """What the operator signs (card.json) is what a client recomputes from the wire (integral floats included)."""
+    import json
+
+    from xfer.client import signing
+    from xfer.models.card_proto import card_from_proto, card_to_proto
+
+    audit = make_audit()
+    point = dataclasses.replace(audit.attacks[0].tpr_at_fpr[1], tpr=0.0, tpr_low=0.0)
+    attack = dataclasses.replace(audit.attacks[0], auc=1.0, auc_low=0.9, auc_high=1.0,
+                                 tpr_at_fpr=(audit.attacks[0].tpr_at_fpr[0], point))
+    card = make_card(dp_epsilon=4.0, dp_delta=1e-5, audit=dataclasses.replace(audit, attacks=(attack,)))
+    signed = signing.manifest_bytes(model="m", card=card, artifacts={})
+    stored = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())))  # the catalog's card_json
+    wire = card_from_proto(card_to_proto(stored))
+    assert signing.manifest_bytes(model="m", card=wire, artifacts={}) == signed
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"date": "yesterday"}, "RFC 3339"),
     ({"method": "bell\x07"}, "printable"),
