@@ -106,3 +106,13 @@ def test_unknown_audit_keys_are_refused():
     data["audit"]["attacks"][0]["secret"] = 1
     with pytest.raises(InvalidCardError, match="unknown field"):
         ModelCard.from_dict(data)
+
+
+def test_the_audit_block_and_the_client_policy_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, xfer.models.audit, xfer.models.card, xfer.client.policy, xfer.server.policy; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
