@@ -6,7 +6,9 @@ overlaps the clients' *target* pool, and writes the three files
 `xfer register` uploads: `model.safetensors`, `model.onnx` and `card.json`.
 With `--dp-epsilon` the model is trained with Opacus DP-SGD and the card
 records the (epsilon, delta) the accountant reports, so clients know the
-source model's own privacy guarantee.
+source model's own privacy guarantee. With `--audit` the card also records
+what membership inference (and, under DP, a one-run canary audit) measured
+against the weights (`xfer.models.audit`).
 """
 
 from __future__ import annotations
