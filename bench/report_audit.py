@@ -68,7 +68,8 @@ def run_one(*, epsilon: float | None, seed: int, examples: int, epochs: int, ref
                           "members": a.members, "non_members": a.non_members} for a in audit.attacks}
     dp = audit.dp
     return {
-        "epsilon": epsilon, "seed": seed, "claimed_epsilon": result.dp_epsilon,
+        "epsilon": epsilon, "seed": seed, "claimed_epsilon": result.dp_epsilon, "examples": examples,
+        "epochs": epochs, "reference_pairs": reference_pairs,
         "source_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
         "downstream_accuracy": outcome.test_metrics.accuracy if outcome.test_metrics else math.nan,
         "attacks": attacks,
@@ -96,12 +97,16 @@ def render(rows: list[dict[str, Any]], *, args: argparse.Namespace, wall: float,
     by_setting: dict[float | None, list[dict[str, Any]]] = {}
     for row in rows:
         by_setting.setdefault(row["epsilon"], []).append(row)
+    # The sizes come from the rows (a --render-only run renders what was measured, not its own defaults).
+    examples = rows[0].get("examples", args.examples) if rows else args.examples
+    epochs = rows[0].get("epochs", args.epochs) if rows else args.epochs
+    pairs = rows[0].get("reference_pairs", args.reference_pairs) if rows else args.reference_pairs
     lines = ["## What the weights reveal", "",
-             f"Fashion-MNIST source pool, a stratified {args.examples} images (4/5 train = members, 1/5 held out = "
-             f"non-members), convnet {CONVNET}, {args.epochs} epochs, Adam 3e-3, batch 64 (`models.train` defaults "
+             f"Fashion-MNIST source pool, a stratified {examples} images (4/5 train = members, 1/5 held out = "
+             f"non-members), convnet {CONVNET}, {epochs} epochs, Adam 3e-3, batch 64 (`models.train` defaults "
              f"otherwise; DP-SGD with Opacus at the given ε, δ = min(1e-5, 1/n^1.1)); "
              f"{len(set(r['seed'] for r in rows))} "
-             f"seed(s); RMIA offline with {2 * args.reference_pairs} reference models on disjoint halves of the pool. "
+             f"seed(s); RMIA offline with {2 * pairs} reference models on disjoint halves of the pool. "
              f"Downstream: a client's linear probe with {PER_CLASS} labels per class on `{TARGET_SPEC}`. "
              f"Mean ± sd over seeds; [..] in the per-run table is the 95 % interval (DeLong for AUC, Clopper-Pearson "
              f"for TPR).", "",
