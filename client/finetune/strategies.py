@@ -6,7 +6,7 @@ each a list of parameter groups with an LR scale. The trainer executes the
 plan; everything not in a phase's groups is frozen (requires_grad=False) for
 that phase, so it stays bit-identical and — under DP — is not privatised.
 
-Strategies live in an explicit registry (DESIGN §7.3). Names:
+Strategies live in an explicit registry: a duplicate name raises, an unknown one lists the valid names. Names:
 `full`, `linear-probe`, `lp-ft`, `discriminative`, `gradual-unfreeze`,
 `surgical:<block>` and `surgical:auto`.
 
