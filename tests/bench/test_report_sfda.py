@@ -43,9 +43,9 @@ def test_report_renders_every_section_and_verdicts_follow_the_numbers():
     table = [line for line in text.splitlines() if line.startswith(f"| {targets[0].key} |")]
     assert len(table) == 1 and table[0].count("±") == 2 + len(METHODS)
     verdicts = text.split("## Verdicts")[1]
-    assert f"**{targets[0].key}**: the best label-free-selected method, `tent`, improves on the source" in verdicts
+    assert f"**{targets[0].key}**: the best of the four (each with its LR chosen label-free; best by test accuracy, in hindsight), `tent`, improves on the source" in verdicts
     assert "beats lp-ft" in verdicts.splitlines()[2]
-    assert f"**{targets[1].key}**: the best label-free-selected method, `tent`, is worse than" in verdicts
+    assert f"**{targets[1].key}**: the best of the four (each with its LR chosen label-free; best by test accuracy, in hindsight), `tent`, is worse than" in verdicts
     assert "is beaten by lp-ft" in verdicts
     assert "`im` tracks accuracy best" in verdicts
 
@@ -75,3 +75,17 @@ def test_quick_report_end_to_end(tmp_path):
             assert cell["candidates"] and all({"im", "snd", "entropy"} <= set(c) for c in cell["candidates"])
             assert cell["lr"] in {c["lr"] for c in cell["candidates"]}
     assert re.search(r"\| fashion/invert \| \d\.\d{3} \|", text)
+
+
+def test_selection_by_a_criterion_and_no_selection():
+    from report_sfda import _differs, chosen_by, unselected
+
+    candidates = [{"lr": 1e-3, "step": 10, "accuracy": 0.6, "im": 0.1},
+                  {"lr": 1e-3, "step": 20, "accuracy": 0.5, "im": math.nan},
+                  {"lr": 3e-3, "step": 20, "accuracy": 0.4, "im": 0.9}]
+    assert chosen_by(candidates, "im") == 0.4  # the criterion's pick, not the best accuracy; NaN never wins
+    assert unselected(candidates, "shot") == 0.5  # shot's default LR 1e-3, its last step
+    assert math.isnan(unselected(candidates, "aad"))  # aad's default 1e-4 is not in this grid
+    assert _differs([0.9, 0.91, 0.92], [0.5, 0.51, 0.52]) == 1
+    assert _differs([0.5, 0.9], [0.6, 0.7]) == 0  # within twice the standard error
+    assert _differs([0.5], [0.9]) == 0  # one seed: no verdict
