@@ -16,9 +16,10 @@ with its labels removed.
 - `entropy`: minus the mean prediction entropy (confidence alone; blind to
   collapse onto one class, kept as the baseline the others improve on).
 
-How well each tracks true accuracy on the testbed is measured by the
-transfer report's "Source-free adaptation" section (rank correlation over
-the candidate grid); `DEFAULT_CRITERION` is the one that tracked it best.
+How well each tracks true accuracy on the testbed is measured by
+`bench/report_sfda.py` (`make report-sfda`: rank correlation with test
+accuracy over every LR × checkpoint, and the accuracy of each criterion's
+pick); `DEFAULT_CRITERION` (`im`) is the one that tracked it best there.
 """
 
 from __future__ import annotations
