@@ -245,7 +245,7 @@ class Client:
                                      "(e.g. safetensors) or ask the operator to upload and sign this one")
         manifest = signing.manifest_bytes(model=version.model, card=version.card, artifacts={
             a.format.value: (a.sha256, a.size_bytes) for a in version.artifacts if not a.derived})
-        return signing.verify(manifest, version.signatures, self.trusted_keys, what=version.ref).key_id
+        return signing.verify(manifest, signatures=version.signatures, trusted=self.trusted_keys, what=version.ref).key_id
 
     def _remember(self, ref: ModelRef, version: ModelVersion) -> None:
         entry = CachedRef(model_version=version.name, version=version.version,

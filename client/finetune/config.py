@@ -17,6 +17,9 @@ from xfer.client.finetune.schedules import SCHEDULES
 
 ACCOUNTANTS = ("prv", "rdp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: Label-free selection criteria of the source-free strategies (implemented in `sfda_criteria`).
+LABEL_FREE_CRITERIA = ("im", "snd", "entropy")
+DEFAULT_CRITERION = "im"
 
 
 def _positive(name: str, value: float | None, *, error: type[FinetuneError] = FinetuneError,
@@ -125,6 +128,9 @@ class FinetuneConfig:
     seed: int = 0
     privacy: PrivacyConfig | None = None
     search: SearchConfig | None = None
+    #: Source-free strategies only: the label-free criterion that picks the checkpoint (and, with a search,
+    #: the learning rate) on the unlabelled validation split.
+    criterion: str = DEFAULT_CRITERION
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) and not hasattr(self.strategy, "plan"):
@@ -150,6 +156,8 @@ class FinetuneConfig:
             raise FinetuneError(f"privacy must be a PrivacyConfig or None, got {type(self.privacy).__name__}")
         if self.search is not None and not isinstance(self.search, SearchConfig):
             raise FinetuneError(f"search must be a SearchConfig or None, got {type(self.search).__name__}")
+        if self.criterion not in LABEL_FREE_CRITERIA:
+            raise SearchError(f"unknown label-free criterion {self.criterion!r}; valid: {', '.join(LABEL_FREE_CRITERIA)}")
 
     @property
     def strategy_label(self) -> str:
