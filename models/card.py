@@ -14,6 +14,7 @@ import json
 import math
 from typing import Any
 
+from xfer.models.audit.record import PrivacyAudit
 from xfer.models.errors import InvalidCardError
 
 MAX_TEXT = 4096
@@ -41,10 +42,16 @@ class ModelCard:
     license: str = "unspecified"
     framework_versions: dict[str, str] = dataclasses.field(default_factory=dict)
     description: str = ""
+    #: What a privacy audit measured against these weights (xfer.models.audit), or None.
+    audit: PrivacyAudit | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain JSON-able dict (tuples become lists); no `audit` key without an audit."""
+        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        if data["audit"] is None:
+            # A card without an audit keeps the form (and the signed manifest) it had before audits existed.
+            del data["audit"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
@@ -69,6 +76,8 @@ class ModelCard:
             values["framework_versions"] = dict(values.get("framework_versions") or {})
         except (TypeError, ValueError) as exc:
             raise InvalidCardError(f"malformed model card: {exc}") from None
+        if values.get("audit") is not None:
+            values["audit"] = PrivacyAudit.from_dict(values["audit"])
         return cls(**values)
 
     @property
@@ -130,6 +139,10 @@ def validate_card(card: ModelCard) -> None:
     for key, value in card.framework_versions.items():
         _text("framework_versions", key, 64)
         _text("framework_versions", value, 64)
+    if card.audit is not None:
+        if not isinstance(card.audit, PrivacyAudit):
+            raise InvalidCardError("card field 'audit' must be a PrivacyAudit")
+        card.audit.validate()
 
 
 def card_for_model(model: Any, **fields: Any) -> ModelCard:

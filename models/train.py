@@ -6,7 +6,9 @@ overlaps the clients' *target* pool, and writes the three files
 `xfer register` uploads: `model.safetensors`, `model.onnx` and `card.json`.
 With `--dp-epsilon` the model is trained with Opacus DP-SGD and the card
 records the (epsilon, delta) the accountant reports, so clients know the
-source model's own privacy guarantee.
+source model's own privacy guarantee. With `--audit` the card also records
+what membership inference (and, under DP, a one-run canary audit) measured
+against the weights (`xfer.models.audit`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,9 +27,11 @@ import torch
 from torch import nn
 
 from xfer.models.artifacts import CARD_NAME, ONNX_NAME, SAFETENSORS_NAME, write_model_folder
+from xfer.models.audit.config import AuditConfig
 from xfer.models.card import ModelCard
 from xfer.models.datasets import get_dataset, list_datasets, load_images
 from xfer.models.errors import ModelError
+from xfer.models.fit import FitConfig, fit
 from xfer.models.imagesets import SPLITS, parse_classes, select_classes
 from xfer.models.registry import create_model
 from xfer.models.shifts import DEFAULT_SEVERITY, SHIFTS, apply_shift
@@ -100,11 +103,14 @@ def train_source_model(
     max_grad_norm: float = 1.0,
     license: str | None = None,
     description: str = "",
+    audit: AuditConfig | None = None,
 ) -> TrainResult:
     """Trains a source model on pool `split` of data set `data` and writes its artifacts to `out_dir`.
 
     `classes` (default: all) are relabelled 0..k-1; `max_examples` keeps a stratified random subset of the
-    pool (a shorter run); a fifth of what is kept is held out to measure the source accuracy.
+    pool (a shorter run); a fifth of what is kept is held out to measure the source accuracy. With `audit`,
+    membership inference is measured against the weights (that fifth as non-members) and, for DP training,
+    a one-run canary audit bounds epsilon from below; the card records both (`xfer.models.audit`).
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs, batch_size and lr must be positive")
@@ -135,40 +141,19 @@ def train_source_model(
 
     x_train, y_train = tensors(train_idx)
     x_test, y_test = tensors(test_idx)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    train_model = model
-    engine = None
-    with warnings.catch_warnings():
-        # Known, harmless notices: secure_mode (a CSPRNG for the noise) is a deliberate opt-out
-        # for a demo source model, and torch's backward-hook notice would fire on every batch.
-        for notice in ("Secure RNG turned off", "Full backward hook is firing", "Optimal order is the largest"):
-            warnings.filterwarnings("ignore", message=notice)
-        if dp_epsilon is not None:
-            from opacus import PrivacyEngine
+    recipe = FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dp_epsilon=dp_epsilon,
+                       dp_delta=dp_delta, max_grad_norm=max_grad_norm)
+    fitted = fit(model, x_train, y_train, recipe)
+    model, spent, dp_delta = fitted.model, fitted.dp_epsilon, fitted.dp_delta
+    privacy_audit = None
+    if audit is not None:
+        from xfer.models.audit.runner import audit_trained_model
 
-            dp_delta = dp_delta if dp_delta is not None else min(1e-5, 1.0 / len(train_idx) ** 1.1)
-            engine = PrivacyEngine(accountant="prv", secure_mode=False)
-            train_model, optimizer, loader = engine.make_private_with_epsilon(
-                module=model, optimizer=optimizer, data_loader=loader, epochs=epochs,
-                target_epsilon=dp_epsilon, target_delta=dp_delta, max_grad_norm=max_grad_norm,
-            )
-        for _ in range(epochs):
-            train_model.train()
-            for xb, yb in loader:
-                optimizer.zero_grad(set_to_none=True)
-                # Poisson sampling can draw an empty batch; it must still be a (noise-only) step that
-                # the accountant counts, so the loss is a sum that is well defined for zero examples.
-                loss = nn.functional.cross_entropy(train_model(xb), yb, reduction="sum") / max(len(yb), 1)
-                loss.backward()
-                optimizer.step()
-        spent = engine.get_epsilon(dp_delta) if engine is not None else None
-    if engine is not None:
-        model = train_model._module  # unwrap GradSampleModule: the card describes the plain module
-        model.zero_grad(set_to_none=True)
+        privacy_audit = audit_trained_model(
+            model=model, make_model=lambda: create_model(arch, **{**base, **(config or {}),
+                                                                  "num_classes": len(images.label_names)}),
+            members=(x_train, y_train), non_members=(x_test, y_test), num_classes=len(images.label_names),
+            fit_config=recipe, config=audit)
 
     out = Path(out_dir)
     train_acc, test_acc = _accuracy(model, x_train, y_train), _accuracy(model, x_test, y_test)
@@ -188,6 +173,7 @@ def train_source_model(
         dp_delta=dp_delta if spent is not None else None,
         license=license or dataset.license.split(" ")[0],
         description=description or f"{arch} trained on {task}",
+        audit=privacy_audit,
     )
     return TrainResult(out_dir=out, card=card, train_accuracy=train_acc, test_accuracy=test_acc, epochs=epochs,
                        seconds=time.perf_counter() - started, dp_epsilon=spent,
@@ -231,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads (default 1: a small convnet gains little from more, and on a busy "
                              "machine two threads on two cores run several times slower than one)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit = parser.add_argument_group("privacy audit (recorded in the card)")
+    audit.add_argument("--audit", action="store_true",
+                       help="measure membership inference against the weights (the held-out fifth as non-members) "
+                            "and, with --dp-epsilon, bound epsilon from below with a one-run canary audit")
+    audit.add_argument("--audit-reference-pairs", type=int, default=AuditConfig.reference_pairs,
+                       help="pairs of RMIA reference models, trained like the source (default %(default)s; 0: loss "
+                            "attack only)")
+    audit.add_argument("--audit-canaries", type=int, default=None,
+                       help="canaries of the DP audit (default: a fifth of the training set, at most 1000)")
     return parser
 
 
@@ -251,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_examples=args.max_examples, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta, max_grad_norm=args.max_grad_norm,
             license=args.license, description=args.description,
+            audit=AuditConfig(reference_pairs=args.audit_reference_pairs, canaries=args.audit_canaries,
+                              seed=args.seed) if args.audit else None,
         )
     except (ValueError, LookupError) as exc:
         print(f"models.train: error: {exc}", file=sys.stderr)
@@ -260,12 +257,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train_accuracy": round(result.train_accuracy, 4), "test_accuracy": round(result.test_accuracy, 4),
         "dp_epsilon": result.dp_epsilon, "dp_delta": result.dp_delta, "seconds": round(result.seconds, 2),
     }
+    if result.card.audit is not None:
+        summary["audit"] = result.card.audit.to_dict()
     if args.json:
         print(json.dumps(summary))
     else:
         privacy = f", DP epsilon {result.dp_epsilon:.2f} delta {result.dp_delta:.1e}" if result.dp_epsilon else ""
         print(f"trained {result.card.architecture} in {result.seconds:.1f}s: source test accuracy "
               f"{result.test_accuracy:.3f}{privacy} -> {result.out_dir}")
+        if result.card.audit is not None:
+            from xfer.models.audit.runner import summary_lines
+
+            for line in summary_lines(result.card.audit):
+                print(f"  audit: {line}")
     return 0
 
 
