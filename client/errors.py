@@ -212,6 +212,7 @@ def _fields(data: bytes) -> list[tuple[int, Any]]:
     while i < len(data):
         key, i = _varint(data, i)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, i = _varint(data, i)
         elif wire == 2:
@@ -337,6 +338,7 @@ def from_rpc_error(error: grpc.RpcError, *, target: str = "") -> XferError:
     if hint:
         message = f"{message} ({hint})"
     typed = cls(message, code=code)
+    assert isinstance(typed, RpcDetails)
     typed.reason = info.reason
     typed.retry_after = info.retry_after
     typed.field_violations = info.field_violations
