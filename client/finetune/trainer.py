@@ -33,6 +33,7 @@ from xfer.client.finetune.metrics import Metrics, evaluate
 from xfer.client.finetune.privacy import DPPlan, PrivacyReport, PrivateRun, make_compatible, plan_dp
 from xfer.client.finetune.schedules import get_schedule
 from xfer.client.finetune.sfda_strategies import SourceFreeStrategy
+from xfer.client.finetune.standardize import fold_head, standardize_head
 from xfer.client.finetune.strategies import (
     AutoRGN,
     Phase,
@@ -187,6 +188,10 @@ def finetune(
         work = make_compatible(work)
     work.to(setup.device)
     work.train()
+    x, y = to_device(train.x, setup), to_device(y_train, setup)
+    standardized = head_reset and config.privacy is None and strat.probe_on_standardized_features
+    if standardized:
+        standardize_head(work, x)
     phases = strat.plan(work, lr=budget.lr, steps=budget.steps, head_reset=head_reset)
     for phase in phases:
         if not phase.trainable():
@@ -194,7 +199,6 @@ def finetune(
                                 f"some (see the card's blocks) or another strategy")
     names = {id(p): name for name, p in work.named_parameters()}
 
-    x, y = to_device(train.x, setup), to_device(y_train, setup)
     xv = yv = None
     if val is not None and y_val is not None:
         xv, yv = to_device(val.x, setup), to_device(y_val, setup)
@@ -237,6 +241,7 @@ def finetune(
 
     if loop.best_state is not None:
         work.load_state_dict(loop.best_state)
+    fold_head(work)
     work.cpu().eval()
 
     report = None
@@ -257,6 +262,8 @@ def finetune(
              "eval_every": str(budget.eval_every), "schedule": config.schedule,
              "weight_decay": f"{config.weight_decay:g}", "head_reset": str(head_reset).lower(),
              "seed": str(config.seed), **strat.hyperparameters()}
+    if standardized:
+        hyper["head_features"] = "standardized"
     if config.patience is not None:
         hyper["patience"] = str(config.patience)
     return FinetuneResult(
