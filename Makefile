@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+EDGE   := .venv-edge
 PROTOS := $(wildcard protos/xfer/v1/*.proto)
 GEN    := protos/xfer/v1/.generated
 BUF    := node_modules/.bin/buf
@@ -10,7 +11,7 @@ BUF    := node_modules/.bin/buf
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 APT_FASHION := DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1
 
-.PHONY: all venv proto data lint test test-all demo serve report bench gpu-check clean
+.PHONY: all venv proto data lint test test-edge test-all demo serve migrate report bench bench-serve gpu-check clean
 
 all: test
 
@@ -47,6 +48,20 @@ lint: $(BUF)
 
 test: $(GEN) data
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-edge
+
+# The edge client as a device installs it: a second environment with the base install only (no torch,
+# onnxruntime or SQLAlchemy) runs tests/edge; the server they talk to runs on the full environment.
+$(EDGE)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(EDGE)
+	$(EDGE)/bin/python -m pip install --quiet --upgrade pip
+	$(EDGE)/bin/python -m pip install --quiet '.[test]'
+	touch $@
+
+test-edge: $(GEN) $(EDGE)/.installed
+	$(EDGE)/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	XFER_EDGE_SERVER_PYTHON=$(abspath $(PY)) $(EDGE)/bin/python -m pytest -q -p no:cacheprovider \
+	    --rootdir=tests/edge --confcutdir=tests/edge tests/edge
 
 test-all: $(GEN) data
 	$(PY) -m pytest -q -m 'not gpu'
@@ -57,6 +72,10 @@ demo: $(GEN) data
 serve: $(GEN)
 	$(VENV)/bin/xfer-server --data-dir .xfer-data
 
+# Apply the server's schema migrations (XFER_DB_URL, or the SQLite file in .xfer-data) and exit.
+migrate: $(GEN)
+	$(VENV)/bin/xfer-server migrate --data-dir .xfer-data
+
 report: $(GEN) data
 	$(PY) bench/transfer_report.py
 
@@ -64,9 +83,13 @@ bench: $(GEN)
 	$(PY) bench/pull.py
 	$(PY) bench/finetune.py
 
+# The server under load: 1/8/64 concurrent pulls against a raw socket, 200 stalled readers, ReportRun/s.
+bench-serve: $(GEN)
+	$(PY) bench/serve_load.py
+
 # For a machine with a CUDA GPU: the GPU-marked tests plus the fine-tuning benchmark, as one script.
 gpu-check: $(GEN)
 	$(PY) bench/gpu_check.py
 
 clean:
-	rm -rf $(VENV) node_modules $(GEN) protos/xfer/v1/*_pb2*.py protos/xfer/v1/*_pb2.pyi .demo reports .xfer-data
+	rm -rf $(VENV) $(EDGE) build node_modules $(GEN) protos/xfer/v1/*_pb2*.py protos/xfer/v1/*_pb2.pyi .demo reports .xfer-data

@@ -77,6 +77,7 @@ def worker_torch_probe(*, source: Path, data: Path, threads: int) -> dict:
 
     from xfer.client.finetune.data import TensorData
     from xfer.client.finetune.metrics import evaluate
+    from xfer.client.finetune.config import FinetuneConfig
     from xfer.client.finetune.trainer import finetune
     from xfer.models.card import ModelCard
     from xfer.models.weights import load_safetensors, model_from_card
@@ -92,8 +93,9 @@ def worker_torch_probe(*, source: Path, data: Path, threads: int) -> dict:
     def tensors(name: str) -> TensorData:
         return TensorData(split[f"x_{name}"], split[f"y_{name}"], torch.arange(len(split[f"y_{name}"])))
 
-    result = finetune(model, train=tensors("train"), val=tensors("val"), strategy="linear-probe",
-                      label_names=label_names, card=card, device="cpu", seed=0)
+    config = FinetuneConfig(strategy="linear-probe", device="cpu", seed=0)
+    result = finetune(model, train=tensors("train"), val=tensors("val"), config=config, label_names=label_names,
+                      card=card)
     test = evaluate(result.model, split["x_test"], split["y_test"], label_names=label_names)
     done = time.perf_counter()
     return {"process_seconds": done - started, "fit_seconds": done - imported, "peak_rss_mb": _peak_rss_mb(),
@@ -120,6 +122,7 @@ def accuracy_table(source: Path, *, seeds: int) -> list[dict]:
     from xfer.client.finetune.data import load_target
     from xfer.client.finetune.metrics import evaluate
     from xfer.client.finetune.privacy import PrivacyConfig as TorchPrivacy
+    from xfer.client.finetune.config import FinetuneConfig
     from xfer.client.finetune.trainer import finetune
     from xfer.client.onnxhead import PrivacyConfig, fit_head
     from xfer.client.onnxhead.data import load_data
@@ -145,9 +148,10 @@ def accuracy_table(source: Path, *, seeds: int) -> list[dict]:
                                  "train": len(ours.train)})
                 started = time.perf_counter()
                 model = load_safetensors(model_from_card(card), source / "model.safetensors")
-                result = finetune(model, train=theirs.train, val=theirs.val, strategy="linear-probe",
-                                  label_names=theirs.label_names, card=card, device="cpu", seed=seed,
-                                  privacy=TorchPrivacy(epsilon=epsilon) if epsilon else None)
+                config = FinetuneConfig(strategy="linear-probe", device="cpu", seed=seed,
+                                        privacy=TorchPrivacy(epsilon=epsilon) if epsilon else None)
+                result = finetune(model, train=theirs.train, val=theirs.val, config=config,
+                                  label_names=theirs.label_names, card=card)
                 test = evaluate(result.model, theirs.test.x, theirs.test.y, label_names=theirs.label_names)
                 rows.append({"shots": shots, "seed": seed, "epsilon": epsilon, "method": "torch linear-probe",
                              "accuracy": test.accuracy, "seconds": time.perf_counter() - started,

@@ -23,7 +23,6 @@ page cache for both contenders, so both read the same warm bytes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import math
 import os
@@ -42,6 +41,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from xfer.client import Client  # noqa: E402
 from xfer.client.cache import Cache  # noqa: E402
+from xfer.server.process import ServerProcess  # noqa: E402
 
 MIB = 1024 * 1024
 TARGET_RATIO = 0.6
@@ -107,23 +107,11 @@ def make_model_folder(folder: Path, *, size_mb: float) -> int:
     return (folder / "model.safetensors").stat().st_size
 
 
-@dataclasses.dataclass
-class Server:
-    proc: subprocess.Popen
-    target: str
-
-
-def start_server(data_dir: Path, *, chunk_size: int, max_artifact_mb: int) -> Server:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(data_dir), "--chunk-size",
-         str(chunk_size), "--max-artifact-mb", str(max_artifact_mb), "--log-level", "WARNING"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
-    )
-    line = proc.stdout.readline()
-    if "listening on" not in line:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
-    return Server(proc, line.strip().rsplit(" ", 1)[-1])
+def start_server(data_dir: Path, *, chunk_size: int, max_artifact_mb: int) -> ServerProcess:
+    """A `python -m xfer.server` subprocess on port 0 (loopback, no auth)."""
+    server = ServerProcess(data_dir=data_dir, log_level="WARNING",
+                           args=("--chunk-size", str(chunk_size), "--max-artifact-mb", str(max_artifact_mb)))
+    return server.start()
 
 
 # -- baseline: plain TCP ---------------------------------------------------------
@@ -197,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         socket_mbps = size / MIB / seconds
 
         pull_runs = []
-        with RssSampler({"server": server.proc.pid, "client": os.getpid()}) as rss:
+        with RssSampler({"server": server.proc.pid, "client": os.getpid()}) as rss:  # type: ignore[union-attr]
             for i in range(args.repeat):
                 with Client(server.target, cache_dir=workdir / f"cache{i}") as xfer:
                     t0 = time.perf_counter()
@@ -241,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if server is not None:
-            server.proc.terminate()
-            server.proc.wait(30)
+            server.stop()
         if args.keep:
             print(f"kept {workdir}")
         else:

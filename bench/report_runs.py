@@ -404,27 +404,29 @@ def _train(model, *, data, spec: RunSpec, card):
     """The one call into the trainer: `spec`'s strategy, LR, step budget and privacy on `data.train`.
 
     No validation data (few-label mode has none, and the report keeps the last checkpoint everywhere).
+    Returns the result and the passes over the data its steps made (for the render).
     """
-    from xfer.client.finetune import PrivacyConfig, finetune
+    from xfer.client.finetune import FinetuneConfig, PrivacyConfig, finetune
 
-    epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
     privacy = None
     if spec.epsilon is not None:
         privacy = PrivacyConfig(epsilon=spec.epsilon, max_grad_norm=spec.max_grad_norm)
-    result = finetune(model, train=data.train, val=None, strategy=spec.strategy, lr=spec.lr,
-                      label_names=data.label_names, card=card, privacy=privacy, epochs=epochs,
-                      batch_size=spec.batch_size, device="cpu", seed=spec.seed)
-    return result, epochs
+    config = FinetuneConfig(strategy=spec.strategy, lr=spec.lr, steps=spec.steps, batch_size=spec.batch_size,
+                            privacy=privacy, device="cpu", seed=spec.seed)
+    result = finetune(model, train=data.train, val=None, config=config, label_names=data.label_names, card=card)
+    return result, epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
 
 
 def _search_call(model, *, data, spec: "SearchSpec", card):
     """The one call into the search: k-fold CV over strategy x LR on the few labels, winner scored on test."""
+    from xfer.client.finetune import FinetuneConfig
+    from xfer.client.finetune.config import SearchConfig
     from xfer.client.finetune.search import search
 
-    epochs = epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
-    return search(model, train=data.train, val=None, test=data.test, strategies=list(spec.strategies),
-                  lrs=None, folds=spec.folds, label_names=data.label_names, seed=spec.seed, card=card,
-                  epochs=epochs, batch_size=spec.batch_size, device="cpu")
+    config = FinetuneConfig(steps=spec.steps, batch_size=spec.batch_size, device="cpu", seed=spec.seed,
+                            search=SearchConfig(strategies=tuple(spec.strategies), folds=spec.folds))
+    return search(model, train=data.train, val=None, test=data.test, config=config, label_names=data.label_names,
+                  card=card)
 
 
 def _adapt(spec: RunSpec) -> RunOutcome:

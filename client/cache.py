@@ -88,6 +88,8 @@ class CachedRef:
     card: dict[str, Any] | None = None
     deprecated: bool = False
     deprecation_message: str = ""
+    #: The operator's signatures (`ManifestSignature.to_dict()`), so a signed pull verifies offline too.
+    signatures: list[dict[str, str]] = dataclasses.field(default_factory=list)
 
 
 class PartialDownload:

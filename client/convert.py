@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -13,13 +12,14 @@ from xfer.client.domain import (
     DeviceKind,
     Leaderboard,
     LeaderboardEntry,
+    ManifestSignature,
     ModelSummary,
     ModelVersion,
     ReportedRun,
     Run,
     RunPrivacy,
 )
-from xfer.models.card_proto import card_from_proto, card_to_proto
+from xfer.models.card_proto import card_from_proto
 from xfer.v1 import metrics_service_pb2 as metrics_pb2
 from xfer.v1 import model_pb2
 
@@ -76,7 +76,15 @@ def version_from_pb(pb: model_pb2.ModelVersion) -> ModelVersion:
         create_time=_timestamp(pb.create_time, pb.HasField("create_time")),
         deprecated=pb.deprecated,
         deprecation_message=pb.deprecation_message,
+        signatures=tuple(ManifestSignature(key_id=s.key_id, algorithm=s.algorithm, signature=bytes(s.signature))
+                         for s in pb.signatures),
     )
+
+
+def signature_to_pb(signature: ManifestSignature) -> model_pb2.ManifestSignature:
+    """The wire form of a manifest signature."""
+    return model_pb2.ManifestSignature(key_id=signature.key_id, algorithm=signature.algorithm,
+                                       signature=signature.signature)
 
 
 def model_from_pb(pb: model_pb2.Model) -> ModelSummary:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import enum
@@ -78,6 +79,25 @@ class Artifact:
 
 
 @dataclasses.dataclass(frozen=True)
+class ManifestSignature:
+    """An operator's signature over a version's manifest (see `xfer.client.signing`)."""
+
+    key_id: str
+    algorithm: str
+    signature: bytes
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-able form: the signature in base64."""
+        return {"key_id": self.key_id, "algorithm": self.algorithm,
+                "signature": base64.b64encode(self.signature).decode("ascii")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str]) -> "ManifestSignature":
+        """The inverse of `to_dict`."""
+        return cls(key_id=data["key_id"], algorithm=data["algorithm"], signature=base64.b64decode(data["signature"]))
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelVersion:
     """An immutable, numbered version of a source model."""
 
@@ -90,6 +110,7 @@ class ModelVersion:
     create_time: dt.datetime | None = None
     deprecated: bool = False
     deprecation_message: str = ""
+    signatures: tuple[ManifestSignature, ...] = ()
 
     def artifact(self, fmt: ArtifactFormat | str) -> Artifact | None:
         """The artifact of format `fmt`, or None when this version has none."""
@@ -115,6 +136,7 @@ class ModelVersion:
             "artifacts": [{"format": a.format.value, "size_bytes": a.size_bytes, "sha256": a.sha256,
                            "derived": a.derived} for a in self.artifacts],
             "card": self.card.to_dict(),
+            "signatures": [s.to_dict() for s in self.signatures],
         }
 
 

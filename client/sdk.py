@@ -23,13 +23,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xfer.client import convert
+from xfer.client import convert, signing
 from xfer.client.cache import Cache, CachedRef, default_cache_dir
 from xfer.client.domain import (
     Artifact,
     ArtifactFormat,
     Leaderboard,
     LoadedModel,
+    ManifestSignature,
     ModelSummary,
     ModelVersion,
     PullResult,
@@ -37,7 +38,13 @@ from xfer.client.domain import (
     Run,
 )
 from xfer.client.download import Progress, fetch_artifact
-from xfer.client.errors import InvalidArgumentError, NotFoundError, OfflineError, UnavailableError
+from xfer.client.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OfflineError,
+    SignatureError,
+    UnavailableError,
+)
 from xfer.client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
 from xfer.client.transport import RetryPolicy, TlsConfig, Transport, UploadDeclaration
 from xfer.models.card import ModelCard
@@ -67,17 +74,26 @@ class Client:
     `HF_HUB_OFFLINE`) never contacts the server: references resolve from
     what this cache recorded when they were last pulled, pulls of cached
     artifacts succeed, and everything else raises `OfflineError`.
+
+    `trusted_keys` are publisher public keys (PEM files, or folders of
+    `*.pub`); with `require_signed=True` every pull first verifies the
+    version's signed manifest against them and raises `SignatureError`,
+    having downloaded and cached nothing, when it is missing, made by an
+    untrusted key, or does not match the card and digests the server sent.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None,
                  tls: TlsConfig | bool | None = None, cache_dir: str | os.PathLike | None = None,
                  timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(),
-                 stream_timeout: float | None = None, offline: bool = False) -> None:
+                 stream_timeout: float | None = None, offline: bool = False,
+                 trusted_keys: Sequence[str | os.PathLike] = (), require_signed: bool = False) -> None:
         self.target = target
         self.cache = Cache(default_cache_dir(os.environ) if cache_dir is None else cache_dir)
         self.retry = retry
         self.stream_timeout = stream_timeout
         self.offline = offline
+        self.require_signed = require_signed
+        self.trusted_keys = signing.load_trusted_keys(trusted_keys) if trusted_keys else ()
         self._transport = Transport(target, token=token, tls=tls, timeout=timeout, retry=retry)
 
     def __repr__(self) -> str:  # the token stays out of reprs, logs and tracebacks
@@ -138,13 +154,14 @@ class Client:
 
     # -- pulling ----------------------------------------------------------------
     def pull(self, ref: str | ModelRef, fmt: ArtifactFormat | str = ArtifactFormat.SAFETENSORS, *,
-             progress: Progress | None = None) -> PullResult:
+             progress: Progress | None = None, require_signed: bool | None = None) -> PullResult:
         """Downloads (or finds in the cache) one artifact of `ref`, verified by sha256.
 
         A second pull of the same digest transfers nothing; an interrupted
         pull resumes from its partial file; while the server is unreachable,
         a reference pulled before is served from the cache (with a warning).
-        `progress(done, total)` is called as bytes arrive.
+        `progress(done, total)` is called as bytes arrive. `require_signed`
+        (default: the client's setting) verifies the signed manifest first.
         """
         parsed = parse_ref(ref)
         fmt = ArtifactFormat.parse(fmt)
@@ -153,6 +170,8 @@ class Client:
         if artifact is None:
             have = ", ".join(a.format.value for a in version.artifacts) or "none"
             raise NotFoundError(f"{version.ref} has no {fmt.value} artifact (available: {have})")
+        if self.require_signed if require_signed is None else require_signed:
+            self.verify_signature(version, fmt)
         if self.offline and not self.cache.has_blob(artifact.sha256, size_bytes=artifact.size_bytes):
             raise OfflineError(f"offline mode (XFER_OFFLINE=1): the {fmt.value} artifact of {version.ref} is not "
                                "in the cache; pull it once while online")
@@ -195,35 +214,55 @@ class Client:
             name=cached.model_version, model=ref.model, version=cached.version,
             card=ModelCard.from_dict(cached.card),
             artifacts=tuple(Artifact(format=ArtifactFormat.parse(fmt), size_bytes=int(a["size_bytes"]),
-                                     sha256=a["sha256"]) for fmt, a in cached.artifacts.items()),
+                                     sha256=a["sha256"], derived=bool(a.get("derived", False)))
+                            for fmt, a in cached.artifacts.items()),
             deprecated=cached.deprecated, deprecation_message=cached.deprecation_message,
+            signatures=tuple(ManifestSignature.from_dict(d) for d in cached.signatures),
         )
+
+    def verify_signature(self, version: ModelVersion, fmt: ArtifactFormat | str | None = None) -> str:
+        """Verifies `version`'s signed manifest against the trusted keys; returns the signing key's id.
+
+        With `fmt`, that artifact must also be one the operator signed (not one
+        the server derived). Raises `SignatureError` saying what failed.
+        """
+        if fmt is not None:
+            artifact = version.artifact(fmt)
+            if artifact is not None and artifact.derived:
+                raise SignatureError(f"the {artifact.format.value} artifact of {version.ref} was derived by the "
+                                     "server, so the operator's signature does not cover it; pull a signed format "
+                                     "(e.g. safetensors) or ask the operator to upload and sign this one")
+        manifest = signing.manifest_bytes(model=version.model, card=version.card, artifacts={
+            a.format.value: (a.sha256, a.size_bytes) for a in version.artifacts if not a.derived})
+        return signing.verify(manifest, version.signatures, self.trusted_keys, what=version.ref).key_id
 
     def _remember(self, ref: ModelRef, version: ModelVersion) -> None:
         entry = CachedRef(model_version=version.name, version=version.version,
-                          artifacts={a.format.value: {"sha256": a.sha256, "size_bytes": a.size_bytes}
-                                     for a in version.artifacts},
+                          artifacts={a.format.value: {"sha256": a.sha256, "size_bytes": a.size_bytes,
+                                                      "derived": a.derived} for a in version.artifacts},
+                          signatures=[sig.to_dict() for sig in version.signatures],
                           card=version.card.to_dict(), deprecated=version.deprecated,
                           deprecation_message=version.deprecation_message)
         for selector in {ref.selector, str(version.version)}:
             self.cache.write_ref(model=version.model, selector=selector, ref=entry)
 
-    def load_torch(self, ref: str | ModelRef, *, progress: Progress | None = None) -> LoadedModel:
+    def load_torch(self, ref: str | ModelRef, *, progress: Progress | None = None,
+                   require_signed: bool | None = None) -> LoadedModel:
         """Pulls the safetensors artifact and rebuilds the module from `models/`, loaded strictly, in eval mode."""
         from xfer.models.weights import load_safetensors, model_from_card
 
-        pulled = self.pull(ref, ArtifactFormat.SAFETENSORS, progress=progress)
+        pulled = self.pull(ref, ArtifactFormat.SAFETENSORS, progress=progress, require_signed=require_signed)
         card = pulled.model_version.card
         module = load_safetensors(model_from_card(card), pulled.blob_path)
         module.eval()
         return LoadedModel(module=module, card=card, model_version=pulled.model_version, path=pulled.path)
 
     def load_onnx(self, ref: str | ModelRef, *, providers: Sequence[str] | None = None,
-                  progress: Progress | None = None) -> Any:
+                  progress: Progress | None = None, require_signed: bool | None = None) -> Any:
         """Pulls the ONNX artifact and opens an `onnxruntime.InferenceSession` on it (CPU by default)."""
         import onnxruntime as ort
 
-        pulled = self.pull(ref, ArtifactFormat.ONNX, progress=progress)
+        pulled = self.pull(ref, ArtifactFormat.ONNX, progress=progress, require_signed=require_signed)
         return ort.InferenceSession(str(pulled.blob_path), providers=list(providers or ["CPUExecutionProvider"]))
 
     # -- metrics ----------------------------------------------------------------
@@ -253,7 +292,7 @@ class Client:
     # -- operator calls ---------------------------------------------------------
     def register(self, source: str | os.PathLike | Sequence[str | os.PathLike], model_id: str, *,
                  card: ModelCard | None = None, progress: Progress | None = None,
-                 chunk_size: int = UPLOAD_CHUNK_BYTES) -> ModelVersion:
+                 chunk_size: int = UPLOAD_CHUNK_BYTES, signing_key: str | os.PathLike | None = None) -> ModelVersion:
         """Uploads a new version of `model_id` (operator token needed).
 
         `source` is a folder as `python -m xfer.models.train` writes it
@@ -269,9 +308,15 @@ class Client:
         declarations = [UploadDeclaration(format=fmt, size_bytes=path.stat().st_size, sha256=sha256_file(path))
                         for fmt, path in files.artifacts.items()]
         total = sum(d.size_bytes for d in declarations)
+        signatures = []
+        if signing_key is not None:
+            manifest = signing.manifest_bytes(model=model_id, card=card, artifacts={
+                d.format.value: (d.sha256, d.size_bytes) for d in declarations})
+            signatures.append(signing.sign(manifest, signing.load_private_key(signing_key)))
         reply = self._online("registering").create_model_version(
             parent=f"models/{model_id}", card=card, declarations=declarations,
             chunks=_chunks(files.artifacts, chunk_size=chunk_size, total=total, progress=progress),
+            signatures=signatures,
         )
         return convert.version_from_pb(reply)
 

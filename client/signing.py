@@ -15,7 +15,6 @@ on the server's word.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import json
@@ -24,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xfer.client.domain import ManifestSignature
 from xfer.client.errors import InvalidArgumentError, SignatureError
 from xfer.models.card import ModelCard
 from xfer.models.files import atomic_path
@@ -32,15 +32,6 @@ MANIFEST_VERSION = 1
 ALGORITHM = "ed25519"
 PUBLIC_SUFFIX = ".pub"
 PRIVATE_SUFFIX = ".key"
-
-
-@dataclasses.dataclass(frozen=True)
-class ManifestSignature:
-    """One signature over a version's manifest."""
-
-    key_id: str
-    algorithm: str
-    signature: bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,11 +48,27 @@ def manifest_bytes(*, model: str, card: ModelCard, artifacts: Mapping[str, tuple
     document = {
         "xfer_manifest": MANIFEST_VERSION,
         "model": model,
-        "card": card.to_dict(),
+        "card": _json_numbers(card.to_dict()),
         "artifacts": {fmt: {"sha256": sha, "size_bytes": int(size)} for fmt, (sha, size) in sorted(artifacts.items())},
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+def _json_numbers(value: Any) -> Any:
+    """Integral floats as ints, as RFC 8785 (JCS) writes numbers: 0.0 and 0 are one JSON number.
+
+    Protobuf Structs carry every number as a double and the wire form gives
+    integral ones back as ints, so `dropout: 0.0` signed by the operator
+    arrives as `dropout: 0`; both must give the same manifest.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _json_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_numbers(v) for v in value]
+    return value
 
 
 def key_id(public_key: Any) -> str:
@@ -169,9 +176,3 @@ def verify(manifest: bytes, signatures: Sequence[ManifestSignature], trusted: Se
         return by_id[signature.key_id]
     raise SignatureError(f"{what}: the signature by {known[0].key_id} does not match the card and artifact "
                          "digests the server sent; they were changed after signing. Nothing was cached.")
-
-
-def encode_signature(signature: ManifestSignature) -> dict[str, str]:
-    """A JSON-able form (for `--json` output and the ref cache)."""
-    return {"key_id": signature.key_id, "algorithm": signature.algorithm,
-            "signature": base64.b64encode(signature.signature).decode("ascii")}

@@ -17,16 +17,17 @@ import dataclasses
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from xfer.client import convert
-from xfer.client.domain import ArtifactFormat, Run
+from xfer.client.domain import ArtifactFormat, ManifestSignature, Run
 from xfer.client.errors import InvalidArgumentError, XferError, from_rpc_error
 from xfer.models.card import ModelCard
+from xfer.models.card_proto import card_to_proto
 from xfer.v1 import metrics_service_pb2 as metrics_pb2
 from xfer.v1 import metrics_service_pb2_grpc as metrics_grpc
 from xfer.v1 import model_pb2
@@ -292,17 +293,19 @@ class Transport:
         self._unary(self._registry.DeleteModelVersion, registry_pb2.DeleteModelVersionRequest(name=name))
 
     def create_model_version(self, *, parent: str, card: ModelCard, declarations: list[UploadDeclaration],
-                             chunks: Iterable[tuple[ArtifactFormat, bytes]]) -> model_pb2.ModelVersion:
+                             chunks: Iterable[tuple[ArtifactFormat, bytes]],
+                             signatures: Sequence[ManifestSignature] = ()) -> model_pb2.ModelVersion:
         """Streams the header, then `chunks` as they are produced (never all in memory).
 
         Not retried: a repeated upload would create a second version.
         """
         header = registry_pb2.CreateModelVersionHeader(
             parent=parent,
-            card=convert.card_to_proto(card),
+            card=card_to_proto(card),
             artifacts=[registry_pb2.ArtifactDeclaration(format=convert.format_to_pb(d.format),
                                                      size_bytes=d.size_bytes, sha256=d.sha256)
                        for d in declarations],
+            signatures=[convert.signature_to_pb(s) for s in signatures],
         )
 
         def requests() -> Iterator[registry_pb2.CreateModelVersionRequest]:

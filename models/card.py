@@ -28,6 +28,9 @@ MAX_TASKS = 16
 TRAINING_METHOD = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 SETTING_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_SETTINGS = 32
+#: Card fields added after signed manifests: left out of the dict form while empty, so a single-head card
+#: keeps the form (and the signed manifest bytes) it had before them.
+OMITTED_WHEN_EMPTY = ("tasks", "training_method", "training_settings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +96,12 @@ class ModelCard:
     training_settings: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain JSON-able dict (tuples become lists); the optional fields of `OMITTED_WHEN_EMPTY` only when set."""
+        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        for key in OMITTED_WHEN_EMPTY:
+            if not data[key]:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelCard":

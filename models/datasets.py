@@ -104,7 +104,12 @@ def load_images(name: str, pool: str) -> ImageSet:
     """Loads pool `pool` of data set `name`; raises DatasetUnavailableError with an install hint if missing."""
     if pool not in SPLITS:
         raise ValueError(f"unknown split {pool!r}; valid: {', '.join(SPLITS)}")
-    return get_dataset(name).load(pool)
+    dataset = get_dataset(name)
+    try:
+        return dataset.load(pool)
+    except ImportError as exc:  # the package that ships it is not installed (e.g. an edge install)
+        hint = dataset.install_hint or f"install the package that ships it ({exc.name})"
+        raise DatasetUnavailableError(f"data set {name!r} is not available here: {hint}") from None
 
 
 def install_hint(name: str) -> str:

@@ -18,16 +18,17 @@ models and report/list/summarize runs. Health and reflection need no token.
 
 Add a token (prints the new token once; keep it, the file only has its hash)::
 
-    python -m xfer.server.auth add --role client --file tokens.json [--name NAME]
-    python -m xfer.server.auth list --file tokens.json
-    python -m xfer.server.auth remove --name NAME --file tokens.json
+    xfer-server tokens add --role client --file tokens.json [--name NAME]
+    xfer-server tokens list --file tokens.json
+    xfer-server tokens remove --name NAME --file tokens.json
+
+(server/tokens_cli.py; it imports neither torch nor the serving stack.)
 
 The file is re-read when it changes, so adding or removing a token needs no restart.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import enum
 import hashlib
@@ -36,7 +37,6 @@ import ipaddress
 import json
 import logging
 import secrets
-import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +44,7 @@ from pathlib import Path
 import grpc
 
 from xfer.models.files import write_bytes_atomic
-from xfer.server.errors import PermissionDenied, Unauthenticated
+from xfer.server.errors import PermissionDenied, Reason, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class Principal:
 
     role: Role
     name: str
+    #: Stable and unique per token (its name, or a prefix of its hash): per-token limits count by it.
+    key: str = ""
 
 
 class TokenFileError(ValueError):
@@ -187,7 +189,7 @@ class TokenAuthorizer:
         token = _bearer(metadata)
         if token is None:
             raise Unauthenticated("missing credentials: send metadata 'authorization: Bearer <token>' (the operator "
-                                  "creates tokens with `python -m xfer.server.auth add`)")
+                                  "creates tokens with `xfer-server tokens add`)", reason=Reason.TOKEN_MISSING)
         digest = hash_token(token).encode()
         match: TokenEntry | None = None
         # Compare against every entry, in constant time each, so timing says nothing about which hash is close.
@@ -196,10 +198,12 @@ class TokenAuthorizer:
                 match = entry
         if match is None:
             raise Unauthenticated("invalid token: it is not in the server's token file; check the token or ask "
-                                  "the operator for a new one")
+                                  "the operator for a new one", reason=Reason.TOKEN_INVALID)
         if match.role is not Role.OPERATOR and method not in CLIENT_METHODS:
-            raise PermissionDenied(f"role {match.role.value!r} may not call {method}; it needs an operator token")
-        return Principal(role=match.role, name=match.name)
+            raise PermissionDenied(f"role {match.role.value!r} may not call {method}; it needs an operator token",
+                                   reason=Reason.ROLE_FORBIDDEN, metadata={"role": match.role.value})
+        return Principal(role=match.role, name=match.name, key=f"name:{match.name}" if match.name
+                         else f"sha256:{match.sha256[:16]}")
 
 
 class OpenAuthorizer:
@@ -207,7 +211,7 @@ class OpenAuthorizer:
 
     def authorize(self, method: str, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal | None:
         """Everyone is an operator."""
-        return None if method.startswith(PUBLIC_PREFIXES) else Principal(role=Role.OPERATOR, name="open")
+        return None if method.startswith(PUBLIC_PREFIXES) else Principal(role=Role.OPERATOR, name="open", key="open")
 
 
 def is_loopback(host: str) -> bool:
@@ -230,7 +234,7 @@ def server_credentials(*, cert: Path, key: Path, client_ca: Path | None = None) 
                                        require_client_auth=True)
 
 
-# -- token file CLI ------------------------------------------------------------------
+# -- token file administration ---------------------------------------------------------
 def _write_entries(path: Path, entries: list[TokenEntry]) -> None:
     body = json.dumps({"tokens": [{"name": e.name, "role": e.role.value, "sha256": e.sha256} for e in entries]},
                       indent=2) + "\n"
@@ -257,34 +261,10 @@ def remove_token(path: Path, *, name: str) -> int:
     return len(entries) - len(kept)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m xfer.server.auth add|list|remove ...`."""
-    parser = argparse.ArgumentParser(prog="python -m xfer.server.auth", description="Manage xfer-server tokens.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add = sub.add_parser("add", help="create a token and print it once")
-    add.add_argument("--role", required=True, choices=[r.value for r in Role])
-    add.add_argument("--file", required=True, type=Path)
-    add.add_argument("--name", default="")
-    listing = sub.add_parser("list", help="show names and roles (never tokens)")
-    listing.add_argument("--file", required=True, type=Path)
-    remove = sub.add_parser("remove", help="remove tokens by name")
-    remove.add_argument("--file", required=True, type=Path)
-    remove.add_argument("--name", required=True)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "add":
-            print(add_token(args.file, role=args.role, name=args.name))
-        elif args.command == "list":
-            for entry in load_token_file(args.file):
-                print(f"{entry.role.value}\t{entry.name or '-'}\t{entry.sha256[:12]}…")
-        else:
-            count = remove_token(args.file, name=args.name)
-            print(f"removed {count} token(s)")
-    except (OSError, TokenFileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
+    # `python -m xfer.server.auth add|list|remove` predates `xfer-server tokens`; it is the same command.
+    import sys
+
+    from xfer.server.tokens_cli import main
+
     sys.exit(main())

@@ -15,16 +15,21 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from xfer.names import is_sha256
-from xfer.server.errors import DataLoss, InvalidArgument, ResourceExhausted
+from xfer.server.errors import DataLoss, InvalidArgument, Reason, ResourceExhausted
 
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".upload-"
 TEMP_SUFFIX = ".tmp"
+#: A blob the collector has moved aside while it re-checks that nothing uses it.
+TOMBSTONE_PREFIX = ".gc-"
+#: A tombstone older than this was left by a collector that crashed; the next collection settles it.
+TOMBSTONE_SETTLE_SECONDS = 600.0
 #: A temp file nobody has written to for this long is abandoned, whoever owns it.
 STALE_TEMP_SECONDS = 3600.0
 # Temp names carry their owner (host and pid): replicas sharing one blob volume
@@ -50,7 +55,8 @@ _READ_BLOCK = 1024 * 1024
 def check_sha256(value: str, *, what: str = "sha256") -> str:
     """Returns `value` if it is 64 lower-case hex digits, else raises InvalidArgument."""
     if not is_sha256(value):
-        raise InvalidArgument(f"{what} must be 64 lower-case hex digits, got {value[:80]!r}")
+        raise InvalidArgument(f"{what} must be 64 lower-case hex digits, got {str(value)[:80]!r}",
+                              reason=Reason.INVALID_UPLOAD)
     return value
 
 
@@ -133,14 +139,16 @@ class BlobStore:
         """Moves a fsynced temp file `path` (in this store's root) into place as blob `sha256`."""
         target = self.path_for(sha256)
         target.parent.mkdir(exist_ok=True)
-        if target.exists():
-            # Content-addressed: the bytes are already there. Touch it so a concurrent
-            # garbage collection (which spares young blobs) leaves it alone.
+        try:
+            # Content-addressed: if the bytes are already there, keep them and touch the file, so the
+            # collector (which spares young blobs and re-checks after moving one aside) leaves it alone.
             os.utime(target)
-            Path(path).unlink(missing_ok=True)
-        else:
+        except FileNotFoundError:
+            # Not there, or the collector moved it aside a moment ago: this upload's bytes take its place.
             os.replace(path, target)
             _fsync_dir(target.parent)
+        else:
+            Path(path).unlink(missing_ok=True)
         return sha256
 
     def temp_path(self, suffix: str = TEMP_SUFFIX) -> Path:
@@ -160,13 +168,14 @@ class BlobStore:
         except FileNotFoundError:
             logger.error("blob %s is missing from %s", sha256, self.root)
             raise DataLoss(f"the stored artifact {sha256} is missing on the server; ask the operator to "
-                           "re-upload this version") from None
+                           "re-upload this version", reason=Reason.BLOB_MISSING, metadata={"sha256": sha256}) from None
         try:
             stat = os.fstat(f.fileno())
             if stat.st_size != size:
                 logger.error("blob %s has %d bytes, the catalog says %d", sha256, stat.st_size, size)
                 raise DataLoss(f"the stored artifact {sha256} is corrupt (size {stat.st_size}, expected {size}); "
-                               "ask the operator to re-upload this version")
+                               "ask the operator to re-upload this version", reason=Reason.BLOB_CORRUPT,
+                               metadata={"sha256": sha256})
             if self._verify:
                 self._check_digest(f, sha256=sha256, size=size, mtime_ns=stat.st_mtime_ns)
             return f
@@ -186,7 +195,8 @@ class BlobStore:
         if digest.hexdigest() != sha256:
             logger.error("blob %s has digest %s", sha256, digest.hexdigest())
             raise DataLoss(f"the stored artifact {sha256} is corrupt (its bytes no longer match their sha256); "
-                           "ask the operator to re-upload this version")
+                           "ask the operator to re-upload this version", reason=Reason.BLOB_CORRUPT,
+                           metadata={"sha256": sha256})
         with self._lock:
             self._verified.add(key)
 
@@ -194,16 +204,14 @@ class BlobStore:
         """Whether the blob file is present."""
         return self.path_for(sha256).exists()
 
-    def delete(self, sha256: str) -> None:
-        """Removes a blob (no error if it is already gone)."""
-        self.path_for(sha256).unlink(missing_ok=True)
-
     def remove_temp_files(self, *, stale_seconds: float = STALE_TEMP_SECONDS) -> int:
         """Deletes temp files left by a crash or a cut-off upload; returns how many.
 
         Run at start-up. A temp file is kept only while its owner may still be
         writing it: another live process on this host, or another host (a
         replica sharing the volume) that touched it within `stale_seconds`.
+        Tombstones of an interrupted garbage collection are resolved by the
+        next collection, not here.
         """
         removed = 0
         host, now = socket.gethostname(), time.time()
@@ -226,21 +234,70 @@ class BlobStore:
             logger.info("removed %d leftover upload temp file(s) from %s", removed, self.root)
         return removed
 
-    def collect_garbage(self, referenced: set[str], *, min_age_s: float = 3600.0) -> int:
-        """Deletes blobs no version references and older than `min_age_s`; returns how many.
+    def collect_garbage(self, *, referenced: Callable[[], set[str]], is_referenced: Callable[[str], bool],
+                        min_age_s: float = 3600.0) -> int:
+        """Deletes blobs no version references and untouched for `min_age_s`; returns how many.
 
-        The age guard spares blobs an in-flight upload has just stored but not
-        yet committed to the catalog.
+        Deleting a version never deletes files; this collector does, safely
+        against uploads of the same bytes running at the same time, on this
+        replica or another one sharing the volume:
+
+        1. candidates: blob files older than `min_age_s` that `referenced()`
+           (one query) does not list;
+        2. each is renamed to a tombstone (atomic; a concurrent upload that now
+           finds no file writes its own copy in its place);
+        3. the tombstone is checked again: touched in the meantime (an upload
+           re-used it) or referenced by the catalog now (`is_referenced`) ->
+           it is put back, unless a fresh copy already took its place;
+           otherwise it is deleted.
         """
         removed = 0
         cutoff = time.time() - min_age_s
-        for path in self.root.glob("??/*"):
-            if is_sha256(path.name) and path.name not in referenced and path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
-                removed += 1
+        in_use = referenced()
+        for path in sorted(self.root.glob("??/*")):
+            name = path.name
+            if name.startswith(TOMBSTONE_PREFIX):
+                self._settle_tombstone(path, is_referenced=is_referenced, cutoff=cutoff, leftover=True)
+                continue
+            if not is_sha256(name) or name in in_use:
+                continue
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    continue
+                tombstone = path.with_name(f"{TOMBSTONE_PREFIX}{_temp_prefix()[len(TEMP_PREFIX):]}{name}")
+                os.replace(path, tombstone)
+            except FileNotFoundError:
+                continue  # another collector got there first
+            removed += self._settle_tombstone(tombstone, is_referenced=is_referenced, cutoff=cutoff)
         if removed:
-            logger.info("removed %d unreferenced blob(s)", removed)
+            logger.info("garbage collection removed %d unreferenced blob(s)", removed)
         return removed
+
+    @staticmethod
+    def _settle_tombstone(tombstone: Path, *, is_referenced: Callable[[str], bool], cutoff: float,
+                          leftover: bool = False) -> int:
+        """Deletes a tombstone (returns 1) or puts the blob back (returns 0)."""
+        sha256 = tombstone.name[-64:]
+        target = tombstone.with_name(sha256)
+        try:
+            stat = tombstone.stat()
+        except FileNotFoundError:
+            return 0
+        # The rename that made a tombstone sets its ctime; one younger than this is still being settled
+        # by the collector (maybe another replica's) that made it, which takes milliseconds.
+        if leftover and stat.st_ctime > time.time() - TOMBSTONE_SETTLE_SECONDS:
+            return 0
+        if stat.st_mtime >= cutoff or is_referenced(sha256):
+            try:
+                if target.exists():
+                    tombstone.unlink(missing_ok=True)  # an upload already wrote a fresh copy
+                else:
+                    os.replace(tombstone, target)
+            except FileNotFoundError:
+                pass
+            return 0
+        tombstone.unlink(missing_ok=True)
+        return 1
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -7,70 +7,35 @@ Invariants kept here, each inside one transaction:
 - `latest` is not stored: it is computed as the newest existing version, so it
   can never point at a deleted one;
 - an alias moves in a single upsert.
+
+Deleting a version deletes catalog rows only. Blob files are removed by the
+age-guarded garbage collector (`BlobStore.collect_garbage`), never here: a
+delete cannot race an upload of byte-identical content into a dangling blob.
+
+Listings load a page in a fixed number of statements (versions, artifacts,
+aliases, ...), whatever the page size.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from xfer.models.card import ModelCard
-from xfer.server.db import write_transaction
-from xfer.server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, Page, VersionRecord
-from xfer.server.errors import NotFound
+from xfer.server.db import dialect_insert, insert_ignore, write_transaction
+from xfer.server.domain import (ArtifactFormat, ArtifactRecord, ModelRecord, Page, Signature, VersionRecord,
+                                version_name)
+from xfer.server.errors import NotFound, Reason
 from xfer.server.names import LATEST
 from xfer.server.pagination import PageTokens, page_size_of
+from xfer.server.schema import aliases_table, artifacts_table, models_table, versions_table
 
 logger = logging.getLogger(__name__)
-
-
-metadata = sa.MetaData()
-
-models_table = sa.Table(
-    "xfer_models", metadata,
-    sa.Column("model_id", sa.String(63), primary_key=True),
-    # Highest number ever handed out; numbers are not reused after deletes.
-    sa.Column("last_version", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("create_time_us", sa.BigInteger, nullable=False),
-    sa.Column("update_time_us", sa.BigInteger, nullable=False),
-)
-
-versions_table = sa.Table(
-    "xfer_versions", metadata,
-    sa.Column("model_id", sa.String(63), sa.ForeignKey("xfer_models.model_id", ondelete="CASCADE"),
-              primary_key=True),
-    sa.Column("version", sa.BigInteger, primary_key=True),
-    sa.Column("card_json", sa.Text, nullable=False),
-    sa.Column("create_time_us", sa.BigInteger, nullable=False),
-    sa.Column("deprecated", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("deprecation_message", sa.Text, nullable=False, server_default=""),
-)
-
-artifacts_table = sa.Table(
-    "xfer_artifacts", metadata,
-    sa.Column("model_id", sa.String(63), primary_key=True),
-    sa.Column("version", sa.BigInteger, primary_key=True),
-    sa.Column("format", sa.String(32), primary_key=True),
-    sa.Column("sha256", sa.String(64), nullable=False, index=True),
-    sa.Column("size_bytes", sa.BigInteger, nullable=False),
-    sa.Column("derived", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.ForeignKeyConstraint(["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"],
-                            ondelete="CASCADE"),
-)
-
-aliases_table = sa.Table(
-    "xfer_aliases", metadata,
-    sa.Column("model_id", sa.String(63), primary_key=True),
-    sa.Column("alias", sa.String(32), primary_key=True),
-    sa.Column("version", sa.BigInteger, nullable=False),
-    sa.ForeignKeyConstraint(["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"],
-                            ondelete="CASCADE"),
-)
 
 
 def _now_us() -> int:
@@ -81,28 +46,45 @@ def _time(us: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(us / 1_000_000, tz=dt.timezone.utc)
 
 
+def model_not_found(model_id: str) -> NotFound:
+    """The error for an unknown model."""
+    return NotFound(f"model 'models/{model_id}' does not exist; ListModels shows the registered ones",
+                    reason=Reason.MODEL_NOT_FOUND, metadata={"model": f"models/{model_id}"})
+
+
+def version_not_found(model_id: str, version: int) -> NotFound:
+    """The error for an unknown version number of a known model."""
+    return NotFound(f"version '{version_name(model_id, version)}' does not exist; "
+                    f"ListModelVersions on 'models/{model_id}' shows the existing ones",
+                    reason=Reason.VERSION_NOT_FOUND, metadata={"model": f"models/{model_id}", "version": str(version)})
+
+
+def alias_not_found(model_id: str, alias: str) -> NotFound:
+    """The error for an alias that points nowhere."""
+    return NotFound(f"alias {alias!r} of 'models/{model_id}' points at no version; "
+                    "SetAlias creates it, ListModelVersions shows the versions",
+                    reason=Reason.ALIAS_NOT_FOUND, metadata={"model": f"models/{model_id}", "alias": alias})
+
+
 class Catalog:
     """Reads and writes the metadata of models and versions."""
 
-    def __init__(self, engine: sa.Engine) -> None:
+    def __init__(self, engine: sa.Engine, *, page_tokens: PageTokens) -> None:
         self._engine = engine
+        self._tokens = page_tokens
 
     @property
     def engine(self) -> sa.Engine:
-        """The engine this catalog (and the metrics store) uses."""
+        """The engine this catalog (and the run store) uses."""
         return self._engine
 
-    def create_schema(self) -> None:
-        """Creates missing tables (idempotent)."""
-        metadata.create_all(self._engine, checkfirst=True)
-
     # -- writes ------------------------------------------------------------
-    def create_version(self, *, model_id: str, card: ModelCard,
-                       artifacts: Iterable[ArtifactRecord]) -> VersionRecord:
+    def create_version(self, *, model_id: str, card: ModelCard, artifacts: Iterable[ArtifactRecord],
+                       signatures: Sequence[Signature] = ()) -> VersionRecord:
         """Allocates the next version number and stores the version with its artifacts atomically."""
         now = _now_us()
         with write_transaction(self._engine) as conn:
-            conn.execute(self._insert_ignore(models_table).values(
+            conn.execute(insert_ignore(conn, models_table).values(
                 model_id=model_id, last_version=0, create_time_us=now, update_time_us=now))
             # The UPDATE takes the row lock (PostgreSQL) so two concurrent uploads get distinct numbers.
             conn.execute(models_table.update().where(models_table.c.model_id == model_id)
@@ -111,7 +93,8 @@ class Catalog:
                                    .where(models_table.c.model_id == model_id)).scalar_one()
             conn.execute(versions_table.insert().values(
                 model_id=model_id, version=version, card_json=json.dumps(card.to_dict(), sort_keys=True),
-                create_time_us=now, deprecated=False, deprecation_message=""))
+                create_time_us=now, deprecated=False, deprecation_message="",
+                signatures_json=json.dumps([_signature_json(sig) for sig in signatures])))
             rows = [dict(model_id=model_id, version=version, format=a.format.value, sha256=a.sha256,
                          size_bytes=a.size_bytes, derived=a.derived) for a in artifacts]
             if rows:
@@ -122,8 +105,7 @@ class Catalog:
         """Points `alias` at `version`, moving it in one statement if it exists."""
         with write_transaction(self._engine) as conn:
             self._require_version(conn, model_id, version)
-            insert = self._dialect_insert(conn)(aliases_table).values(model_id=model_id, alias=alias,
-                                                                     version=version)
+            insert = dialect_insert(conn)(aliases_table).values(model_id=model_id, alias=alias, version=version)
             conn.execute(insert.on_conflict_do_update(index_elements=["model_id", "alias"],
                                                       set_={"version": version}))
             conn.execute(models_table.update().where(models_table.c.model_id == model_id)
@@ -138,15 +120,12 @@ class Catalog:
                                          versions_table.c.version == version)
                                   .values(deprecated=True, deprecation_message=message))
             if result.rowcount == 0:
-                raise self._version_not_found(model_id, version)
+                raise version_not_found(model_id, version)
             return self._load_version(conn, model_id, version)
 
-    def delete_version(self, *, model_id: str, version: int) -> list[str]:
-        """Deletes a version, its artifacts and aliases; returns sha256s no version references any more."""
+    def delete_version(self, *, model_id: str, version: int) -> None:
+        """Deletes a version, its artifact rows and aliases (blob files are left to the collector)."""
         with write_transaction(self._engine) as conn:
-            shas = {row.sha256 for row in conn.execute(
-                sa.select(artifacts_table.c.sha256).where(artifacts_table.c.model_id == model_id,
-                                                          artifacts_table.c.version == version))}
             # Children first, explicitly: SQLite only cascades with foreign_keys=ON.
             conn.execute(aliases_table.delete().where(aliases_table.c.model_id == model_id,
                                                       aliases_table.c.version == version))
@@ -155,14 +134,9 @@ class Catalog:
             result = conn.execute(versions_table.delete().where(versions_table.c.model_id == model_id,
                                                                 versions_table.c.version == version))
             if result.rowcount == 0:
-                raise self._version_not_found(model_id, version)
+                raise version_not_found(model_id, version)
             conn.execute(models_table.update().where(models_table.c.model_id == model_id)
                          .values(update_time_us=_now_us()))
-            if not shas:
-                return []
-            still = {row.sha256 for row in conn.execute(
-                sa.select(artifacts_table.c.sha256).where(artifacts_table.c.sha256.in_(shas)))}
-            return sorted(shas - still)
 
     # -- reads -------------------------------------------------------------
     def get_version(self, *, model_id: str, version: int | None = None, alias: str | None = None) -> VersionRecord:
@@ -179,39 +153,37 @@ class Catalog:
     def model_exists(self, model_id: str) -> bool:
         """Whether the model was ever created (it may have no versions left)."""
         with self._engine.connect() as conn:
-            return conn.execute(sa.select(models_table.c.model_id)
-                                .where(models_table.c.model_id == model_id)).first() is not None
+            return self._model_exists(conn, model_id)
 
     def list_models(self, *, page_size: int = 0, page_token: str = "") -> Page[ModelRecord]:
         """Models that have at least one version, ordered by id."""
         size = page_size_of(page_size)
         query = "models"
-        stmt = (sa.select(models_table.c.model_id).order_by(models_table.c.model_id)
+        stmt = (sa.select(models_table).order_by(models_table.c.model_id)
                 .where(sa.exists().where(versions_table.c.model_id == models_table.c.model_id))
                 .limit(size + 1))
         if page_token:
-            stmt = stmt.where(models_table.c.model_id > PageTokens.decode(page_token, query=query, kind=str))
+            stmt = stmt.where(models_table.c.model_id > self._tokens.decode(page_token, query=query, kind=str))
         with self._engine.connect() as conn:
-            ids = [row.model_id for row in conn.execute(stmt)]
-            records = tuple(self._load_model(conn, model_id) for model_id in ids[:size])
-        token = PageTokens.encode(query=query, last=ids[size - 1]) if len(ids) > size else ""
+            rows = conn.execute(stmt).all()
+            records = self._load_models(conn, rows[:size])
+        token = self._tokens.encode(query=query, last=rows[size - 1].model_id) if len(rows) > size else ""
         return Page(items=records, next_page_token=token)
 
     def list_versions(self, *, model_id: str, page_size: int = 0, page_token: str = "") -> Page[VersionRecord]:
         """Versions of one model, newest first; NotFound if the model never existed."""
         size = page_size_of(page_size)
         query = f"versions:{model_id}"
-        stmt = (sa.select(versions_table.c.version).where(versions_table.c.model_id == model_id)
+        stmt = (sa.select(versions_table).where(versions_table.c.model_id == model_id)
                 .order_by(versions_table.c.version.desc()).limit(size + 1))
         if page_token:
-            stmt = stmt.where(versions_table.c.version < PageTokens.decode(page_token, query=query, kind=int))
+            stmt = stmt.where(versions_table.c.version < self._tokens.decode(page_token, query=query, kind=int))
         with self._engine.connect() as conn:
-            if conn.execute(sa.select(models_table.c.model_id)
-                            .where(models_table.c.model_id == model_id)).first() is None:
-                raise NotFound(f"model 'models/{model_id}' does not exist; ListModels shows the registered ones")
-            numbers = [row.version for row in conn.execute(stmt)]
-            records = tuple(self._load_version(conn, model_id, n) for n in numbers[:size])
-        token = PageTokens.encode(query=query, last=numbers[size - 1]) if len(numbers) > size else ""
+            rows = conn.execute(stmt).all()
+            if not rows and not self._model_exists(conn, model_id):
+                raise model_not_found(model_id)
+            records = self._load_versions(conn, model_id, rows[:size])
+        token = self._tokens.encode(query=query, last=int(rows[size - 1].version)) if len(rows) > size else ""
         return Page(items=records, next_page_token=token)
 
     def referenced_shas(self) -> set[str]:
@@ -219,32 +191,30 @@ class Catalog:
         with self._engine.connect() as conn:
             return {row.sha256 for row in conn.execute(sa.select(artifacts_table.c.sha256).distinct())}
 
+    def is_referenced(self, sha256: str) -> bool:
+        """Whether any version's artifact references `sha256` now."""
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(artifacts_table.c.sha256)
+                                .where(artifacts_table.c.sha256 == sha256).limit(1)).first() is not None
+
+    def ping(self) -> None:
+        """One round trip to the database (raises if it is unreachable)."""
+        with self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     # -- helpers -----------------------------------------------------------
-    def _insert_ignore(self, table: sa.Table):
-        return self._dialect_insert_for(self._engine.dialect.name)(table).on_conflict_do_nothing()
-
-    def _dialect_insert(self, conn: sa.Connection):
-        return self._dialect_insert_for(conn.dialect.name)
-
     @staticmethod
-    def _dialect_insert_for(name: str):
-        # Both dialects spell upserts the same way (ON CONFLICT); others are not supported.
-        if name == "sqlite":
-            return sqlite.insert
-        if name == "postgresql":
-            return postgresql.insert
-        raise RuntimeError(f"unsupported database {name!r}: use SQLite or PostgreSQL")
-
-    @staticmethod
-    def _version_not_found(model_id: str, version: int) -> NotFound:
-        return NotFound(f"version 'models/{model_id}/versions/{version}' does not exist; "
-                        f"ListModelVersions on 'models/{model_id}' shows the existing ones")
+    def _model_exists(conn: sa.Connection, model_id: str) -> bool:
+        return conn.execute(sa.select(models_table.c.model_id)
+                            .where(models_table.c.model_id == model_id)).first() is not None
 
     def _require_version(self, conn: sa.Connection, model_id: str, version: int) -> None:
         found = conn.execute(sa.select(versions_table.c.version).where(
             versions_table.c.model_id == model_id, versions_table.c.version == version)).first()
         if found is None:
-            raise self._version_not_found(model_id, version)
+            if not self._model_exists(conn, model_id):
+                raise model_not_found(model_id)
+            raise version_not_found(model_id, version)
 
     def _resolve(self, conn: sa.Connection, model_id: str, *, version: int | None, alias: str | None) -> int:
         if version is not None:
@@ -257,50 +227,91 @@ class Catalog:
             number = conn.execute(sa.select(aliases_table.c.version).where(
                 aliases_table.c.model_id == model_id, aliases_table.c.alias == alias)).scalar()
         if number is None:
-            if conn.execute(sa.select(models_table.c.model_id)
-                            .where(models_table.c.model_id == model_id)).first() is None:
-                raise NotFound(f"model 'models/{model_id}' does not exist; ListModels shows the registered ones")
-            raise NotFound(f"alias {alias!r} of 'models/{model_id}' points at no version; "
-                           "SetAlias creates it, ListModelVersions shows the versions")
+            if not self._model_exists(conn, model_id):
+                raise model_not_found(model_id)
+            raise alias_not_found(model_id, alias or LATEST)
         return int(number)
 
-    def _aliases_of(self, conn: sa.Connection, model_id: str) -> dict[str, int]:
-        aliases = {row.alias: int(row.version) for row in conn.execute(
-            sa.select(aliases_table.c.alias, aliases_table.c.version)
-            .where(aliases_table.c.model_id == model_id).order_by(aliases_table.c.alias))}
-        latest = conn.execute(sa.select(sa.func.max(versions_table.c.version))
-                              .where(versions_table.c.model_id == model_id)).scalar()
-        if latest is not None:
-            aliases[LATEST] = int(latest)
-        return aliases
+    @staticmethod
+    def _aliases_by_model(conn: sa.Connection, model_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """model id -> {alias: version}, `latest` included, in two statements for any number of models."""
+        found: dict[str, dict[str, int]] = {m: {} for m in model_ids}
+        if not model_ids:
+            return found
+        for row in conn.execute(sa.select(aliases_table.c.model_id, aliases_table.c.alias, aliases_table.c.version)
+                                .where(aliases_table.c.model_id.in_(model_ids))
+                                .order_by(aliases_table.c.model_id, aliases_table.c.alias)):
+            found[row.model_id][row.alias] = int(row.version)
+        for row in conn.execute(sa.select(versions_table.c.model_id, sa.func.max(versions_table.c.version)
+                                          .label("latest"))
+                                .where(versions_table.c.model_id.in_(model_ids))
+                                .group_by(versions_table.c.model_id)):
+            found[row.model_id][LATEST] = int(row.latest)
+        return found
+
+    @staticmethod
+    def _artifacts_of(conn: sa.Connection, model_id: str, versions: Sequence[int]) -> dict[int, tuple[ArtifactRecord, ...]]:
+        found: dict[int, list[ArtifactRecord]] = {v: [] for v in versions}
+        if versions:
+            for a in conn.execute(sa.select(artifacts_table).where(
+                    artifacts_table.c.model_id == model_id, artifacts_table.c.version.in_(versions))
+                    .order_by(artifacts_table.c.version, artifacts_table.c.format)):
+                found[int(a.version)].append(ArtifactRecord(format=ArtifactFormat(a.format),
+                                                            size_bytes=int(a.size_bytes), sha256=a.sha256,
+                                                            derived=bool(a.derived)))
+        return {v: tuple(items) for v, items in found.items()}
+
+    def _load_versions(self, conn: sa.Connection, model_id: str, rows: Sequence[sa.Row]) -> tuple[VersionRecord, ...]:
+        """Records of version rows of one model: artifacts and aliases in one statement each."""
+        if not rows:
+            return ()
+        numbers = [int(r.version) for r in rows]
+        artifacts = self._artifacts_of(conn, model_id, numbers)
+        aliases = self._aliases_by_model(conn, [model_id])[model_id]
+        return tuple(
+            VersionRecord(model_id=model_id, version=int(row.version),
+                          card=ModelCard.from_dict(json.loads(row.card_json)), artifacts=artifacts[int(row.version)],
+                          aliases=tuple(sorted(a for a, v in aliases.items() if v == int(row.version))),
+                          create_time=_time(row.create_time_us), deprecated=bool(row.deprecated),
+                          deprecation_message=row.deprecation_message,
+                          signatures=tuple(_signature_from_json(d) for d in json.loads(row.signatures_json)))
+            for row in rows)
 
     def _load_version(self, conn: sa.Connection, model_id: str, version: int) -> VersionRecord:
         row = conn.execute(sa.select(versions_table).where(
             versions_table.c.model_id == model_id, versions_table.c.version == version)).first()
         if row is None:
-            raise self._version_not_found(model_id, version)
-        artifacts = tuple(
-            ArtifactRecord(format=ArtifactFormat(a.format), size_bytes=int(a.size_bytes), sha256=a.sha256,
-                           derived=bool(a.derived))
-            for a in conn.execute(sa.select(artifacts_table).where(
-                artifacts_table.c.model_id == model_id, artifacts_table.c.version == version)
-                .order_by(artifacts_table.c.format)))
-        aliases = tuple(sorted(a for a, v in self._aliases_of(conn, model_id).items() if v == version))
-        return VersionRecord(model_id=model_id, version=int(version), card=ModelCard.from_dict(json.loads(row.card_json)),
-                             artifacts=artifacts, aliases=aliases, create_time=_time(row.create_time_us),
-                             deprecated=bool(row.deprecated), deprecation_message=row.deprecation_message)
+            raise version_not_found(model_id, version)
+        return self._load_versions(conn, model_id, [row])[0]
 
-    def _load_model(self, conn: sa.Connection, model_id: str) -> ModelRecord:
-        row = conn.execute(sa.select(models_table).where(models_table.c.model_id == model_id)).one()
-        count = conn.execute(sa.select(sa.func.count()).select_from(versions_table)
-                             .where(versions_table.c.model_id == model_id)).scalar_one()
-        aliases = self._aliases_of(conn, model_id)
-        latest = aliases.get(LATEST)
-        card = None
-        if latest is not None:
-            card_json = conn.execute(sa.select(versions_table.c.card_json).where(
-                versions_table.c.model_id == model_id, versions_table.c.version == latest)).scalar_one()
-            card = ModelCard.from_dict(json.loads(card_json))
-        return ModelRecord(model_id=model_id, latest_version=latest, version_count=int(count), aliases=aliases,
-                           latest_card=card, create_time=_time(row.create_time_us),
-                           update_time=_time(row.update_time_us))
+    def _load_models(self, conn: sa.Connection, rows: Sequence[sa.Row]) -> tuple[ModelRecord, ...]:
+        """Records of model rows: counts, aliases and latest cards in a fixed number of statements."""
+        if not rows:
+            return ()
+        ids = [r.model_id for r in rows]
+        counts = {row.model_id: int(row.n) for row in conn.execute(
+            sa.select(versions_table.c.model_id, sa.func.count().label("n"))
+            .where(versions_table.c.model_id.in_(ids)).group_by(versions_table.c.model_id))}
+        aliases = self._aliases_by_model(conn, ids)
+        latest = {m: a[LATEST] for m, a in aliases.items() if LATEST in a}
+        cards: dict[str, ModelCard] = {}
+        if latest:
+            pairs = [sa.and_(versions_table.c.model_id == m, versions_table.c.version == v) for m, v in latest.items()]
+            for row in conn.execute(sa.select(versions_table.c.model_id, versions_table.c.card_json)
+                                    .where(sa.or_(*pairs))):
+                cards[row.model_id] = ModelCard.from_dict(json.loads(row.card_json))
+        return tuple(
+            ModelRecord(model_id=row.model_id, latest_version=latest.get(row.model_id),
+                        version_count=counts.get(row.model_id, 0), aliases=aliases[row.model_id],
+                        latest_card=cards.get(row.model_id), create_time=_time(row.create_time_us),
+                        update_time=_time(row.update_time_us))
+            for row in rows)
+
+
+def _signature_json(signature: Signature) -> dict[str, str]:
+    return {"key_id": signature.key_id, "algorithm": signature.algorithm,
+            "signature": base64.b64encode(signature.signature).decode("ascii")}
+
+
+def _signature_from_json(data: dict[str, str]) -> Signature:
+    return Signature(key_id=data["key_id"], algorithm=data["algorithm"], signature=base64.b64decode(data["signature"]))

@@ -28,11 +28,54 @@ class ServerConfig:
     #: Size of ReadArtifact chunks; also sizes the gRPC message limits.
     chunk_size: int = MIB
     max_artifact_bytes: int = 512 * MIB
+    #: Threads for blocking work (database, file reads); streams wait for clients without holding one.
     max_workers: int = 16
     #: Seconds in-flight RPCs get to finish on shutdown.
     grace_seconds: float = 5.0
     #: Hash each blob once (per process) before serving it, answering DATA_LOSS if it rotted.
     verify_blobs: bool = True
+    #: Apply pending schema migrations at start (under the migration lock); False: refuse to start unless current.
+    migrate: bool = True
+
+    # -- what one client can hold ------------------------------------------------------
+    #: A stream whose client neither reads (ReadArtifact) nor sends (CreateModelVersion) for this long is ended.
+    stall_timeout_s: float = 60.0
+    max_reads_per_token: int = 32
+    max_reads: int = 256
+    max_uploads_per_token: int = 4
+    max_uploads: int = 16
+    #: HTTP/2 streams one connection may open at once.
+    max_streams_per_connection: int = 100
+    #: The server pings an idle connection this often and drops it if no answer comes within the timeout.
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    #: Clients may not ping more often than this (keepalive enforcement; more is answered with GOAWAY).
+    min_client_ping_interval_s: float = 10.0
+    #: Connections are closed after this age (plus a grace period for calls in flight), so that load
+    #: spreads over new replicas and no connection lives forever; clients reconnect (and pulls resume).
+    max_connection_age_s: float = 1800.0
+    max_connection_age_grace_s: float = 300.0
+    max_connection_idle_s: float = 900.0
+
+    # -- validation sandbox ----------------------------------------------------------------
+    validation_workers: int = 2
+    #: Memory each validation may use beyond 4x the bytes it checks.
+    validation_memory_bytes: int = 512 * MIB
+    validation_cpu_seconds: int = 300
+    validation_timeout_s: float = 600.0
+    #: Start the sandbox worker (imports torch, ~5 s) in the background at start-up.
+    warm_sandbox: bool = True
+
+    # -- operations ------------------------------------------------------------------------
+    #: Prometheus /metrics on this port (None: off; 0 picks a free one).
+    metrics_port: int | None = None
+    #: Address of the metrics endpoint (None: the serving host).
+    metrics_host: str | None = None
+    #: Seconds between database checks that drive health (SERVING / NOT_SERVING).
+    health_interval_s: float = 2.0
+    #: Unreferenced blobs older than gc_min_age_s are collected every gc_interval_s (and once at start).
+    gc_interval_s: float = 3600.0
+    gc_min_age_s: float = 3600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -46,8 +89,16 @@ class ServerConfig:
             raise ValueError(f"chunk_size must be between 4 KiB and 64 MiB, got {self.chunk_size}")
         if self.max_artifact_bytes <= 0:
             raise ValueError(f"max_artifact_bytes must be positive, got {self.max_artifact_bytes}")
-        if self.max_workers <= 0:
-            raise ValueError(f"max_workers must be positive, got {self.max_workers}")
+        positive = ("max_workers", "max_reads_per_token", "max_reads", "max_uploads_per_token", "max_uploads",
+                    "max_streams_per_connection", "validation_workers", "validation_memory_bytes",
+                    "validation_cpu_seconds", "validation_timeout_s", "stall_timeout_s", "health_interval_s",
+                    "keepalive_time_s", "keepalive_timeout_s", "max_connection_age_s", "max_connection_idle_s",
+                    "gc_interval_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:

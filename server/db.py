@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 logger = logging.getLogger(__name__)
@@ -15,6 +16,9 @@ logger = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Execution option marking a connection whose transactions will write (see `write_transaction`).
 WRITE_OPTION = "xfer_write"
+#: Seconds a PostgreSQL connection attempt may take: a database that is down must turn into
+#: UNAVAILABLE quickly, not hold a worker for the operating system's TCP timeout.
+CONNECT_TIMEOUT_S = 5
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -51,7 +55,9 @@ def create_engine(url: str) -> sa.Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return sa.create_engine(parsed, pool_pre_ping=True)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if parsed.get_backend_name() == "postgresql" else {}
+    # pre_ping: after the database restarts, pooled connections are dead; each is tested before use.
+    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
 @contextlib.contextmanager
@@ -64,3 +70,18 @@ def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
         connection = connection.execution_options(**{WRITE_OPTION: True})
         with connection.begin():
             yield connection
+
+
+def dialect_insert(conn: sa.Connection):
+    """The dialect's INSERT construct that knows ON CONFLICT (SQLite and PostgreSQL spell it alike)."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        return sqlite.insert
+    if name == "postgresql":
+        return postgresql.insert
+    raise NotImplementedError(f"database dialect {name!r} is not supported; use SQLite or PostgreSQL")
+
+
+def insert_ignore(conn: sa.Connection, table: sa.Table):
+    """INSERT ... ON CONFLICT DO NOTHING into `table`."""
+    return dialect_insert(conn)(table).on_conflict_do_nothing()

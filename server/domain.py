@@ -32,6 +32,19 @@ class ArtifactRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class Signature:
+    """An operator's signature over a version's manifest, stored and served as uploaded.
+
+    The server checks only its form; whether it is valid, and by a key worth
+    trusting, is each client's decision (they hold the publisher keys).
+    """
+
+    key_id: str
+    algorithm: str
+    signature: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class VersionRecord:
     """An immutable, numbered version as the catalog stores it."""
 
@@ -43,6 +56,7 @@ class VersionRecord:
     create_time: dt.datetime
     deprecated: bool = False
     deprecation_message: str = ""
+    signatures: tuple[Signature, ...] = ()
 
     @property
     def name(self) -> str:
@@ -97,6 +111,7 @@ class UploadHeader:
     parent: str
     card: ModelCard
     artifacts: tuple[ArtifactDeclaration, ...]
+    signatures: tuple[Signature, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,25 +1,34 @@
-"""The RPC boundary: authentication, the exception -> status mapping, and access logging.
+"""The RPC boundary (grpc.aio): request ids, authentication, stream limits, status details, metrics, access log.
 
-One interceptor wraps every method handler (all four streaming shapes) so that
-auth failures, domain errors and crashes all go through `errors.status_for`
-and are logged with method, status and duration — never with metadata, which
-carries tokens.
+One interceptor wraps every method handler (coroutines and async generators,
+all four streaming shapes) so that auth failures, limit refusals, domain
+errors and crashes all go through `errors.status_for`, leave with
+`google.rpc.Status` details, are counted in Prometheus and logged with
+method, status, reason and duration — never with metadata, which carries
+tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
+import grpc.aio
 
-from xfer.server.errors import XferError, status_for
+from xfer.server import rpc_status
+from xfer.server.errors import status_for
+from xfer.server.limits import StreamLimiter, StreamSlot
+from xfer.server.observability import REQUEST_ID, REQUEST_ID_HEADER, ServerMetrics, request_id_from
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("xfer.server.access")
+
+UPLOAD_METHOD = "/xfer.v1.RegistryService/CreateModelVersion"
 
 
 class Authorizer(Protocol):
@@ -29,23 +38,35 @@ class Authorizer(Protocol):
         ...
 
 
-class RpcInterceptor(grpc.ServerInterceptor):
-    """Authenticates, maps exceptions to statuses, and logs every RPC."""
+@dataclasses.dataclass
+class _Call:
+    """Book-keeping of one RPC."""
 
-    def __init__(self, authorizer: Authorizer) -> None:
+    method: str
+    request_id: str
+    started: float
+    code: grpc.StatusCode | None = None
+    reason: str = ""
+    slot: StreamSlot | None = None
+    recorded: bool = False
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates, limits streams, maps exceptions to rich statuses, measures and logs every RPC."""
+
+    def __init__(self, authorizer: Authorizer, *, limiters: Mapping[str, StreamLimiter] | None = None,
+                 metrics: ServerMetrics | None = None) -> None:
         self._authorizer = authorizer
+        #: method -> limiter of its concurrent streams, keyed by the caller's token.
+        self._limiters = dict(limiters or {})
+        self._metrics = metrics
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        try:
-            self._authorizer.authorize(method, handler_call_details.invocation_metadata)
-            denial: XferError | None = None
-        except XferError as exc:
-            # Raised inside the call below, so it is logged and mapped like any other error.
-            denial = exc
+        metadata = handler_call_details.invocation_metadata
         if handler.request_streaming and handler.response_streaming:
             factory, behavior = grpc.stream_stream_rpc_method_handler, handler.stream_stream
         elif handler.request_streaming:
@@ -54,58 +75,107 @@ class RpcInterceptor(grpc.ServerInterceptor):
             factory, behavior = grpc.unary_stream_rpc_method_handler, handler.unary_stream
         else:
             factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
-        wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
-        return factory(wrap(method, behavior, denial), request_deserializer=handler.request_deserializer,
+        wrapped = self._wrap(method, metadata, behavior)
+        return factory(wrapped, request_deserializer=handler.request_deserializer,
                        response_serializer=handler.response_serializer)
 
-    def _wrap_unary(self, method: str, behavior: Callable, denial: XferError | None) -> Callable:
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            try:
-                if denial is not None:
-                    raise denial
-                return behavior(request, context)
-            except Exception as exc:
-                _fail(context, exc, method)
-            finally:
-                _log(method, context, started)
+    # -- the wrappers -----------------------------------------------------------------------
+    def _wrap(self, method: str, metadata: Any, behavior: Callable) -> Callable:
+        if inspect.isasyncgenfunction(behavior):
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                call = self._begin(method, metadata, context)
+                token = REQUEST_ID.set(call.request_id)
+                try:
+                    self._admit(call, metadata)
+                    async for response in behavior(request, context):
+                        yield response
+                    self._succeeded(call)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await self._fail(call, context, exc)
+                finally:
+                    self._end(call)
+                    REQUEST_ID.reset(token)
 
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = self._begin(method, metadata, context)
+            token = REQUEST_ID.set(call.request_id)
+            try:
+                self._admit(call, metadata)
+                result = await behavior(request, context)
+                self._succeeded(call)
+                return result
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._fail(call, context, exc)
+            finally:
+                self._end(call)
+                REQUEST_ID.reset(token)
+
+        return unary
+
+    # -- steps --------------------------------------------------------------------------------
+    def _begin(self, method: str, metadata: Any, context: grpc.aio.ServicerContext) -> _Call:
+        call = _Call(method=method, request_id=request_id_from(metadata), started=time.perf_counter())
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
         return call
 
-    def _wrap_stream(self, method: str, behavior: Callable, denial: XferError | None) -> Callable:
-        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            started = time.perf_counter()
-            try:
-                if denial is not None:
-                    raise denial
-                yield from behavior(request, context)
-            except Exception as exc:
-                _fail(context, exc, method)
-            finally:
-                _log(method, context, started)
+    def _admit(self, call: _Call, metadata: Any) -> None:
+        """Authenticates, then takes a stream slot for limited methods (raising the refusal as a RequestError)."""
+        principal = self._authorizer.authorize(call.method, metadata)
+        limiter = self._limiters.get(call.method)
+        if limiter is not None and principal is not None:
+            call.slot = limiter.acquire(principal.key or principal.name)
+            if self._metrics is not None:
+                self._metrics.active_streams.labels(method=call.method).inc()
 
-        return call
+    def _release(self, call: _Call) -> None:
+        if call.slot is not None:
+            call.slot.release()
+            call.slot = None
+            if self._metrics is not None:
+                self._metrics.active_streams.labels(method=call.method).dec()
 
+    def _succeeded(self, call: _Call) -> None:
+        call.code = grpc.StatusCode.OK
+        self._release(call)
+        self._record(call)
 
-def _fail(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
-    """Aborts the call with the status `exc` maps to (always raises)."""
-    if context.code() is not None and not isinstance(exc, XferError):
-        # The handler (or grpc itself) already chose a status, e.g. via context.abort().
-        raise exc
-    if not context.is_active():
-        # The client cancelled or the deadline passed; nobody is listening for a status.
-        logger.info("%s ended early: the client cancelled or its deadline passed (%s)", method,
-                    type(exc).__name__)
-        raise exc
-    request_id = uuid.uuid4().hex[:12]
-    status = status_for(exc, request_id=request_id)
-    if not status.expected:
-        logger.error("unexpected error in %s (request id %s)", method, request_id, exc_info=exc)
-    context.abort(status.code, status.message)
+    async def _fail(self, call: _Call, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+        """Aborts the call with the rich status `exc` maps to (always raises)."""
+        status = status_for(exc, request_id=call.request_id)
+        if not status.expected:
+            logger.error("unexpected error in %s (request id %s)", call.method, call.request_id, exc_info=exc)
+        call.code, call.reason = status.code, status.reason
+        # Slot, gauge and log first: for a client that stopped reading, `abort` returns only once the
+        # connection drains or closes, and its slot must not wait for that.
+        self._release(call)
+        self._record(call)
+        if self._metrics is not None and call.method == UPLOAD_METHOD:
+            self._metrics.upload_rejections.labels(reason=status.reason).inc()
+        trailers = (*rpc_status.trailing_metadata(status), (REQUEST_ID_HEADER, call.request_id))
+        await context.abort(status.code, status.message, trailing_metadata=trailers)
 
+    def _end(self, call: _Call) -> None:
+        if call.code is None:
+            # Neither returned nor raised an Exception: the client cancelled or its deadline passed.
+            call.code = grpc.StatusCode.CANCELLED
+        self._release(call)
+        self._record(call)
 
-def _log(method: str, context: grpc.ServicerContext, started: float) -> None:
-    code = context.code()
-    if code is None:
-        code = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
-    access_logger.info("rpc %s %s %.1fms", method, code.name, (time.perf_counter() - started) * 1000)
+    def _record(self, call: _Call) -> None:
+        if call.recorded:
+            return
+        call.recorded = True
+        seconds = time.perf_counter() - call.started
+        code = call.code.name if call.code is not None else "UNKNOWN"
+        if self._metrics is not None:
+            self._metrics.rpcs.labels(method=call.method, code=code).inc()
+            self._metrics.latency.labels(method=call.method, code=code).observe(seconds)
+        reason = f" {call.reason}" if call.reason and code != "OK" else ""
+        access_logger.info("rpc %s %s%s %.1fms", call.method, code, reason, seconds * 1000)
+

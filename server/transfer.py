@@ -1,14 +1,27 @@
-"""Domain logic of ReadArtifact: resolve, bound-check, and stream a blob in fixed-size chunks."""
+"""Domain logic of ReadArtifact: resolve, bound-check, and read a blob in fixed-size chunks.
+
+`open_read` does the blocking part (catalog lookup, opening and, once per
+process, hashing the blob); `ArtifactRead.next_chunk` reads one chunk with
+`os.pread`, so the asyncio servicer can run each read in a worker thread and
+wait for the client between chunks without holding one.
+
+Chunk sizes start small and double with every chunk the client takes, up to
+the configured chunk size (`ChunkSizer`, like TCP's slow start): a client
+that opens a stream and never reads holds a few dozen KiB of server memory
+instead of several chunk sizes, while a reading client reaches full-size
+chunks after about 2 MiB.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from xfer.server.domain import ArtifactFormat
-from xfer.server.errors import DataLoss, InvalidArgument, NotFound, OutOfRange
+from xfer.server.errors import DataLoss, InvalidArgument, NotFound, OutOfRange, Reason
 from xfer.server.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -22,50 +35,96 @@ class Chunk:
     data: bytes
 
 
-@dataclasses.dataclass(frozen=True)
-class ArtifactRead:
-    """An open read: what the first response announces, and the chunks to send."""
+#: Size of the first chunk of every read (or the chunk size, if smaller).
+FIRST_CHUNK = 64 * 1024
 
-    model_version: str
-    total_size_bytes: int
-    sha256: str
-    read_offset: int
-    #: Yields chunks lazily, one file read each; closes the blob when exhausted or closed.
-    chunks: Iterator[Chunk]
+
+class ChunkSizer:
+    """Slow start: FIRST_CHUNK, then twice the previous size after each chunk the client took, up to `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self.size = min(FIRST_CHUNK, limit)
+
+    @property
+    def next_size(self) -> int:
+        """The size after the next `taken()`."""
+        return min(self.size * 2, self._limit)
+
+    def taken(self) -> None:
+        """The client accepted a chunk: the next may be twice as large."""
+        self.size = self.next_size
+
+
+class ArtifactRead:
+    """An open read: what the first response announces, and the chunks to send. Close it when done."""
+
+    def __init__(self, *, model_version: str, total_size_bytes: int, sha256: str, read_offset: int, end: int,
+                 chunk_size: int, file: BinaryIO) -> None:
+        self.model_version = model_version
+        self.total_size_bytes = total_size_bytes
+        self.sha256 = sha256
+        self.read_offset = read_offset
+        self._next = read_offset
+        self._end = end
+        self._chunk_size = chunk_size
+        self._file = file
+
+    @property
+    def remaining(self) -> int:
+        """Bytes still to send."""
+        return self._end - self._next
+
+    def next_chunk(self, size: int | None = None) -> Chunk | None:
+        """The next chunk of at most `size` bytes (default: the chunk size), one pread; None at the end."""
+        if self._next >= self._end:
+            return None
+        size = self._chunk_size if size is None else min(size, self._chunk_size)
+        data = os.pread(self._file.fileno(), min(size, self._end - self._next), self._next)
+        if not data:
+            raise DataLoss("the stored artifact ended early while being read; ask the operator to re-upload it",
+                           reason=Reason.BLOB_CORRUPT)
+        chunk = Chunk(offset=self._next, data=data)
+        self._next += len(data)
+        return chunk
+
+    @property
+    def chunks(self) -> Iterator[Chunk]:
+        """The remaining chunks, lazily (closes the file at the end)."""
+        try:
+            while (chunk := self.next_chunk()) is not None:
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Closes the blob file (safe to call twice)."""
+        self._file.close()
 
 
 def open_read(registry: Registry, *, name: str, fmt: ArtifactFormat | None, read_offset: int, read_limit: int,
               chunk_size: int) -> ArtifactRead:
     """Resolves `name`, checks the range and opens the blob (verifying it) for streaming."""
     if fmt is None:
-        raise InvalidArgument("format is unspecified; ask for SAFETENSORS or ONNX")
+        raise InvalidArgument("format is unspecified; ask for SAFETENSORS or ONNX", field="format")
     if fmt == ArtifactFormat.TORCH_STATE_DICT:
         raise InvalidArgument("TORCH_STATE_DICT is an upload-only format (stored as SAFETENSORS); ask for "
-                              "SAFETENSORS or ONNX")
+                              "SAFETENSORS or ONNX", field="format")
     if read_offset < 0 or read_limit < 0:
-        raise InvalidArgument(f"read_offset and read_limit must not be negative (got {read_offset}, {read_limit})")
+        raise InvalidArgument(f"read_offset and read_limit must not be negative (got {read_offset}, {read_limit})",
+                              field="read_offset" if read_offset < 0 else "read_limit")
     record = registry.get_version(name)
     artifact = record.artifact(fmt)
     if artifact is None:
         raise NotFound(f"{record.name} has no {fmt.name} artifact; it has "
-                       f"{[a.format.name for a in record.artifacts]}")
+                       f"{[a.format.name for a in record.artifacts]}", reason=Reason.ARTIFACT_NOT_FOUND,
+                       metadata={"model_version": record.name, "format": fmt.name})
     if read_offset > artifact.size_bytes:
         raise OutOfRange(f"read_offset {read_offset} is past the end of the {fmt.name} artifact of {record.name} "
-                         f"({artifact.size_bytes} bytes); resume from an offset at most the size")
+                         f"({artifact.size_bytes} bytes); resume from an offset at most the size",
+                         reason=Reason.OFFSET_OUT_OF_RANGE, field="read_offset",
+                         metadata={"size_bytes": str(artifact.size_bytes)})
     end = artifact.size_bytes if read_limit == 0 else min(artifact.size_bytes, read_offset + read_limit)
     f = registry.blobs.open(artifact.sha256, size=artifact.size_bytes)
     return ArtifactRead(model_version=record.name, total_size_bytes=artifact.size_bytes, sha256=artifact.sha256,
-                        read_offset=read_offset, chunks=_chunks(f, start=read_offset, end=end, chunk_size=chunk_size))
-
-
-def _chunks(f: BinaryIO, *, start: int, end: int, chunk_size: int) -> Iterator[Chunk]:
-    # Reads one chunk per step, so memory stays at one chunk whatever the artifact's size.
-    with f:
-        f.seek(start)
-        offset = start
-        while offset < end:
-            data = f.read(min(chunk_size, end - offset))
-            if not data:
-                raise DataLoss("the stored artifact ended early while being read; ask the operator to re-upload it")
-            yield Chunk(offset=offset, data=data)
-            offset += len(data)
+                        read_offset=read_offset, end=end, chunk_size=chunk_size, file=f)

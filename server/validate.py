@@ -1,8 +1,11 @@
-"""Checks on everything an upload brings: card, safetensors, torch state dicts, ONNX.
+"""Checks on everything an upload brings: card text, safetensors, torch state dicts, ONNX.
 
-Each check raises InvalidArgument naming what is wrong and how to fix it; the
-hand-written safetensors parser runs before any library touches the bytes, so
-a hostile header is rejected without allocating what it claims.
+Each check raises InvalidArgument (reason INVALID_CARD or INVALID_ARTIFACT)
+naming what is wrong and how to fix it. The hand-written safetensors parser
+runs before any library touches the bytes, so a hostile header is rejected
+without allocating what it claims. Everything below `check_card_text` runs
+inside the validation sandbox (server/sandbox.py: a separate process with
+memory, CPU-time and wall-time limits), never in the serving process.
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import struct
+import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from xfer.models.base import XferModel
-from xfer.models.card import ModelCard, validate_card
+from xfer.models.card import ModelCard
 from xfer.models.errors import ModelError
-from xfer.models.export import OUTPUT_NAMES, PARITY_ATOL, check_parity
-from xfer.models.weights import load_safetensors, model_from_card, tensor_specs
-from xfer.server.errors import InvalidArgument
+from xfer.server.errors import InvalidArgument, Reason
+
+if TYPE_CHECKING:
+    from xfer.models.base import XferModel
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +66,11 @@ class SafetensorsHeader:
 
 
 def _reject(message: str) -> InvalidArgument:
-    return InvalidArgument(f"invalid safetensors artifact: {message}")
+    return InvalidArgument(f"invalid safetensors artifact: {message}", reason=Reason.INVALID_ARTIFACT)
+
+
+def _invalid_artifact(message: str) -> InvalidArgument:
+    return InvalidArgument(message, reason=Reason.INVALID_ARTIFACT)
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -93,10 +104,13 @@ def parse_safetensors_header(path: str | os.PathLike, *,
         raw = f.read(header_size)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise _reject("the header nests JSON too deeply; a safetensors header is one flat object of "
+                      "tensor entries") from None
     except (UnicodeDecodeError, ValueError) as exc:
         if isinstance(exc, InvalidArgument):
             raise
-        raise _reject(f"the header is not UTF-8 JSON ({exc})") from None
+        raise _reject(f"the header is not UTF-8 JSON ({str(exc)[:200]})") from None
     if not isinstance(header, dict):
         raise _reject("the header must be a JSON object")
     metadata = header.pop("__metadata__", {})
@@ -144,44 +158,115 @@ def _tensor_info(name: str, entry: object) -> TensorInfo:
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
 
 
-def check_card(card: ModelCard) -> ModelCard:
-    """Validates the card and returns it with its architecture config in canonical form.
+# -- memory exhaustion -------------------------------------------------------------------------
+#: How libraries report an allocation that failed under the sandbox's memory limit.
+_MEMORY_MARKERS = ("Failed to allocate memory", "bad_alloc", "Could not allocate", "Failed to serialize proto",
+                   "out of memory", "Cannot allocate memory")
 
-    Protobuf Structs carry every number as a double; the canonical config has
-    the architecture's own types and every default filled in.
+
+def is_memory_error(exc: BaseException | None) -> bool:
+    """Whether `exc` (or anything in its cause chain) is an allocation failure, whatever library raised it.
+
+    Under the sandbox's memory limit, onnx says "Failed to serialize proto",
+    torch "Could not allocate bytes object", onnxruntime "Failed to allocate
+    memory": a limit reached, not a malformed artifact.
     """
-    try:
-        validate_card(card)
-        model = model_from_card(card)
-    except ModelError as exc:
-        raise InvalidArgument(f"invalid model card: {exc}") from None
-    return dataclasses.replace(card, architecture_config=model.config_dict())
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MemoryError) or any(marker in str(exc) for marker in _MEMORY_MARKERS):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
-def check_tensors_match(header: SafetensorsHeader, card: ModelCard) -> XferModel:
+def _reraise_memory(exc: BaseException) -> None:
+    if is_memory_error(exc):
+        raise MemoryError(str(exc)[:300]) from None
+
+
+# -- card text (plain data; runs in the serving process) ------------------------------
+#: Card fields that may span lines (newline and tab allowed); every other text field is one line.
+MULTILINE_CARD_FIELDS = ("description", "source_task", "preprocessing")
+# Bidirectional overrides and isolates reorder what a terminal shows (a "Trojan Source" trick).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def first_control_character(text: str, *, multiline: bool) -> str | None:
+    """The first control character (or bidi override) in `text`, or None; `multiline` allows newline and tab."""
+    for char in text:
+        if multiline and char in "\n\t":
+            continue
+        if unicodedata.category(char) in ("Cc", "Cs") or char in _BIDI_CONTROLS:
+            return char
+    return None
+
+
+def check_card_text(card: ModelCard) -> None:
+    """Refuses control characters (ESC, BEL, NUL, ...) and bidi overrides in every text field of the card.
+
+    A card is shown by `xfer show` and other people's tools; text that moves
+    the cursor, rings the bell or reorders characters is never legitimate
+    there, and PostgreSQL cannot store NUL at all.
+    """
+    fields: list[tuple[str, str, bool]] = [("architecture", card.architecture, False), ("head", card.head, False),
+                                           ("license", card.license, False), ("input_dtype", card.input_dtype, False)]
+    fields += [(name, getattr(card, name), name in MULTILINE_CARD_FIELDS)
+               for name in ("description", "source_task", "preprocessing")]
+    fields += [(f"blocks[{i}]", b, False) for i, b in enumerate(card.blocks)]
+    fields += [(f"label_names[{i}]", label, False) for i, label in enumerate(card.label_names)]
+    for key, value in card.framework_versions.items():
+        fields += [(f"framework_versions key {key[:32]!r}", key, False), (f"framework_versions[{key[:32]}]", value, False)]
+    fields += [(f"architecture_config key {key[:32]!r}", key, False) for key in card.architecture_config]
+    fields += [(f"architecture_config[{key[:32]}]", value, False)
+               for key, value in card.architecture_config.items() if isinstance(value, str)]
+    for name, value, multiline in fields:
+        if not isinstance(value, str):
+            continue
+        bad = first_control_character(value, multiline=multiline)
+        if bad is not None:
+            allowed = " (newline and tab are allowed here)" if multiline else ""
+            raise InvalidArgument(f"invalid model card: {name} contains the control character U+{ord(bad):04X}; "
+                                  f"use printable text only{allowed}", reason=Reason.INVALID_CARD,
+                                  field=f"header.card.{name.split(' ')[0].split('[')[0]}")
+
+
+# -- weights (sandbox) -----------------------------------------------------------------------
+def check_tensors_match(header: SafetensorsHeader, card: ModelCard) -> "XferModel":
     """Compares tensor names, dtypes and shapes with the card's architecture; returns a fresh module."""
+    from xfer.models.weights import model_from_card, tensor_specs
+
     model = model_from_card(card)
     expected = tensor_specs(model)
     missing = sorted(set(expected) - set(header.tensors))
     extra = sorted(set(header.tensors) - set(expected))
     if missing or extra:
-        raise InvalidArgument(f"the weights do not fit architecture {card.architecture!r} with the card's config: "
-                              f"missing tensors {missing[:5]}, unexpected tensors {[e[:64] for e in extra[:5]]}; "
-                              "export the state dict of the model the card describes")
+        raise _invalid_artifact(f"the weights do not fit architecture {card.architecture!r} with the card's config: "
+                                f"missing tensors {missing[:5]}, unexpected tensors {[e[:64] for e in extra[:5]]}; "
+                                "export the state dict of the model the card describes")
     for name, (dtype, shape) in expected.items():
         got = header.tensors[name]
         if got.dtype != dtype or got.shape != shape:
-            raise InvalidArgument(f"tensor {name!r} is {got.dtype}{list(got.shape)} but architecture "
-                                  f"{card.architecture!r} with the card's config needs {dtype}{list(shape)}")
+            raise _invalid_artifact(f"tensor {name!r} is {got.dtype}{list(got.shape)} but architecture "
+                                    f"{card.architecture!r} with the card's config needs {dtype}{list(shape)}")
     return model
 
 
-def load_weights(model: XferModel, path: str | os.PathLike) -> XferModel:
-    """Loads checked safetensors into `model` strictly."""
+def load_weights(model: "XferModel", path: str | os.PathLike) -> "XferModel":
+    """Loads checked safetensors into `model` strictly; refuses NaN or infinite weights."""
+    import torch
+
+    from xfer.models.weights import load_safetensors
+
     try:
-        return load_safetensors(model, path)
+        load_safetensors(model, path)
     except ModelError as exc:
-        raise InvalidArgument(f"invalid safetensors artifact: {exc}") from None
+        raise _invalid_artifact(f"invalid safetensors artifact: {exc}") from None
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _invalid_artifact(f"invalid safetensors artifact: tensor {name!r} contains NaN or infinite "
+                                    "values; a source model's weights must be finite")
+    return model
 
 
 def convert_torch_state_dict(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -197,16 +282,17 @@ def convert_torch_state_dict(src: str | os.PathLike, dst: str | os.PathLike) -> 
     try:
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for hostile or broken files
-        raise InvalidArgument("the TORCH_STATE_DICT artifact could not be read with torch.load(weights_only=True) "
-                              f"({_torch_load_reason(exc)}); upload a plain state dict (torch.save(model.state_dict())) or, "
-                              "better, safetensors") from None
+        _reraise_memory(exc)
+        raise _invalid_artifact("the TORCH_STATE_DICT artifact could not be read with torch.load(weights_only=True) "
+                                f"({_torch_load_reason(exc)}); upload a plain state dict "
+                                "(torch.save(model.state_dict())) or, better, safetensors") from None
     if not isinstance(state, dict) or not state:
-        raise InvalidArgument("the TORCH_STATE_DICT artifact must be a non-empty flat dict of tensors "
-                              "(torch.save(model.state_dict())), got " + type(state).__name__)
+        raise _invalid_artifact("the TORCH_STATE_DICT artifact must be a non-empty flat dict of tensors "
+                                "(torch.save(model.state_dict())), got " + type(state).__name__)
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise InvalidArgument(f"the TORCH_STATE_DICT artifact must map names to tensors; entry {str(key)[:64]!r} "
-                                  f"is a {type(value).__name__}")
+            raise _invalid_artifact(f"the TORCH_STATE_DICT artifact must map names to tensors; entry "
+                                    f"{str(key)[:64]!r} is a {type(value).__name__}")
     # clone(): tensors that share storage (tied weights, views) cannot be saved as safetensors.
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(dst))
     with open(dst, "rb") as f:
@@ -232,6 +318,43 @@ def _torch_load_reason(exc: Exception) -> str:
     return (useful[0] if useful else type(exc).__name__)[:300]
 
 
+# -- ONNX (sandbox) --------------------------------------------------------------------------
+MIN_ONNX_OPSET = 17
+#: Absolute tolerance between onnxruntime and torch (float32), as models.export uses.
+PARITY_ATOL = 1e-4
+#: Batch sizes every ONNX artifact is probed at (plus one random size per upload, see `probe_plan`):
+#: a graph that behaves only at the batch size a fixed probe uses must not pass.
+PROBE_BATCHES = (1, 2, 3, 4, 5, 8, 16)
+#: Operators a faithful export of a known architecture never contains: data-dependent control flow
+#: (a graph can branch on the batch size or on input values) and randomness (outputs that change
+#: from run to run cannot be checked against the weights).
+FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "RandomNormal", "RandomNormalLike", "RandomUniform",
+                           "RandomUniformLike", "Multinomial", "Bernoulli"})
+_STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One probe input: `batch` examples drawn with `seed` from `distribution`."""
+
+    batch: int
+    seed: int
+    distribution: str  # "normal" or "uniform"
+
+
+def probe_plan(rng: random.Random | None = None) -> tuple[Probe, ...]:
+    """The probes of one validation: every size in PROBE_BATCHES and one random size, with fresh seeds.
+
+    The seeds (and the extra size) are drawn per upload, so an uploader cannot
+    tune a graph to the probe inputs it will be tested with.
+    """
+    rng = rng or random.Random(int.from_bytes(os.urandom(8), "little"))
+    batches = (*PROBE_BATCHES, rng.randint(6, 64))
+    probes = [Probe(batch=b, seed=rng.getrandbits(31), distribution="normal") for b in batches]
+    probes.append(Probe(batch=4, seed=rng.getrandbits(31), distribution="uniform"))
+    return tuple(probes)
+
+
 @dataclasses.dataclass(frozen=True)
 class OnnxReport:
     """What the ONNX checks found."""
@@ -239,6 +362,7 @@ class OnnxReport:
     opset: int
     max_abs_diff: float
     atol: float
+    probes: int
 
 
 def _tensors_in_graph(graph) -> list:
@@ -279,49 +403,170 @@ def external_data_tensors(model) -> list[str]:
             if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0]
 
 
-def check_onnx(path: str | os.PathLike, *, model: XferModel, atol: float = PARITY_ATOL) -> OnnxReport:
-    """Checks an ONNX artifact: self-contained, valid, opset >= 17, outputs logits/features, runs in
-    onnxruntime, and agrees with `model` (the uploaded weights) on a probe input within `atol`."""
+def _all_nodes(model) -> list:
+    """Every node of the model: main graph, subgraphs (If/Loop bodies) and model-local functions."""
+    found: list = []
+    pending = [model.graph]
+    for function in model.functions:
+        found += list(function.node)
+    while pending:
+        graph = pending.pop()
+        for node in graph.node:
+            found.append(node)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    pending.append(attr.g)
+                pending += list(attr.graphs)
+    return found
+
+
+def forbidden_nodes(model) -> list[str]:
+    """Descriptions of nodes a checked artifact may not contain (see FORBIDDEN_OPS, unknown domains)."""
+    local = {(f.domain, f.name) for f in model.functions}
+    bad = []
+    for node in _all_nodes(model):
+        if node.domain in _STANDARD_DOMAINS and node.op_type in FORBIDDEN_OPS:
+            bad.append(node.op_type)
+        elif node.domain not in _STANDARD_DOMAINS and (node.domain, node.op_type) not in local:
+            bad.append(f"{node.domain}.{node.op_type}")
+    return sorted(set(bad))
+
+
+def _session(serialized: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 4
+    return ort.InferenceSession(serialized, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _probe_input(probe: Probe, shape: Sequence[int]):
+    import torch
+
+    generator = torch.Generator().manual_seed(probe.seed)
+    size = (probe.batch, *shape)
+    if probe.distribution == "uniform":
+        return torch.rand(size, generator=generator)
+    return torch.randn(size, generator=generator)
+
+
+def _worst_difference(got: Any, want: Any) -> float:
+    """max |got - want|, NaN-aware: any non-finite value in either makes it infinite."""
+    import numpy as np
+
+    if not (np.isfinite(got).all() and np.isfinite(want).all()):
+        return math.inf
+    return float(np.max(np.abs(got - want))) if got.size else 0.0
+
+
+def probe_parity(model: "XferModel", serialized: bytes, *, probes: Sequence[Probe],
+                 atol: float = PARITY_ATOL) -> float:
+    """Runs every probe through onnxruntime and torch; returns the worst difference.
+
+    Raises InvalidArgument when a graph cannot run at some batch size, when an
+    output has the wrong shape, is not finite (NaN and infinity count as
+    failures, never as "no difference"), or differs from the weights' by more
+    than `atol`.
+    """
+    import numpy as np
+    import torch
+
+    session = _session(serialized)
+    input_name = session.get_inputs()[0].name
+    worst = 0.0
+    model.eval()
+    for probe in probes:
+        x = _probe_input(probe, model.input_shape())
+        with torch.no_grad():
+            features = model.forward_features(x)
+            logits = model.head_layer(features)
+        want = {"logits": logits.numpy(), "features": features.numpy()}
+        shape = f"[{probe.batch}, {', '.join(map(str, model.input_shape()))}]"
+        for name, value in want.items():
+            if not np.isfinite(value).all():
+                raise _invalid_artifact(f"invalid weights: the uploaded weights give non-finite {name} on a probe "
+                                        f"input of shape {shape}; upload weights that compute finite outputs")
+        try:
+            outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x.numpy()})))
+        except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
+            _reraise_memory(exc)
+            text = str(exc)
+            raise _invalid_artifact(f"invalid ONNX artifact: onnxruntime could not run it on a probe input of shape "
+                                    f"{shape} ({text[:300]}); export with a dynamic batch dimension") from None
+        for name, value in want.items():
+            got = np.asarray(outputs[name])
+            if got.shape != value.shape:
+                raise _invalid_artifact(f"invalid ONNX artifact: output {name!r} has shape {list(got.shape)} on a "
+                                        f"probe input of shape {shape}; the weights give {list(value.shape)}")
+            if not np.isfinite(got).all():
+                raise _invalid_artifact(f"invalid ONNX artifact: output {name!r} is not finite (NaN or infinity) "
+                                        f"on a probe input of shape {shape}; export the ONNX from the uploaded weights")
+            diff = _worst_difference(got, value)
+            if not diff <= atol:
+                raise _invalid_artifact(f"invalid ONNX artifact: its {name} differ from the uploaded weights' by up to "
+                                        f"{diff:.3g} on a probe input of shape {shape} (tolerance {atol:g} absolute); "
+                                        "export the ONNX from the same weights")
+            worst = max(worst, diff)
+    return worst
+
+
+def check_onnx(path: str | os.PathLike, *, model: "XferModel", probes: Sequence[Probe] | None = None,
+               atol: float = PARITY_ATOL) -> OnnxReport:
+    """Checks an ONNX artifact: self-contained, valid, opset >= 17, no control flow or randomness, one input,
+    outputs `logits` and `features`, and agrees with `model` (the uploaded weights) on every probe
+    (`probe_plan()` by default) within `atol`, with finite outputs everywhere."""
     import onnx
 
+    probes = probe_plan() if probes is None else probes
     try:
         # load_external_data=False: never follow a path the uploader chose.
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:
-        raise InvalidArgument(f"invalid ONNX artifact: it does not parse as an ONNX model ({str(exc)[:200]})") from None
+        _reraise_memory(exc)
+        raise _invalid_artifact(f"invalid ONNX artifact: it does not parse as an ONNX model ({str(exc)[:200]})") from None
     external = external_data_tensors(proto)
     if external:
-        raise InvalidArgument(f"invalid ONNX artifact: tensor(s) {external[:5]} reference external data; upload a "
-                              "self-contained model (onnx.save_model(..., save_as_external_data=False))")
-    opsets = [imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx")]
+        raise _invalid_artifact(f"invalid ONNX artifact: tensor(s) {external[:5]} reference external data; upload a "
+                                "self-contained model (onnx.save_model(..., save_as_external_data=False))")
+    opsets = [imp.version for imp in proto.opset_import if imp.domain in _STANDARD_DOMAINS]
     if not opsets or max(opsets) < MIN_ONNX_OPSET:
-        raise InvalidArgument(f"invalid ONNX artifact: opset {max(opsets) if opsets else 'none'} is below "
-                              f"{MIN_ONNX_OPSET}; export with opset_version={MIN_ONNX_OPSET} or later")
+        raise _invalid_artifact(f"invalid ONNX artifact: opset {max(opsets) if opsets else 'none'} is below "
+                                f"{MIN_ONNX_OPSET}; export with opset_version={MIN_ONNX_OPSET} or later")
+    forbidden = forbidden_nodes(proto)
+    if forbidden:
+        raise _invalid_artifact(f"invalid ONNX artifact: it contains {forbidden[:8]}; a source model's graph must be "
+                                "plain dataflow (no If/Loop/Scan control flow, no random operators, only standard "
+                                "ONNX domains) so that what is checked is what runs")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise InvalidArgument(f"invalid ONNX artifact: onnx.checker rejected it ({str(exc)[:300]})") from None
+        _reraise_memory(exc)
+        raise _invalid_artifact(f"invalid ONNX artifact: onnx.checker rejected it ({str(exc)[:300]})") from None
     outputs = [o.name for o in proto.graph.output]
-    missing = [name for name in OUTPUT_NAMES if name not in outputs]
+    missing = [name for name in ("logits", "features") if name not in outputs]
     if missing:
-        raise InvalidArgument(f"invalid ONNX artifact: outputs {outputs[:8]} lack {missing}; it must output "
-                              f"{list(OUTPUT_NAMES)}")
+        raise _invalid_artifact(f"invalid ONNX artifact: outputs {outputs[:8]} lack {missing}; it must output "
+                                "['logits', 'features']")
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i.name for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:
-        raise InvalidArgument(f"invalid ONNX artifact: it must take exactly one input, takes {inputs[:8]}")
+        raise _invalid_artifact(f"invalid ONNX artifact: it must take exactly one input, takes {inputs[:8]}")
     try:
-        report = check_parity(model, proto.SerializeToString(), atol=atol)
-    except ModelError as exc:
-        raise InvalidArgument(f"invalid ONNX artifact: {exc}") from None
-    except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
-        raise InvalidArgument(f"invalid ONNX artifact: onnxruntime could not run it on a probe input of shape "
-                              f"[batch, {', '.join(map(str, model.input_shape()))}] ({str(exc)[:300]})") from None
-    diff = max(report.max_abs_diff_logits, report.max_abs_diff_features)
-    if not report.ok:
-        raise InvalidArgument(f"invalid ONNX artifact: its outputs differ from the uploaded weights' by up to {diff:.3g} "
-                              f"on a probe input (tolerance {atol:g} absolute); export the ONNX from the same weights")
-    return OnnxReport(opset=max(opsets), max_abs_diff=diff, atol=atol)
+        serialized = proto.SerializeToString()
+    except Exception as exc:
+        _reraise_memory(exc)
+        raise
+    del proto
+    try:
+        worst = probe_parity(model, serialized, probes=probes, atol=atol)
+    except InvalidArgument:
+        raise
+    except Exception as exc:  # onnxruntime refusing the graph when the session is created
+        _reraise_memory(exc)
+        raise _invalid_artifact(f"invalid ONNX artifact: onnxruntime cannot load it ({str(exc)[:300]})") from None
+    return OnnxReport(opset=max(opsets), max_abs_diff=worst, atol=atol, probes=len(probes))
 
 
 def remove_quietly(path: Path | None) -> None:

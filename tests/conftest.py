@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+# The edge-client tests run in their own base-install environment (`make test-edge`, part of `make test`).
+collect_ignore = ["edge"]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

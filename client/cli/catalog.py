@@ -91,12 +91,27 @@ def cmd_show(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     ]
     if c.description:
         rows.append(("description", c.description))
+    rows.append(("signatures", _signature_status(client, v)))
     io.print(fields(rows))
     io.print()
     io.print(table(["FORMAT", "SIZE", "SHA256", "DERIVED"],
                    [[a.format.value, human_bytes(a.size_bytes), a.sha256, "yes" if a.derived else "no"]
                     for a in v.artifacts]))
     return EXIT_OK
+
+
+def _signature_status(client: Any, version: Any) -> str:
+    from xfer.client.errors import SignatureError
+
+    if not version.signatures:
+        return "none (unsigned)"
+    signers = ", ".join(f"{s.algorithm}:{s.key_id}" for s in version.signatures)
+    if not client.trusted_keys:
+        return f"{signers} (not checked: no trusted keys configured)"
+    try:
+        return f"{signers} (valid, by trusted key {client.verify_signature(version)})"
+    except SignatureError as exc:
+        return f"{signers} (NOT VALID: {exc})"
 
 
 def cmd_pull(args: argparse.Namespace, io: Io, ctx: Context) -> int:

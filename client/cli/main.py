@@ -6,7 +6,8 @@ stderr and exit with the error kind's code (`xfer.errors.EXIT_CODES`: 3
 invalid argument, 4 not found, 5 already exists, 6 unauthenticated, 7
 permission denied, 8 unavailable, 9 deadline, 10 too large, 11 data loss,
 12 unimplemented, 13 server error, 14 privacy budget, 15 device
-unavailable, 16 failed precondition; 2 is a usage error, 130 an interrupt).
+unavailable, 16 failed precondition, 17 signature missing or not trusted; 2 is a usage
+error, 130 an interrupt).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
-from xfer.client.cli import adapt, cache, catalog, login, operator, rank, runs
+from xfer.client.cli import adapt, cache, catalog, keys, login, operator, rank, runs
 from xfer.client.cli.context import Context
 from xfer.client.cli.output import Io
 from xfer.client.cli.settings import add_connection_options, token
@@ -28,7 +29,7 @@ from xfer.errors import EXIT_CODES, XferError
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
 #: The modules that declare commands, in the order `xfer --help` lists them.
-COMMAND_MODULES = (catalog, operator, adapt, rank, runs, cache, login)
+COMMAND_MODULES = (catalog, operator, adapt, rank, runs, cache, keys, login)
 Handler = Callable[[argparse.Namespace, Io, Context], int]
 
 

@@ -17,6 +17,8 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("register", cmd_register, "upload a new version (operator)")
     p.add_argument("folder", metavar="FOLDER", help="as written by `python -m xfer.models.train --out FOLDER`")
     p.add_argument("--model", required=True, metavar="ID", help="model id, e.g. digits-convnet")
+    p.add_argument("--sign-key", default=None, metavar="KEY",
+                   help="sign the version's manifest with this Ed25519 private key (`xfer keys generate`)")
     p = command("alias", cmd_alias, "point an alias at a version (operator)")
     p.add_argument("ref", metavar="REF")
     p.add_argument("alias", metavar="ALIAS")
@@ -32,7 +34,7 @@ def cmd_register(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     client = ctx.client
     bar = ProgressBar(f"upload {args.model}", stream=io.err)
     try:
-        version = client.register(args.folder, args.model, progress=bar)
+        version = client.register(args.folder, args.model, progress=bar, signing_key=args.sign_key)
     finally:
         bar.close()
     if args.json:
@@ -40,7 +42,8 @@ def cmd_register(args: argparse.Namespace, io: Io, ctx: Context) -> int:
         return EXIT_OK
     artifacts = ", ".join(f"{a.format.value} {human_bytes(a.size_bytes)}" + (" (derived)" if a.derived else "")
                           for a in version.artifacts)
-    io.print(f"registered {version.ref} ({artifacts}); aliases: {', '.join(version.aliases) or '-'}")
+    signed = f"; signed by {', '.join(s.key_id for s in version.signatures)}" if version.signatures else ""
+    io.print(f"registered {version.ref} ({artifacts}); aliases: {', '.join(version.aliases) or '-'}{signed}")
     return EXIT_OK
 
 

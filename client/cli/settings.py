@@ -2,13 +2,16 @@
 
 The environment is read here and nowhere else in the client: `XFER_SERVER`
 (default localhost:50051), `XFER_TOKEN`, `XFER_CACHE`, `XFER_TLS_CA`,
-`XFER_TLS_CERT`, `XFER_TLS_KEY`, `XFER_OFFLINE` and `XFER_CONFIG_DIR`.
+`XFER_TLS_CERT`, `XFER_TLS_KEY`, `XFER_OFFLINE`, `XFER_CONFIG_DIR`,
+`XFER_TRUSTED_KEYS` (publisher keys, separated by os.pathsep) and
+`XFER_REQUIRE_SIGNED`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,12 @@ def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -
     group.add_argument("--cache-dir", default=default(None), metavar="DIR", help="cache root (env XFER_CACHE)")
     group.add_argument("--offline", action="store_true", default=default(False),
                        help="never contact the server; use what the cache holds (env XFER_OFFLINE=1)")
+    group.add_argument("--trusted-keys", default=default(None), metavar="PATHS",
+                       help="publisher public keys (.pub files or folders of them, separated by "
+                            f"'{os.pathsep}'; env XFER_TRUSTED_KEYS)")
+    group.add_argument("--require-signed", action="store_true", default=default(False),
+                       help="verify each pulled model's signature with the trusted keys; refuse unsigned models "
+                            "(env XFER_REQUIRE_SIGNED=1)")
     group.add_argument("--timeout", type=float, default=default(30.0),
                        help="deadline of each call in seconds (default 30)")
     group.add_argument("--json", action="store_true", default=default(False),
@@ -74,9 +83,19 @@ def cache_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
     return Path(configured).expanduser() if configured else default_cache_dir(environ)
 
 
+def _flag(args: argparse.Namespace, name: str, environ: Mapping[str, str], env: str) -> bool:
+    return bool(getattr(args, name, False)) or environ.get(env, "").strip().lower() in _TRUE
+
+
 def offline(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
     """`--offline` or `XFER_OFFLINE=1`."""
-    return bool(getattr(args, "offline", False)) or environ.get("XFER_OFFLINE", "").strip().lower() in _TRUE
+    return _flag(args, "offline", environ, "XFER_OFFLINE")
+
+
+def trusted_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
+    """Publisher key paths from `--trusted-keys`, else `$XFER_TRUSTED_KEYS`."""
+    value = setting(args, "trusted_keys", environ, "XFER_TRUSTED_KEYS", "")
+    return [part for part in str(value).split(os.pathsep) if part.strip()]
 
 
 # -- stored logins -------------------------------------------------------------
@@ -165,4 +184,5 @@ def make_client(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
         tls = True
     return Client(server_target(args, environ), token=token(args, environ), tls=tls,
                   cache_dir=cache_dir(args, environ), timeout=getattr(args, "timeout", 30.0),
-                  offline=offline(args, environ))
+                  offline=offline(args, environ), trusted_keys=trusted_keys(args, environ),
+                  require_signed=_flag(args, "require_signed", environ, "XFER_REQUIRE_SIGNED"))

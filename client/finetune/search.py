@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -40,7 +39,7 @@ from xfer.client.finetune.metrics import Metrics, evaluate, predict_logits
 from xfer.client.finetune.privacy import default_delta
 from xfer.client.finetune.selection import SelectionPlan, plan_selection, sample_trials
 from xfer.client.finetune.strategies import get_strategy
-from xfer.client.finetune.trainer import FinetuneResult, config_from_legacy, finetune
+from xfer.client.finetune.trainer import FinetuneResult, finetune
 from xfer.models.base import XferModel
 from xfer.models.card import ModelCard
 
@@ -137,23 +136,6 @@ def _grid(search: SearchConfig) -> list[tuple[str, float]]:
     return cells
 
 
-def _legacy_search(config: FinetuneConfig | None, legacy: dict[str, Any]) -> FinetuneConfig:
-    if not legacy:
-        if config is None or config.search is None:
-            raise SearchError("search() needs config=FinetuneConfig(search=SearchConfig(...))")
-        return config
-    fields = dict(legacy)
-    search_fields = {k: fields.pop(k) for k in ("strategies", "lrs", "folds") if k in fields}
-    if "strategies" in search_fields:
-        search_fields["strategies"] = tuple(search_fields["strategies"])
-    if search_fields.get("lrs") is not None:
-        search_fields["lrs"] = tuple(search_fields["lrs"])
-    else:
-        search_fields.pop("lrs", None)
-    base = config_from_legacy(None, fields, where="search") if fields else FinetuneConfig()
-    return base.replace(search=SearchConfig(**search_fields))
-
-
 def search(
     model: XferModel,
     *,
@@ -166,7 +148,6 @@ def search(
     ledger: PrivacyLedger | None = None,
     dataset_id: str | None = None,
     on_row: Callable[[CVRow], None] | None = None,
-    **legacy: Any,
 ) -> SearchResult:
     """Chooses strategy × LR on `train` as `config.search` says, then evaluates the winner once on `test`.
 
@@ -175,8 +156,8 @@ def search(
     (ε, δ), is charged to the ledger up front and refused if it does not fit
     `config.privacy.budget`.
     """
-    config = _legacy_search(config, legacy)
-    assert config.search is not None
+    if config is None or config.search is None:
+        raise SearchError("search() needs config=FinetuneConfig(search=SearchConfig(...))")
     if train.y is None:
         raise SearchError("a search needs labelled training data")
     label_names = tuple(label_names) if label_names is not None else \

@@ -18,7 +18,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +34,6 @@ from xfer.client.finetune.schedules import get_schedule
 from xfer.client.finetune.strategies import (
     AutoRGN,
     Phase,
-    Strategy,
     get_strategy,
     relative_gradient_norms,
     rgn_lr_scales,
@@ -104,35 +102,6 @@ def needs_head_reset(model: XferModel, *, label_names: Sequence[str], card: Mode
     return bool(card is not None and card.label_names and tuple(card.label_names) != tuple(label_names))
 
 
-#: The keyword arguments of the first release, accepted for one release with a DeprecationWarning.
-_LEGACY_KEYS = {"strategy", "lr", "epochs", "steps", "batch_size", "schedule", "weight_decay", "patience",
-                "reinit_head", "device", "seed", "privacy", "privacy_budget", "eval_every"}
-
-
-def config_from_legacy(config: FinetuneConfig | None, legacy: dict[str, Any], *, where: str) -> FinetuneConfig:
-    """The config of a call that used the old keyword arguments (strategy=..., epochs=...) instead of one."""
-    if not legacy:
-        return config if config is not None else FinetuneConfig()
-    unknown = sorted(set(legacy) - _LEGACY_KEYS)
-    if unknown:
-        raise TypeError(f"{where}() got unexpected keyword argument(s) {unknown}")
-    if config is not None:
-        raise FinetuneError(f"give {where}() either config=FinetuneConfig(...) or the old keyword arguments, "
-                            f"not both (got {sorted(legacy)})")
-    warnings.warn(f"{where}(strategy=..., epochs=..., ...) is deprecated; pass config=FinetuneConfig(...)",
-                  DeprecationWarning, stacklevel=3)
-    fields = dict(legacy)
-    budget = fields.pop("privacy_budget", None)
-    privacy = fields.get("privacy")
-    if budget is not None:
-        if privacy is None:
-            raise FinetuneError("privacy_budget needs privacy=PrivacyConfig(...)")
-        fields["privacy"] = dataclasses.replace(privacy, budget=budget)
-    if isinstance(fields.get("device"), DeviceSetup):
-        fields["device"] = fields["device"].kind
-    return FinetuneConfig(**{k: v for k, v in fields.items() if v is not None or k in ("privacy",)})
-
-
 def _labels(data: TensorData, purpose: str) -> torch.Tensor:
     y = getattr(data, "y", None)
     if y is None:
@@ -154,7 +123,6 @@ def finetune(
     on_progress: Callable[[RoundRecord], None] | None = None,
     bucket: int | None = None,
     noise_multiplier: float | None = None,
-    **legacy: Any,
 ) -> FinetuneResult:
     """Adapts a copy of `model` to `train` as `config` says, optionally under DP-SGD.
 
@@ -172,7 +140,7 @@ def finetune(
     fixes σ (both used by a search, whose runs train on parts of the data).
     """
     started = time.perf_counter()
-    config = config_from_legacy(config, legacy, where="finetune")
+    config = config if config is not None else FinetuneConfig()
     if config.self_pretrain is not None:
         raise FinetuneError("self-pretraining needs the unlabelled pool: run it with adapt(), or call "
                             "xfer.client.finetune.selfsup.self_pretrain first and fine-tune its model")

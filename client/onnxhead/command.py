@@ -32,8 +32,8 @@ from xfer.models.card import ModelCard
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declares the `xfer fit-head` flags on `parser` (DATA positional; REF is the caller's)."""
-    parser.add_argument("data", help="file.npz (arrays x, y, optional label_names) or "
-                                     "digits[:shift=S,classes=5-9,per_class=N] (needs scikit-learn)")
+    parser.add_argument("data", help="any data spec xfer finetune takes: file.npz, file.csv, an image folder, "
+                                     "or a built-in data set such as fashion-mnist:classes=5-9,per_class=5")
     parser.add_argument("--head", choices=list_heads(), default="logreg",
                         help="logreg: multinomial logistic regression (L-BFGS, L2 chosen on the validation "
                              "split); prototype: nearest class mean (default: logreg)")
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=float, default=None,
                         help="prototype logit scale (inverse temperature; default: fitted on val)")
     parser.add_argument("--test", default=None,
-                        help="a separate test .npz; DATA is then split 80/20 into train/val "
+                        help="a separate test file (any file spec); DATA is then split 80/20 into train/val "
                              "(default: DATA split 60/20/20 as `xfer finetune` does)")
     parser.add_argument("--dp-epsilon", type=float, default=None,
                         help="fit with differential privacy at this epsilon (whole run)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from xfer.client.cli import main as cli_main
-from tests.client.server_process import SMALL_CHUNK, CliResult, ServerProcess, new_server_process
+from tests.client.server_process import SMALL_CHUNK, CliResult, TokenServer, new_server_process
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def big_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def xfer_server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[ServerProcess]:
+def xfer_server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[TokenServer]:
     """A server shared by the module's tests, with `digits-convnet` version 1 registered."""
     server = new_server_process(tmp_path_factory.mktemp("xfer-server"))
     with server.client(tmp_path_factory.mktemp("op-cache"), token="operator") as op:
@@ -50,9 +50,9 @@ def xfer_server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> It
 @pytest.fixture
 def new_server(tmp_path: Path) -> Iterator:
     """Factory of servers private to one test (killed at its end)."""
-    started: list[ServerProcess] = []
+    started: list[TokenServer] = []
 
-    def make(*, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = (), port: int = 0) -> ServerProcess:
+    def make(*, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = (), port: int = 0) -> TokenServer:
         server = new_server_process(tmp_path / f"server{len(started)}", chunk_size=chunk_size,
                                     extra_args=extra_args, port=port)
         started.append(server)
@@ -67,7 +67,7 @@ def new_server(tmp_path: Path) -> Iterator:
 def run_cli(tmp_path: Path):
     """Runs `xfer` in-process: run_cli(server, *argv, token='client') -> CliResult."""
 
-    def run(server: ServerProcess | None, *argv: str, token: str | None = "client",
+    def run(server: TokenServer | None, *argv: str, token: str | None = "client",
             cache_dir: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
         environ = {"XFER_CACHE": str(cache_dir or tmp_path / "cache")}
         if server is not None:

@@ -10,6 +10,7 @@ from xfer.client import convert
 from xfer.client.domain import ArtifactFormat, DeviceKind, Run, RunPrivacy, pow2_at_least
 from xfer.client.errors import InvalidArgumentError
 from xfer.models import card_for_model, create_model
+from xfer.models.card_proto import card_from_proto, card_to_proto
 
 
 def test_formats_and_devices_parse_leniently_but_reject_unknowns():
@@ -48,9 +49,9 @@ def test_card_round_trips_through_the_wire_form():
     model = create_model("convnet", width=8, depth=2)
     card = card_for_model(model, source_task="digits", dp_epsilon=3.0, dp_delta=1e-5, label_names=tuple("abcdefghij"),
                           input_mean=(0.5,), input_std=(0.25,), framework_versions={"torch": "2.13.0"})
-    assert convert.card_from_proto(convert.card_to_proto(card)) == card
+    assert card_from_proto(card_to_proto(card)) == card
     plain = card_for_model(model)
-    back = convert.card_from_proto(convert.card_to_proto(plain))
+    back = card_from_proto(card_to_proto(plain))
     assert back == plain and back.dp_epsilon is None
     assert isinstance(back.architecture_config["width"], int)  # Struct doubles come back as ints
 

@@ -10,6 +10,7 @@ import pytest
 from xfer.client import signing
 from xfer.client.errors import InvalidArgumentError, SignatureError
 from xfer.models.card import ModelCard
+from xfer.models.card_proto import card_from_proto, card_to_proto
 
 CARD = ModelCard(architecture="convnet", architecture_config={"width": 8, "depth": 2, "num_classes": 4},
                  input_shape=(1, 8, 8), num_classes=4, blocks=("stem", "block1", "head"))
@@ -35,6 +36,15 @@ def test_manifest_is_canonical_and_binds_everything():
     assert manifest() != manifest(card=dataclasses.replace(CARD, input_mean=(0.5,), input_std=(0.2,)))
     assert manifest() != manifest(artifacts={**ARTIFACTS, "onnx": ("c" * 64, 5678)})
     assert b" " not in manifest()
+
+
+def test_manifest_survives_the_wire_form_of_the_card():
+    """Structs carry numbers as doubles; an operator's `dropout: 0.0` comes back as 0 and must still verify."""
+    mlp = ModelCard(architecture="mlp", architecture_config={"in_features": 64, "hidden": [128, 64], "num_classes": 10,
+                                                             "dropout": 0.0, "scale": 0.25},
+                    input_shape=(64,), num_classes=10, blocks=("stem", "block1", "head"), dp_epsilon=2.0, dp_delta=1e-5)
+    assert manifest(card=card_from_proto(card_to_proto(mlp))) == manifest(card=mlp)
+    assert manifest(card=mlp) != manifest(card=dataclasses.replace(mlp, dp_epsilon=2.5))
 
 
 def test_key_files_and_modes(keys, tmp_path):

@@ -61,12 +61,12 @@ def test_cuda_setup_uses_bf16_and_pinned_memory():
 def test_finetune_on_cuda(model, card, blur, dp):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from xfer.client.finetune.privacy import PrivacyConfig
+    from xfer.client.finetune.config import FinetuneConfig, PrivacyConfig
     from xfer.client.finetune.trainer import finetune
 
     privacy = PrivacyConfig(epsilon=4.0, accountant="rdp") if dp else None
-    result = finetune(model, train=blur.train, val=blur.val, strategy="lp-ft", epochs=3, card=card,
-                      label_names=blur.label_names, device="cuda", privacy=privacy)
+    config = FinetuneConfig(strategy="lp-ft", epochs=3, device="cuda", privacy=privacy)
+    result = finetune(model, train=blur.train, val=blur.val, config=config, card=card, label_names=blur.label_names)
     assert result.device_kind == "cuda"
     assert next(result.model.parameters()).device.type == "cpu"
     assert result.history[-1].train_loss < result.history[0].train_loss or dp

@@ -188,3 +188,16 @@ def test_attach_task_heads_matches_the_head_device_and_width():
     model = models.create_model("mlp", hidden=[6])
     attach_task_heads(model, [TaskHead("x", 3)])
     assert model.task_heads["x"].in_features == model.feature_dim == 6
+
+
+def test_single_head_cards_keep_their_old_dict_form_and_the_wire_numbers_leave_13_free(multitask_card):
+    from xfer.v1 import model_pb2
+
+    single = dataclasses.replace(multitask_card, tasks=(), training_method="", training_settings={})
+    data = single.to_dict()
+    assert not {"tasks", "training_method", "training_settings"} & set(data)  # signed manifests stay as before
+    assert ModelCard.from_dict(data) == single
+    assert {"tasks", "training_method", "training_settings"} <= set(multitask_card.to_dict())
+    numbers = {f.name: f.number for f in model_pb2.ModelCard.DESCRIPTOR.fields}
+    assert numbers["tasks"] == 12 and numbers["training_settings"] == 14 and numbers["training_method"] == 15
+    assert 13 not in numbers.values() or numbers.get("audit") == 13  # 13 is kept for the card's audit block

@@ -49,4 +49,4 @@ def test_pull_fit_head_and_report_like_any_other_run(server, tmp_path):
     # The DP run was charged to the same ledger file `xfer finetune` uses in this cache dir.
     from xfer.client.finetune.ledger import PrivacyLedger
 
-    assert PrivacyLedger.in_cache(cache).status("digits-target").spent == pytest.approx(4.0)
+    assert PrivacyLedger.in_cache(cache).status(outcomes["prototype"][0].dataset_id).spent == pytest.approx(4.0)

@@ -50,9 +50,10 @@ SCRIPT = textwrap.dedent('''
     outcome = command.run(parser.parse_args([npz, "--out", str(out / "cli"), "--dp-epsilon", "2"]),
                           onnx_path=onnx_path, card=card, cache_dir=out / "cache", progress=False)
     assert outcome.report_fields()["privacy"]["dp"]
+    from xfer.client.finetune.errors import DataError
     try:
         load_data("digits:classes=5-9", card=card)
-    except HeadDataError as exc:
+    except DataError as exc:
         assert "scikit-learn" in str(exc)
     else:
         raise AssertionError("digits loaded without scikit-learn")

@@ -42,7 +42,8 @@ def test_the_split_floor_holds_for_every_class_mix_in_the_bucket(train_pow2, cla
     for _ in range(300):
         total = int(rng.integers(train_pow2 // 2, train_pow2 * 2))
         y = rng.choice(classes, size=total, p=rng.dirichlet(np.ones(classes) * 0.7))
-        train, _, test = split_indices(y, seed=int(rng.integers(1 << 30)))
+        split = split_indices(y, seed=int(rng.integers(1 << 30)))
+        train, test = split.train, split.test
         if pow2_at_least(len(train)) != train_pow2:
             continue
         hits += 1

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,10 +12,9 @@ import pytest
 from xfer.server.app import RunningServer, create_server
 from xfer.server.auth import add_token
 from xfer.server.config import ServerConfig
+from xfer.server.process import ServerProcess
+from xfer.server.sandbox import Sandbox
 from server_testkit import Stubs
-
-REPO = Path(__file__).resolve().parents[2]
-LISTENING = re.compile(r"xfer-server listening on (\S+):(\d+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +34,22 @@ def tokens(tmp_path: Path) -> Tokens:
     return Tokens(file=path, operator=operator, client=client)
 
 
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    """One validation sandbox (one worker that imported torch) shared by every in-process server of the session."""
+    box = Sandbox(max_concurrent=2)
+    yield box
+    box.close()
+
+
 @pytest.fixture
-def start_server(data_dir: Path) -> Iterator[Callable[..., RunningServer]]:
+def start_server(data_dir: Path, sandbox: Sandbox) -> Iterator[Callable[..., RunningServer]]:
     """Factory: start_server(**config_overrides) -> a started in-process server on port 0."""
     started: list[RunningServer] = []
 
     def start(**overrides) -> RunningServer:
         fields = {"data_dir": data_dir, "port": 0, "grace_seconds": 0.5, "max_workers": 8, **overrides}
-        running = create_server(ServerConfig(**fields))
+        running = create_server(ServerConfig(**fields), sandbox=sandbox)
         started.append(running)
         return running
 
@@ -70,57 +71,20 @@ def open_stubs(open_server: RunningServer) -> Iterator[Stubs]:
     channel.close()
 
 
-@dataclasses.dataclass
-class SubprocessServer:
-    """`python -m xfer.server` running in a child process."""
-
-    process: subprocess.Popen
-    target: str
-    output: list[str]
-
-    def stop(self) -> int:
-        """SIGTERM, then the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=30)
-
-
 @pytest.fixture
-def spawn_server(tmp_path: Path) -> Iterator[Callable[..., SubprocessServer]]:
-    """Factory: spawn_server(*extra_args, data_dir=...) -> a server in a subprocess on port 0.
+def spawn_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: spawn_server(*extra_args, data_dir=...) -> `python -m xfer.server` in a subprocess on port 0.
 
     At teardown each is stopped with SIGTERM and must exit with code 0.
     """
-    spawned: list[SubprocessServer] = []
+    spawned: list[ServerProcess] = []
 
-    def spawn(*args: str, data_dir: Path | None = None) -> SubprocessServer:
-        data = data_dir or tmp_path / "subprocess-data"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(data),
-                                 "--log-level", "INFO", *args],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        output: list[str] = []
-        found = threading.Event()
-        target: list[str] = []
-
-        def pump() -> None:
-            for line in proc.stdout:
-                output.append(line)
-                match = LISTENING.search(line)
-                if match and not target:
-                    target.append(f"{match.group(1)}:{match.group(2)}")
-                    found.set()
-            found.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not found.wait(timeout=60) or not target:
-            proc.kill()
-            raise AssertionError("server did not print its listening line:\n" + "".join(output))
-        server = SubprocessServer(process=proc, target=target[0], output=output)
+    def spawn(*args: str, data_dir: Path | None = None) -> ServerProcess:
+        server = ServerProcess(data_dir=data_dir or tmp_path / f"subprocess-data{len(spawned)}", args=args)
         spawned.append(server)
-        return server
+        return server.start()
 
     yield spawn
     for server in spawned:
         code = server.stop()
-        assert code == 0, "server exited with %s:\n%s" % (code, "".join(server.output))
+        assert code in (0, None), f"server exited with {code}:\n{server.log_tail()}"

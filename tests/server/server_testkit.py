@@ -116,3 +116,141 @@ def rpc_error(call) -> grpc.RpcError:
     except grpc.RpcError as exc:
         return exc
     raise AssertionError("the call succeeded but was expected to fail")
+
+
+class AioServer:
+    """A bare grpc.aio server on an event loop of its own thread, for testing one servicer through a real channel.
+
+    `setup(server)` adds the services (called on the loop); `interceptors` wrap them.
+    """
+
+    def __init__(self, setup, *, interceptors=()) -> None:
+        import asyncio
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def start():
+            import grpc.aio
+
+            server = grpc.aio.server(interceptors=list(interceptors))
+            setup(server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            return server, port
+
+        self._server, self.port = asyncio.run_coroutine_threadsafe(start(), self._loop).result(30)
+        self.target = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+# -- hostile ONNX graphs built from a real export ----------------------------------------------
+def _onnx_with(model_dir: Path, edit) -> bytes:
+    """The model's ONNX with `edit(graph)` applied to a copy; returns the serialized bytes."""
+    import onnx
+
+    proto = onnx.load(str(Path(model_dir) / "model.onnx"))
+    edit(proto.graph)
+    return proto.SerializeToString()
+
+
+def _reroute(graph, name: str) -> str:
+    """Renames the graph output `name` at its producer to `<name>_raw`; returns the new internal name."""
+    raw = f"{name}_raw"
+    for node in graph.node:
+        node.output[:] = [raw if o == name else o for o in node.output]
+        node.input[:] = [raw if i == name else i for i in node.input]
+    return raw
+
+
+def onnx_nan_features(model_dir: Path) -> bytes:
+    """Logits exact, `features` + NaN: max(diff, nan) used to hide it."""
+    import onnx
+
+    def edit(graph):
+        raw = _reroute(graph, "features")
+        graph.initializer.append(onnx.helper.make_tensor("nan", onnx.TensorProto.FLOAT, [], [float("nan")]))
+        graph.node.append(onnx.helper.make_node("Add", [raw, "nan"], ["features"]))
+        # logits are computed from the raw features, so they still match.
+    return _onnx_with(model_dir, edit)
+
+
+def onnx_only_at_batch_4(model_dir: Path, *, control_flow: bool) -> bytes:
+    """Correct logits at batch size 4 (the old probe), NaN at any other batch size.
+
+    With `control_flow`, an `If` on the batch size (refused as control flow);
+    without, the same thing with `Where` (caught by probing several batch sizes).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    def edit(graph):
+        raw = _reroute(graph, "logits")
+        source = graph.input[0].name
+        graph.initializer.extend([
+            helper.make_tensor("zero_i", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("four", TensorProto.INT64, [], [4]),
+            helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]),
+        ])
+        graph.node.extend([
+            helper.make_node("Shape", [source], ["in_shape"]),
+            helper.make_node("Gather", ["in_shape", "zero_i"], ["batch_1"], axis=0),
+            helper.make_node("Squeeze", ["batch_1"], ["batch"]),
+            helper.make_node("Equal", ["batch", "four"], ["is_four"]),
+        ])
+        if control_flow:
+            then_graph = helper.make_graph([helper.make_node("Identity", [raw], ["then_out"])], "then", [],
+                                           [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)])
+            else_graph = helper.make_graph([helper.make_node("Mul", [raw, "nan"], ["else_out"])], "else", [],
+                                           [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)])
+            graph.node.append(helper.make_node("If", ["is_four"], ["logits"], then_branch=then_graph,
+                                               else_branch=else_graph))
+        else:
+            graph.node.extend([
+                helper.make_node("Mul", [raw, "nan"], ["poisoned"]),
+                helper.make_node("Where", ["is_four", raw, "poisoned"], ["logits"]),
+            ])
+    return _onnx_with(model_dir, edit)
+
+
+def onnx_constant_of_shape(model_dir: Path, *, gib: float = 1.0) -> bytes:
+    """A few hundred KB of ONNX that asks onnxruntime for `gib` GiB (ConstantOfShape), feeding the logits."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    count = int(gib * (1 << 30) // 4)
+
+    def edit(graph):
+        raw = _reroute(graph, "logits")
+        graph.initializer.append(helper.make_tensor("big_shape", TensorProto.INT64, [1], [count]))
+        graph.node.extend([
+            helper.make_node("ConstantOfShape", ["big_shape"], ["big"],
+                             value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+            helper.make_node("ReduceSum", ["big"], ["big_sum"], keepdims=0),
+            helper.make_node("Add", [raw, "big_sum"], ["logits"]),
+        ])
+    return _onnx_with(model_dir, edit)
+
+
+def onnx_random(model_dir: Path) -> bytes:
+    """Logits plus zero times RandomNormalLike noise: a random operator in the graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def edit(graph):
+        raw = _reroute(graph, "logits")
+        graph.initializer.append(helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0]))
+        graph.node.extend([
+            helper.make_node("RandomNormalLike", [raw], ["noise"]),
+            helper.make_node("Mul", ["noise", "zero_f"], ["no_noise"]),
+            helper.make_node("Add", [raw, "no_noise"], ["logits"]),
+        ])
+    return _onnx_with(model_dir, edit)

@@ -44,16 +44,19 @@ def test_health_turns_not_serving_on_shutdown(start_server) -> None:
     channel.close()
 
 
-def test_reads_come_in_fixed_size_chunks(start_server, source_model_dir: Path) -> None:
-    running = start_server(chunk_size=4096)
+def test_reads_come_in_chunks_that_grow_to_the_chunk_size(start_server, source_model_dir: Path) -> None:
+    from xfer.server.transfer import FIRST_CHUNK
+
+    running = start_server(chunk_size=FIRST_CHUNK * 2)
     data = (source_model_dir / "model.safetensors").read_bytes()
     with grpc.insecure_channel(running.target) as channel:
         stubs = Stubs.on(channel)
         stubs.register("digits", source_model_dir)
         result = stubs.read("models/digits/versions/1", SAFETENSORS, offset=100)
         sizes = [len(r.data) for r in result.responses]
-        assert all(s == 4096 for s in sizes[:-1]) and 0 < sizes[-1] <= 4096
-        assert [r.offset for r in result.responses] == [100 + 4096 * i for i in range(len(sizes))]
+        assert sizes[0] == FIRST_CHUNK and all(s == 2 * FIRST_CHUNK for s in sizes[1:-1])
+        assert 0 < sizes[-1] <= 2 * FIRST_CHUNK
+        assert [r.offset for r in result.responses] == [100 + sum(sizes[:i]) for i in range(len(sizes))]
         assert result.data == data[100:]
         assert [bool(r.sha256) for r in result.responses] == [True] + [False] * (len(sizes) - 1)
         limited = stubs.read("models/digits/versions/1", SAFETENSORS, offset=10, limit=5000)

@@ -69,15 +69,76 @@ def test_verification_is_cached_but_notices_rewrites(tmp_path: Path) -> None:
         store.open(sha, size=3)
 
 
+def _age(store: BlobStore, sha: str, seconds: float = 7200) -> None:
+    old = time.time() - seconds
+    os.utime(store.path_for(sha), (old, old))
+
+
 def test_garbage_collection_spares_referenced_and_young_blobs(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "blobs")
     keep, drop = _put(store, b"keep"), _put(store, b"drop")
-    assert store.collect_garbage({keep}) == 0  # too young
-    old = time.time() - 7200
+    referenced = {keep}
+    collect = lambda: store.collect_garbage(referenced=lambda: set(referenced),  # noqa: E731
+                                            is_referenced=lambda sha: sha in referenced)
+    assert collect() == 0  # too young
     for sha in (keep, drop):
-        os.utime(store.path_for(sha), (old, old))
-    assert store.collect_garbage({keep}) == 1
+        _age(store, sha)
+    assert collect() == 1
     assert store.exists(keep) and not store.exists(drop)
+    assert [p.name for p in store.root.rglob("*") if p.name.startswith(".gc-")] == []
+
+
+def test_garbage_collection_never_deletes_a_blob_an_upload_reuses_meanwhile(tmp_path: Path) -> None:
+    """The documented delete race: a version is deleted while an upload of the same bytes commits.
+
+    Between the collector's listing (unreferenced, old) and its delete, the
+    upload adopts the blob (touches it) and commits a version referencing it.
+    The collector re-checks after moving the file aside and puts it back.
+    """
+    store = BlobStore(tmp_path / "blobs")
+    sha = _put(store, b"shared bytes")
+    _age(store, sha)
+    committed: set[str] = set()
+
+    def referenced() -> set[str]:
+        # The collector's listing sees no reference; right after it, an upload of the same bytes
+        # adopts the existing blob (touching it) and commits.
+        snapshot = set(committed)
+        writer = store.writer(max_bytes=100)
+        writer.write(b"shared bytes")
+        store.commit(writer)
+        committed.add(sha)
+        return snapshot
+
+    assert store.collect_garbage(referenced=referenced, is_referenced=lambda s: s in committed) == 0
+    assert store.exists(sha) and store.path_for(sha).read_bytes() == b"shared bytes"
+    # Once really unreferenced and old, it goes.
+    committed.clear()
+    _age(store, sha)
+    assert store.collect_garbage(referenced=set, is_referenced=lambda s: False) == 1
+    assert not store.exists(sha)
+
+
+def test_an_upload_after_the_collector_moved_a_blob_aside_writes_its_own_copy(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    sha = _put(store, b"bytes")
+    tombstone = store.path_for(sha).with_name(f".gc-otherhost-1-{sha}")
+    os.replace(store.path_for(sha), tombstone)  # as a collector on another replica does
+    writer = store.writer(max_bytes=100)
+    writer.write(b"bytes")
+    assert store.commit(writer) == sha and store.path_for(sha).read_bytes() == b"bytes"
+    # A leftover tombstone (its collector died) is settled by the next collection: the live copy stays.
+    old = time.time() - 7200
+    os.utime(tombstone, (old, old))
+    import xfer.server.blobs as blobs_module
+
+    settle = blobs_module.TOMBSTONE_SETTLE_SECONDS
+    blobs_module.TOMBSTONE_SETTLE_SECONDS = 0.0
+    try:
+        store.collect_garbage(referenced=lambda: {sha}, is_referenced=lambda s: True)
+    finally:
+        blobs_module.TOMBSTONE_SETTLE_SECONDS = settle
+    assert not tombstone.exists() and store.path_for(sha).read_bytes() == b"bytes"
 
 
 def test_remove_temp_files(tmp_path: Path) -> None:

@@ -9,12 +9,14 @@ import pytest
 
 from xfer.models import card_for_model, create_model
 from xfer.server.catalog import Catalog
+from xfer.server.migrate import upgrade
 from xfer.server.pagination import PageTokens
 from xfer.server.db import create_engine
 from xfer.server.domain import ArtifactFormat, ArtifactRecord
 from xfer.server.errors import InvalidArgument, NotFound
 
 CARD = card_for_model(create_model("mlp", in_features=4, hidden=[8], num_classes=3))
+TOKENS = PageTokens(b"catalog-test-key" * 2)
 
 
 def _artifacts(tag: str) -> list[ArtifactRecord]:
@@ -29,9 +31,9 @@ def catalog(request, tmp_path: Path):
     else:
         url = request.getfixturevalue("postgres_url")
     engine = create_engine(url)
-    store = Catalog(engine)
-    store.create_schema()
-    store.create_schema()  # idempotent
+    upgrade(engine)
+    upgrade(engine)  # idempotent
+    store = Catalog(engine, page_tokens=TOKENS)
     yield store
     engine.dispose()
 
@@ -82,12 +84,14 @@ def test_version_record_round_trips(catalog: Catalog) -> None:
     assert catalog.get_version(model_id="m", version=1).deprecated
 
 
-def test_delete_reports_only_unreferenced_blobs(catalog: Catalog) -> None:
+def test_delete_removes_rows_and_references(catalog: Catalog) -> None:
     catalog.create_version(model_id="m", card=CARD, artifacts=_artifacts("a"))
     catalog.create_version(model_id="m", card=CARD, artifacts=_artifacts("b"))
     # "f"*64 (the ONNX) is shared by both versions; "a"*64 only by version 1.
-    assert catalog.delete_version(model_id="m", version=1) == ["a" * 64]
-    assert catalog.delete_version(model_id="m", version=2) == sorted(["b" * 64, "f" * 64])
+    catalog.delete_version(model_id="m", version=1)
+    assert catalog.referenced_shas() == {"b" * 64, "f" * 64}
+    assert not catalog.is_referenced("a" * 64) and catalog.is_referenced("f" * 64)
+    catalog.delete_version(model_id="m", version=2)
     assert catalog.referenced_shas() == set()
     with pytest.raises(NotFound):
         catalog.delete_version(model_id="m", version=2)
@@ -114,7 +118,11 @@ def test_pagination(catalog: Catalog) -> None:
     # A token from one listing is refused by another, and garbage is refused.
     with pytest.raises(InvalidArgument, match="invalid page_token"):
         catalog.list_versions(model_id="b-model", page_token=first.next_page_token)
-    for bad in ("%%%", "e30", PageTokens.encode(query="models", last=[1]), "x" * 2000):
+    with pytest.raises(InvalidArgument, match="invalid page_token"):  # a signed but out-of-range cursor
+        catalog.list_versions(model_id="a-model", page_token=TOKENS.encode(query="versions:a-model", last=10**30))
+    forged = PageTokens(b"not-the-server-key" * 2).encode(query="models", last="a")
+    for bad in ("%%%", "e30", TOKENS.encode(query="models", last=[1]), forged, "x" * 2000,
+                TOKENS.encode(query="versions:a-model", last=10**30)):
         with pytest.raises(InvalidArgument, match="invalid page_token"):
             catalog.list_models(page_token=bad)
     with pytest.raises(InvalidArgument, match="page_size"):
@@ -163,3 +171,42 @@ def test_concurrent_alias_moves_are_atomic(catalog: Catalog) -> None:
     assert errors == []
     holders = [v for v in (1, 2, 3, 4) if "stable" in catalog.get_version(model_id="m", version=v).aliases]
     assert len(holders) == 1
+
+
+def _count_statements(engine, action) -> int:
+    import sqlalchemy as sa
+
+    count = 0
+
+    def before(*_args) -> None:
+        nonlocal count
+        count += 1
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    try:
+        action()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+    return count
+
+
+def test_listings_take_a_fixed_number_of_statements(catalog: Catalog) -> None:
+    """50 versions (or 50 models) on a page cost the same few statements as 1, not 4 per row."""
+    for i in range(50):
+        catalog.create_version(model_id="many", card=CARD, artifacts=_artifacts("a"))
+        catalog.create_version(model_id=f"model-{i:02d}", card=CARD, artifacts=_artifacts("b"))
+    catalog.set_alias(model_id="many", version=7, alias="stable")
+    engine = catalog.engine
+    listed: list = []
+    versions = _count_statements(engine, lambda: listed.append(catalog.list_versions(model_id="many", page_size=50)))
+    page = listed[0]
+    assert len(page.items) == 50 and page.items[0].version == 50 and page.items[-1].version == 1
+    assert page.items[43].aliases == ("stable",) and page.items[0].aliases == ("latest",)
+    assert all(len(v.artifacts) == 2 for v in page.items)
+    one_version = _count_statements(engine, lambda: catalog.list_versions(model_id="many", page_size=1))
+    assert versions == one_version <= 5, (versions, one_version)  # BEGIN, versions, artifacts, aliases, latest
+    models = _count_statements(engine, lambda: listed.append(catalog.list_models(page_size=50)))
+    one_model = _count_statements(engine, lambda: catalog.list_models(page_size=1))
+    assert len(listed[1].items) == 50 and models == one_model <= 6, (models, one_model)
+    assert listed[1].items[0].model_id == "many" and listed[1].items[0].version_count == 50
+    assert listed[1].items[0].aliases == {"stable": 7, "latest": 50} and listed[1].items[0].latest_card == CARD

@@ -76,3 +76,36 @@ def test_status_mapping() -> None:
     internal = status_for(KeyError("secret"), request_id="abc")
     assert internal.code == grpc.StatusCode.INTERNAL and not internal.expected
     assert "secret" not in internal.message and "abc" in internal.message
+
+
+@pytest.mark.parametrize("offset,data,first", [
+    (0, b"", True), (0, b"abc", True), (5, b"x" * 200, True), (1 << 40, b"\0" * 70000, False), (7, b"", False),
+    (0, b"y", False),
+])
+def test_hand_encoded_read_responses_equal_the_generated_ones(offset, data, first) -> None:
+    import io
+
+    from xfer.server.transfer import ArtifactRead, Chunk
+    from xfer.v1 import transfer_service_pb2 as ts
+
+    read = ArtifactRead(model_version="models/ab/versions/3", total_size_bytes=123456, sha256="a" * 64,
+                        read_offset=offset, end=offset + len(data), chunk_size=1024, file=io.BytesIO())
+    chunk = Chunk(offset=offset, data=data) if data else None
+    encoded = convert.read_response_bytes(chunk, first=read if first else None)
+    expected = ts.ReadArtifactResponse(offset=offset if (data or first) else 0, data=data)
+    if first:
+        expected.total_size_bytes, expected.sha256, expected.model_version = 123456, "a" * 64, read.model_version
+    assert encoded == expected.SerializeToString()
+    assert ts.ReadArtifactResponse.FromString(encoded) == expected
+
+
+def test_chunk_sizes_start_small_and_double_up_to_the_limit() -> None:
+    from xfer.server.transfer import FIRST_CHUNK, ChunkSizer
+
+    sizer = ChunkSizer(1 << 20)
+    sizes = []
+    for _ in range(7):
+        sizes.append(sizer.size)
+        sizer.taken()
+    assert sizes == [FIRST_CHUNK, 2 * FIRST_CHUNK, 4 * FIRST_CHUNK, 8 * FIRST_CHUNK, 1 << 20, 1 << 20, 1 << 20]
+    assert ChunkSizer(4096).size == 4096

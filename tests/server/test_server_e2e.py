@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -98,6 +99,12 @@ def test_lifecycle_subprocess(spawn_server, tokens, source_model_dir: Path) -> N
     server = spawn_server("--token-file", str(tokens.file))
     with grpc.insecure_channel(server.target) as channel:
         _lifecycle(Stubs.on(channel, tokens.operator), source_model_dir)
+    # Uploads were validated, yet torch and onnxruntime live only in the sandbox's processes.
+    maps = Path(f"/proc/{server.pid}/maps").read_text()
+    assert "libtorch" not in maps and "onnxruntime" not in maps
+    workers = subprocess.run(["pgrep", "-P", str(server.pid), "-f", "sandbox_worker"], capture_output=True,
+                             text=True).stdout.split()
+    assert workers and "libtorch" in Path(f"/proc/{workers[0]}/maps").read_text()
     # Teardown sends SIGTERM and asserts exit code 0.
 
 

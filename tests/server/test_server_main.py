@@ -20,9 +20,9 @@ def test_sigint_stops_cleanly(spawn_server) -> None:
     with grpc.insecure_channel(server.target) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
     assert status == health_pb2.HealthCheckResponse.SERVING
-    server.process.send_signal(signal.SIGINT)
-    assert server.process.wait(timeout=30) == 0
-    assert any("shutting down" in line for line in server.output)
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(timeout=30) == 0
+    assert "shutting down" in server.log_text()
 
 
 def test_non_loopback_without_tokens_exits_2(tmp_path: Path) -> None:

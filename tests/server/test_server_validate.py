@@ -12,6 +12,7 @@ import torch
 
 from xfer.models import card_for_model, create_model
 from xfer.models.weights import save_safetensors
+import server_testkit
 from xfer.server import validate
 from xfer.server.errors import InvalidArgument
 
@@ -69,18 +70,42 @@ def test_rejects_forged_lengths_and_duplicates(tmp_path: Path) -> None:
         validate.parse_safetensors_header(path)
 
 
-def test_card_is_canonicalised_and_checked() -> None:
-    card = card_for_model(create_model("convnet", width=8))
-    floaty = card.__class__(**{**card.__dict__, "architecture_config": {"width": 8.0, "num_classes": 10.0}})
-    canonical = validate.check_card(floaty)
-    assert canonical.architecture_config["width"] == 8 and type(canonical.architecture_config["width"]) is int
-    assert canonical.architecture_config["depth"] == 3  # defaults filled in
-    bad = card.__class__(**{**card.__dict__, "blocks": ("stem", "head")})
-    with pytest.raises(InvalidArgument, match="invalid model card: .*blocks"):
-        validate.check_card(bad)
-    unknown = card.__class__(**{**card.__dict__, "architecture": "resnet9000"})
-    with pytest.raises(InvalidArgument, match="unknown architecture 'resnet9000'; valid ones"):
-        validate.check_card(unknown)
+@pytest.mark.parametrize("field,value", [
+    ("description", "fine\x1b[2Jwiped"), ("description", "bell\x07"), ("source_task", "nul\x00"),
+    ("license", "MIT\nsecond line"), ("label_names", ("zero", "\u202eevil")),
+    ("framework_versions", {"torch": "2.13\x1b]0;title\x07"}),
+])
+def test_card_text_with_control_characters_is_refused(field: str, value) -> None:
+    card = card_for_model(create_model("mlp", in_features=4, hidden=[8], num_classes=2))
+    hostile = card.__class__(**{**card.__dict__, field: value})
+    with pytest.raises(InvalidArgument, match="control character U\\+") as caught:
+        validate.check_card_text(hostile)
+    assert caught.value.reason == "INVALID_CARD"
+
+
+def test_card_text_may_span_lines_where_that_is_natural() -> None:
+    card = card_for_model(create_model("mlp", in_features=4, hidden=[8], num_classes=2))
+    validate.check_card_text(card.__class__(**{**card.__dict__, "description": "line one\n\tline two ü"}))
+
+
+def test_memory_errors_are_recognised_whoever_raises_them() -> None:
+    try:
+        try:
+            raise MemoryError()
+        except MemoryError as inner:
+            raise RuntimeError("Could not allocate bytes object!") from inner
+    except RuntimeError as outer:
+        assert validate.is_memory_error(outer)
+    assert validate.is_memory_error(Exception("[ONNXRuntimeError] ... Failed to allocate memory for requested buffer"))
+    assert not validate.is_memory_error(ValueError("shape mismatch"))
+
+
+def test_header_nested_100000_deep_is_invalid_not_a_crash(tmp_path: Path) -> None:
+    raw = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(InvalidArgument, match="nests JSON too deeply"):
+        validate.parse_safetensors_header(path)
 
 
 def test_tensors_must_match_the_card(tmp_path: Path) -> None:
@@ -106,13 +131,55 @@ def test_state_dict_conversion(tmp_path: Path) -> None:
         validate.convert_torch_state_dict(tmp_path / "list.pt", tmp_path / "l.safetensors")
 
 
-def test_onnx_checks(tmp_path: Path, source_model_dir: Path) -> None:
+def _weights(source_model_dir: Path):
     from xfer.models.weights import load_safetensors, model_from_card
     from server_testkit import load_card
 
-    model = load_safetensors(model_from_card(load_card(source_model_dir)), source_model_dir / "model.safetensors")
+    return load_safetensors(model_from_card(load_card(source_model_dir)), source_model_dir / "model.safetensors")
+
+
+def test_probe_plan_covers_many_batch_sizes_with_fresh_seeds() -> None:
+    first, second = validate.probe_plan(), validate.probe_plan()
+    assert {p.batch for p in first} >= {1, 2, 3, 4, 5, 8, 16}
+    assert {p.seed for p in first} != {p.seed for p in second}
+    assert {p.distribution for p in first} == {"normal", "uniform"}
+
+
+@pytest.mark.parametrize("builder,message", [
+    (lambda d: server_testkit.onnx_nan_features(d), "output 'features' is not finite"),
+    (lambda d: server_testkit.onnx_only_at_batch_4(d, control_flow=False), "output 'logits' is not finite"),
+    (lambda d: server_testkit.onnx_only_at_batch_4(d, control_flow=True), "contains \\['If'\\]"),
+    (lambda d: server_testkit.onnx_random(d), "RandomNormalLike"),
+], ids=["nan-features", "batch-4-where", "batch-4-if", "random-op"])
+def test_onnx_that_only_looks_right_is_refused(tmp_path: Path, source_model_dir: Path, builder, message) -> None:
+    path = tmp_path / "hostile.onnx"
+    path.write_bytes(builder(source_model_dir))
+    with pytest.raises(InvalidArgument, match=message):
+        validate.check_onnx(path, model=_weights(source_model_dir))
+
+
+def test_the_old_single_probe_would_have_passed_the_batch_4_graph(tmp_path: Path, source_model_dir: Path) -> None:
+    """The trick works against one batch of 4: the test above is not vacuous."""
+    graph = server_testkit.onnx_only_at_batch_4(source_model_dir, control_flow=False)
+    worst = validate.probe_parity(_weights(source_model_dir), graph,
+                                  probes=[validate.Probe(batch=4, seed=1, distribution="normal")])
+    assert worst <= validate.PARITY_ATOL
+
+
+def test_nonfinite_weights_are_refused(tmp_path: Path) -> None:
+    model = create_model("mlp", in_features=4, hidden=[8], num_classes=3)
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    save_safetensors(model, tmp_path / "nan.safetensors")
+    fresh = create_model("mlp", in_features=4, hidden=[8], num_classes=3)
+    with pytest.raises(InvalidArgument, match="contains NaN or infinite values"):
+        validate.load_weights(fresh, tmp_path / "nan.safetensors")
+
+
+def test_onnx_checks(tmp_path: Path, source_model_dir: Path) -> None:
+    model = _weights(source_model_dir)
     report = validate.check_onnx(source_model_dir / "model.onnx", model=model)
-    assert report.opset >= 17 and report.max_abs_diff <= report.atol == 1e-4
+    assert report.opset >= 17 and report.max_abs_diff <= report.atol == 1e-4 and report.probes >= 9
 
     proto = onnx.load(str(source_model_dir / "model.onnx"))
     renamed = onnx.ModelProto()

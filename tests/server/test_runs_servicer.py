@@ -1,19 +1,21 @@
-"""MetricsService through a real gRPC server on port 0 and a real channel."""
+"""MetricsService (RunsServicer in server/servicers.py) through a real grpc.aio server on port 0 and a real channel."""
 
 from __future__ import annotations
 
 import math
-from concurrent import futures
 
 import grpc
 import pytest
 
+from server_testkit import AioServer
 from xfer.server.auth import OpenAuthorizer
 from xfer.server.db import create_engine
 from xfer.server.errors import NotFound
 from xfer.server.interceptors import RpcInterceptor
-from xfer.server.metrics import RunStore
-from xfer.server.metrics_servicer import MetricsServicer
+from xfer.server.migrate import upgrade
+from xfer.server.pagination import PageTokens
+from xfer.server.run_store import RunStore
+from xfer.server.servicers import RunsServicer
 from xfer.v1 import metrics_service_pb2 as pb
 from xfer.v1 import metrics_service_pb2_grpc as pb_grpc
 
@@ -35,17 +37,14 @@ def resolve(name: str) -> str:
 @pytest.fixture
 def stub(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'metrics.db'}")
-    store = RunStore(engine=engine, resolve_version=resolve)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4), interceptors=[RpcInterceptor(OpenAuthorizer())]
-    )
-    pb_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(store), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    upgrade(engine)
+    store = RunStore(engine=engine, resolve_version=resolve, page_tokens=PageTokens(b"k" * 32))
+    server = AioServer(lambda s: pb_grpc.add_MetricsServiceServicer_to_server(RunsServicer(store), s),
+                       interceptors=[RpcInterceptor(OpenAuthorizer())])
+    channel = grpc.insecure_channel(server.target)
     yield pb_grpc.MetricsServiceStub(channel)
     channel.close()
-    server.stop(grace=None)
+    server.stop()
     engine.dispose()
 
 

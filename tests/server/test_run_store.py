@@ -1,4 +1,4 @@
-"""RunStore against a real SQLite file, and PostgreSQL where it is installed."""
+"""RunStore (server/run_store.py) against a real SQLite file, and PostgreSQL where it is installed."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from xfer.server import metrics, pagination
+from xfer.server import pagination, schema
 from xfer.server.db import create_engine
-from xfer.server.pagination import PageTokens
 from xfer.server.errors import AlreadyExists, InvalidArgument, NotFound
-from xfer.server.metrics import RunPrivacy, RunReport, RunStore
+from xfer.server.migrate import upgrade
+from xfer.server.pagination import PageTokens
+from xfer.server.run_store import RunStore
+from xfer.server.runs import RunPrivacy, RunReport
+
+TOKENS = PageTokens(b"k" * 32)
 
 V1 = "models/digits/versions/1"
 V2 = "models/digits/versions/2"
@@ -73,13 +77,14 @@ def engine(request, tmp_path):
     """Storage behaviour is checked on both dialects the server supports."""
     if request.param == "sqlite":
         eng = create_engine(f"sqlite:///{tmp_path / 'metrics.db'}")
+        upgrade(eng)
         yield eng
         eng.dispose()
         return
     eng = request.getfixturevalue("postgres_engine")
-    metrics.metadata.create_all(eng)
+    upgrade(eng)
     with eng.begin() as conn:
-        for table in reversed(metrics.metadata.sorted_tables):
+        for table in (schema.run_metrics_table, schema.runs_table):
             conn.execute(table.delete())
     yield eng
 
@@ -88,6 +93,7 @@ def engine(request, tmp_path):
 def sqlite_engine(tmp_path):
     """For checks that end before storage (validation): one dialect is enough."""
     eng = create_engine(f"sqlite:///{tmp_path / 'metrics.db'}")
+    upgrade(eng)
     yield eng
     eng.dispose()
 
@@ -104,12 +110,12 @@ def clock():
 
 @pytest.fixture
 def store(engine, versions, clock):
-    return RunStore(engine=engine, resolve_version=versions, now=clock)
+    return RunStore(engine=engine, resolve_version=versions, page_tokens=TOKENS, now=clock)
 
 
 @pytest.fixture
 def sqlite_store(sqlite_engine, versions, clock):
-    return RunStore(engine=sqlite_engine, resolve_version=versions, now=clock)
+    return RunStore(engine=sqlite_engine, resolve_version=versions, page_tokens=TOKENS, now=clock)
 
 
 def make_report(run_id: str = "run-1", **overrides) -> RunReport:
@@ -133,7 +139,7 @@ DP = RunPrivacy(dp=True, epsilon_spent=3.0, delta=1e-5, noise_multiplier=1.1, ma
 
 def count_rows(engine) -> int:
     with engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(metrics.runs_table)).scalar()
+        return conn.execute(sa.select(sa.func.count()).select_from(schema.runs_table)).scalar()
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +370,7 @@ def test_pagination_walks_every_run_once_newest_first(store):
 
 
 def test_pagination_with_equal_create_times_uses_run_id(engine, versions):
-    store = RunStore(engine=engine, resolve_version=versions, now=lambda: T0)
+    store = RunStore(engine=engine, resolve_version=versions, page_tokens=TOKENS, now=lambda: T0)
     ids = ["b", "a", "e", "c", "d", "g", "f"]
     for run_id in ids:
         store.report(make_report(run_id))
@@ -412,10 +418,14 @@ BAD_TOKENS = {
     "not-json": _b64(b"\xff\xfe garbage"),
     "json-list": _b64(b"[1, 2]"),
     "missing-fingerprint": _b64(json.dumps({"k": [1, "a"]}).encode()),
-    "other-query": PageTokens.encode(query="models", last=[1, "a"]),
-    "short-cursor": PageTokens.encode(query=UNFILTERED, last=[1]),
-    "string-time": PageTokens.encode(query=UNFILTERED, last=["1", "a"]),
-    "bad-run-id": PageTokens.encode(query=UNFILTERED, last=[1, "'; drop"]),
+    "other-query": TOKENS.encode(query="models", last=[1, "a"]),
+    "short-cursor": TOKENS.encode(query=UNFILTERED, last=[1]),
+    "string-time": TOKENS.encode(query=UNFILTERED, last=["1", "a"]),
+    "bad-run-id": TOKENS.encode(query=UNFILTERED, last=[1, "'; drop"]),
+    # Forged by someone without the key: a well-formed cursor of 10**30, unsigned or signed with another key.
+    "unsigned-huge-offset": _b64(json.dumps({"q": "x", "k": [10**30, "a"]}).encode()),
+    "other-key": PageTokens(b"x" * 32).encode(query=UNFILTERED, last=[10**30, "a"]),
+    "signed-huge-offset": TOKENS.encode(query=UNFILTERED, last=[10**30, "a"]),
     "huge": "A" * 5000,
 }
 
@@ -480,7 +490,7 @@ def test_filter_by_strategy_is_exact(mixed):
         (dict(model="models/digits/versions"), "model filter .* is invalid"),
         (dict(model="models/Digits"), "model filter: invalid model id 'Digits'"),
         (dict(model="models/digits/versions/-1"), "model filter: invalid alias '-1'"),
-        (dict(strategy="Full"), "strategy filter 'Full' is invalid"),
+        (dict(strategy="Full"), "strategy 'Full' is invalid"),
     ],
 )
 def test_malformed_filters_are_invalid(mixed, kwargs, message):
