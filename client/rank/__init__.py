@@ -3,8 +3,8 @@
 `xfer rank DATA --models a,b,c` pulls only each candidate's ONNX artifact,
 runs its `features` output over the client's labelled training split with
 onnxruntime, and scores it with LogME (You et al., ICML 2021) and a
-leave-one-out k-NN accuracy; only the scores may be reported. No torch is
-needed for `.npz` or `digits` data. Names are imported lazily.
+leave-one-out k-NN accuracy; only the scores may be reported. numpy and
+onnxruntime only (no torch). Names are imported lazily.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ _EXPORTS = {
     "score_features": "xfer.client.rank.scores",
     "RankOutcome": "xfer.client.rank.outcome",
     "RankError": "xfer.client.rank.errors",
+    "rank_candidates": "xfer.client.rank.command",
+    "Candidate": "xfer.client.rank.outcome",
 }
 
 __all__ = sorted(_EXPORTS)

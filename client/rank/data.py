@@ -1,10 +1,10 @@
-"""The client's labelled training examples, prepared for one candidate's card.
+"""The client's labelled training examples, prepared for one candidate's card (numpy only).
 
-`.npz` files and `digits` specs are read torch-free (`xfer.client.onnxhead.data`);
-any other spec (`fashion-mnist`, `mnist5k`, CSV, image folders) through
-`xfer.client.finetune.data`, which needs torch for resizing. Either way the
-training split is exactly the one `xfer finetune` trains on with the same seed,
-so a ranking can be checked against fine-tuning results.
+Reading, checks, fitting to the card, normalisation and the split are
+`xfer.client.targets`, shared with `xfer finetune` and `xfer fit-head`: with
+the same seed the training split is exactly the one fine-tuning trains on,
+so a ranking can be checked against fine-tuning results. Every data format
+is read without torch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from xfer.client import targets
 from xfer.client.rank.errors import RankError
 from xfer.models.card import ModelCard
 
@@ -26,28 +27,10 @@ class Labelled:
     dataset_id: str
 
 
-def _torch_free(spec: str) -> bool:
-    text = spec.strip()
-    return text == "digits" or text.startswith("digits:") or text.lower().endswith(".npz")
-
-
 def load_training_split(spec: str, *, card: ModelCard, seed: int) -> Labelled:
-    """The training split of DATA, normalised and shaped for `card`."""
-    if _torch_free(spec):
-        from xfer.client.onnxhead.data import load_data
-        from xfer.client.onnxhead.errors import HeadError
-
-        try:
-            data = load_data(spec, card=card, seed=seed)
-        except HeadError as exc:
-            raise RankError(str(exc)) from None
-        return Labelled(np.asarray(data.train.x), np.asarray(data.train.y), data.dataset_id)
-    try:
-        from xfer.client.finetune.data import load_target
-    except ImportError:
-        raise RankError(f"{spec}: this data needs torch to be prepared (pip install 'xfer[finetune]'), or give it "
-                        f"as an .npz file (arrays x, y)") from None
-    target = load_target(spec, card=card, seed=seed)
-    if target.train.y is None:
-        raise RankError(f"{spec}: ranking needs labelled examples; this data has none")
-    return Labelled(target.train.x.numpy(), target.train.y.numpy(), target.dataset_id)
+    """The labelled training split of DATA, normalised and shaped for `card`; raises RankError without labels."""
+    arrays = targets.load_arrays(spec, card=card, seed=seed)
+    if arrays.train.y is None:
+        raise RankError(f"{spec}: ranking scores how well a source's features fit the client's labels, and this "
+                        f"data has none; give labelled examples")
+    return Labelled(np.asarray(arrays.train.x), np.asarray(arrays.train.y), arrays.dataset_id)

@@ -54,10 +54,10 @@ class RankOutcome:
         return {ref: i + 1 for i, ref in enumerate(order)}
 
     def to_runs(self, *, run_id: str) -> list[Run]:
-        """One report per candidate (run ids `<run_id>-<place>`): scores and settings only."""
+        """One report per candidate, best first (run ids `<run_id>-<place>`): scores and settings only."""
         place = self.positions()
         runs = []
-        for c in self.candidates:
+        for c in self.order:
             bucket = pow2_at_least(c.score.examples)
             metrics = {"rank/logme": round(c.score.logme, DECIMALS),
                        "rank/knn_accuracy": quantize(c.score.knn_accuracy, training_fraction_grid(bucket))}

