@@ -11,7 +11,7 @@ BUF    := node_modules/.bin/buf
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 APT_FASHION := DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1
 
-.PHONY: all venv proto data lint test test-edge test-all demo serve migrate report bench bench-serve gpu-check clean
+.PHONY: all venv proto data lint test test-edge test-all demo serve migrate report report-sfda bench bench-serve gpu-check clean
 
 all: test
 
@@ -78,6 +78,10 @@ migrate: $(GEN)
 
 report: $(GEN) data
 	$(PY) bench/transfer_report.py
+
+# Source-free adaptation (TENT, SHOT, AaD, NRC) on unlabelled real data, LR chosen label-free (~15 min of CPU).
+report-sfda: $(GEN) data
+	$(PY) bench/report_sfda.py
 
 bench: $(GEN)
 	$(PY) bench/pull.py

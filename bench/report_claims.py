@@ -231,7 +231,7 @@ def _search_claims(results: Results) -> list[Claim]:
         out.append(Claim(
             "5", f"k-fold cross-validation on the training split picks a configuration as good as the best "
                  f"fixed choice in hindsight ({TARGETS[row.target].level}-level target)",
-            "Kohavi 1995 (cross-validation for model selection); the xfer playbook (DESIGN §6)",
+            "Kohavi 1995 (cross-validation for model selection)",
             f"CV pick {row.cv_pick.fmt()} vs hindsight best {row.hindsight} {row.hindsight_accuracy.fmt()} "
             f"({_relation(rel)})", _verdict(rel, expect=(GREATER, TIE))))
     return out

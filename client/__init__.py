@@ -1,6 +1,6 @@
 """The xfer client: SDK (`Client`), local cache, `xfer` CLI, and `finetune/`.
 
-Names are imported lazily so that `import client.finetune` does not pay for
+Names are imported lazily so that `import xfer.client.finetune` does not pay for
 gRPC, and so that submodules can import each other without cycles.
 """
 
@@ -33,5 +33,5 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'client' has no attribute {name!r}")
+        raise AttributeError(f"module 'xfer.client' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)

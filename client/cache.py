@@ -116,7 +116,8 @@ class PartialDownload:
         self._blob = cache.blob_path(sha256)
         self._release_every = release_every
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd_open = True
         self._hash = hashlib.sha256()
         size = 0
         while block := os.pread(self._fd, _HASH_BLOCK, size):
@@ -229,9 +230,9 @@ class PartialDownload:
     def close(self) -> None:
         """Writes what is queued, then closes the file, keeping the bytes for a later resume."""
         self._stop()
-        if self._fd is not None:
+        if self._fd_open:
             os.close(self._fd)
-            self._fd = None
+            self._fd_open = False
 
     def remove(self) -> None:
         """Closes and deletes the partial file."""

@@ -1,4 +1,4 @@
-"""proto <-> domain converters for the client; with transport.py the only importer of *_pb2."""
+"""proto <-> domain converters for the client; with transport.py the only client module importing *_pb2 (the card converter is shared: xfer.models.card_proto)."""
 
 from __future__ import annotations
 

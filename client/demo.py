@@ -4,9 +4,10 @@ Every step is a real command — the same ones the README documents — run as
 a subprocess and echoed with a `$` prompt, so the demo doubles as a worked
 example: mint tokens, start `xfer-server` (SQLite + blob directory under
 .demo/), train a source model on five Fashion-MNIST classes as the operator,
-register it, then as an edge client list, inspect, pull, adapt it to the
-five classes it never saw with and without differential privacy, report,
-and read the leaderboard. The server is always stopped at the end, also
+sign and register it, then as an edge client list, inspect, pull (verifying
+the signature), adapt it to the five classes it never saw with and without
+differential privacy and with the torch-free head fit, report, and read the
+leaderboard. The server is always stopped at the end, also
 when a step fails. Where Fashion-MNIST is not installed (and `make data`
 could not install it), one line says so and the demo runs on scikit-learn's
 digits instead.
@@ -16,18 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from xfer.server.process import ServerProcess, ServerStartError
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 BIN = Path(sys.executable).parent
-LISTENING = re.compile(r"xfer-server listening on (\S+)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,41 +90,25 @@ def run(*argv: str, env: dict[str, str] | None = None, capture: bool = False) ->
     return result.stdout or ""
 
 
-@dataclasses.dataclass(frozen=True)
-class DemoServer:
-    process: subprocess.Popen
-    target: str
-
-
-def start_server(token_file: Path) -> DemoServer:
-    """Starts xfer-server on a free port and waits for its listening line."""
-    log = open(WORK / "server.log", "w")
-    argv = [_tool("xfer-server"), "--data-dir", str(WORK / "data"), "--port", "0", "--token-file", str(token_file)]
+def start_server(token_file: Path) -> ServerProcess:
+    """Starts xfer-server on a free port (its log in .demo/server.log) and waits until it listens."""
     print("$ xfer-server --data-dir .demo/data --port 0 --token-file .demo/tokens.json &", flush=True)
-    server = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = server.stdout.readline()
-        if match := LISTENING.search(line or ""):
-            print(line.strip(), flush=True)
-            return DemoServer(process=server, target=match.group(1))
-        if server.poll() is not None:
-            break
-    server.kill()
-    raise DemoError(f"xfer-server did not start; see {WORK / 'server.log'}")
+    server = ServerProcess(data_dir=WORK / "data", args=("--token-file", str(token_file)),
+                           log_path=WORK / "server.log")
+    try:
+        server.start()
+    except ServerStartError as exc:
+        raise DemoError(str(exc)) from None
+    print(f"xfer-server listening on {server.target}", flush=True)
+    return server
 
 
-def stop_server(server: DemoServer) -> None:
+def stop_server(server: ServerProcess) -> None:
     """SIGTERM, then wait for the graceful shutdown."""
-    server = server.process
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            code = server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise DemoError("xfer-server did not stop within 30 s of SIGTERM") from None
-        print(f"xfer-server stopped (exit code {code})")
+    code = server.stop(timeout=30)
+    if code != 0:
+        raise DemoError(f"xfer-server did not stop cleanly (exit code {code}); see {server.log_path}")
+    print("xfer-server stopped (exit code 0)")
 
 
 def main() -> int:
@@ -134,9 +118,10 @@ def main() -> int:
     WORK.mkdir()
     tokens = WORK / "tokens.json"
     step("1. The service owner mints an operator token and a client token (only their hashes are stored)")
-    operator = run(sys.executable, "-m", "xfer.server.auth", "add", "--role", "operator", "--file", str(tokens),
+    server_cli = _tool("xfer-server")
+    operator = run(server_cli, "tokens", "add", "--role", "operator", "--file", str(tokens),
                    "--name", "demo-operator", capture=True).strip()
-    client = run(sys.executable, "-m", "xfer.server.auth", "add", "--role", "client", "--file", str(tokens),
+    client = run(server_cli, "tokens", "add", "--role", "client", "--file", str(tokens),
                  "--name", "demo-client", capture=True).strip()
     print("(tokens kept in the environment as XFER_TOKEN, never printed)")
     step("2. Start the server on the embedded defaults (SQLite + blob directory)")
@@ -148,13 +133,16 @@ def main() -> int:
     try:
         step(f"3. Operator: train a source model on {demo.title} (the operator's source pool) and register it")
         run(sys.executable, "-m", "xfer.models.train", "--out", ".demo/source", "--arch", "convnet", *demo.train_args)
-        run(xfer, "register", ".demo/source", "--model", model, env=as_operator)
+        run(xfer, "keys", "generate", "--out", ".demo/keys", "--name", "operator", env=as_operator)
+        run(xfer, "register", ".demo/source", "--model", model, "--sign-key", ".demo/keys/operator.key",
+            env=as_operator)
         run(xfer, "alias", f"{model}:1", "stable", env=as_operator)
 
-        step("4. Edge client: discover, inspect and pull the weights (verified by sha256, cached)")
+        step("4. Edge client: discover, inspect and pull the weights (signature and sha256 verified, cached)")
+        as_client["XFER_TRUSTED_KEYS"] = str(WORK / "keys" / "operator.pub")
         run(xfer, "models", env=as_client)
         run(xfer, "show", f"{model}@stable", env=as_client)
-        run(xfer, "pull", f"{model}@stable", "--format", "onnx", env=as_client)
+        run(xfer, "pull", f"{model}@stable", "--format", "onnx", "--require-signed", env=as_client)
 
         step(f"5. Edge client: adapt to its own data, classes the source never saw ({demo.target}); "
              "only metrics go back")
@@ -167,10 +155,14 @@ def main() -> int:
                 "--dp-epsilon", "2", "--privacy-budget", "8", "--out", f".demo/finetuned-{strategy}-dp",
                 env=as_client)
 
-        step("7. Operator: the leaderboard of client reports")
+        step("7. Edge client without torch: a new head on the ONNX model's features (numpy + onnxruntime only)")
+        run(xfer, "fit-head", f"{model}@stable", demo.target, "--head", "logreg", "--out", ".demo/fitted-head",
+            env=as_client)
+
+        step("8. Operator: the leaderboard of client reports")
         run(xfer, "leaderboard", "--metric", "accuracy", env=as_operator)
     finally:
-        step("8. Stop the server")
+        step("9. Stop the server")
         stop_server(server)
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; outputs in .demo/")
     return 0

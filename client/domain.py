@@ -183,8 +183,9 @@ class Run:
     """The aggregate outcome of one adaptation run; never data.
 
     `model_version` takes a reference (`digits-convnet:3`) or resource name;
-    the SDK resolves it. `train_examples` is rounded up to a power of two
-    before it leaves the machine if `train_examples_pow2` is not given.
+    the SDK resolves it. `train_examples_pow2` is the training-set size
+    rounded up to a power of two (`size_bucket`): the exact count never
+    leaves the machine.
     """
 
     run_id: str

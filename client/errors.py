@@ -118,6 +118,12 @@ class SignatureError(XferError):
     exit_code = EXIT_CODES["untrusted"]
 
 
+class FailedPreconditionError(RpcDetails, XferError):
+    """The server's configuration refuses the request (e.g. its publishing policy); fix the model, not the call."""
+
+    exit_code = EXIT_CODES["failed_precondition"]
+
+
 class DeadlineExceededError(RpcDetails, XferError, TimeoutError):
     """The call did not finish within its deadline."""
 
@@ -158,7 +164,7 @@ class ServerError(RpcDetails, XferError, RuntimeError):
 
 _BY_CODE: dict[grpc.StatusCode, type[XferError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
-    grpc.StatusCode.FAILED_PRECONDITION: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.OUT_OF_RANGE: OutOfRangeError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
@@ -206,6 +212,7 @@ def _fields(data: bytes) -> list[tuple[int, Any]]:
     while i < len(data):
         key, i = _varint(data, i)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, i = _varint(data, i)
         elif wire == 2:
@@ -331,6 +338,7 @@ def from_rpc_error(error: grpc.RpcError, *, target: str = "") -> XferError:
     if hint:
         message = f"{message} ({hint})"
     typed = cls(message, code=code)
+    assert isinstance(typed, RpcDetails)
     typed.reason = info.reason
     typed.retry_after = info.retry_after
     typed.field_violations = info.field_violations

@@ -45,6 +45,7 @@ from xfer.client.errors import (
     SignatureError,
     UnavailableError,
 )
+from xfer.client.policy import ModelPolicy
 from xfer.client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
 from xfer.client.transport import RetryPolicy, TlsConfig, Transport, UploadDeclaration
 from xfer.models.card import ModelCard
@@ -80,19 +81,26 @@ class Client:
     version's signed manifest against them and raises `SignatureError`,
     having downloaded and cached nothing, when it is missing, made by an
     untrusted key, or does not match the card and digests the server sent.
+
+    `policy` (a `ModelPolicy`: maximum DP epsilon, maximum membership-
+    inference AUC, audit required) is checked on the card before every pull
+    and load; a model that misses it raises `PolicyError` having downloaded
+    nothing. `pull`/`load_*` take a `policy` of their own that replaces it.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None,
                  tls: TlsConfig | bool | None = None, cache_dir: str | os.PathLike | None = None,
                  timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(),
                  stream_timeout: float | None = None, offline: bool = False,
-                 trusted_keys: Sequence[str | os.PathLike] = (), require_signed: bool = False) -> None:
+                 trusted_keys: Sequence[str | os.PathLike] = (), require_signed: bool = False,
+                 policy: ModelPolicy = ModelPolicy()) -> None:
         self.target = target
         self.cache = Cache(default_cache_dir(os.environ) if cache_dir is None else cache_dir)
         self.retry = retry
         self.stream_timeout = stream_timeout
         self.offline = offline
         self.require_signed = require_signed
+        self.policy = policy
         self.trusted_keys = signing.load_trusted_keys(trusted_keys) if trusted_keys else ()
         self._transport = Transport(target, token=token, tls=tls, timeout=timeout, retry=retry)
 
@@ -116,8 +124,8 @@ class Client:
         return self._transport
 
     # -- discovery --------------------------------------------------------------
-    def list_models(self) -> list[ModelSummary]:
-        """Every model on the server, ordered by id (all pages)."""
+    def list_models(self, *, policy: ModelPolicy | None = None) -> list[ModelSummary]:
+        """Every model on the server, ordered by id (all pages); with `policy`, those whose latest card meets it."""
         models: list[ModelSummary] = []
         token = ""
         while True:
@@ -125,7 +133,7 @@ class Client:
             models.extend(convert.model_from_pb(m) for m in page.models)
             token = page.next_page_token
             if not token:
-                return models
+                return models if policy is None else [m for m in models if policy.allows(m.latest_card)]
 
     def list_versions(self, model: str | ModelRef) -> list[ModelVersion]:
         """Every version of `model` (a model id or reference; its version part is ignored), newest first."""
@@ -154,14 +162,16 @@ class Client:
 
     # -- pulling ----------------------------------------------------------------
     def pull(self, ref: str | ModelRef, fmt: ArtifactFormat | str = ArtifactFormat.SAFETENSORS, *,
-             progress: Progress | None = None, require_signed: bool | None = None) -> PullResult:
+             progress: Progress | None = None, require_signed: bool | None = None,
+             policy: ModelPolicy | None = None) -> PullResult:
         """Downloads (or finds in the cache) one artifact of `ref`, verified by sha256.
 
         A second pull of the same digest transfers nothing; an interrupted
         pull resumes from its partial file; while the server is unreachable,
         a reference pulled before is served from the cache (with a warning).
         `progress(done, total)` is called as bytes arrive. `require_signed`
-        (default: the client's setting) verifies the signed manifest first.
+        (default: the client's setting) verifies the signed manifest first;
+        `policy` (default: the client's) is checked on the card before any byte moves.
         """
         parsed = parse_ref(ref)
         fmt = ArtifactFormat.parse(fmt)
@@ -172,6 +182,7 @@ class Client:
             raise NotFoundError(f"{version.ref} has no {fmt.value} artifact (available: {have})")
         if self.require_signed if require_signed is None else require_signed:
             self.verify_signature(version, fmt)
+        (self.policy if policy is None else policy).enforce(version.card, what=version.ref)
         if self.offline and not self.cache.has_blob(artifact.sha256, size_bytes=artifact.size_bytes):
             raise OfflineError(f"offline mode (XFER_OFFLINE=1): the {fmt.value} artifact of {version.ref} is not "
                                "in the cache; pull it once while online")
@@ -234,7 +245,7 @@ class Client:
                                      "(e.g. safetensors) or ask the operator to upload and sign this one")
         manifest = signing.manifest_bytes(model=version.model, card=version.card, artifacts={
             a.format.value: (a.sha256, a.size_bytes) for a in version.artifacts if not a.derived})
-        return signing.verify(manifest, version.signatures, self.trusted_keys, what=version.ref).key_id
+        return signing.verify(manifest, signatures=version.signatures, trusted=self.trusted_keys, what=version.ref).key_id
 
     def _remember(self, ref: ModelRef, version: ModelVersion) -> None:
         entry = CachedRef(model_version=version.name, version=version.version,
@@ -247,22 +258,25 @@ class Client:
             self.cache.write_ref(model=version.model, selector=selector, ref=entry)
 
     def load_torch(self, ref: str | ModelRef, *, progress: Progress | None = None,
-                   require_signed: bool | None = None) -> LoadedModel:
+                   require_signed: bool | None = None, policy: ModelPolicy | None = None) -> LoadedModel:
         """Pulls the safetensors artifact and rebuilds the module from `models/`, loaded strictly, in eval mode."""
         from xfer.models.weights import load_safetensors, model_from_card
 
-        pulled = self.pull(ref, ArtifactFormat.SAFETENSORS, progress=progress, require_signed=require_signed)
+        pulled = self.pull(ref, ArtifactFormat.SAFETENSORS, progress=progress, require_signed=require_signed,
+                           policy=policy)
         card = pulled.model_version.card
         module = load_safetensors(model_from_card(card), pulled.blob_path)
         module.eval()
         return LoadedModel(module=module, card=card, model_version=pulled.model_version, path=pulled.path)
 
     def load_onnx(self, ref: str | ModelRef, *, providers: Sequence[str] | None = None,
-                  progress: Progress | None = None, require_signed: bool | None = None) -> Any:
+                  progress: Progress | None = None, require_signed: bool | None = None,
+                  policy: ModelPolicy | None = None) -> Any:
         """Pulls the ONNX artifact and opens an `onnxruntime.InferenceSession` on it (CPU by default)."""
         import onnxruntime as ort
 
-        pulled = self.pull(ref, ArtifactFormat.ONNX, progress=progress, require_signed=require_signed)
+        pulled = self.pull(ref, ArtifactFormat.ONNX, progress=progress, require_signed=require_signed,
+                           policy=policy)
         return ort.InferenceSession(str(pulled.blob_path), providers=list(providers or ["CPUExecutionProvider"]))
 
     # -- metrics ----------------------------------------------------------------

@@ -149,7 +149,7 @@ def load_trusted_keys(paths: Iterable[str | os.PathLike]) -> tuple[TrustedKey, .
     return tuple(keys)
 
 
-def verify(manifest: bytes, signatures: Sequence[ManifestSignature], trusted: Sequence[TrustedKey], *,
+def verify(manifest: bytes, *, signatures: Sequence[ManifestSignature], trusted: Sequence[TrustedKey],
            what: str) -> TrustedKey:
     """The trusted key whose signature over `manifest` is valid; raises SignatureError saying why not."""
     from cryptography.exceptions import InvalidSignature

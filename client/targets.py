@@ -367,7 +367,7 @@ def _read_folder(spec: DataSpec, *, input_shape: tuple[int, ...]) -> RawData:
             array = _read_image(file, channels=channels)
             # Resized one by one here (sizes may differ); Pillow's bilinear filter antialiases when shrinking.
             if array.shape[1:] != (height, width):
-                planes = [np.asarray(Image.fromarray(p).resize((width, height), Image.BILINEAR)) for p in array]
+                planes = [np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR)) for p in array]
                 array = np.stack(planes).astype(np.float32)
             images.append(array)
             labels.append(label)
@@ -583,22 +583,25 @@ def load_arrays(spec: str, *, card: ModelCard, seed: int = 0, per_class: int | N
                         + ("unlabelled ('unlabeled')" if has_labels else "without labels")
                         + "; few-label mode already keeps the rest of the training split as unlabelled data")
     strata = None
-    if has_labels:
+    y: np.ndarray | None = None
+    if raw.y is not None:
         y, names = align_labels(raw.y, raw.label_names, card=card)
         strata = raw.strata if raw.strata is not None else y
         splits = split_indices(strata, seed=seed, fractions=FRACTIONS if holdout_test else NO_TEST_FRACTIONS)
         if (holdout_test and len(splits.test) == 0) or len(splits.val) == 0:
             raise DataError(f"too few examples ({len(y)}) to split into train/val/test; give at least 3 per class")
     else:
-        y, names = None, raw.label_names or card_labels(card)
+        names = raw.label_names or card_labels(card)
         splits = unlabeled_split(len(raw.x), seed=seed)
         if len(splits.val) == 0:
             raise DataError(f"too few examples ({len(raw.x)}) to split unlabelled data into train/val; give at least 5")
-    train, val, extra = splits.train, splits.val, None
-    if k is not None:
+    train = splits.train
+    val: np.ndarray | None = splits.val
+    extra: np.ndarray | None = None
+    if k is not None and strata is not None:  # k without labels was refused above
         train = few_shot(splits.train, strata, per_class=k, seed=seed)
         extra, val = np.setdiff1d(splits.train, train), None
-    if has_labels and len(np.unique(y[train])) < 2:
+    if y is not None and len(np.unique(y[train])) < 2:
         raise DataError("the training split has fewer than two classes; add examples")
 
     hide = parsed.unlabeled or not has_labels

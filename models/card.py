@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any
 
+from xfer.models.audit.record import PrivacyAudit
 from xfer.models.errors import InvalidCardError
 
 MAX_TEXT = 4096
@@ -28,9 +29,9 @@ MAX_TASKS = 16
 TRAINING_METHOD = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 SETTING_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_SETTINGS = 32
-#: Card fields added after signed manifests: left out of the dict form while empty, so a single-head card
-#: keeps the form (and the signed manifest bytes) it had before them.
-OMITTED_WHEN_EMPTY = ("tasks", "training_method", "training_settings")
+#: Card fields added after signed manifests: left out of the dict form while empty (or None), so a card
+#: without them keeps the form (and the signed manifest bytes) it had before them.
+OMITTED_WHEN_EMPTY = ("tasks", "training_method", "training_settings", "audit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +95,13 @@ class ModelCard:
     training_method: str = ""
     #: The method's settings as short strings (ways, shots, episodes, inner steps, task weights, ...).
     training_settings: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: What a privacy audit measured against these weights (xfer.models.audit), or None.
+    audit: PrivacyAudit | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists); the optional fields of `OMITTED_WHEN_EMPTY` only when set."""
         data = json.loads(json.dumps(dataclasses.asdict(self)))
+        # A card without them keeps the form (and the signed manifest) it had before these fields existed.
         for key in OMITTED_WHEN_EMPTY:
             if not data[key]:
                 del data[key]
@@ -130,6 +134,8 @@ class ModelCard:
         if not isinstance(values.get("tasks") or [], (list, tuple)):
             raise InvalidCardError("card field 'tasks' must be a list of task heads")
         values["tasks"] = tuple(TaskHead.from_dict(t) for t in values.get("tasks") or ())
+        if values.get("audit") is not None:
+            values["audit"] = PrivacyAudit.from_dict(values["audit"])
         return cls(**values)
 
     @property
@@ -199,6 +205,10 @@ def validate_card(card: ModelCard) -> None:
     for key, value in card.framework_versions.items():
         _text("framework_versions", key, 64)
         _text("framework_versions", value, 64)
+    if card.audit is not None:
+        if not isinstance(card.audit, PrivacyAudit):
+            raise InvalidCardError("card field 'audit' must be a PrivacyAudit")
+        card.audit.validate()
     _validate_tasks(card)
     _validate_training(card)
 

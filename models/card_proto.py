@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
+from xfer.models.audit.record import DpAudit, MembershipAttack, PrivacyAudit, TprAtFpr
 from xfer.models.card import ModelCard, TaskHead
 from xfer.models.errors import InvalidCardError
 from xfer.v1 import model_pb2
@@ -55,6 +56,39 @@ def card_from_proto(pb: model_pb2.ModelCard) -> ModelCard:
                              loss_weight=float(t.loss_weight)) for t in pb.tasks),
         training_method=pb.training_method,
         training_settings=dict(pb.training_settings),
+        audit=audit_from_proto(pb.audit) if pb.HasField("audit") else None,
+    )
+
+
+def audit_from_proto(pb: model_pb2.PrivacyAudit) -> PrivacyAudit:
+    """The audit block a wire message describes (checked with the rest of the card by validate_card)."""
+    return PrivacyAudit(
+        method=pb.method, date=pb.date, confidence=pb.confidence, tool_versions=dict(pb.tool_versions),
+        attacks=tuple(MembershipAttack(
+            attack=a.attack, auc=a.auc, auc_low=a.auc_low, auc_high=a.auc_high, members=int(a.members),
+            non_members=int(a.non_members), reference_models=int(a.reference_models),
+            tpr_at_fpr=tuple(TprAtFpr(fpr=p.fpr, tpr=p.tpr, tpr_low=p.tpr_low, tpr_high=p.tpr_high)
+                             for p in a.tpr_at_fpr)) for a in pb.attacks),
+        dp=DpAudit(method=pb.dp.method, canaries=int(pb.dp.canaries), guesses=int(pb.dp.guesses),
+                   correct=int(pb.dp.correct), confidence=pb.dp.confidence, delta=pb.dp.delta,
+                   epsilon_lower_bound=pb.dp.epsilon_lower_bound, claimed_epsilon=pb.dp.claimed_epsilon)
+        if pb.HasField("dp") else None,
+    )
+
+
+def audit_to_proto(audit: PrivacyAudit) -> model_pb2.PrivacyAudit:
+    """The wire form of an audit block."""
+    dp = audit.dp
+    return model_pb2.PrivacyAudit(
+        method=audit.method, date=audit.date, confidence=audit.confidence, tool_versions=dict(audit.tool_versions),
+        attacks=[model_pb2.MembershipAttack(
+            attack=a.attack, auc=a.auc, auc_low=a.auc_low, auc_high=a.auc_high, members=a.members,
+            non_members=a.non_members, reference_models=a.reference_models,
+            tpr_at_fpr=[model_pb2.TprAtFpr(fpr=p.fpr, tpr=p.tpr, tpr_low=p.tpr_low, tpr_high=p.tpr_high)
+                        for p in a.tpr_at_fpr]) for a in audit.attacks],
+        dp=model_pb2.DpAudit(method=dp.method, canaries=dp.canaries, guesses=dp.guesses, correct=dp.correct,
+                             confidence=dp.confidence, delta=dp.delta, epsilon_lower_bound=dp.epsilon_lower_bound,
+                             claimed_epsilon=dp.claimed_epsilon) if dp is not None else None,
     )
 
 
@@ -80,4 +114,5 @@ def card_to_proto(card: ModelCard) -> model_pb2.ModelCard:
                                   loss_weight=float(t.loss_weight)) for t in card.tasks],
         training_method=card.training_method,
         training_settings=dict(card.training_settings),
+        audit=audit_to_proto(card.audit) if card.audit is not None else None,
     )

@@ -6,7 +6,9 @@ overlaps the clients' *target* pool, and writes the three files
 `xfer register` uploads: `model.safetensors`, `model.onnx` and `card.json`.
 With `--dp-epsilon` the model is trained with Opacus DP-SGD and the card
 records the (epsilon, delta) the accountant reports, so clients know the
-source model's own privacy guarantee.
+source model's own privacy guarantee. With `--audit` the card also records
+what membership inference (and, under DP, a one-run canary audit) measured
+against the weights (`xfer.models.audit`).
 
 Two other ways to train, both recorded in the card (`training_method`,
 `training_settings`):
@@ -26,7 +28,6 @@ import json
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,9 +36,11 @@ import torch
 from torch import nn
 
 from xfer.models.artifacts import CARD_NAME, ONNX_NAME, SAFETENSORS_NAME, write_model_folder
+from xfer.models.audit.config import AuditConfig
 from xfer.models.card import ModelCard
 from xfer.models.datasets import get_dataset, list_datasets, load_images
 from xfer.models.errors import ModelError
+from xfer.models.fit import FitConfig, fit
 from xfer.models.imagesets import SPLITS, parse_classes, select_classes
 from xfer.models.meta import METHODS, MetaConfig, MetaResult, meta_train
 from xfer.models.multitask import (MultiHeadNet, TaskSpec, attach_task_heads, multitask_loss, parse_tasks,
@@ -118,6 +121,7 @@ def train_source_model(
     description: str = "",
     meta: MetaConfig | None = None,
     tasks: str | Sequence[TaskSpec] | None = None,
+    audit: AuditConfig | None = None,
 ) -> TrainResult:
     """Trains a source model on pool `split` of data set `data` and writes its artifacts to `out_dir`.
 
@@ -125,6 +129,9 @@ def train_source_model(
     pool (a shorter run); a fifth of what is kept is held out to measure the source accuracy. `meta`
     meta-trains on episodes instead (`epochs`, `batch_size` and `lr` then do not apply); `tasks` (a
     `--tasks` string or parsed specs) trains one head per task on the classes they list.
+    With `audit` (plain or DP supervised training only), membership inference is measured against the
+    weights (that fifth as non-members) and, for DP training, a one-run canary audit bounds epsilon from
+    below; the card records both (`xfer.models.audit`).
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs, batch_size and lr must be positive")
@@ -136,6 +143,8 @@ def train_source_model(
         raise ValueError(f"--meta {meta.method} with --dp-epsilon: an episode's loss couples its examples "
                          "(prototypes, inner loops), so per-example clipping bounds no single example's influence; "
                          "train the source with plain or multi-task DP-SGD instead")
+    if audit is not None and (meta is not None or tasks is not None):
+        raise ValueError("--audit measures plain (or DP) supervised training; it does not cover --meta or --tasks")
     if tasks is not None and classes is not None:
         raise ValueError("--tasks chooses the classes itself (those its tasks list); leave out --classes")
     dataset = get_dataset(data)
@@ -186,49 +195,27 @@ def train_source_model(
                       train_acc=meta_result.train_accuracy, test_acc=meta_result.heldout_accuracy, epochs=0,
                       spent=None, dp_delta=None, license=license, description=description, meta=meta,
                       meta_result=meta_result, test_data=(x_test, y_test))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    train_model: nn.Module = MultiHeadNet(model) if specs else model
+    recipe = FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, dp_epsilon=dp_epsilon,
+                       dp_delta=dp_delta, max_grad_norm=max_grad_norm)
     sizes = [len(t.groups) for t in specs]
     weights = [t.weight for t in specs]
 
-    def loss_of(logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        if specs:
-            return multitask_loss(logits, yb, sizes=sizes, weights=weights)
-        return nn.functional.cross_entropy(logits, yb, reduction="sum") / max(len(yb), 1)
+    def multitask(logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return multitask_loss(logits, yb, sizes=sizes, weights=weights)
 
-    engine = None
-    with warnings.catch_warnings():
-        # Known, harmless notices: secure_mode (a CSPRNG for the noise) is a deliberate opt-out
-        # for a demo source model, and torch's backward-hook notice would fire on every batch.
-        for notice in ("Secure RNG turned off", "Full backward hook is firing", "Optimal order is the largest"):
-            warnings.filterwarnings("ignore", message=notice)
-        if dp_epsilon is not None:
-            from opacus import PrivacyEngine
+    fitted = fit(MultiHeadNet(model) if specs else model, x_train, y_train, recipe,
+                 loss=multitask if specs else None)
+    trained, spent, dp_delta = fitted.model, fitted.dp_epsilon, fitted.dp_delta
+    model = trained.model if isinstance(trained, MultiHeadNet) else trained
+    privacy_audit = None
+    if audit is not None:
+        from xfer.models.audit.runner import audit_trained_model
 
-            dp_delta = dp_delta if dp_delta is not None else min(1e-5, 1.0 / len(train_idx) ** 1.1)
-            engine = PrivacyEngine(accountant="prv", secure_mode=False)
-            train_model, optimizer, loader = engine.make_private_with_epsilon(
-                module=train_model, optimizer=optimizer, data_loader=loader, epochs=epochs,
-                target_epsilon=dp_epsilon, target_delta=dp_delta, max_grad_norm=max_grad_norm,
-            )
-        for _ in range(epochs):
-            train_model.train()
-            for xb, yb in loader:
-                optimizer.zero_grad(set_to_none=True)
-                # Poisson sampling can draw an empty batch; it must still be a (noise-only) step that
-                # the accountant counts, so the loss is a sum that is well defined for zero examples.
-                loss = loss_of(train_model(xb), yb)
-                loss.backward()
-                optimizer.step()
-        spent = engine.get_epsilon(dp_delta) if engine is not None else None
-    if engine is not None:
-        train_model = train_model._module  # unwrap GradSampleModule: the card describes the plain module
-        train_model.zero_grad(set_to_none=True)
-    model = train_model.model if isinstance(train_model, MultiHeadNet) else train_model
+        privacy_audit = audit_trained_model(
+            model=model, make_model=lambda: create_model(arch, **{**base, **(config or {}),
+                                                                  "num_classes": len(images.label_names)}),
+            members=(x_train, y_train), non_members=(x_test, y_test), num_classes=len(images.label_names),
+            fit_config=recipe, config=audit)
 
     if specs:
         task_acc = {t.name: _task_accuracy(model, x_test, y_test, task=i) for i, t in enumerate(specs)}
@@ -239,7 +226,7 @@ def train_source_model(
     return _write(model, out=Path(out_dir), dataset=dataset, images=images, arch=arch, split=split, classes=classes,
                   shift=shift, mean=mean, std=std, n_train=len(train_idx), started=started, train_acc=train_acc,
                   test_acc=test_acc, epochs=epochs, spent=spent, dp_delta=dp_delta, license=license,
-                  description=description, specs=specs, task_accuracies=task_acc,
+                  description=description, specs=specs, task_accuracies=task_acc, audit=privacy_audit,
                   settings={"epochs": str(epochs), "batch_size": str(batch_size), "lr": f"{lr:g}",
                             "optimizer": "adam"})
 
@@ -262,7 +249,7 @@ def _write(model: nn.Module, *, out: Path, dataset: Any, images: Any, arch: str,
            license: str | None, description: str, specs: Sequence[TaskSpec] = (),
            task_accuracies: dict[str, float] | None = None, settings: dict[str, str] | None = None,
            meta: MetaConfig | None = None, meta_result: MetaResult | None = None,
-           test_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainResult:
+           test_data: tuple[torch.Tensor, torch.Tensor] | None = None, audit: Any = None) -> TrainResult:
     """Writes the model folder with a card that says how the model was trained; returns the TrainResult."""
     if specs:
         chosen = "classes " + ", ".join(str(c) for c in used_classes(specs))
@@ -305,6 +292,7 @@ def _write(model: nn.Module, *, out: Path, dataset: Any, images: Any, arch: str,
         dp_delta=dp_delta if spent is not None else None,
         license=license or dataset.license.split(" ")[0],
         description=description or f"{arch} trained on {what}",
+        audit=audit,
         **fields,
     )
     return TrainResult(out_dir=out, card=card, train_accuracy=train_acc, test_accuracy=test_acc, epochs=epochs,
@@ -373,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads (default 1: a small convnet gains little from more, and on a busy "
                              "machine two threads on two cores run several times slower than one)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit = parser.add_argument_group("privacy audit (recorded in the card)")
+    audit.add_argument("--audit", action="store_true",
+                       help="measure membership inference against the weights (the held-out fifth as non-members) "
+                            "and, with --dp-epsilon, bound epsilon from below with a one-run canary audit")
+    audit.add_argument("--audit-reference-pairs", type=int, default=AuditConfig.reference_pairs,
+                       help="pairs of RMIA reference models, trained like the source (default %(default)s; 0: loss "
+                            "attack only)")
+    audit.add_argument("--audit-canaries", type=int, default=None,
+                       help="canaries of the DP audit (default: a fifth of the training set, at most 1000)")
     return parser
 
 
@@ -399,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_examples=args.max_examples, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta, max_grad_norm=args.max_grad_norm,
             license=args.license, description=args.description, meta=meta, tasks=args.tasks,
+            audit=AuditConfig(reference_pairs=args.audit_reference_pairs, canaries=args.audit_canaries,
+                              seed=args.seed) if args.audit else None,
         )
     except (ValueError, LookupError) as exc:
         print(f"models.train: error: {exc}", file=sys.stderr)
@@ -411,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if result.task_accuracies:
         summary["task_accuracies"] = {k: round(v, 4) for k, v in result.task_accuracies.items()}
+    if result.card.audit is not None:
+        summary["audit"] = result.card.audit.to_dict()
     if args.json:
         print(json.dumps(summary))
     else:
@@ -419,6 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         heads = "".join(f", head {k} {v:.3f}" for k, v in result.task_accuracies.items())
         print(f"trained {result.card.architecture}{how} in {result.seconds:.1f}s: source test accuracy "
               f"{result.test_accuracy:.3f}{heads}{privacy} -> {result.out_dir}")
+        if result.card.audit is not None:
+            from xfer.models.audit.runner import summary_lines
+
+            for line in summary_lines(result.card.audit):
+                print(f"  audit: {line}")
     return 0
 
 

@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds between database checks behind health (default %(default)s)")
     ops.add_argument("--gc-interval", type=float, default=defaults.gc_interval_s,
                      help="seconds between blob garbage collections (default %(default)s)")
+    policy = parser.add_argument_group("publishing policy (refused with FAILED_PRECONDITION naming the rule)")
+    policy.add_argument("--max-dp-epsilon", type=float, default=None,
+                        help="publish only models trained with DP at this epsilon or below")
+    policy.add_argument("--require-audit", action="store_true",
+                        help="publish only models whose card carries a membership-inference audit")
+    policy.add_argument("--max-mia-auc", type=float, default=None,
+                        help="publish only audited models whose strongest membership attack has AUC <= this")
     return parser
 
 
@@ -144,7 +151,8 @@ def serve_main(argv: Sequence[str]) -> int:
             validation_cpu_seconds=args.validation_cpu_seconds, validation_timeout_s=args.validation_timeout,
             warm_sandbox=args.warm_sandbox,
             metrics_port=args.metrics_port, metrics_host=args.metrics_host, health_interval_s=args.health_interval,
-            gc_interval_s=args.gc_interval,
+            gc_interval_s=args.gc_interval, max_dp_epsilon=args.max_dp_epsilon, require_audit=args.require_audit,
+            max_mia_auc=args.max_mia_auc,
         )
         running = create_server(config)
     except (ConfigError, ValueError, OSError) as exc:

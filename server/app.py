@@ -34,6 +34,7 @@ from xfer.server.interceptors import UPLOAD_METHOD, Authorizer, RpcInterceptor
 from xfer.server.limits import StreamLimiter
 from xfer.server.observability import ServerMetrics
 from xfer.server.pagination import PageTokens
+from xfer.server.policy import PublishPolicy
 from xfer.server.registry import Registry, RegistryLimits, ValidationLimits
 from xfer.server.run_store import RunStore
 from xfer.server.sandbox import Sandbox
@@ -314,8 +315,12 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
         limits = RegistryLimits(max_artifact_bytes=config.max_artifact_bytes, validation=ValidationLimits(
             memory_base_bytes=config.validation_memory_bytes, cpu_seconds=config.validation_cpu_seconds,
             wall_seconds=config.validation_timeout_s))
+        policy = PublishPolicy(max_dp_epsilon=config.max_dp_epsilon, require_audit=config.require_audit,
+                               max_mia_auc=config.max_mia_auc)
+        if policy.active:
+            logger.info("publishing policy: %s", policy.describe())
         registry = Registry(catalog=catalog, blobs=blobs, limits=limits, sandbox=sandbox,
-                            observe_validation=metrics.observe_validation)
+                            observe_validation=metrics.observe_validation, policy=policy)
         store = RunStore(engine=engine, resolve_version=registry.resolve, page_tokens=tokens)
         if config.warm_sandbox and owns_sandbox:
             threading.Thread(target=sandbox.warm_up, name="xfer-sandbox-warm-up", daemon=True).start()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from xfer.server.policy import PublishPolicy
+
 MIB = 1024 * 1024
 
 
@@ -77,6 +79,14 @@ class ServerConfig:
     gc_interval_s: float = 3600.0
     gc_min_age_s: float = 3600.0
 
+    # -- publishing policy (server/policy.py) ----------------------------------------------
+    #: Refuse versions not trained with DP at or below this epsilon.
+    max_dp_epsilon: float | None = None
+    #: Refuse versions whose card has no membership-inference audit.
+    require_audit: bool = False
+    #: Refuse versions whose audit's strongest membership attack has a higher AUC.
+    max_mia_auc: float | None = None
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         for name in ("token_file", "tls_cert", "tls_key", "tls_client_ca"):
@@ -99,6 +109,9 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        # The policy checks its own numbers (ValueError saying which flag is wrong).
+        PublishPolicy(max_dp_epsilon=self.max_dp_epsilon, require_audit=self.require_audit,
+                      max_mia_auc=self.max_mia_auc)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:

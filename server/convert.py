@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 from google.protobuf import timestamp_pb2
 
@@ -21,7 +22,7 @@ from xfer.server.runs import LeaderboardRow, RunPrivacy, RunReport, StoredRun
 from xfer.server.transfer import ArtifactRead, Chunk
 from xfer.v1 import metrics_service_pb2, model_pb2, registry_service_pb2, transfer_service_pb2
 
-_FORMATS = {
+_FORMATS: dict[int, ArtifactFormat] = {
     model_pb2.ARTIFACT_FORMAT_SAFETENSORS: ArtifactFormat.SAFETENSORS,
     model_pb2.ARTIFACT_FORMAT_ONNX: ArtifactFormat.ONNX,
     model_pb2.ARTIFACT_FORMAT_TORCH_STATE_DICT: ArtifactFormat.TORCH_STATE_DICT,
@@ -40,9 +41,9 @@ def format_from_proto(value: int) -> ArtifactFormat | None:
                               "TORCH_STATE_DICT", field="format") from None
 
 
-def format_to_proto(fmt: ArtifactFormat) -> int:
+def format_to_proto(fmt: ArtifactFormat) -> model_pb2.ArtifactFormat:
     """ArtifactFormat -> ARTIFACT_FORMAT_*."""
-    return _FORMATS_BACK[fmt]
+    return cast(model_pb2.ArtifactFormat, _FORMATS_BACK[fmt])  # the generated stubs type enums as classes
 
 
 def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -204,13 +205,13 @@ def serialize_read_response(response: transfer_service_pb2.ReadArtifactResponse 
 
 
 # -- runs ------------------------------------------------------------------------------------
-_DEVICE_KINDS = {
+_DEVICE_KINDS: dict[int, str] = {
     metrics_service_pb2.DEVICE_KIND_CPU: "cpu",
     metrics_service_pb2.DEVICE_KIND_CUDA: "cuda",
     metrics_service_pb2.DEVICE_KIND_MPS: "mps",
 }
 _DEVICE_ENUMS = {kind: number for number, kind in _DEVICE_KINDS.items()}
-_GOALS = {
+_GOALS: dict[int, str] = {
     # Unspecified means the common case: a higher metric is better.
     metrics_service_pb2.METRIC_GOAL_UNSPECIFIED: "maximize",
     metrics_service_pb2.METRIC_GOAL_MAXIMIZE: "maximize",
@@ -260,7 +261,7 @@ def run_to_proto(stored: StoredRun) -> metrics_service_pb2.Run:
             dp=report.privacy.dp, epsilon_spent=report.privacy.epsilon_spent, delta=report.privacy.delta,
             noise_multiplier=report.privacy.noise_multiplier, max_grad_norm=report.privacy.max_grad_norm),
         train_examples_pow2=report.train_examples_pow2,
-        device_kind=_DEVICE_ENUMS[report.device_kind],
+        device_kind=cast(metrics_service_pb2.DeviceKind, _DEVICE_ENUMS[report.device_kind]),
         wall_seconds=report.wall_seconds,
         create_time=timestamp(stored.create_time),
     )

@@ -40,6 +40,8 @@ class Reason(enum.StrEnum):
     DIGEST_MISMATCH = "DIGEST_MISMATCH"
     SIZE_MISMATCH = "SIZE_MISMATCH"
     INVALID_REPORT = "INVALID_REPORT"
+    # FAILED_PRECONDITION
+    PUBLISH_POLICY = "PUBLISH_POLICY"
     # NOT_FOUND
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
     VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
@@ -96,6 +98,13 @@ class InvalidArgument(RequestError, ValueError):
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = Reason.INVALID_REQUEST
+
+
+class FailedPrecondition(RequestError):
+    """A well-formed request this server's configuration refuses (e.g. its publishing policy)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.PUBLISH_POLICY
 
 
 class NotFound(RequestError, LookupError):

@@ -29,6 +29,8 @@ from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRec
                                 UploadChunk, UploadHeader, VersionRecord, version_name)
 from xfer.server.errors import InvalidArgument, Reason, ResourceExhausted
 from xfer.server.names import VersionRef, check_alias, parse_model_name, parse_version_name
+from xfer.server.policy import PublishPolicy
+from xfer.server.policy import enforce as enforce_policy
 from xfer.server.sandbox import Limits, Sandbox
 
 logger = logging.getLogger(__name__)
@@ -85,13 +87,16 @@ class Registry:
     """Versions of source models: create, read, alias, deprecate, delete."""
 
     def __init__(self, *, catalog: Catalog, blobs: BlobStore, limits: RegistryLimits, sandbox: Sandbox,
-                 observe_validation: Callable[[str, str, float], None] | None = None) -> None:
-        """`observe_validation(job, outcome, seconds)` hears about every sandboxed check (for metrics)."""
+                 observe_validation: Callable[[str, str, float], None] | None = None,
+                 policy: PublishPolicy = PublishPolicy()) -> None:
+        """`observe_validation(job, outcome, seconds)` hears about every sandboxed check (for metrics);
+        `policy` is what a new version's card must meet to be published."""
         self._catalog = catalog
         self._blobs = blobs
         self._limits = limits
         self._sandbox = sandbox
         self._observe = observe_validation
+        self._policy = policy
 
     @property
     def blobs(self) -> BlobStore:
@@ -192,6 +197,7 @@ class Registry:
         model_id = parse_model_name(header.parent, field="header.parent")
         self._check_declarations(header.artifacts)
         checked = self.check_card(header.card)
+        enforce_policy(self._policy, checked.card)
         weights = next(d for d in header.artifacts if d.format in WEIGHT_FORMATS)
         if checked.weight_bytes > self._limits.max_artifact_bytes:
             raise ResourceExhausted(f"the card describes a model of {checked.parameters:,} parameters "

@@ -154,7 +154,7 @@ def _check_train_examples(n: int) -> None:
         raise _invalid(f"train_examples_pow2 must be an integer, got {show(n)}", field)
     if n < 1 or n > MAX_TRAIN_EXAMPLES_POW2 or n & (n - 1):
         raise _invalid(f"train_examples_pow2 is {n}; it must be a power of two >= 1: round the "
-                       "training-set size to the nearest power of two (never report the exact count)", field)
+                       "training-set size up to a power of two (never report the exact count)", field)
 
 
 def _check_device_kind(kind: str) -> None:

@@ -81,7 +81,7 @@ class _Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.pending: dict[str, concurrent.futures.Future] = {}
         self.lock = threading.Lock()
-        self.ready = concurrent.futures.Future()
+        self.ready: concurrent.futures.Future[bool] = concurrent.futures.Future()
         self.dead = False
         threading.Thread(target=self._read, name="xfer-sandbox-reader", daemon=True).start()
 

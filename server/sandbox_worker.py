@@ -49,7 +49,7 @@ def _fork_job(request: dict[str, Any]) -> _Running:
             os.close(read_fd)
             os.dup2(2, 1)  # library prints go to stderr, never into the protocol
             os.close(0)
-            validation_jobs.child_main(write_fd, request["job"], request["payload"], request["limits"])
+            validation_jobs.child_main(write_fd, job=request["job"], payload=request["payload"], limits=request["limits"])
         except BaseException:
             code = 70
         finally:

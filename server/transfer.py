@@ -1,4 +1,4 @@
-"""Domain logic of ReadArtifact: resolve, bound-check, and read a blob in fixed-size chunks.
+"""Domain logic of ReadArtifact: resolve, bound-check, and read a blob in chunks that grow to the configured size.
 
 `open_read` does the blocking part (catalog lookup, opening and, once per
 process, hashing the blob); `ArtifactRead.next_chunk` reads one chunk with

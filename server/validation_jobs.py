@@ -170,7 +170,7 @@ def run_job(job: str, payload: dict[str, Any]) -> dict[str, Any]:
         return _error("crash", exc, traceback=traceback.format_exc()[-2000:])
 
 
-def child_main(answer_fd: int, job: str, payload: dict[str, Any], limits: dict[str, int]) -> None:
+def child_main(answer_fd: int, *, job: str, payload: dict[str, Any], limits: dict[str, int]) -> None:
     """Runs in the forked child: set limits, run the job, write one JSON answer to `answer_fd`."""
     try:
         apply_limits(limits)

@@ -10,13 +10,15 @@ from typing import Any
 from xfer.client.cli.context import Context
 from xfer.client.cli.output import Io, fields, table, when
 from xfer.client.progress import ProgressBar, human_bytes
+from xfer.errors import EXIT_CODES, XferError
 
 EXIT_OK = 0
 
 
 def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Declares the commands of this module."""
-    command("models", cmd_models, "list source models")
+    p = command("models", cmd_models, "list source models")
+    _policy_options(p, "list only models whose latest version")
     p = command("versions", cmd_versions, "list the versions of a model, newest first")
     p.add_argument("model", metavar="MODEL")
     p = command("show", cmd_show, "show a version's card and artifacts")
@@ -24,14 +26,45 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("pull", cmd_pull, "download an artifact into the cache (verified, resumable)")
     p.add_argument("ref", metavar="REF")
     p.add_argument("--format", default="safetensors", choices=["safetensors", "onnx"])
+    _policy_options(p, "refuse (exit 16) unless the model")
+
+
+def _policy_options(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_argument_group("privacy policy (judged on the model card)")
+    group.add_argument("--max-epsilon", type=float, default=None, metavar="EPS",
+                       help=f"{what} was trained with DP at epsilon <= EPS")
+    group.add_argument("--max-mia-auc", type=float, default=None, metavar="AUC",
+                       help=f"{what} carries a membership-inference audit with AUC <= AUC")
+    group.add_argument("--require-audit", action="store_true",
+                       help=f"{what} carries a membership-inference audit")
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    from xfer.client.policy import ModelPolicy
+
+    try:
+        return ModelPolicy(max_epsilon=args.max_epsilon, max_mia_auc=args.max_mia_auc,
+                           require_audit=args.require_audit)
+    except ValueError as exc:
+        raise PolicyOptionError(f"{exc} (--max-epsilon, --max-mia-auc)") from None
+
+
+class PolicyOptionError(XferError):
+    """A privacy-policy option out of range."""
+
+    exit_code = EXIT_CODES["usage"]
 
 
 def cmd_models(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     """`xfer models`"""
     client = ctx.client
-    models = client.list_models()
+    policy = _policy(args)
+    models = client.list_models(policy=policy if policy.active else None)
     if args.json:
         io.json([m.to_dict() for m in models])
+        return EXIT_OK
+    if not models and policy.active:
+        io.print("no model meets the privacy policy given (its latest version's card is judged)")
         return EXIT_OK
     if not models:
         io.print("no models registered yet (an operator adds one with `xfer register`)")
@@ -42,8 +75,10 @@ def cmd_models(args: argparse.Namespace, io: Io, ctx: Context) -> int:
         aliases = ", ".join(f"{a}={v}" for a, v in m.aliases.items() if a != "latest")
         rows.append([m.model, m.version_count, m.latest_version.rsplit("/", 1)[-1], aliases or "-",
                      card.architecture if card else "-", card.num_classes if card else "-",
-                     "yes" if card and card.private else "no", when(m.update_time)])
-    io.print(table(["MODEL", "VERSIONS", "LATEST", "ALIASES", "ARCH", "CLASSES", "DP", "UPDATED"], rows))
+                     f"eps {card.dp_epsilon:.3g}" if card and card.private else "no",
+                     f"{card.audit.max_auc:.3f}" if card and card.audit and card.audit.max_auc is not None else "-",
+                     when(m.update_time)])
+    io.print(table(["MODEL", "VERSIONS", "LATEST", "ALIASES", "ARCH", "CLASSES", "DP", "MIA AUC", "UPDATED"], rows))
     return EXIT_OK
 
 
@@ -91,6 +126,7 @@ def cmd_show(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     ]
     if c.description:
         rows.append(("description", c.description))
+    rows += _audit_rows(c.audit)
     rows.append(("signatures", _signature_status(client, v)))
     io.print(fields(rows))
     io.print()
@@ -98,6 +134,26 @@ def cmd_show(args: argparse.Namespace, io: Io, ctx: Context) -> int:
                    [[a.format.value, human_bytes(a.size_bytes), a.sha256, "yes" if a.derived else "no"]
                     for a in v.artifacts]))
     return EXIT_OK
+
+
+def _audit_rows(audit: Any) -> list[tuple[str, Any]]:
+    if audit is None:
+        return [("privacy audit", "none (ask the operator for `python -m xfer.models.train --audit`)")]
+    rows: list[tuple[str, Any]] = [("privacy audit", f"{audit.date}, {audit.method}; intervals at "
+                                                    f"{audit.confidence:.0%} confidence")]
+    for a in audit.attacks:
+        tprs = ", ".join(f"TPR@{p.fpr:g} FPR {p.tpr:.4f} [{p.tpr_low:.4f}, {p.tpr_high:.4f}]" for p in a.tpr_at_fpr)
+        refs = f", {a.reference_models} reference models" if a.reference_models else ""
+        rows.append((f"  {a.attack}", f"AUC {a.auc:.3f} [{a.auc_low:.3f}, {a.auc_high:.3f}]; {tprs}; "
+                                      f"{a.members} members / {a.non_members} non-members{refs}"))
+    if audit.dp is not None:
+        d = audit.dp
+        rows.append(("  DP audit", f"epsilon >= {d.epsilon_lower_bound:.3f} measured (claimed {d.claimed_epsilon:.3f},"
+                                   f" delta {d.delta:.1e}); {d.correct}/{d.guesses} guesses right, {d.canaries} "
+                                   f"canaries; {d.method}"))
+    if audit.tool_versions:
+        rows.append(("  tools", ", ".join(f"{k} {v}" for k, v in sorted(audit.tool_versions.items()))))
+    return rows
 
 
 def _signature_status(client: Any, version: Any) -> str:
@@ -119,7 +175,7 @@ def cmd_pull(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     client = ctx.client
     bar = ProgressBar(f"pull {args.ref}", stream=io.err)  # stderr: never disturbs --json on stdout
     try:
-        result = client.pull(args.ref, args.format, progress=bar)
+        result = client.pull(args.ref, args.format, progress=bar, policy=_policy(args))
     finally:
         bar.close()
     if args.json:

@@ -1,10 +1,11 @@
 """Connection settings from flags, then the environment, then stored logins, then defaults.
 
-The environment is read here and nowhere else in the client: `XFER_SERVER`
+The CLI's environment is read here (`main` passes it in): `XFER_SERVER`
 (default localhost:50051), `XFER_TOKEN`, `XFER_CACHE`, `XFER_TLS_CA`,
 `XFER_TLS_CERT`, `XFER_TLS_KEY`, `XFER_OFFLINE`, `XFER_CONFIG_DIR`,
 `XFER_TRUSTED_KEYS` (publisher keys, separated by os.pathsep) and
-`XFER_REQUIRE_SIGNED`.
+`XFER_REQUIRE_SIGNED`. The SDK itself reads only the cache location
+(`default_cache_dir`), and only when it is given no `cache_dir`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -
                        help="log what happens (and tracebacks of unexpected errors)")
 
 
-def setting(args: argparse.Namespace, name: str, environ: Mapping[str, str], env: str, default: Any = None) -> Any:
+def setting(args: argparse.Namespace, name: str, *, environ: Mapping[str, str], env: str, default: Any = None) -> Any:
     """A flag's value if given, else the environment variable's, else `default`."""
     value = getattr(args, name, None)
     if value not in (None, ""):
@@ -72,7 +73,7 @@ def setting(args: argparse.Namespace, name: str, environ: Mapping[str, str], env
 
 def server_target(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     """The server address the command talks to."""
-    return str(setting(args, "server", environ, "XFER_SERVER", DEFAULT_SERVER))
+    return str(setting(args, "server", environ=environ, env="XFER_SERVER", default=DEFAULT_SERVER))
 
 
 def cache_dir(args: argparse.Namespace, environ: Mapping[str, str]) -> Path:
@@ -94,7 +95,7 @@ def offline(args: argparse.Namespace, environ: Mapping[str, str]) -> bool:
 
 def trusted_keys(args: argparse.Namespace, environ: Mapping[str, str]) -> list[str]:
     """Publisher key paths from `--trusted-keys`, else `$XFER_TRUSTED_KEYS`."""
-    value = setting(args, "trusted_keys", environ, "XFER_TRUSTED_KEYS", "")
+    value = setting(args, "trusted_keys", environ=environ, env="XFER_TRUSTED_KEYS", default="")
     return [part for part in str(value).split(os.pathsep) if part.strip()]
 
 
@@ -173,9 +174,9 @@ def make_client(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     from xfer.client.sdk import Client
     from xfer.client.transport import TlsConfig
 
-    ca = setting(args, "tls_ca", environ, "XFER_TLS_CA")
-    cert = setting(args, "tls_cert", environ, "XFER_TLS_CERT")
-    key = setting(args, "tls_key", environ, "XFER_TLS_KEY")
+    ca = setting(args, "tls_ca", environ=environ, env="XFER_TLS_CA")
+    cert = setting(args, "tls_cert", environ=environ, env="XFER_TLS_CERT")
+    key = setting(args, "tls_key", environ=environ, env="XFER_TLS_KEY")
     tls: TlsConfig | bool | None = None
     if ca or cert or key:
         tls = TlsConfig(root_ca=Path(ca) if ca else None, client_cert=Path(cert) if cert else None,

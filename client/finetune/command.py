@@ -22,6 +22,7 @@ from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.options import add_arguments
 from xfer.client.finetune.pipeline import FinetuneOutcome, adapt
 from xfer.client.finetune.search import CVRow
+from xfer.client.finetune.sfda_selection import source_free_training_data, uses_source_free
 from xfer.client.finetune.strategies import get_strategy
 from xfer.client.finetune.trainer import RoundRecord
 from xfer.models.base import XferModel
@@ -71,7 +72,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
                           epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
                           weight_decay=args.weight_decay, patience=args.patience, eval_every=args.eval_every,
                           reinit_head=args.reinit_head, device=args.device, seed=args.seed, privacy=privacy,
-                          search=search, head=args.head, self_pretrain=pretext)
+                          search=search, head=args.head, self_pretrain=pretext,
+                          **({"criterion": args.criterion} if getattr(args, "criterion", None) else {}))
 
 
 def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_dir: pathlib.Path,
@@ -93,6 +95,8 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
     def on_progress(record: RoundRecord) -> None:
         if progress:
             val = "" if record.val_loss is None else f"  val loss {record.val_loss:.4f}  val acc {record.val_accuracy:.4f}"
+            if record.label_free:
+                val = f"  val {config.criterion} {record.label_free[config.criterion]:.4f} (label-free)"
             print(f"  step {record.step:5d} [{record.phase}] train loss {record.train_loss:.4f}{val}", file=out,
                   flush=True)
 
@@ -102,7 +106,14 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
 
     if progress:
         mode = "few-label mode, no validation split" if target.val is None else f"{len(target.val)} validation"
-        if config.search is None:
+        if uses_source_free(config):
+            unlabelled = "no validation split: the last step is kept" if target.val is None else \
+                f"{len(target.val)} unlabelled validation examples score the label-free {config.criterion} criterion"
+            what = f"label-free search over {', '.join(config.search.strategies)}" if config.search is not None \
+                else f"source-free adaptation with {config.strategy_label}"
+            print(f"{what} on {len(source_free_training_data(target))} examples without their labels ({unlabelled})",
+                  file=out, flush=True)
+        elif config.search is None:
             print(f"fine-tuning with {config.strategy_label} on {len(target.train)} examples ({mode})", file=out,
                   flush=True)
         elif config.privacy is None:
@@ -118,7 +129,7 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
         if outcome.search is not None:
             print(outcome.search.table(), file=out, flush=True)
             found = outcome.search
-            how = "its own model is the result" if found.private else "retrained on all training data"
+            how = "its own model is the result" if found.private or not found.folds else "retrained on all training data"
             print(f"best: {found.best.strategy} lr={found.best.lr:g}; {how}", file=out, flush=True)
         print(outcome.summary(), file=out, flush=True)
     return outcome

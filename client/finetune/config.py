@@ -17,6 +17,9 @@ from xfer.client.finetune.schedules import SCHEDULES
 
 ACCOUNTANTS = ("prv", "rdp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+#: Label-free selection criteria of the source-free strategies (implemented in `sfda_criteria`).
+LABEL_FREE_CRITERIA = ("im", "snd", "entropy")
+DEFAULT_CRITERION = "im"
 
 
 def _positive(name: str, value: float | None, *, error: type[FinetuneError] = FinetuneError,
@@ -173,6 +176,9 @@ class FinetuneConfig:
     head: str | None = None
     #: Self-supervised pretraining on the client's unlabelled examples before fine-tuning (None: none).
     self_pretrain: SelfPretrainConfig | None = None
+    #: Source-free strategies only: the label-free criterion that picks the checkpoint (and, with a search,
+    #: the learning rate) on the unlabelled validation split.
+    criterion: str = DEFAULT_CRITERION
 
     def __post_init__(self) -> None:
         if not isinstance(self.strategy, str) and not hasattr(self.strategy, "plan"):
@@ -208,6 +214,8 @@ class FinetuneConfig:
                 raise PrivacyError(f"self-pretraining objective {self.self_pretrain.objective!r} under DP: its loss "
                                    f"couples the examples of a batch (the others are its negatives), so clipping "
                                    f"per example bounds no one example's influence; use objective 'masked'")
+        if self.criterion not in LABEL_FREE_CRITERIA:
+            raise SearchError(f"unknown label-free criterion {self.criterion!r}; valid: {', '.join(LABEL_FREE_CRITERIA)}")
 
     @property
     def strategy_label(self) -> str:

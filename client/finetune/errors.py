@@ -46,3 +46,7 @@ class DeviceError(FinetuneError, RuntimeError):
     """A requested device that is not available on this machine."""
 
     exit_code = EXIT_CODES["device_unavailable"]
+
+
+class DPUnsupportedError(PrivacyError):
+    """A strategy whose loss is not a sum of per-example terms, asked to train under DP-SGD."""

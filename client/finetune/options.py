@@ -12,12 +12,13 @@ import argparse
 import pathlib
 
 from xfer.client.fewshot.config import DEFAULT_QUERIES, EPISODE_HEADS
-from xfer.client.finetune.config import ACCOUNTANTS, DEVICE_CHOICES, SELF_PRETRAIN_OBJECTIVES
+from xfer.client.finetune.config import (ACCOUNTANTS, DEFAULT_CRITERION, DEVICE_CHOICES, LABEL_FREE_CRITERIA,
+                                         SELF_PRETRAIN_OBJECTIVES)
 from xfer.client.finetune.schedules import SCHEDULES
 
 #: Strategy names for the help text; tests check they equal the engine's registry.
 STRATEGY_HELP = ("full, linear-probe, lp-ft, discriminative, gradual-unfreeze, surgical:BLOCK, "
-                 "surgical:auto")
+                 "surgical:auto, tent, shot, aad, nrc")
 ACCOUNTANT_CHOICES = ACCOUNTANTS
 
 
@@ -26,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="data spec: digits[:shift=blur,classes=5-9,per_class=5], file.npz, "
                                      "file.csv[:label=col] or an image folder (per_class=K: few-label mode)")
     parser.add_argument("--strategy", default="lp-ft",
-                        help=f"one of {STRATEGY_HELP}; with --search a comma-separated list "
-                             f"(default: lp-ft; with --search: linear-probe,lp-ft)")
+                        help=f"one of {STRATEGY_HELP} (the last four adapt to unlabelled data); with --search a "
+                             f"comma-separated list (default: lp-ft; with --search: linear-probe,lp-ft)")
     parser.add_argument("--lr", default=None,
                         help="learning rate (default: the strategy's own, x3 under DP); with --search a "
                              "comma-separated grid (default: each strategy's LR x 0.3, 1, 3)")
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search", action="store_true",
                         help="choose strategy x LR on the training labels: k-fold cross-validation, or under DP "
                              "private selection whose cost is inside --dp-epsilon")
+    parser.add_argument("--criterion", choices=LABEL_FREE_CRITERIA, default=DEFAULT_CRITERION,
+                        help="tent/shot/aad/nrc: the label-free criterion, read on the unlabelled validation split, "
+                             f"that keeps the checkpoint and (with --search) picks the LR (default {DEFAULT_CRITERION})")
     parser.add_argument("--folds", type=int, default=3,
                         help="folds for --search (default 3; under DP 1/folds of the labels score the trials)")
     parser.add_argument("--trials", type=float, default=None,

@@ -1,6 +1,6 @@
 """What a fine-tuning run leaves on disk: weights, ONNX, metrics.json, card.json.
 
-Every file is written to a temp file and moved into place (DESIGN §7.7).
+Every file is written to a temp file and moved into place, so a reader never sees half a file.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ from xfer.client.finetune.errors import FinetuneError
 from xfer.client.finetune.ledger import BudgetStatus, PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate
 from xfer.client.finetune.output import OutputPaths, save_outputs
-from xfer.client.finetune.report import held_out_grid, report_metrics, round_seconds
+from xfer.client.finetune.report import held_out_grid, label_free_metrics, report_metrics, round_seconds
 from xfer.client.finetune.search import CVRow, SearchResult, search
 from xfer.client.finetune.selfsup import SelfPretrainResult, pretext_pool, self_pretrain
+from xfer.client.finetune.sfda_selection import LabelFreeSearch, run_source_free, uses_source_free
 from xfer.client.finetune.trainer import FinetuneResult, RoundRecord, finetune
 from xfer.models.base import XferModel
 from xfer.models.card import ModelCard
@@ -46,7 +47,7 @@ class FinetuneOutcome:
     paths: OutputPaths | None
     parity: ParityReport | None
     dataset_id: str
-    search: SearchResult | None
+    search: SearchResult | LabelFreeSearch | None
     budget: BudgetStatus | None
     wall_seconds: float
     config: FinetuneConfig
@@ -88,7 +89,10 @@ class FinetuneOutcome:
         found = self.search
         if found is not None:
             hyper["search_grid"] = ";".join(f"{s}@{lr:g}" for s, lr in found.grid)
-            if found.private and found.selection is not None:
+            if isinstance(found, LabelFreeSearch):
+                hyper["search"] = "label-free"
+                hyper["search_criterion"] = found.criterion
+            elif found.private and found.selection is not None:
                 # Not the number of trials drawn, nor which one won (its seed): the selection's guarantee
                 # holds only for a number of trials nobody knows.
                 hyper["search"] = "private-selection"
@@ -113,11 +117,15 @@ class FinetuneOutcome:
     def metrics(self) -> dict[str, float]:
         """The metrics as reported: test scalars on the size bucket's grid; CV accuracy only without DP."""
         cv = None
-        if self.search is not None and not self.search.private:
+        if self.search is not None and not self.search.private and not isinstance(self.search, LabelFreeSearch):
             cv = self.search.best.mean
         test = self.test_metrics.scalars() if self.test_metrics is not None else None
         held_out = self.test_metrics.examples if self.test_metrics is not None else None
-        return report_metrics(test=test, bucket=self.size_bucket, cv_accuracy=cv, held_out=held_out)
+        metrics = report_metrics(test=test, bucket=self.size_bucket, cv_accuracy=cv, held_out=held_out)
+        free = self.result.label_free
+        if free and free.get("criterion") and free.get("best"):
+            metrics.update(label_free_metrics(free["best"], bucket=self.size_bucket))
+        return metrics
 
     def to_run(self, *, run_id: str, model_version: str) -> Run:
         """The `Run` to report (`Client.report(outcome.to_run(...))`): aggregates only, size as its bucket."""
@@ -149,6 +157,11 @@ class FinetuneOutcome:
                          f"loss {m.loss:.4f}, ECE {m.ece:.4f} ({m.examples} examples)")
         else:
             lines.append(f"strategy {self.result.strategy}: no labelled test split to score")
+        free = self.result.label_free
+        if free and free.get("criterion") and free.get("best") and free.get("source"):
+            name = free["criterion"]
+            lines.append(f"label-free {name} on the unlabelled validation split: source {free['source'][name]:.4f}, "
+                         f"adapted {free['best'][name]:.4f} (checkpoint at step {free['checkpoint_step']})")
         b = self.result.budget
         if self.pretext is not None:
             sp = self.pretext
@@ -172,7 +185,7 @@ class FinetuneOutcome:
         return "\n".join(lines)
 
 
-def _local_metrics(outcome_result: FinetuneResult, test: Metrics | None, found: SearchResult | None,
+def _local_metrics(outcome_result: FinetuneResult, test: Metrics | None, found: SearchResult | LabelFreeSearch | None,
                    epsilon: float | None) -> dict[str, Any]:
     """metrics.json: everything, exact (it never leaves the machine)."""
     r = outcome_result
@@ -181,8 +194,11 @@ def _local_metrics(outcome_result: FinetuneResult, test: Metrics | None, found: 
                                "steps_applied": r.steps_applied,
                                "val": r.val_metrics.to_dict() if r.val_metrics else None,
                                "privacy": dataclasses.asdict(r.privacy) if r.privacy else None}
+    if r.label_free is not None:
+        metrics["label_free"] = r.label_free
     if found is not None:
-        metrics["search"] = {"kind": "private-selection" if found.private else "k-fold",
+        kind = "label-free" if isinstance(found, LabelFreeSearch) else "private-selection" if found.private else "k-fold"
+        metrics["search"] = {"kind": kind,
                              "rows": [{"strategy": row.strategy, "lr": row.lr, "scores": list(row.scores),
                                        "mean": row.mean} for row in found.rows],
                              "best": {"strategy": found.best.strategy, "lr": found.best.lr}}
@@ -225,8 +241,13 @@ def adapt(
                                 device=config.device, seed=config.seed, ledger=ledger, dataset_id=dataset_id)
         model = pretext.model
         run_config = run_config.replace(privacy=pretext.finetune_privacy, self_pretrain=None)
-    found = None
-    if config.search is not None:
+    found: SearchResult | LabelFreeSearch | None = None
+    if uses_source_free(run_config):
+        # Unlabelled adaptation (tent, shot, aad, nrc): label-free checkpoint and search (sfda_selection.py).
+        free = run_source_free(model, target=target, config=run_config, card=card, ledger=ledger,
+                               dataset_id=dataset_id, on_progress=on_progress, on_row=on_row)
+        result, test_metrics, found = free.result, free.test_metrics, free.search
+    elif config.search is not None:
         found = search(model, train=target.train, val=target.val, test=target.test, config=run_config, card=card,
                        label_names=target.label_names, ledger=ledger, dataset_id=dataset_id, on_row=on_row)
         result, test_metrics = found.final, found.test_metrics

@@ -25,7 +25,13 @@ Every other field is made to hold for every size n in (N/2, N]:
   under DP no noise-free statistic of the training data is sent: a private
   search's noisy scores stay local too;
 - wall time is rounded to a power of two; the training work behind it
-  (steps x batch) is fixed by the bucket.
+  (steps x batch) is fixed by the bucket;
+- source-free runs (no labels) may carry the label-free criteria whose
+  value is a mean over the examples (`REPORTABLE_LABEL_FREE`: `im`,
+  `entropy`) as `label_free/<name>`, rounded to `fraction_grid`: a mean of m
+  real-valued per-example terms can take any value for every m, so it says
+  nothing about m, and the rounding bounds its precision anyway. SND is
+  never sent: its scale grows with the log of the split size;
 
 `tests/finetune/test_finetune_report_privacy.py` enumerates every n
 consistent with a real report and requires the whole bucket to remain.
@@ -40,6 +46,8 @@ import math
 MIN_HELD_OUT_PER_TRAIN = 0.2
 #: Rounding of a metric that is not a fraction of examples (the mean test loss).
 LOSS_DECIMALS = 3
+#: Label-free criteria a report may carry: means over examples, whose scale does not depend on their number.
+REPORTABLE_LABEL_FREE = ("im", "entropy")
 
 
 def _pow2_floor(x: float) -> int:
@@ -98,4 +106,12 @@ def report_metrics(*, test: dict[str, float] | None, bucket: int, cv_accuracy: f
             out[name] = quantize(float(value), grid)
     if cv_accuracy is not None:
         out["cv/accuracy"] = quantize(float(cv_accuracy), training_fraction_grid(bucket))
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def label_free_metrics(scores: dict[str, float], *, bucket: int) -> dict[str, float]:
+    """`label_free/<name>` for the reportable criteria among `scores`, on the bucket's held-out grid."""
+    grid = fraction_grid(bucket)
+    out = {f"label_free/{name}": quantize(float(scores[name]), grid) for name in REPORTABLE_LABEL_FREE
+           if name in scores}
     return {k: v for k, v in out.items() if math.isfinite(v)}

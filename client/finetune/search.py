@@ -33,7 +33,7 @@ import numpy as np
 from xfer.client.finetune.budget import plan_budget, size_bucket
 from xfer.client.finetune.config import FinetuneConfig, SearchConfig
 from xfer.client.finetune.data import TensorData
-from xfer.client.finetune.errors import PrivacyError, SearchError
+from xfer.client.finetune.errors import DataError, PrivacyError, SearchError
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate, predict_logits
 from xfer.client.finetune.privacy import default_delta
@@ -159,7 +159,11 @@ def search(
     if config is None or config.search is None:
         raise SearchError("search() needs config=FinetuneConfig(search=SearchConfig(...))")
     if train.y is None:
-        raise SearchError("a search needs labelled training data")
+        from xfer.client.finetune.sfda_strategies import SOURCE_FREE
+
+        raise DataError(f"cross-validating {', '.join(config.search.strategies)} needs labelled training data, and "
+                        f"these examples have none; search over source-free strategies instead "
+                        f"(--search --strategy {','.join(SOURCE_FREE[1:])}: chosen by a label-free criterion)")
     label_names = tuple(label_names) if label_names is not None else \
         tuple(str(i) for i in range(int(train.y.max()) + 1))
     grid = _grid(config.search)

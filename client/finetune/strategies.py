@@ -6,9 +6,10 @@ each a list of parameter groups with an LR scale. The trainer executes the
 plan; everything not in a phase's groups is frozen (requires_grad=False) for
 that phase, so it stays bit-identical and — under DP — is not privatised.
 
-Strategies live in an explicit registry (DESIGN §7.3). Names:
+Strategies live in an explicit registry: a duplicate name raises, an unknown one lists the valid names. Names:
 `full`, `linear-probe`, `lp-ft`, `discriminative`, `gradual-unfreeze`,
-`surgical:<block>` and `surgical:auto`.
+`surgical:<block>` and `surgical:auto`; the source-free (unlabelled)
+`tent`, `shot`, `aad` and `nrc` are in `sfda_strategies`.
 
 Whenever the head was re-initialised (the target's label set differs from
 the card's), every strategy also trains the head: a random head left
@@ -364,3 +365,6 @@ register_strategy("discriminative")(lambda _: Discriminative())
 register_strategy("gradual-unfreeze")(lambda _: GradualUnfreeze())
 register_strategy("surgical", spelling="surgical:<block>")(lambda block: Surgical(block))
 register_strategy("surgical:auto")(lambda _: AutoRGN())
+
+# The source-free strategies (tent, shot, aad, nrc) register themselves in the same registry.
+from xfer.client.finetune import sfda_strategies as _sfda_strategies  # noqa: E402,F401

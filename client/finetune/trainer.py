@@ -18,6 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +32,7 @@ from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate
 from xfer.client.finetune.privacy import DPPlan, PrivacyReport, PrivateRun, make_compatible, plan_dp
 from xfer.client.finetune.schedules import get_schedule
+from xfer.client.finetune.sfda_strategies import SourceFreeStrategy
 from xfer.client.finetune.strategies import (
     AutoRGN,
     Phase,
@@ -54,6 +56,8 @@ class RoundRecord:
     train_loss: float
     val_loss: float | None
     val_accuracy: float | None
+    #: Source-free runs: every label-free criterion on the unlabelled validation split (higher is better).
+    label_free: dict[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +97,8 @@ class FinetuneResult:
     wall_seconds: float
     train_seconds: float
     examples_seen: int
+    #: Source-free runs: the criterion, its value at the source and at the kept checkpoint, diagnostics (local only).
+    label_free: dict[str, Any] | None = None
 
 
 def needs_head_reset(model: XferModel, *, label_names: Sequence[str], card: ModelCard | None) -> bool:
@@ -102,11 +108,15 @@ def needs_head_reset(model: XferModel, *, label_names: Sequence[str], card: Mode
     return bool(card is not None and card.label_names and tuple(card.label_names) != tuple(label_names))
 
 
-def _labels(data: TensorData, purpose: str) -> torch.Tensor:
+def _labels(data: TensorData, purpose: str, strategy: str) -> torch.Tensor:
     y = getattr(data, "y", None)
     if y is None:
-        raise DataError(f"{purpose} needs labelled examples, but these have no labels; give labels "
-                        f"(e.g. per_class=K of a labelled source) or a strategy for unlabelled data")
+        from xfer.client.finetune.sfda_strategies import SOURCE_FREE
+
+        raise DataError(f"{purpose} with {strategy} needs labelled examples, but these have no labels (an "
+                        f"'unlabeled' data spec, an .npz without 'y' or an image folder without class sub-folders). "
+                        f"Adapt without labels with a source-free strategy ({', '.join(SOURCE_FREE)}: e.g. "
+                        f"--strategy shot), or give labels")
     return y
 
 
@@ -147,14 +157,19 @@ def finetune(
     setup = resolve_device(config.device)
     seed_everything(config.seed)
     strat = get_strategy(config.strategy)
+    if isinstance(strat, SourceFreeStrategy):
+        from xfer.client.finetune.sfda import adapt_source_free
+
+        return adapt_source_free(model, train=train, val=val, config=config, card=card, label_names=label_names,
+                                 ledger=ledger, dataset_id=dataset_id, on_progress=on_progress, bucket=bucket)
     sched = get_schedule(config.schedule)
-    y_train = _labels(train, "fine-tuning")
+    y_train = _labels(train, "fine-tuning", strat.label)
     n = len(train)
     if n == 0:
         raise DataError("the training set is empty")
     if val is not None and len(val) == 0:
         val = None
-    y_val = _labels(val, "validation") if val is not None else None
+    y_val = _labels(val, "validation", strat.label) if val is not None else None
     if config.patience is not None and val is None:
         raise FinetuneError("patience (early stopping) needs a validation split; without one (few-label mode) "
                             "train a fixed step budget, or choose it with a search (k-fold within the labels)")

@@ -197,9 +197,10 @@ def select_l2(x: np.ndarray, y: np.ndarray, *, num_classes: int, val: tuple[np.n
     for l2 in grid:
         losses = []
         for i, split in enumerate(splits):
-            fits[i] = fit_multinomial(split.x_fit, split.y_fit, num_classes=num_classes, l2=l2, init=fits[i],
-                                      max_iter=max_iter, gtol=PATH_GTOL)
-            losses.append(heldout_log_loss(fits[i], x=split.x_eval, y=split.y_eval))
+            fit = fit_multinomial(split.x_fit, split.y_fit, num_classes=num_classes, l2=l2, init=fits[i],
+                                  max_iter=max_iter, gtol=PATH_GTOL)
+            fits[i] = fit
+            losses.append(heldout_log_loss(fit, x=split.x_eval, y=split.y_eval))
         scores[float(l2)] = float(np.mean(losses))
         if best is None or scores[float(l2)] < scores[best] - 1e-12:
             best, worse, start = float(l2), 0, fits[0]
@@ -207,6 +208,8 @@ def select_l2(x: np.ndarray, y: np.ndarray, *, num_classes: int, val: tuple[np.n
             worse += 1
             if worse == 2:
                 break
+    if best is None:
+        raise ValueError("the L2 grid is empty")
     return L2Selection(best, method, scores, start)
 
 

@@ -61,7 +61,7 @@ def test_key_files_and_modes(keys, tmp_path):
 def test_valid_signature_verifies(keys):
     private, trusted, _, _ = keys
     signature = signing.sign(manifest(), private)
-    assert signing.verify(manifest(), [signature], trusted, what="digits:1").key_id == signature.key_id
+    assert signing.verify(manifest(), signatures=[signature], trusted=trusted, what="digits:1").key_id == signature.key_id
 
 
 @pytest.mark.parametrize("tamper", [
@@ -73,21 +73,21 @@ def test_tampered_manifest_is_refused(keys, tamper):
     private, trusted, _, _ = keys
     signature = signing.sign(manifest(), private)
     with pytest.raises(SignatureError, match="changed after signing"):
-        signing.verify(manifest(**tamper), [signature], trusted, what="digits:1")
+        signing.verify(manifest(**tamper), signatures=[signature], trusted=trusted, what="digits:1")
 
 
 def test_wrong_key_and_missing_signature_are_refused(keys):
     _, trusted, other_private, _ = keys
     with pytest.raises(SignatureError, match="none of which is trusted"):
-        signing.verify(manifest(), [signing.sign(manifest(), other_private)], trusted, what="digits:1")
+        signing.verify(manifest(), signatures=[signing.sign(manifest(), other_private)], trusted=trusted, what="digits:1")
     with pytest.raises(SignatureError, match="not signed"):
-        signing.verify(manifest(), [], trusted, what="digits:1")
+        signing.verify(manifest(), signatures=[], trusted=trusted, what="digits:1")
     with pytest.raises(SignatureError, match="no trusted publisher keys"):
-        signing.verify(manifest(), [signing.sign(manifest(), other_private)], (), what="digits:1")
+        signing.verify(manifest(), signatures=[signing.sign(manifest(), other_private)], trusted=(), what="digits:1")
 
 
 def test_forged_signature_under_a_trusted_key_id_is_refused(keys):
     private, trusted, other_private, _ = keys
     forged = dataclasses.replace(signing.sign(manifest(), other_private), key_id=trusted[0].key_id)
     with pytest.raises(SignatureError, match="changed after signing"):
-        signing.verify(manifest(), [forged], trusted, what="digits:1")
+        signing.verify(manifest(), signatures=[forged], trusted=trusted, what="digits:1")

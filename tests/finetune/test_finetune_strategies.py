@@ -32,7 +32,7 @@ def run(model, card, data, strategy, *, steps=8, lr=None, **kw):
 
 def test_registry_lists_all_strategies():
     assert S.list_strategies() == ["full", "linear-probe", "lp-ft", "discriminative", "gradual-unfreeze",
-                                   "surgical:<block>", "surgical:auto"]
+                                   "surgical:<block>", "surgical:auto", "tent", "shot", "aad", "nrc"]
     assert isinstance(S.get_strategy("surgical:block1"), S.Surgical)
     assert isinstance(S.get_strategy("surgical:auto"), S.AutoRGN)
 
