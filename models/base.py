@@ -57,7 +57,8 @@ class XferModel(nn.Module):
         owner = {}
         ids = {id(p): name for name, params in self.blocks() for p in params}
         for qualified, p in self.named_parameters():
-            owner[qualified] = ids[id(p)]
+            # A multi-task model's further heads (task_heads.*) are heads too.
+            owner[qualified] = ids.get(id(p), self.head_name)
         return owner
 
     @property

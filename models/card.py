@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from typing import Any
 
 from xfer.models.audit.record import PrivacyAudit
@@ -21,6 +22,52 @@ MAX_TEXT = 4096
 MAX_LABEL = 128
 # Keys card.json may carry beside the card's own fields.
 FILE_ONLY_KEYS = ("artifacts", "create_time")
+#: A task head's name is a module key in the state dict (`task_heads.<name>.weight`): no dots, short.
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_TASKS = 16
+#: How a source was trained (`training_method`); "" when the card does not say.
+TRAINING_METHOD = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+SETTING_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+MAX_SETTINGS = 32
+#: Card fields added after signed manifests: left out of the dict form while empty (or None), so a card
+#: without them keeps the form (and the signed manifest bytes) it had before them.
+OMITTED_WHEN_EMPTY = ("tasks", "training_method", "training_settings", "audit")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskHead:
+    """One classification head of a multi-task source: its name, label set and training loss weight.
+
+    A card's `tasks` lists every head; the first is the architecture's own head
+    (its classes are the card's `num_classes`/`label_names`), the others are
+    stored as `task_heads.<name>` beside it in the weights.
+    """
+
+    name: str
+    num_classes: int
+    label_names: tuple[str, ...] = ()
+    loss_weight: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TaskHead":
+        """A task head from its card.json form, rejecting unknown keys."""
+        if not isinstance(data, dict):
+            raise InvalidCardError("every entry of card field 'tasks' must be an object")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise InvalidCardError(f"unknown task head field(s): {unknown}")
+        if "name" not in data or "num_classes" not in data:
+            raise InvalidCardError("a task head needs 'name' and 'num_classes'")
+        try:
+            values = dict(data)
+            values["label_names"] = tuple(values.get("label_names") or ())
+            weight = values.get("loss_weight", 1.0)
+            if isinstance(weight, int) and not isinstance(weight, bool):
+                values["loss_weight"] = float(weight)  # JSON and Struct may drop the ".0"
+        except TypeError as exc:
+            raise InvalidCardError(f"malformed task head: {exc}") from None
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +89,22 @@ class ModelCard:
     license: str = "unspecified"
     framework_versions: dict[str, str] = dataclasses.field(default_factory=dict)
     description: str = ""
+    #: Multi-task sources: every head, the architecture's own first (empty for a single-head model).
+    tasks: tuple[TaskHead, ...] = ()
+    #: How the source was trained, e.g. "supervised", "multitask", "protonet", "fomaml", "reptile".
+    training_method: str = ""
+    #: The method's settings as short strings (ways, shots, episodes, inner steps, task weights, ...).
+    training_settings: dict[str, str] = dataclasses.field(default_factory=dict)
     #: What a privacy audit measured against these weights (xfer.models.audit), or None.
     audit: PrivacyAudit | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples become lists); no `audit` key without an audit."""
+        """Plain JSON-able dict (tuples become lists); the optional fields of `OMITTED_WHEN_EMPTY` only when set."""
         data = json.loads(json.dumps(dataclasses.asdict(self)))
-        if data["audit"] is None:
-            # A card without an audit keeps the form (and the signed manifest) it had before audits existed.
-            del data["audit"]
+        # A card without them keeps the form (and the signed manifest) it had before these fields existed.
+        for key in OMITTED_WHEN_EMPTY:
+            if not data[key]:
+                del data[key]
         return data
 
     @classmethod
@@ -74,8 +128,12 @@ class ModelCard:
                     values[key] = tuple(values[key])
             values["architecture_config"] = dict(values["architecture_config"])
             values["framework_versions"] = dict(values.get("framework_versions") or {})
+            values["training_settings"] = dict(values.get("training_settings") or {})
         except (TypeError, ValueError) as exc:
             raise InvalidCardError(f"malformed model card: {exc}") from None
+        if not isinstance(values.get("tasks") or [], (list, tuple)):
+            raise InvalidCardError("card field 'tasks' must be a list of task heads")
+        values["tasks"] = tuple(TaskHead.from_dict(t) for t in values.get("tasks") or ())
         if values.get("audit") is not None:
             values["audit"] = PrivacyAudit.from_dict(values["audit"])
         return cls(**values)
@@ -84,6 +142,14 @@ class ModelCard:
     def private(self) -> bool:
         """Whether the source model was trained with differential privacy."""
         return self.dp_epsilon is not None
+
+    def task(self, name: str) -> TaskHead:
+        """The head called `name`; raises InvalidCardError listing the card's heads if there is none."""
+        for task in self.tasks:
+            if task.name == name:
+                return task
+        heads = ", ".join(t.name for t in self.tasks) or "none: a single-head model"
+        raise InvalidCardError(f"the model has no head {name!r}; its heads: {heads}")
 
 
 def _text(name: str, value: Any, limit: int = MAX_TEXT) -> None:
@@ -143,6 +209,57 @@ def validate_card(card: ModelCard) -> None:
         if not isinstance(card.audit, PrivacyAudit):
             raise InvalidCardError("card field 'audit' must be a PrivacyAudit")
         card.audit.validate()
+    _validate_tasks(card)
+    _validate_training(card)
+
+
+def _validate_tasks(card: ModelCard) -> None:
+    if not card.tasks:
+        return
+    if len(card.tasks) < 2 or len(card.tasks) > MAX_TASKS:
+        raise InvalidCardError(f"card field 'tasks' lists every head of a multi-task model: 2 to {MAX_TASKS} "
+                               f"heads, got {len(card.tasks)} (leave it empty for a single-head model)")
+    names = [t.name if isinstance(t, TaskHead) else None for t in card.tasks]
+    if any(n is None for n in names):
+        raise InvalidCardError("card field 'tasks' must hold task heads")
+    if len(set(names)) != len(names):
+        raise InvalidCardError(f"task head names must be distinct, got {names}")
+    for task in card.tasks:
+        if not isinstance(task.name, str) or not TASK_NAME.fullmatch(task.name):
+            raise InvalidCardError(f"task head name {task.name!r} must match ^[a-z][a-z0-9_]{{0,31}}$")
+        if isinstance(task.num_classes, bool) or not isinstance(task.num_classes, int) or task.num_classes < 2:
+            raise InvalidCardError(f"task head {task.name!r}: num_classes must be an integer >= 2, "
+                                   f"got {task.num_classes!r}")
+        if task.label_names and len(task.label_names) != task.num_classes:
+            raise InvalidCardError(f"task head {task.name!r}: {len(task.label_names)} label_names for "
+                                   f"{task.num_classes} classes")
+        for label in task.label_names:
+            _text("tasks.label_names", label, MAX_LABEL)
+        if isinstance(task.loss_weight, bool) or not isinstance(task.loss_weight, (int, float)) \
+                or not math.isfinite(task.loss_weight) or task.loss_weight < 0:
+            raise InvalidCardError(f"task head {task.name!r}: loss_weight must be a finite number >= 0, "
+                                   f"got {task.loss_weight!r}")
+    first = card.tasks[0]
+    if first.num_classes != card.num_classes or tuple(first.label_names) != tuple(card.label_names):
+        raise InvalidCardError(f"the first task head ({first.name!r}) is the model's own head: its classes must "
+                               f"be the card's num_classes and label_names")
+
+
+def _validate_training(card: ModelCard) -> None:
+    if not isinstance(card.training_method, str) or (
+            card.training_method and not TRAINING_METHOD.fullmatch(card.training_method)):
+        raise InvalidCardError(f"training_method {card.training_method!r} must match ^[a-z][a-z0-9_-]{{0,31}}$ "
+                               f"(e.g. 'supervised', 'protonet')")
+    if not isinstance(card.training_settings, dict):
+        raise InvalidCardError("card field 'training_settings' must be an object of strings")
+    if card.training_settings and not card.training_method:
+        raise InvalidCardError("training_settings need a training_method they belong to")
+    if len(card.training_settings) > MAX_SETTINGS:
+        raise InvalidCardError(f"at most {MAX_SETTINGS} training_settings")
+    for key, value in card.training_settings.items():
+        if not isinstance(key, str) or not SETTING_KEY.fullmatch(key):
+            raise InvalidCardError(f"training_settings key {key!r} must match ^[a-z][a-z0-9_]{{0,63}}$")
+        _text("training_settings", value, 128)
 
 
 def card_for_model(model: Any, **fields: Any) -> ModelCard:

@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from xfer.models.audit.record import DpAudit, MembershipAttack, PrivacyAudit, TprAtFpr
-from xfer.models.card import ModelCard
+from xfer.models.card import ModelCard, TaskHead
 from xfer.models.errors import InvalidCardError
 from xfer.v1 import model_pb2
 
@@ -52,6 +52,10 @@ def card_from_proto(pb: model_pb2.ModelCard) -> ModelCard:
         license=pb.license,
         framework_versions=dict(pb.framework_versions),
         description=pb.description,
+        tasks=tuple(TaskHead(name=t.name, num_classes=int(t.num_classes), label_names=tuple(t.label_names),
+                             loss_weight=float(t.loss_weight)) for t in pb.tasks),
+        training_method=pb.training_method,
+        training_settings=dict(pb.training_settings),
         audit=audit_from_proto(pb.audit) if pb.HasField("audit") else None,
     )
 
@@ -106,5 +110,9 @@ def card_to_proto(card: ModelCard) -> model_pb2.ModelCard:
         license=card.license,
         framework_versions=dict(card.framework_versions),
         description=card.description,
+        tasks=[model_pb2.TaskHead(name=t.name, num_classes=t.num_classes, label_names=list(t.label_names),
+                                  loss_weight=float(t.loss_weight)) for t in card.tasks],
+        training_method=card.training_method,
+        training_settings=dict(card.training_settings),
         audit=audit_to_proto(card.audit) if card.audit is not None else None,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -48,8 +49,13 @@ def default_delta(n: int) -> float:
     return min(1e-5, 1.0 / max(n, 1) ** 1.1)
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FitConfig) -> FitResult:
-    """Trains `model` on (x, y) in place; with `config.dp_epsilon`, Opacus DP-SGD with the PRV accountant."""
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FitConfig, *,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+    """Trains `model` on (x, y) in place; with `config.dp_epsilon`, Opacus DP-SGD with the PRV accountant.
+
+    `loss(logits, targets)` replaces the mean cross-entropy (multi-task sources: the weighted sum over
+    heads); it must be a per-example sum divided by the batch size, so an empty DP batch stays defined.
+    """
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y), batch_size=config.batch_size, shuffle=True,
         generator=torch.Generator().manual_seed(config.seed),
@@ -78,8 +84,10 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FitConfig) -
                 optimizer.zero_grad(set_to_none=True)
                 # Poisson sampling can draw an empty batch; it must still be a (noise-only) step that
                 # the accountant counts, so the loss is a sum that is well defined for zero examples.
-                loss = nn.functional.cross_entropy(train_model(xb), yb, reduction="sum") / max(len(yb), 1)
-                loss.backward()
+                logits = train_model(xb)
+                value = (loss(logits, yb) if loss is not None
+                         else nn.functional.cross_entropy(logits, yb, reduction="sum") / max(len(yb), 1))
+                value.backward()
                 optimizer.step()
         spent = engine.get_epsilon(dp_delta) if engine is not None else None
     if engine is not None:

@@ -48,6 +48,11 @@ def model_from_card(card: ModelCard) -> XferModel:
     if tuple(card.input_shape) != model.input_shape():
         raise InvalidCardError(f"card input_shape {list(card.input_shape)} disagrees with the config's "
                                f"{list(model.input_shape())}")
+    if card.tasks:
+        from xfer.models.multitask import attach_task_heads
+
+        # A multi-task source's further heads are part of its weights (task_heads.<name>.*).
+        attach_task_heads(model, card.tasks[1:])
     return model
 
 

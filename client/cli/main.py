@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
-from xfer.client.cli import adapt, cache, catalog, keys, login, operator, runs
+from xfer.client.cli import adapt, cache, catalog, keys, login, operator, rank, runs
 from xfer.client.cli.context import Context
 from xfer.client.cli.output import Io
 from xfer.client.cli.settings import add_connection_options, token
@@ -29,7 +29,7 @@ from xfer.errors import EXIT_CODES, XferError
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
 #: The modules that declare commands, in the order `xfer --help` lists them.
-COMMAND_MODULES = (catalog, operator, adapt, runs, cache, keys, login)
+COMMAND_MODULES = (catalog, operator, adapt, rank, runs, cache, keys, login)
 Handler = Callable[[argparse.Namespace, Io, Context], int]
 
 

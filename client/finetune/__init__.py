@@ -29,6 +29,8 @@ _EXPORTS = {
     "PrivacyConfig": "xfer.client.finetune.config",
     "FinetuneConfig": "xfer.client.finetune.config",
     "SearchConfig": "xfer.client.finetune.config",
+    "SelfPretrainConfig": "xfer.client.finetune.config",
+    "self_pretrain": "xfer.client.finetune.selfsup",
     "FinetuneOutcome": "xfer.client.finetune.pipeline",
     "adapt": "xfer.client.finetune.pipeline",
     "search": "xfer.client.finetune.search",

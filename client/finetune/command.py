@@ -15,7 +15,7 @@ import pathlib
 import sys
 from typing import TextIO
 
-from xfer.client.finetune.config import FinetuneConfig, PrivacyConfig, SearchConfig
+from xfer.client.finetune.config import FinetuneConfig, PrivacyConfig, SearchConfig, SelfPretrainConfig
 from xfer.client.finetune.data import load_target
 from xfer.client.finetune.errors import FinetuneError, SearchError
 from xfer.client.finetune.ledger import PrivacyLedger
@@ -63,17 +63,31 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         given_strategy = args.strategy != "lp-ft" or len(strategies) != 1
         search = SearchConfig(**({"strategies": tuple(strategies)} if given_strategy else {}),
                               lrs=tuple(lrs) if lrs else None, folds=args.folds, trials=args.trials)
+    pretext = None
+    if args.self_pretrain_steps:
+        pretext = SelfPretrainConfig(steps=args.self_pretrain_steps, objective=args.self_pretrain,
+                                     lr=args.self_pretrain_lr, batch_size=args.self_pretrain_batch_size,
+                                     epsilon_share=args.self_pretrain_epsilon_share)
     return FinetuneConfig(strategy=strategies[0], lr=lrs[0] if lrs and not args.search else None, steps=args.steps,
                           epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
                           weight_decay=args.weight_decay, patience=args.patience, eval_every=args.eval_every,
                           reinit_head=args.reinit_head, device=args.device, seed=args.seed, privacy=privacy,
-                          search=search, **({"criterion": args.criterion} if getattr(args, "criterion", None) else {}))
+                          search=search, head=args.head, self_pretrain=pretext,
+                          **({"criterion": args.criterion} if getattr(args, "criterion", None) else {}))
 
 
 def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_dir: pathlib.Path,
         progress: bool, out: TextIO | None = None) -> FinetuneOutcome:
-    """Runs `xfer finetune` on a pulled model; prints progress to `out` (stdout) if asked; returns the outcome."""
+    """Runs `xfer finetune` on a pulled model; prints progress to `out` (stdout) if asked; returns the outcome.
+
+    With `--episodes` it evaluates the model on few-shot episodes instead and returns a
+    `xfer.client.fewshot.FewShotOutcome` (the same reporting interface).
+    """
     out = out if out is not None else sys.stdout
+    if args.episodes is not None:
+        from xfer.client.fewshot.command import run as run_episodes
+
+        return run_episodes(args, model=model, card=card, progress=progress, out=out)  # type: ignore[return-value]
     config = config_from_args(args)
     target = load_target(args.data, card=card, seed=args.seed)
     ledger = PrivacyLedger.in_cache(cache_dir) if config.privacy is not None else None

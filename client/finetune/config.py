@@ -102,6 +102,50 @@ class SearchConfig:
             raise SearchError(f"trials_shape must be finite and >= 0, got {self.trials_shape!r}")
 
 
+#: Self-supervised objectives of `SelfPretrainConfig` (`xfer.client.finetune.selfsup`).
+SELF_PRETRAIN_OBJECTIVES = ("masked", "contrastive")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SelfPretrainConfig:
+    """Self-pretraining: continue training the pulled body on the client's own unlabelled examples first.
+
+    `masked`: reconstruct randomly masked patches (features or pixels) from
+    the body's features through a small decoder; the loss is per example, so
+    it runs under DP-SGD too. `contrastive`: SimCLR's NT-Xent between two
+    augmentations of each example, the rest of the batch as negatives (an
+    example's loss depends on the others, so not under DP). Under DP the
+    self-pretraining spends `epsilon_share` of the run's ε and fine-tuning
+    the rest (basic composition; each gets half of δ). `batch_size=None`:
+    the engine's default for the size bucket of the unlabelled pool (at
+    least 16, for negatives).
+    """
+
+    steps: int
+    objective: str = "masked"
+    lr: float = 1e-3
+    batch_size: int | None = None
+    #: masked: fraction of patches (features) hidden per example.
+    mask_ratio: float = 0.5
+    #: contrastive: softmax temperature of NT-Xent.
+    temperature: float = 0.5
+    #: DP only: share of the run's ε that self-pretraining spends.
+    epsilon_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        _positive("self_pretrain steps", self.steps, integer=True)
+        if self.objective not in SELF_PRETRAIN_OBJECTIVES:
+            raise FinetuneError(f"unknown self-pretraining objective {self.objective!r}; valid: "
+                                f"{', '.join(SELF_PRETRAIN_OBJECTIVES)}")
+        _positive("self_pretrain lr", self.lr)
+        _positive("self_pretrain batch_size", self.batch_size, integer=True)
+        _positive("temperature", self.temperature)
+        for name in ("mask_ratio", "epsilon_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise FinetuneError(f"{name} must be strictly between 0 and 1, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
     """How to adapt a model: strategy, step budget, optimisation, privacy, search.
@@ -128,6 +172,10 @@ class FinetuneConfig:
     seed: int = 0
     privacy: PrivacyConfig | None = None
     search: SearchConfig | None = None
+    #: A multi-task source's head to start from (None: its first); see `xfer.models.multitask`.
+    head: str | None = None
+    #: Self-supervised pretraining on the client's unlabelled examples before fine-tuning (None: none).
+    self_pretrain: SelfPretrainConfig | None = None
     #: Source-free strategies only: the label-free criterion that picks the checkpoint (and, with a search,
     #: the learning rate) on the unlabelled validation split.
     criterion: str = DEFAULT_CRITERION
@@ -156,6 +204,16 @@ class FinetuneConfig:
             raise FinetuneError(f"privacy must be a PrivacyConfig or None, got {type(self.privacy).__name__}")
         if self.search is not None and not isinstance(self.search, SearchConfig):
             raise FinetuneError(f"search must be a SearchConfig or None, got {type(self.search).__name__}")
+        if self.head is not None and (not isinstance(self.head, str) or not self.head):
+            raise FinetuneError(f"head must be the name of one of the source's heads, got {self.head!r}")
+        if self.self_pretrain is not None:
+            if not isinstance(self.self_pretrain, SelfPretrainConfig):
+                raise FinetuneError(f"self_pretrain must be a SelfPretrainConfig or None, got "
+                                    f"{type(self.self_pretrain).__name__}")
+            if self.privacy is not None and self.self_pretrain.objective != "masked":
+                raise PrivacyError(f"self-pretraining objective {self.self_pretrain.objective!r} under DP: its loss "
+                                   f"couples the examples of a batch (the others are its negatives), so clipping "
+                                   f"per example bounds no one example's influence; use objective 'masked'")
         if self.criterion not in LABEL_FREE_CRITERIA:
             raise SearchError(f"unknown label-free criterion {self.criterion!r}; valid: {', '.join(LABEL_FREE_CRITERIA)}")
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from xfer.client.finetune.config import ACCOUNTANTS, DEFAULT_CRITERION, DEVICE_CHOICES, LABEL_FREE_CRITERIA
+from xfer.client.fewshot.config import DEFAULT_QUERIES, EPISODE_HEADS
+from xfer.client.finetune.config import (ACCOUNTANTS, DEFAULT_CRITERION, DEVICE_CHOICES, LABEL_FREE_CRITERIA,
+                                         SELF_PRETRAIN_OBJECTIVES)
 from xfer.client.finetune.schedules import SCHEDULES
 
 #: Strategy names for the help text; tests check they equal the engine's registry.
@@ -49,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "validation split: not in few-label mode)")
     parser.add_argument("--reinit-head", action="store_true",
                         help="re-initialise the head even if the label set matches the card's")
+    parser.add_argument("--head", default=None,
+                        help="multi-task source: the head to start from (default: its first; `xfer show` lists "
+                             "them); it is kept when its labels match the data's, else (or with --reinit-head) reset")
     parser.add_argument("--search", action="store_true",
                         help="choose strategy x LR on the training labels: k-fold cross-validation, or under DP "
                              "private selection whose cost is inside --dp-epsilon")
@@ -72,6 +77,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="total epsilon allowed on this data set; recorded in the local privacy ledger")
     parser.add_argument("--dataset-id", default=None,
                         help="privacy-ledger key of the data (default: derived from the data)")
+    pretext = parser.add_argument_group("self-pretraining on the client's unlabelled examples, before fine-tuning")
+    pretext.add_argument("--self-pretrain-steps", type=int, default=0,
+                         help="steps of self-supervised training of the body on the training split (labels unused) "
+                              "and any extra unlabelled examples (default 0: none)")
+    pretext.add_argument("--self-pretrain", choices=SELF_PRETRAIN_OBJECTIVES, default="masked",
+                         help="objective: masked (reconstruct hidden patches; works under DP) or contrastive "
+                              "(SimCLR; not under DP) (default masked)")
+    pretext.add_argument("--self-pretrain-lr", type=float, default=1e-3, help="its AdamW learning rate (1e-3)")
+    pretext.add_argument("--self-pretrain-batch-size", type=int, default=None,
+                         help="its batch size (default: from the unlabelled pool's size bucket)")
+    pretext.add_argument("--self-pretrain-epsilon-share", type=float, default=0.5,
+                         help="under DP: share of --dp-epsilon self-pretraining spends (default 0.5)")
+    episodes = parser.add_argument_group("few-shot evaluation (instead of fine-tuning)")
+    episodes.add_argument("--episodes", type=int, default=None,
+                          help="evaluate the pulled model on this many N-way K-shot episodes per shot count drawn "
+                               "from DATA's labelled examples (600 is customary), with 95%% intervals; no fine-tuning")
+    episodes.add_argument("--ways", type=int, default=5, help="classes per episode (default 5)")
+    episodes.add_argument("--shots", default="1,5", help="support examples per class, comma-separated (default 1,5)")
+    episodes.add_argument("--queries", type=int, default=DEFAULT_QUERIES,
+                          help=f"query examples per class (default {DEFAULT_QUERIES})")
+    episodes.add_argument("--episode-heads", default="prototype,logreg",
+                          help=f"comma-separated heads among {', '.join(EPISODE_HEADS)} (default prototype,logreg; "
+                               "finetune adapts the whole network per episode and is much slower)")
+    episodes.add_argument("--episode-steps", type=int, default=None,
+                          help="finetune head: SGD steps on the support set (default: a meta-learned source's own "
+                               "inner loop, else 10)")
+    episodes.add_argument("--episode-lr", type=float, default=None,
+                          help="finetune head: SGD learning rate (default: the source's inner loop's, else 0.01)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("finetune-out"),

@@ -24,11 +24,13 @@ from xfer.client.finetune.metrics import Metrics, evaluate
 from xfer.client.finetune.output import OutputPaths, save_outputs
 from xfer.client.finetune.report import held_out_grid, label_free_metrics, report_metrics, round_seconds
 from xfer.client.finetune.search import CVRow, SearchResult, search
+from xfer.client.finetune.selfsup import SelfPretrainResult, pretext_pool, self_pretrain
 from xfer.client.finetune.sfda_selection import LabelFreeSearch, run_source_free, uses_source_free
 from xfer.client.finetune.trainer import FinetuneResult, RoundRecord, finetune
 from xfer.models.base import XferModel
 from xfer.models.card import ModelCard
 from xfer.models.export import ParityReport
+from xfer.models.multitask import select_head
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,10 @@ class FinetuneOutcome:
     budget: BudgetStatus | None
     wall_seconds: float
     config: FinetuneConfig
+    #: Self-pretraining on the client's unlabelled examples before fine-tuning, if configured.
+    pretext: SelfPretrainResult | None = None
+    #: The multi-task source's head fine-tuning started from (None: a single-head source).
+    head: str | None = None
 
     @property
     def size_bucket(self) -> int:
@@ -60,13 +66,26 @@ class FinetuneOutcome:
         """ε of everything this outcome released (a whole search included); None without DP."""
         if self.result.privacy is None:
             return None
+        before = self.pretext.privacy.epsilon_spent if self.pretext is not None and self.pretext.privacy else 0.0
         if self.search is not None and self.search.epsilon_total is not None:
-            return self.search.epsilon_total
-        return self.result.privacy.epsilon_spent
+            return before + self.search.epsilon_total
+        return before + self.result.privacy.epsilon_spent
+
+    @property
+    def delta(self) -> float | None:
+        """δ of everything this outcome released: self-pretraining's and fine-tuning's add up; None without DP."""
+        if self.result.privacy is None:
+            return None
+        before = self.pretext.privacy.delta if self.pretext is not None and self.pretext.privacy else 0.0
+        return before + self.result.privacy.delta
 
     def hyperparameters(self) -> dict[str, str]:
         """The run's settings as reported (every value a function of the config and the size bucket)."""
         hyper = dict(self.result.hyperparameters)
+        if self.head is not None:
+            hyper["head"] = self.head
+        if self.pretext is not None:
+            hyper.update(self.pretext.hyperparameters())
         found = self.search
         if found is not None:
             hyper["search_grid"] = ";".join(f"{s}@{lr:g}" for s, lr in found.grid)
@@ -89,7 +108,7 @@ class FinetuneOutcome:
         p = self.result.privacy
         if p is not None:
             hyper["dp_accountant"] = "rdp" if found is not None and found.private else p.accountant
-            hyper["dp_target_epsilon"] = f"{p.target_epsilon:g}"
+            hyper["dp_target_epsilon"] = f"{self.config.privacy.epsilon if self.config.privacy else p.target_epsilon:g}"
             hyper["dp_sample_rate"] = f"{p.sample_rate:g}"
             if p.ghost_clipping:
                 hyper["dp_ghost_clipping"] = "true"
@@ -113,7 +132,7 @@ class FinetuneOutcome:
         p = self.result.privacy
         privacy = RunPrivacy()
         if p is not None:
-            privacy = RunPrivacy(dp=True, epsilon_spent=float(self.epsilon_spent or 0.0), delta=float(p.delta),
+            privacy = RunPrivacy(dp=True, epsilon_spent=float(self.epsilon_spent or 0.0), delta=float(self.delta),
                                  noise_multiplier=float(p.noise_multiplier), max_grad_norm=float(p.max_grad_norm))
         # A private search's wall time grows with the number of trials drawn, which must stay unknown.
         private_search = self.search is not None and self.search.private
@@ -144,10 +163,16 @@ class FinetuneOutcome:
             lines.append(f"label-free {name} on the unlabelled validation split: source {free['source'][name]:.4f}, "
                          f"adapted {free['best'][name]:.4f} (checkpoint at step {free['checkpoint_step']})")
         b = self.result.budget
+        if self.pretext is not None:
+            sp = self.pretext
+            loss = f", loss {sp.losses[0]:.4f} -> {sp.losses[-1]:.4f}" if sp.losses else ""
+            eps = f", epsilon {sp.privacy.epsilon_spent:.3f}" if sp.privacy is not None else ""
+            lines.append(f"self-pretraining ({sp.objective}): {sp.steps_applied} steps at batch {sp.batch_size} on "
+                         f"the unlabelled pool{loss}{eps}")
         lines.append(f"budget: {self.result.steps_applied} of {b.steps} steps at batch {b.batch_size}, lr {b.lr:g}")
         p = self.result.privacy
         if p is not None:
-            lines.append(f"privacy: epsilon spent {self.epsilon_spent:.3f} at delta {p.delta:.2e} (noise "
+            lines.append(f"privacy: epsilon spent {self.epsilon_spent:.3f} at delta {self.delta:.2e} (noise "
                          f"{p.noise_multiplier:.3f}, clip {p.max_grad_norm:g}, "
                          f"{'private selection' if self.search is not None and self.search.private else p.accountant})")
             if self.budget is not None and self.budget.budget is not None:
@@ -207,18 +232,27 @@ def adapt(
     if not isinstance(config, FinetuneConfig):
         raise FinetuneError(f"config must be a FinetuneConfig, got {type(config).__name__}")
     dataset_id = dataset_id or target.dataset_id
+    # One head of a multi-task source (or the model as it is), then optional self-pretraining of its body.
+    chosen = select_head(model, card=card, head=config.head)
+    model, card, run_config = chosen.model, chosen.card, config.replace(head=None)
+    pretext = None
+    if config.self_pretrain is not None:
+        pretext = self_pretrain(model, data=pretext_pool(target), config=config.self_pretrain, privacy=config.privacy,
+                                device=config.device, seed=config.seed, ledger=ledger, dataset_id=dataset_id)
+        model = pretext.model
+        run_config = run_config.replace(privacy=pretext.finetune_privacy, self_pretrain=None)
     found: SearchResult | LabelFreeSearch | None = None
-    if uses_source_free(config):
+    if uses_source_free(run_config):
         # Unlabelled adaptation (tent, shot, aad, nrc): label-free checkpoint and search (sfda_selection.py).
-        free = run_source_free(model, target=target, config=config, card=card, ledger=ledger, dataset_id=dataset_id,
-                               on_progress=on_progress, on_row=on_row)
+        free = run_source_free(model, target=target, config=run_config, card=card, ledger=ledger,
+                               dataset_id=dataset_id, on_progress=on_progress, on_row=on_row)
         result, test_metrics, found = free.result, free.test_metrics, free.search
     elif config.search is not None:
-        found = search(model, train=target.train, val=target.val, test=target.test, config=config, card=card,
+        found = search(model, train=target.train, val=target.val, test=target.test, config=run_config, card=card,
                        label_names=target.label_names, ledger=ledger, dataset_id=dataset_id, on_row=on_row)
         result, test_metrics = found.final, found.test_metrics
     else:
-        result = finetune(model, train=target.train, val=target.val, config=config, card=card,
+        result = finetune(model, train=target.train, val=target.val, config=run_config, card=card,
                           label_names=target.label_names, ledger=ledger, dataset_id=dataset_id,
                           on_progress=on_progress)
         test = target.test
@@ -234,4 +268,5 @@ def adapt(
                                      metrics=_local_metrics(result, test_metrics, found, epsilon))
     return FinetuneOutcome(result=result, test_metrics=test_metrics, paths=paths, parity=parity,
                            dataset_id=dataset_id, search=found, budget=status,
-                           wall_seconds=time.perf_counter() - started, config=config)
+                           wall_seconds=time.perf_counter() - started, config=config, pretext=pretext,
+                           head=chosen.head)

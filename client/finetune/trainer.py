@@ -43,6 +43,7 @@ from xfer.client.finetune.strategies import (
 )
 from xfer.models.base import XferModel
 from xfer.models.card import ModelCard
+from xfer.models.multitask import select_head
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,9 @@ def finetune(
     """
     started = time.perf_counter()
     config = config if config is not None else FinetuneConfig()
+    if config.self_pretrain is not None:
+        raise FinetuneError("self-pretraining needs the unlabelled pool: run it with adapt(), or call "
+                            "xfer.client.finetune.selfsup.self_pretrain first and fine-tune its model")
     setup = resolve_device(config.device)
     seed_everything(config.seed)
     strat = get_strategy(config.strategy)
@@ -180,6 +184,9 @@ def finetune(
     budget = plan_budget(n=n, config=config, strategy_lr=strat.default_lr, bucket=bucket,
                          strategy_clip=strat.dp_clip)
 
+    # A multi-task source trains one of its heads (config.head, default its first); the others are dropped.
+    chosen = select_head(model, card=card, head=config.head)
+    model, card = chosen.model, chosen.card
     work = copy.deepcopy(model)
     head_reset = config.reinit_head or needs_head_reset(work, label_names=label_names, card=card)
     if head_reset:
@@ -266,6 +273,8 @@ def finetune(
         hyper["head_features"] = "standardized"
     if config.patience is not None:
         hyper["patience"] = str(config.patience)
+    if chosen.head is not None:
+        hyper["head"] = chosen.head
     return FinetuneResult(
         model=work, strategy=strat.label, hyperparameters=hyper, label_names=label_names, head_reset=head_reset,
         history=loop.history, best_step=loop.best_step, groups=loop.groups, rgn_scales=loop.rgn_scales,
