@@ -43,8 +43,12 @@ data:
 $(BUF):
 	npm install --no-save --no-package-lock --silent @bufbuild/buf@1.75.0
 
-lint: $(BUF)
+# buf lint on the protos; ruff (lint and format) and mypy on the Python.
+lint: $(BUF) $(GEN)
 	cd protos && ../$(BUF) lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy client server models protos/xfer/errors.py protos/xfer/names.py
 
 test: $(GEN) data
 	$(PY) -m pytest -q

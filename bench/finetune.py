@@ -46,8 +46,9 @@ def make_data(n: int, *, seed: int = 0) -> TensorData:
     return TensorData(x, y, torch.arange(n))
 
 
-def baseline_plain(model: torch.nn.Module, data: TensorData, *, epochs: int, batch_size: int,
-                   device: torch.device) -> tuple[int, float]:
+def baseline_plain(
+    model: torch.nn.Module, data: TensorData, *, epochs: int, batch_size: int, device: torch.device
+) -> tuple[int, float]:
     """The loop anyone would write by hand."""
     model = copy.deepcopy(model).to(device).train()
     x, y = data.x.to(device), data.y.to(device)
@@ -68,8 +69,15 @@ def baseline_plain(model: torch.nn.Module, data: TensorData, *, epochs: int, bat
     return seen, time.perf_counter() - start
 
 
-def baseline_opacus(model: torch.nn.Module, data: TensorData, *, epochs: int, batch_size: int,
-                    noise_multiplier: float, device: torch.device) -> tuple[int, float]:
+def baseline_opacus(
+    model: torch.nn.Module,
+    data: TensorData,
+    *,
+    epochs: int,
+    batch_size: int,
+    noise_multiplier: float,
+    device: torch.device,
+) -> tuple[int, float]:
     """The plain Opacus tutorial loop: make_private + DPDataLoader (Poisson sampling)."""
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
@@ -80,8 +88,9 @@ def baseline_opacus(model: torch.nn.Module, data: TensorData, *, epochs: int, ba
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = PrivacyEngine(accountant="prv")
-        module, opt, loader = engine.make_private(module=model, optimizer=opt, data_loader=loader,
-                                                  noise_multiplier=noise_multiplier, max_grad_norm=1.0)
+        module, opt, loader = engine.make_private(
+            module=model, optimizer=opt, data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=1.0
+        )
         loss_fn = torch.nn.CrossEntropyLoss()
         seen = 0
         start = time.perf_counter()
@@ -99,14 +108,29 @@ def baseline_opacus(model: torch.nn.Module, data: TensorData, *, epochs: int, ba
     return seen, elapsed
 
 
-def ours(model: torch.nn.Module, data: TensorData, *, epochs: int, batch_size: int, device: str,
-         privacy: PrivacyConfig | None) -> tuple[int, float]:
+def ours(
+    model: torch.nn.Module,
+    data: TensorData,
+    *,
+    epochs: int,
+    batch_size: int,
+    device: str,
+    privacy: PrivacyConfig | None,
+) -> tuple[int, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # `epochs` passes over the data (a power of two, so it is its own size bucket) as steps.
         steps = epochs * -(-len(data) // batch_size)
-        config = FinetuneConfig(strategy="full", lr=LR, steps=steps, batch_size=batch_size, eval_every=steps,
-                                privacy=privacy, device=device, seed=0)
+        config = FinetuneConfig(
+            strategy="full",
+            lr=LR,
+            steps=steps,
+            batch_size=batch_size,
+            eval_every=steps,
+            privacy=privacy,
+            device=device,
+            seed=0,
+        )
         result = finetune(model, train=data, val=None, config=config, label_names=[str(i) for i in range(10)])
     return result.examples_seen, result.train_seconds
 
@@ -135,8 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--skip-dp", action="store_true")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads for both sides (1: stable numbers on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for both sides (1: stable numbers on a shared machine)",
+    )
     args = parser.parse_args(argv)
 
     setup = resolve_device(args.device)
@@ -145,22 +173,29 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = create_model("convnet", width=args.width, depth=3)
     data = make_data(args.examples)
-    print(f"device {setup.kind}, convnet width {args.width}, {args.examples} examples, batch {args.batch_size}, "
-          f"{args.epochs} epochs, {args.reps} reps (median), torch threads {torch.get_num_threads()}")
+    print(
+        f"device {setup.kind}, convnet width {args.width}, {args.examples} examples, batch {args.batch_size}, "
+        f"{args.epochs} epochs, {args.reps} reps (median), torch threads {torch.get_num_threads()}"
+    )
     kw = {"epochs": args.epochs, "batch_size": args.batch_size}
-    ratio = compare("trainer vs plain PyTorch loop",
-                    lambda: ours(model, data, device=setup.kind, privacy=None, **kw),
-                    lambda: baseline_plain(model, data, device=setup.device, **kw), reps=args.reps)
+    ratio = compare(
+        "trainer vs plain PyTorch loop",
+        lambda: ours(model, data, device=setup.kind, privacy=None, **kw),
+        lambda: baseline_plain(model, data, device=setup.device, **kw),
+        reps=args.reps,
+    )
     ratios = {"plain": ratio}
     if not args.skip_dp:
         privacy = PrivacyConfig(epsilon=8.0, accountant="prv", max_grad_norm=1.0)
         steps = args.epochs * -(-args.examples // args.batch_size)
         config = FinetuneConfig(steps=steps, batch_size=args.batch_size, privacy=privacy)
         sigma = plan_dp(privacy, budget=plan_budget(n=args.examples, config=config, strategy_lr=LR)).noise_multiplier
-        ratios["dp"] = compare("DP trainer vs plain Opacus loop",
-                               lambda: ours(model, data, device=setup.kind, privacy=privacy, **kw),
-                               lambda: baseline_opacus(model, data, noise_multiplier=sigma, device=setup.device,
-                                                       **kw), reps=args.reps)
+        ratios["dp"] = compare(
+            "DP trainer vs plain Opacus loop",
+            lambda: ours(model, data, device=setup.kind, privacy=privacy, **kw),
+            lambda: baseline_opacus(model, data, noise_multiplier=sigma, device=setup.device, **kw),
+            reps=args.reps,
+        )
     print("ratios: " + "  ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
     return 0
 

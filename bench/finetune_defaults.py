@@ -30,8 +30,7 @@ TARGETS = {  # name -> (data spec, source)
     "blur": ("digits:shift=blur", "all10"),
     "unseen 5-9": ("digits:classes=5-9", "digits0-4"),
 }
-STRATEGIES = ("full", "linear-probe", "lp-ft", "discriminative", "gradual-unfreeze", "surgical:block1",
-              "surgical:auto")
+STRATEGIES = ("full", "linear-probe", "lp-ft", "discriminative", "gradual-unfreeze", "surgical:block1", "surgical:auto")
 FEW = 5
 
 
@@ -108,31 +107,37 @@ def _run(jobs: list[Job], sources: dict[str, Path], workers: int) -> dict[Job, f
 
 
 def table_defaults(sources: dict[str, Path], *, seeds: int, workers: int, targets: list[str]) -> str:
-    jobs = [Job(t, s, few, seed) for t in targets for s in STRATEGIES for few in (True, False)
-            for seed in range(seeds)]
+    jobs = [Job(t, s, few, seed) for t in targets for s in STRATEGIES for few in (True, False) for seed in range(seeds)]
     results = _run(jobs, sources, workers)
-    head = "| strategy | " + " | ".join(f"{t} ({'5/class' if few else 'all'})" for t in targets
-                                         for few in (True, False)) + " |"
+    head = (
+        "| strategy | "
+        + " | ".join(f"{t} ({'5/class' if few else 'all'})" for t in targets for few in (True, False))
+        + " |"
+    )
     lines = [head, "|" + " --- |" * (1 + 2 * len(targets))]
     for s in STRATEGIES:
-        cells = [_cell([results[Job(t, s, few, seed)] for seed in range(seeds)]) for t in targets
-                 for few in (True, False)]
+        cells = [
+            _cell([results[Job(t, s, few, seed)] for seed in range(seeds)]) for t in targets for few in (True, False)
+        ]
         lines.append(f"| `{s}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def table_dp(sources: dict[str, Path], *, seeds: int, workers: int, epsilon: float) -> str:
     strategies = ("linear-probe", "lp-ft")
-    jobs = [Job("unseen 5-9", s, few, seed, epsilon) for s in strategies for few in (True, False)
-            for seed in range(seeds)]
+    jobs = [
+        Job("unseen 5-9", s, few, seed, epsilon) for s in strategies for few in (True, False) for seed in range(seeds)
+    ]
     jobs += [Job("unseen 5-9", s, few, seed) for s in strategies for few in (True, False) for seed in range(seeds)]
     results = _run(jobs, sources, workers)
-    lines = ["| strategy | data | no DP | DP ε=%g |" % epsilon, "| --- | --- | --- | --- |"]
+    lines = [f"| strategy | data | no DP | DP ε={epsilon:g} |", "| --- | --- | --- | --- |"]
     for s in strategies:
         for few in (True, False):
-            lines.append(f"| `{s}` | {'5/class' if few else 'all'} | "
-                         f"{_cell([results[Job('unseen 5-9', s, few, seed)] for seed in range(seeds)])} | "
-                         f"{_cell([results[Job('unseen 5-9', s, few, seed, epsilon)] for seed in range(seeds)])} |")
+            lines.append(
+                f"| `{s}` | {'5/class' if few else 'all'} | "
+                f"{_cell([results[Job('unseen 5-9', s, few, seed)] for seed in range(seeds)])} | "
+                f"{_cell([results[Job('unseen 5-9', s, few, seed, epsilon)] for seed in range(seeds)])} |"
+            )
     return "\n".join(lines)
 
 
@@ -155,15 +160,19 @@ def table_dp_sweep(sources: dict[str, Path], *, seeds: int, workers: int, epsilo
             over = tuple((("lr", base * v) if k == "lr_mult" else (k, v)) for k, v in knob)
             jobs += [Job("unseen 5-9", s, False, seed, epsilon, over) for seed in range(seeds)]
     results = _run(jobs, sources, workers)
-    lines = [f"| strategy | change from the DP default (ε={epsilon:g}, all labels, unseen 5-9) | test accuracy |",
-             "| --- | --- | --- |"]
+    lines = [
+        f"| strategy | change from the DP default (ε={epsilon:g}, all labels, unseen 5-9) | test accuracy |",
+        "| --- | --- | --- |",
+    ]
     for s in ("linear-probe", "lp-ft"):
         base = get_strategy(s).default_lr * 3
         for knob in knobs:
             over = tuple((("lr", base * v) if k == "lr_mult" else (k, v)) for k, v in knob)
             label = ", ".join(f"{k}={v:g}" for k, v in over) or "default"
-            lines.append(f"| `{s}` | {label} | "
-                         f"{_cell([results[Job('unseen 5-9', s, False, seed, epsilon, over)] for seed in range(seeds)])} |")
+            lines.append(
+                f"| `{s}` | {label} | "
+                f"{_cell([results[Job('unseen 5-9', s, False, seed, epsilon, over)] for seed in range(seeds)])} |"
+            )
     return "\n".join(lines)
 
 

@@ -31,22 +31,43 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA GPU visible; nothing to check on this machine", file=sys.stderr)
         return 2
-    print(f"gpu-check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
-          f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}", flush=True)
+    print(
+        f"gpu-check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+        f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}",
+        flush=True,
+    )
     failures = []
     steps = [
-        ("pytest -m gpu", [sys.executable, "-m", "pytest", "tests/finetune", "-m", "gpu", "-q",
-                           "-p", "no:cacheprovider", "-rs"]),
-        ("bench (cuda)", [sys.executable, "bench/finetune.py", "--device", "cuda", "--threads", "0",
-                          "--reps", str(args.reps), "--examples", str(args.examples),
-                          "--batch-size", str(args.batch_size)]),
+        (
+            "pytest -m gpu",
+            [sys.executable, "-m", "pytest", "tests/finetune", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rs"],
+        ),
+        (
+            "bench (cuda)",
+            [
+                sys.executable,
+                "bench/finetune.py",
+                "--device",
+                "cuda",
+                "--threads",
+                "0",
+                "--reps",
+                str(args.reps),
+                "--examples",
+                str(args.examples),
+                "--batch-size",
+                str(args.batch_size),
+            ],
+        ),
     ]
     for name, cmd in steps:
         started = time.perf_counter()
         print(f"\n== {name}: {' '.join(cmd[1:])}", flush=True)
         code = subprocess.run(cmd, cwd=ROOT, check=False).returncode
-        print(f"== {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {time.perf_counter() - started:.1f}s",
-              flush=True)
+        print(
+            f"== {name}: {'ok' if code == 0 else f'FAILED ({code})'} in {time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
         if code != 0:
             failures.append(name)
     if failures:

@@ -59,14 +59,25 @@ def worker_torch_free(*, source: Path, data: Path, threads: int) -> dict:
     card = ModelCard.from_dict(json.loads((source / "card.json").read_text()))
     with np.load(data) as arrays:
         split = {k: arrays[k] for k in arrays.files}
-    result = fit_head(source / "model.onnx", train=(split["x_train"], split["y_train"]),
-                      val=(split["x_val"], split["y_val"]), test=(split["x_test"], split["y_test"]),
-                      strategy="logreg", card=card, label_names=tuple(str(n) for n in split["label_names"]),
-                      config=HeadConfig(session=SessionOptions(intra_op_threads=threads)))
+    result = fit_head(
+        source / "model.onnx",
+        train=(split["x_train"], split["y_train"]),
+        val=(split["x_val"], split["y_val"]),
+        test=(split["x_test"], split["y_test"]),
+        strategy="logreg",
+        card=card,
+        label_names=tuple(str(n) for n in split["label_names"]),
+        config=HeadConfig(session=SessionOptions(intra_op_threads=threads)),
+    )
     done = time.perf_counter()
     assert "torch" not in sys.modules
-    return {"process_seconds": done - started, "fit_seconds": done - imported, "peak_rss_mb": _peak_rss_mb(),
-            "accuracy": result.test_metrics.accuracy, "phases": result.timings}
+    return {
+        "process_seconds": done - started,
+        "fit_seconds": done - imported,
+        "peak_rss_mb": _peak_rss_mb(),
+        "accuracy": result.test_metrics.accuracy,
+        "phases": result.timings,
+    }
 
 
 def worker_torch_probe(*, source: Path, data: Path, threads: int) -> dict:
@@ -75,9 +86,9 @@ def worker_torch_probe(*, source: Path, data: Path, threads: int) -> dict:
     import numpy as np
     import torch
 
+    from xfer.client.finetune.config import FinetuneConfig
     from xfer.client.finetune.data import TensorData
     from xfer.client.finetune.metrics import evaluate
-    from xfer.client.finetune.config import FinetuneConfig
     from xfer.client.finetune.trainer import finetune
     from xfer.models.card import ModelCard
     from xfer.models.weights import load_safetensors, model_from_card
@@ -94,12 +105,17 @@ def worker_torch_probe(*, source: Path, data: Path, threads: int) -> dict:
         return TensorData(split[f"x_{name}"], split[f"y_{name}"], torch.arange(len(split[f"y_{name}"])))
 
     config = FinetuneConfig(strategy="linear-probe", device="cpu", seed=0)
-    result = finetune(model, train=tensors("train"), val=tensors("val"), config=config, label_names=label_names,
-                      card=card)
+    result = finetune(
+        model, train=tensors("train"), val=tensors("val"), config=config, label_names=label_names, card=card
+    )
     test = evaluate(result.model, split["x_test"], split["y_test"], label_names=label_names)
     done = time.perf_counter()
-    return {"process_seconds": done - started, "fit_seconds": done - imported, "peak_rss_mb": _peak_rss_mb(),
-            "accuracy": test.accuracy}
+    return {
+        "process_seconds": done - started,
+        "fit_seconds": done - imported,
+        "peak_rss_mb": _peak_rss_mb(),
+        "accuracy": test.accuracy,
+    }
 
 
 # -- driver ------------------------------------------------------------------------------------------
@@ -110,8 +126,9 @@ def train_source(work: Path) -> Path:
 
     out = work / "source-convnet-0-4"
     if not (out / "card.json").exists():
-        result = train_source_model(out_dir=out, arch="convnet", classes=range(5), epochs=30, seed=0,
-                                    description="bench source: digits 0-4")
+        result = train_source_model(
+            out_dir=out, arch="convnet", classes=range(5), epochs=30, seed=0, description="bench source: digits 0-4"
+        )
         print(f"source: convnet on digits 0-4, held-out source accuracy {result.test_accuracy:.3f}", flush=True)
     return out
 
@@ -119,10 +136,10 @@ def train_source(work: Path) -> Path:
 def accuracy_table(source: Path, *, seeds: int) -> list[dict]:
     import numpy as np
 
+    from xfer.client.finetune.config import FinetuneConfig
     from xfer.client.finetune.data import load_target
     from xfer.client.finetune.metrics import evaluate
     from xfer.client.finetune.privacy import PrivacyConfig as TorchPrivacy
-    from xfer.client.finetune.config import FinetuneConfig
     from xfer.client.finetune.trainer import finetune
     from xfer.client.onnxhead import PrivacyConfig, fit_head
     from xfer.client.onnxhead.data import load_data
@@ -141,21 +158,49 @@ def accuracy_table(source: Path, *, seeds: int) -> list[dict]:
                 for head in ("logreg", "prototype"):
                     started = time.perf_counter()
                     privacy = PrivacyConfig(epsilon=epsilon, noise_seed=1000 * seed + 17) if epsilon else None
-                    r = fit_head(source / "model.onnx", train=ours.train, val=ours.val, test=ours.test,
-                                 strategy=head, label_names=ours.label_names, privacy=privacy)
-                    rows.append({"shots": shots, "seed": seed, "epsilon": epsilon, "method": r.strategy,
-                                 "accuracy": r.test_metrics.accuracy, "seconds": time.perf_counter() - started,
-                                 "train": len(ours.train)})
+                    r = fit_head(
+                        source / "model.onnx",
+                        train=ours.train,
+                        val=ours.val,
+                        test=ours.test,
+                        strategy=head,
+                        label_names=ours.label_names,
+                        privacy=privacy,
+                    )
+                    rows.append(
+                        {
+                            "shots": shots,
+                            "seed": seed,
+                            "epsilon": epsilon,
+                            "method": r.strategy,
+                            "accuracy": r.test_metrics.accuracy,
+                            "seconds": time.perf_counter() - started,
+                            "train": len(ours.train),
+                        }
+                    )
                 started = time.perf_counter()
                 model = load_safetensors(model_from_card(card), source / "model.safetensors")
-                config = FinetuneConfig(strategy="linear-probe", device="cpu", seed=seed,
-                                        privacy=TorchPrivacy(epsilon=epsilon) if epsilon else None)
-                result = finetune(model, train=theirs.train, val=theirs.val, config=config,
-                                  label_names=theirs.label_names, card=card)
+                config = FinetuneConfig(
+                    strategy="linear-probe",
+                    device="cpu",
+                    seed=seed,
+                    privacy=TorchPrivacy(epsilon=epsilon) if epsilon else None,
+                )
+                result = finetune(
+                    model, train=theirs.train, val=theirs.val, config=config, label_names=theirs.label_names, card=card
+                )
                 test = evaluate(result.model, theirs.test.x, theirs.test.y, label_names=theirs.label_names)
-                rows.append({"shots": shots, "seed": seed, "epsilon": epsilon, "method": "torch linear-probe",
-                             "accuracy": test.accuracy, "seconds": time.perf_counter() - started,
-                             "train": len(theirs.train)})
+                rows.append(
+                    {
+                        "shots": shots,
+                        "seed": seed,
+                        "epsilon": epsilon,
+                        "method": "torch linear-probe",
+                        "accuracy": test.accuracy,
+                        "seconds": time.perf_counter() - started,
+                        "train": len(theirs.train),
+                    }
+                )
             print(f"  {spec} seed {seed}: done", flush=True)
     return rows
 
@@ -169,8 +214,11 @@ def print_accuracy(rows: list[dict]) -> None:
         for epsilon in EPSILONS:
             cells, means = [], {}
             for method in methods:
-                accs = [r["accuracy"] for r in rows if r["shots"] == shots and r["epsilon"] == epsilon
-                        and r["method"] == method]
+                accs = [
+                    r["accuracy"]
+                    for r in rows
+                    if r["shots"] == shots and r["epsilon"] == epsilon and r["method"] == method
+                ]
                 means[method] = statistics.mean(accs)
                 spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
                 cells.append(f"{means[method]:.3f} ± {spread:.3f}")
@@ -189,8 +237,13 @@ def write_cost_data(source: Path, work: Path, *, large: int) -> list[tuple[str, 
     card = ModelCard.from_dict(json.loads((source / "card.json").read_text()))
     d = load_data("digits:classes=5-9", card=card, seed=0)
     sets = []
-    base = {"x_val": d.val.x, "y_val": d.val.y, "x_test": d.test.x, "y_test": d.test.y,
-            "label_names": np.array(d.label_names)}
+    base = {
+        "x_val": d.val.x,
+        "y_val": d.val.y,
+        "x_test": d.test.x,
+        "y_test": d.test.y,
+        "label_names": np.array(d.label_names),
+    }
     small = work / "cost-digits.npz"
     np.savez(small, x_train=d.train.x, y_train=d.train.y, **base)
     sets.append((f"digits ({len(d.train)} train)", small))
@@ -206,8 +259,24 @@ def write_cost_data(source: Path, work: Path, *, large: int) -> list[tuple[str, 
 
 def run_worker(kind: str, *, source: Path, data: Path, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, __file__, "--worker", kind, "--source", str(source), "--data", str(data),
-                           "--threads", str(threads)], capture_output=True, text=True, env=env, timeout=3600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            kind,
+            "--source",
+            str(source),
+            "--data",
+            str(data),
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -222,14 +291,25 @@ def print_cost(source: Path, work: Path, *, large: int, threads: int, reps: int)
         medians = {}
         for kind in ("torch-free", "torch-probe"):
             runs = [run_worker(kind, source=source, data=data, threads=threads) for _ in range(reps)]
-            medians[kind] = {key: statistics.median(r[key] for r in runs)
-                             for key in ("process_seconds", "fit_seconds", "peak_rss_mb", "accuracy")}
+            medians[kind] = {
+                key: statistics.median(r[key] for r in runs)
+                for key in ("process_seconds", "fit_seconds", "peak_rss_mb", "accuracy")
+            }
             m = medians[kind]
-            print(f"| {label} | {kind} | {m['process_seconds']:.2f} | {m['fit_seconds']:.2f} | "
-                  f"{m['peak_rss_mb']:.0f} | {m['accuracy']:.3f} |", flush=True)
+            print(
+                f"| {label} | {kind} | {m['process_seconds']:.2f} | {m['fit_seconds']:.2f} | "
+                f"{m['peak_rss_mb']:.0f} | {m['accuracy']:.3f} |",
+                flush=True,
+            )
         a, b = medians["torch-free"], medians["torch-probe"]
-        ratios.append((label, a["process_seconds"] / b["process_seconds"], a["fit_seconds"] / b["fit_seconds"],
-                       a["peak_rss_mb"] / b["peak_rss_mb"]))
+        ratios.append(
+            (
+                label,
+                a["process_seconds"] / b["process_seconds"],
+                a["fit_seconds"] / b["fit_seconds"],
+                a["peak_rss_mb"] / b["peak_rss_mb"],
+            )
+        )
     print("\nratios torch-free / torch probe (below 1: the torch-free fit is cheaper)")
     for label, process, fit, memory in ratios:
         print(f"  {label}: process time {process:.2f}, fit time {fit:.2f}, peak memory {memory:.2f}")

@@ -74,7 +74,7 @@ class RssSampler:
                 self.peak[name] = max(self.peak[name], rss_bytes(pid))
             time.sleep(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -109,8 +109,11 @@ def make_model_folder(folder: Path, *, size_mb: float) -> int:
 
 def start_server(data_dir: Path, *, chunk_size: int, max_artifact_mb: int) -> ServerProcess:
     """A `python -m xfer.server` subprocess on port 0 (loopback, no auth)."""
-    server = ServerProcess(data_dir=data_dir, log_level="WARNING",
-                           args=("--chunk-size", str(chunk_size), "--max-artifact-mb", str(max_artifact_mb)))
+    server = ServerProcess(
+        data_dir=data_dir,
+        log_level="WARNING",
+        args=("--chunk-size", str(chunk_size), "--max-artifact-mb", str(max_artifact_mb)),
+    )
     return server.start()
 
 
@@ -128,8 +131,14 @@ def socket_baseline(path: Path, *, workdir: Path, buffer_bytes: int) -> tuple[fl
     """Seconds to receive `path` over loopback TCP and sha256 it; returns (seconds, digest, bytes)."""
     port_file = workdir / "port"
     port_file.unlink(missing_ok=True)
-    child = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
-                              f"from bench.pull import _serve_file; _serve_file({str(path)!r}, {str(port_file)!r})"])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+            f"from bench.pull import _serve_file; _serve_file({str(path)!r}, {str(port_file)!r})",
+        ]
+    )
     while not port_file.exists() or not port_file.read_text():
         time.sleep(0.01)
     port = int(port_file.read_text())
@@ -162,10 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir()
         t0 = time.perf_counter()
         size = make_model_folder(folder, size_mb=args.size_mb)
-        print(f"artifact: mlp safetensors {size / MIB:.1f} MiB (made in {time.perf_counter() - t0:.1f}s); "
-              f"server chunk size {args.chunk_size // 1024} KiB")
-        server = start_server(workdir / "data", chunk_size=args.chunk_size,
-                              max_artifact_mb=max(512, int(args.size_mb * 2) + 16))
+        print(
+            f"artifact: mlp safetensors {size / MIB:.1f} MiB (made in {time.perf_counter() - t0:.1f}s); "
+            f"server chunk size {args.chunk_size // 1024} KiB"
+        )
+        server = start_server(
+            workdir / "data", chunk_size=args.chunk_size, max_artifact_mb=max(512, int(args.size_mb * 2) + 16)
+        )
         with Client(server.target, cache_dir=workdir / "warm-cache") as op:
             t0 = time.perf_counter()
             version = op.register(folder, "bench-mlp")
@@ -217,15 +229,23 @@ def main(argv: list[str] | None = None) -> int:
         ratio = sdk_mbps / socket_mbps
         server_growth, client_growth = rss.growth("server") / MIB, rss.growth("client") / MIB
         runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
-        print(f"socket baseline : {socket_mbps:8.1f} MB/s  (best of {runs(socket_runs)} s; recv_into + sha256, loopback)")
+        print(
+            f"socket baseline : {socket_mbps:8.1f} MB/s  (best of {runs(socket_runs)} s; recv_into + sha256, loopback)"
+        )
         print(f"sdk pull        : {sdk_mbps:8.1f} MB/s  (best of {runs(pull_runs)} s; gRPC -> file + sha256 + fsync)")
-        print(f"ratio sdk/socket: {ratio:8.2f}     (target >= {TARGET_RATIO})  {'OK' if ratio >= TARGET_RATIO else 'MISSED'}")
+        print(
+            f"ratio sdk/socket: {ratio:8.2f}     (target >= {TARGET_RATIO})  {'OK' if ratio >= TARGET_RATIO else 'MISSED'}"
+        )
         print(f"cache hit       : {hit_seconds * 1000:8.1f} ms  (GetModelVersion only, 0 bytes transferred)")
-        print(f"resumed pull    : {resume_seconds:8.2f} s   (from {size // 2 / MIB:.1f} MiB partial, "
-              f"{resumed.transferred_bytes / MIB:.1f} MiB transferred)")
-        print(f"RSS growth      : server {server_growth:6.1f} MiB, client {client_growth:6.1f} MiB during the pulls  "
-              f"(target < {TARGET_RSS_MIB} MiB each)  "
-              f"{'OK' if max(server_growth, client_growth) < TARGET_RSS_MIB else 'MISSED'}")
+        print(
+            f"resumed pull    : {resume_seconds:8.2f} s   (from {size // 2 / MIB:.1f} MiB partial, "
+            f"{resumed.transferred_bytes / MIB:.1f} MiB transferred)"
+        )
+        print(
+            f"RSS growth      : server {server_growth:6.1f} MiB, client {client_growth:6.1f} MiB during the pulls  "
+            f"(target < {TARGET_RSS_MIB} MiB each)  "
+            f"{'OK' if max(server_growth, client_growth) < TARGET_RSS_MIB else 'MISSED'}"
+        )
         return 0
     finally:
         if server is not None:

@@ -52,30 +52,62 @@ def run_one(*, epsilon: float | None, seed: int, examples: int, epochs: int, ref
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        result = train_source_model(out_dir=out, data="fashion-mnist", max_examples=examples, epochs=epochs,
-                                    seed=seed, dp_epsilon=epsilon, config=CONVNET,
-                                    audit=AuditConfig(reference_pairs=reference_pairs, seed=seed))
+        result = train_source_model(
+            out_dir=out,
+            data="fashion-mnist",
+            max_examples=examples,
+            epochs=epochs,
+            seed=seed,
+            dp_epsilon=epsilon,
+            config=CONVNET,
+            audit=AuditConfig(reference_pairs=reference_pairs, seed=seed),
+        )
         card = result.card
         model = load_safetensors(model_from_card(card), Path(out) / "model.safetensors")
         trained = time.perf_counter()
         target = load_target(TARGET_SPEC, card=card, seed=seed, per_class=PER_CLASS)
-        outcome = adapt(model, target=target, card=card,
-                        config=FinetuneConfig(strategy="linear-probe", epochs=30, seed=seed, device="cpu"))
+        outcome = adapt(
+            model,
+            target=target,
+            card=card,
+            config=FinetuneConfig(strategy="linear-probe", epochs=30, seed=seed, device="cpu"),
+        )
     audit = card.audit
     assert audit is not None
-    attacks = {a.attack: {"auc": a.auc, "auc_low": a.auc_low, "auc_high": a.auc_high,
-                          "tpr": {str(p.fpr): [p.tpr, p.tpr_low, p.tpr_high] for p in a.tpr_at_fpr},
-                          "members": a.members, "non_members": a.non_members} for a in audit.attacks}
+    attacks = {
+        a.attack: {
+            "auc": a.auc,
+            "auc_low": a.auc_low,
+            "auc_high": a.auc_high,
+            "tpr": {str(p.fpr): [p.tpr, p.tpr_low, p.tpr_high] for p in a.tpr_at_fpr},
+            "members": a.members,
+            "non_members": a.non_members,
+        }
+        for a in audit.attacks
+    }
     dp = audit.dp
     return {
-        "epsilon": epsilon, "seed": seed, "claimed_epsilon": result.dp_epsilon, "examples": examples,
-        "epochs": epochs, "reference_pairs": reference_pairs,
-        "source_accuracy": result.test_accuracy, "train_accuracy": result.train_accuracy,
+        "epsilon": epsilon,
+        "seed": seed,
+        "claimed_epsilon": result.dp_epsilon,
+        "examples": examples,
+        "epochs": epochs,
+        "reference_pairs": reference_pairs,
+        "source_accuracy": result.test_accuracy,
+        "train_accuracy": result.train_accuracy,
         "downstream_accuracy": outcome.test_metrics.accuracy if outcome.test_metrics else math.nan,
         "attacks": attacks,
-        "dp_audit": None if dp is None else {"lower_bound": dp.epsilon_lower_bound, "claimed": dp.claimed_epsilon,
-                                             "canaries": dp.canaries, "guesses": dp.guesses, "correct": dp.correct},
-        "seconds_source_and_audit": trained - started, "seconds_total": time.perf_counter() - started,
+        "dp_audit": None
+        if dp is None
+        else {
+            "lower_bound": dp.epsilon_lower_bound,
+            "claimed": dp.claimed_epsilon,
+            "canaries": dp.canaries,
+            "guesses": dp.guesses,
+            "correct": dp.correct,
+        },
+        "seconds_source_and_audit": trained - started,
+        "seconds_total": time.perf_counter() - started,
     }
 
 
@@ -101,18 +133,22 @@ def render(rows: list[dict[str, Any]], *, args: argparse.Namespace, wall: float,
     examples = rows[0].get("examples", args.examples) if rows else args.examples
     epochs = rows[0].get("epochs", args.epochs) if rows else args.epochs
     pairs = rows[0].get("reference_pairs", args.reference_pairs) if rows else args.reference_pairs
-    lines = ["## What the weights reveal", "",
-             f"Fashion-MNIST source pool, a stratified {examples} images (4/5 train = members, 1/5 held out = "
-             f"non-members), convnet {CONVNET}, {epochs} epochs, Adam 3e-3, batch 64 (`models.train` defaults "
-             f"otherwise; DP-SGD with Opacus at the given ε, δ = min(1e-5, 1/n^1.1)); "
-             f"{len(set(r['seed'] for r in rows))} "
-             f"seed(s); RMIA offline with {2 * pairs} reference models on disjoint halves of the pool. "
-             f"Downstream: a client's linear probe with {PER_CLASS} labels per class on `{TARGET_SPEC}`. "
-             f"Mean ± sd over seeds; [..] in the per-run table is the 95 % interval (DeLong for AUC, Clopper-Pearson "
-             f"for TPR).", "",
-             "| source | source acc. | downstream acc. | loss AUC | RMIA AUC | RMIA TPR@1% FPR | RMIA TPR@0.1% FPR "
-             "| ε lower bound (95 %) | claimed ε |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "## What the weights reveal",
+        "",
+        f"Fashion-MNIST source pool, a stratified {examples} images (4/5 train = members, 1/5 held out = "
+        f"non-members), convnet {CONVNET}, {epochs} epochs, Adam 3e-3, batch 64 (`models.train` defaults "
+        f"otherwise; DP-SGD with Opacus at the given ε, δ = min(1e-5, 1/n^1.1)); "
+        f"{len(set(r['seed'] for r in rows))} "
+        f"seed(s); RMIA offline with {2 * pairs} reference models on disjoint halves of the pool. "
+        f"Downstream: a client's linear probe with {PER_CLASS} labels per class on `{TARGET_SPEC}`. "
+        f"Mean ± sd over seeds; [..] in the per-run table is the 95 % interval (DeLong for AUC, Clopper-Pearson "
+        f"for TPR).",
+        "",
+        "| source | source acc. | downstream acc. | loss AUC | RMIA AUC | RMIA TPR@1% FPR | RMIA TPR@0.1% FPR "
+        "| ε lower bound (95 %) | claimed ε |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for epsilon in SETTINGS:
         group = by_setting.get(epsilon)
         if not group:
@@ -120,25 +156,47 @@ def render(rows: list[dict[str, Any]], *, args: argparse.Namespace, wall: float,
         rmia = [r["attacks"].get("rmia-offline") for r in group]
         loss = [r["attacks"]["loss-threshold"] for r in group]
         strongest = [a for a in rmia if a is not None] or loss
-        lines.append(" | ".join([
-            f"| {_name(epsilon)}", _mean_sd([r["source_accuracy"] for r in group]),
-            _mean_sd([r["downstream_accuracy"] for r in group]), _mean_sd([a["auc"] for a in loss]),
-            _mean_sd([a["auc"] for a in rmia if a is not None]),
-            _mean_sd([a["tpr"]["0.01"][0] for a in strongest]), _mean_sd([a["tpr"]["0.001"][0] for a in strongest]),
-            _mean_sd([r["dp_audit"]["lower_bound"] for r in group if r["dp_audit"]]) if epsilon is not None else "-",
-            _mean_sd([r["claimed_epsilon"] for r in group]) if epsilon is not None else "∞"]) + " |")
-    lines += ["", "Per run:", "", "| source | seed | loss AUC [95 %] | RMIA AUC [95 %] | RMIA TPR@0.1% FPR [95 %] | "
-              "members / non-members | canary guesses right | ε lower bound | claimed ε |", "| --- " * 9 + "|"]
+        lines.append(
+            " | ".join(
+                [
+                    f"| {_name(epsilon)}",
+                    _mean_sd([r["source_accuracy"] for r in group]),
+                    _mean_sd([r["downstream_accuracy"] for r in group]),
+                    _mean_sd([a["auc"] for a in loss]),
+                    _mean_sd([a["auc"] for a in rmia if a is not None]),
+                    _mean_sd([a["tpr"]["0.01"][0] for a in strongest]),
+                    _mean_sd([a["tpr"]["0.001"][0] for a in strongest]),
+                    _mean_sd([r["dp_audit"]["lower_bound"] for r in group if r["dp_audit"]])
+                    if epsilon is not None
+                    else "-",
+                    _mean_sd([r["claimed_epsilon"] for r in group]) if epsilon is not None else "∞",
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Per run:",
+        "",
+        "| source | seed | loss AUC [95 %] | RMIA AUC [95 %] | RMIA TPR@0.1% FPR [95 %] | "
+        "members / non-members | canary guesses right | ε lower bound | claimed ε |",
+        "| --- " * 9 + "|",
+    ]
     for row in rows:
         loss = row["attacks"]["loss-threshold"]
         rmia = row["attacks"].get("rmia-offline") or loss
         dp = row["dp_audit"]
         tpr = rmia["tpr"]["0.001"]
-        lines.append(f"| {_name(row['epsilon'])} | {row['seed']} | {loss['auc']:.3f} [{loss['auc_low']:.3f}, "
-                     f"{loss['auc_high']:.3f}] | {rmia['auc']:.3f} [{rmia['auc_low']:.3f}, {rmia['auc_high']:.3f}] | "
-                     f"{tpr[0]:.4f} [{tpr[1]:.4f}, {tpr[2]:.4f}] | {loss['members']} / {loss['non_members']} | "
-                     + (f"{dp['correct']}/{dp['guesses']} of {dp['canaries']} | {dp['lower_bound']:.3f} | "
-                        f"{dp['claimed']:.3f} |" if dp else "- | - | - |"))
+        lines.append(
+            f"| {_name(row['epsilon'])} | {row['seed']} | {loss['auc']:.3f} [{loss['auc_low']:.3f}, "
+            f"{loss['auc_high']:.3f}] | {rmia['auc']:.3f} [{rmia['auc_low']:.3f}, {rmia['auc_high']:.3f}] | "
+            f"{tpr[0]:.4f} [{tpr[1]:.4f}, {tpr[2]:.4f}] | {loss['members']} / {loss['non_members']} | "
+            + (
+                f"{dp['correct']}/{dp['guesses']} of {dp['canaries']} | {dp['lower_bound']:.3f} | {dp['claimed']:.3f} |"
+                if dp
+                else "- | - | - |"
+            )
+        )
     if math.isfinite(wall):
         lines += ["", f"Wall {wall / 60:.1f} min, CPU {cpu / 60:.1f} min ({args.jobs} processes, 1 torch thread each)."]
     return "\n".join(lines) + "\n"
@@ -154,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
     parser.add_argument("--settings", default="none,8,4,2,1", help="comma list of epsilons, 'none' for no DP")
     parser.add_argument("--out", default="reports", help="folder for audit_report.md/.json")
-    parser.add_argument("--render-only", action="store_true",
-                        help="render the rows already in OUT/audit_rows.jsonl (e.g. of a run that was stopped)")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="render the rows already in OUT/audit_rows.jsonl (e.g. of a run that was stopped)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,23 +235,38 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     children_cpu = 0.0
     with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, epsilon=e, seed=s, examples=args.examples, epochs=args.epochs,
-                               reference_pairs=args.reference_pairs): (e, s) for e, s in jobs}
+        futures = {
+            pool.submit(
+                run_one,
+                epsilon=e,
+                seed=s,
+                examples=args.examples,
+                epochs=args.epochs,
+                reference_pairs=args.reference_pairs,
+            ): (e, s)
+            for e, s in jobs
+        }
         for future in concurrent.futures.as_completed(futures):
             row = future.result()
             rows.append(row)
             with rows_file.open("a") as handle:  # one line per finished run: a stopped report keeps them
                 handle.write(json.dumps(row) + "\n")
-            print(f"{_name(row['epsilon'])} seed {row['seed']}: source acc {row['source_accuracy']:.3f}, downstream "
-                  f"{row['downstream_accuracy']:.3f}, AUCs " + ", ".join(f"{k} {v['auc']:.3f}"
-                                                                           for k, v in row['attacks'].items())
-                  + (f", eps >= {row['dp_audit']['lower_bound']:.3f} (claimed {row['claimed_epsilon']:.2f})"
-                     if row["dp_audit"] else "") + f" [{row['seconds_total']:.0f}s]", flush=True)
+            print(
+                f"{_name(row['epsilon'])} seed {row['seed']}: source acc {row['source_accuracy']:.3f}, downstream "
+                f"{row['downstream_accuracy']:.3f}, AUCs "
+                + ", ".join(f"{k} {v['auc']:.3f}" for k, v in row["attacks"].items())
+                + (
+                    f", eps >= {row['dp_audit']['lower_bound']:.3f} (claimed {row['claimed_epsilon']:.2f})"
+                    if row["dp_audit"]
+                    else ""
+                )
+                + f" [{row['seconds_total']:.0f}s]",
+                flush=True,
+            )
     children = os.times()
     children_cpu = children.children_user + children.children_system
     rows.sort(key=lambda r: (SETTINGS.index(r["epsilon"]) if r["epsilon"] in SETTINGS else 99, r["seed"]))
-    text = render(rows, args=args, wall=time.perf_counter() - started,
-                  cpu=time.process_time() - cpu0 + children_cpu)
+    text = render(rows, args=args, wall=time.perf_counter() - started, cpu=time.process_time() - cpu0 + children_cpu)
     (out / "audit_report.md").write_text(text)
     (out / "audit_report.json").write_text(json.dumps(rows, indent=1))
     print(text)

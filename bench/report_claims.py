@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from report_experiments import ALL_BLOCKS, AUTO, Results, Stat
 from report_setup import SOURCES, TARGETS, eps_text, labels_text
@@ -29,7 +29,7 @@ def compare(a: Stat, b: Stat) -> str:
     if a.n < 2 or b.n < 2:
         return UNKNOWN
     diff = a.mean - b.mean
-    se = math.sqrt(a.se ** 2 + b.se ** 2)
+    se = math.sqrt(a.se**2 + b.se**2)
     if abs(diff) > 2 * se and diff != 0:
         return GREATER if diff > 0 else LESS
     return TIE
@@ -59,8 +59,12 @@ def _verdict(outcome: str, *, expect: Sequence[str]) -> str:
 
 
 def _relation(outcome: str) -> str:
-    return {GREATER: "higher, beyond noise", LESS: "lower, beyond noise", TIE: "within noise",
-            UNKNOWN: "one seed: no test"}[outcome]
+    return {
+        GREATER: "higher, beyond noise",
+        LESS: "lower, beyond noise",
+        TIE: "within noise",
+        UNKNOWN: "one seed: no test",
+    }[outcome]
 
 
 def block_groups(blocks: Sequence[str]) -> dict[str, list[str]]:
@@ -91,11 +95,17 @@ def _init_claims(results: Results) -> list[Claim]:
         if row.pretrained is None or row.random is None:
             continue
         rel = compare(row.pretrained, row.random)
-        out.append(Claim(
-            "1", f"Pretrained initialisation beats random initialisation ({_pair(row.target)}, "
-                 f"{labels_text(row.per_class)})", source,
-            f"fine-tuned {row.pretrained.fmt()} vs random {row.random.fmt()} ({_diff(row.pretrained, row.random)}, "
-            f"{_relation(rel)})", _verdict(rel, expect=(GREATER,))))
+        out.append(
+            Claim(
+                "1",
+                f"Pretrained initialisation beats random initialisation ({_pair(row.target)}, "
+                f"{labels_text(row.per_class)})",
+                source,
+                f"fine-tuned {row.pretrained.fmt()} vs random {row.random.fmt()} ({_diff(row.pretrained, row.random)}, "
+                f"{_relation(rel)})",
+                _verdict(rel, expect=(GREATER,)),
+            )
+        )
     by_target: dict[str, list] = {}
     for row in results.init:
         if row.pretrained is not None and row.random is not None:
@@ -108,11 +118,16 @@ def _init_claims(results: Results) -> list[Claim]:
         gap_few = Stat(tuple(p - r for p, r in zip(fewest.pretrained.values, fewest.random.values, strict=True)))
         gap_many = Stat(tuple(p - r for p, r in zip(most.pretrained.values, most.random.values, strict=True)))
         rel = compare(gap_few, gap_many)
-        out.append(Claim(
-            "1", f"The benefit of pretraining shrinks as labels grow ({_pair(target)})",
-            "He, Girshick & Dollár 2019 (Rethinking ImageNet pre-training)",
-            f"gap {gap_few.fmt()} at {labels_text(fewest.per_class)} vs {gap_many.fmt()} at "
-            f"{labels_text(most.per_class)} ({_relation(rel)})", _verdict(rel, expect=(GREATER,))))
+        out.append(
+            Claim(
+                "1",
+                f"The benefit of pretraining shrinks as labels grow ({_pair(target)})",
+                "He, Girshick & Dollár 2019 (Rethinking ImageNet pre-training)",
+                f"gap {gap_few.fmt()} at {labels_text(fewest.per_class)} vs {gap_many.fmt()} at "
+                f"{labels_text(most.per_class)} ({_relation(rel)})",
+                _verdict(rel, expect=(GREATER,)),
+            )
+        )
     return out
 
 
@@ -140,29 +155,50 @@ def _surgical_claims(results: Results) -> list[Claim]:
         else:
             rel = compare(singles[best_predicted], singles[best_block])
             verdict = _verdict(rel, expect=(TIE, GREATER))
-            which = (f"the predicted block {best_predicted}" if len(predicted) == 1
-                     else f"the best predicted block ({', '.join(predicted)}) is {best_predicted}")
-            evidence = (f"best single block is {best_block} ({singles[best_block].fmt()}); {which} at "
-                        f"{singles[best_predicted].fmt()} ({_relation(rel)})")
+            which = (
+                f"the predicted block {best_predicted}"
+                if len(predicted) == 1
+                else f"the best predicted block ({', '.join(predicted)}) is {best_predicted}"
+            )
+            evidence = (
+                f"best single block is {best_block} ({singles[best_block].fmt()}); {which} at "
+                f"{singles[best_predicted].fmt()} ({_relation(rel)})"
+            )
         article = "an" if level[0] in "aeiou" else "a"
-        out.append(Claim("2", f"For {article} {level}-level shift, tuning {PREDICTION[level]} works best", source,
-                         evidence, verdict))
+        out.append(
+            Claim(
+                "2",
+                f"For {article} {level}-level shift, tuning {PREDICTION[level]} works best",
+                source,
+                evidence,
+                verdict,
+            )
+        )
         rel = compare(singles[best_block], rows[ALL_BLOCKS])
-        out.append(Claim(
-            "2", f"Tuning one block matches or beats tuning all blocks ({level}-level shift)", source,
-            f"best single block {best_block} {singles[best_block].fmt()} vs all blocks {rows[ALL_BLOCKS].fmt()} "
-            f"({_relation(rel)}; the best block is picked in hindsight, as in the paper's per-block tables)",
-            _verdict(rel, expect=(GREATER, TIE))))
+        out.append(
+            Claim(
+                "2",
+                f"Tuning one block matches or beats tuning all blocks ({level}-level shift)",
+                source,
+                f"best single block {best_block} {singles[best_block].fmt()} vs all blocks {rows[ALL_BLOCKS].fmt()} "
+                f"({_relation(rel)}; the best block is picked in hindsight, as in the paper's per-block tables)",
+                _verdict(rel, expect=(GREATER, TIE)),
+            )
+        )
         rel = compare(rows[AUTO], singles[best_block])
         scales = {r.block: r.scale.mean for r in results.rgn if r.target == target}
         favoured = max(scales, key=scales.get) if scales else "n/a"
-        out.append(Claim(
-            "2", f"Auto-RGN comes close to the best single block without being told which ({level}-level shift)",
-            source,
-            f"surgical:auto {rows[AUTO].fmt()} vs best block {best_block} {singles[best_block].fmt()} "
-            f"({_relation(rel)}); its LR scales favour {favoured}"
-            + (f" ({'in' if favoured in predicted else 'not in'} the predicted group)" if scales else ""),
-            _verdict(rel, expect=(GREATER, TIE))))
+        out.append(
+            Claim(
+                "2",
+                f"Auto-RGN comes close to the best single block without being told which ({level}-level shift)",
+                source,
+                f"surgical:auto {rows[AUTO].fmt()} vs best block {best_block} {singles[best_block].fmt()} "
+                f"({_relation(rel)}); its LR scales favour {favoured}"
+                + (f" ({'in' if favoured in predicted else 'not in'} the predicted group)" if scales else ""),
+                _verdict(rel, expect=(GREATER, TIE)),
+            )
+        )
     return out
 
 
@@ -174,19 +210,27 @@ def _strategy_claims(results: Results) -> list[Claim]:
         level = TARGETS[target].level
         if "lp-ft" in rows and "full" in rows:
             rel = compare(rows["lp-ft"], rows["full"])
-            out.append(Claim(
-                "3", f"LP-FT matches or beats full fine-tuning ({level}-level target)",
-                "Kumar et al., ICLR 2022 (Fine-tuning can distort pretrained features)",
-                f"lp-ft {rows['lp-ft'].fmt()} vs full {rows['full'].fmt()} ({_relation(rel)})",
-                _verdict(rel, expect=(GREATER, TIE))))
+            out.append(
+                Claim(
+                    "3",
+                    f"LP-FT matches or beats full fine-tuning ({level}-level target)",
+                    "Kumar et al., ICLR 2022 (Fine-tuning can distort pretrained features)",
+                    f"lp-ft {rows['lp-ft'].fmt()} vs full {rows['full'].fmt()} ({_relation(rel)})",
+                    _verdict(rel, expect=(GREATER, TIE)),
+                )
+            )
         for name in ("discriminative", "gradual-unfreeze"):
             if name in rows and "full" in rows:
                 rel = compare(rows[name], rows["full"])
-                out.append(Claim(
-                    "3", f"{name} matches or beats full fine-tuning on a small target ({level}-level target)",
-                    "Howard & Ruder 2018 (ULMFiT)",
-                    f"{name} {rows[name].fmt()} vs full {rows['full'].fmt()} ({_relation(rel)})",
-                    _verdict(rel, expect=(GREATER, TIE))))
+                out.append(
+                    Claim(
+                        "3",
+                        f"{name} matches or beats full fine-tuning on a small target ({level}-level target)",
+                        "Howard & Ruder 2018 (ULMFiT)",
+                        f"{name} {rows[name].fmt()} vs full {rows['full'].fmt()} ({_relation(rel)})",
+                        _verdict(rel, expect=(GREATER, TIE)),
+                    )
+                )
     return out
 
 
@@ -199,11 +243,17 @@ def _privacy_claims(results: Results) -> list[Claim]:
             continue
         base = random_rows[row.epsilon]
         rel = compare(row.accuracy, base.accuracy)
-        out.append(Claim(
-            "4", f"With DP, fine-tuning pretrained features beats training from random init "
-                 f"({row.arm} vs {base.arm}, {eps_text(row.epsilon)})", source,
-            f"{row.accuracy.fmt()} vs {base.accuracy.fmt()} ({_diff(row.accuracy, base.accuracy)}, "
-            f"{_relation(rel)})", _verdict(rel, expect=(GREATER,))))
+        out.append(
+            Claim(
+                "4",
+                f"With DP, fine-tuning pretrained features beats training from random init "
+                f"({row.arm} vs {base.arm}, {eps_text(row.epsilon)})",
+                source,
+                f"{row.accuracy.fmt()} vs {base.accuracy.fmt()} ({_diff(row.accuracy, base.accuracy)}, "
+                f"{_relation(rel)})",
+                _verdict(rel, expect=(GREATER,)),
+            )
+        )
     dp_eps = sorted(e for e in random_rows if e is not None)
     if dp_eps and None in random_rows:
         tightest = dp_eps[0]
@@ -211,16 +261,26 @@ def _privacy_claims(results: Results) -> list[Claim]:
             rows = {r.epsilon: r for r in results.privacy if r.arm == arm}
             if tightest not in rows or None not in rows:
                 continue
-            gap_dp = Stat(tuple(a - b for a, b in zip(rows[tightest].accuracy.values,
-                                                      random_rows[tightest].accuracy.values, strict=True)))
-            gap_free = Stat(tuple(a - b for a, b in zip(rows[None].accuracy.values, random_rows[None].accuracy.values,
-                                                        strict=True)))
+            gap_dp = Stat(
+                tuple(
+                    a - b
+                    for a, b in zip(rows[tightest].accuracy.values, random_rows[tightest].accuracy.values, strict=True)
+                )
+            )
+            gap_free = Stat(
+                tuple(a - b for a, b in zip(rows[None].accuracy.values, random_rows[None].accuracy.values, strict=True))
+            )
             rel = compare(gap_dp, gap_free)
-            out.append(Claim(
-                "4", f"Good features matter more under privacy: the gap over random init is larger at "
-                     f"{eps_text(tightest)} than without DP ({arm})", source,
-                f"gap {gap_dp.fmt()} at {eps_text(tightest)} vs {gap_free.fmt()} without DP ({_relation(rel)})",
-                _verdict(rel, expect=(GREATER,))))
+            out.append(
+                Claim(
+                    "4",
+                    f"Good features matter more under privacy: the gap over random init is larger at "
+                    f"{eps_text(tightest)} than without DP ({arm})",
+                    source,
+                    f"gap {gap_dp.fmt()} at {eps_text(tightest)} vs {gap_free.fmt()} without DP ({_relation(rel)})",
+                    _verdict(rel, expect=(GREATER,)),
+                )
+            )
     return out
 
 
@@ -228,10 +288,15 @@ def _search_claims(results: Results) -> list[Claim]:
     out = []
     for row in results.search:
         rel = compare(row.cv_pick, row.hindsight_accuracy)
-        out.append(Claim(
-            "5", f"k-fold cross-validation on the training split picks a configuration as good as the best "
-                 f"fixed choice in hindsight ({TARGETS[row.target].level}-level target)",
-            "Kohavi 1995 (cross-validation for model selection)",
-            f"CV pick {row.cv_pick.fmt()} vs hindsight best {row.hindsight} {row.hindsight_accuracy.fmt()} "
-            f"({_relation(rel)})", _verdict(rel, expect=(GREATER, TIE))))
+        out.append(
+            Claim(
+                "5",
+                f"k-fold cross-validation on the training split picks a configuration as good as the best "
+                f"fixed choice in hindsight ({TARGETS[row.target].level}-level target)",
+                "Kohavi 1995 (cross-validation for model selection)",
+                f"CV pick {row.cv_pick.fmt()} vs hindsight best {row.hindsight} {row.hindsight_accuracy.fmt()} "
+                f"({_relation(rel)})",
+                _verdict(rel, expect=(GREATER, TIE)),
+            )
+        )
     return out

@@ -10,10 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from report_runs import (PRETRAINED, RANDOM, FeatureSpec, ProbeSpec, Runner, RunSpec, SearchOutcome, SearchSpec,
-                         run_spec)
+from report_runs import PRETRAINED, RANDOM, FeatureSpec, ProbeSpec, Runner, RunSpec, SearchOutcome, SearchSpec, run_spec
 from report_setup import IMPORT, SOURCES, TARGETS, Settings
 
 ALL_BLOCKS = "all blocks (full)"
@@ -138,8 +137,16 @@ def _finetuned(s: Settings, target: str, per_class: int | None) -> bool:
 def _init_spec(s: Settings, *, target: str, per_class: int | None, init: str, seed: int) -> RunSpec:
     lr = s.random_lr if init == RANDOM else None
     steps = s.imagenet_steps if _imported(target) else s.steps
-    return run_spec(target=target, strategy="full", seed=seed, per_class=per_class, steps=steps,
-                    batch_size=s.batch_size, lr=lr, init=init)
+    return run_spec(
+        target=target,
+        strategy="full",
+        seed=seed,
+        per_class=per_class,
+        steps=steps,
+        batch_size=s.batch_size,
+        lr=lr,
+        init=init,
+    )
 
 
 def feature_spec(target: str, *, work_dir: str) -> FeatureSpec:
@@ -164,8 +171,9 @@ def plan_init(s: Settings, *, work_dir: str) -> list[RunSpec | ProbeSpec]:
             for seed in s.seeds:
                 specs.append(_probe_spec(s, target=t, per_class=pc, seed=seed, work_dir=work_dir))
                 if _finetuned(s, t, pc):
-                    specs += [_init_spec(s, target=t, per_class=pc, init=init, seed=seed)
-                              for init in (PRETRAINED, RANDOM)]
+                    specs += [
+                        _init_spec(s, target=t, per_class=pc, init=init, seed=seed) for init in (PRETRAINED, RANDOM)
+                    ]
     return specs
 
 
@@ -177,10 +185,13 @@ def rows_init(s: Settings, runner: Runner, *, work_dir: str) -> list[InitRow]:
             probes = [runner[_probe_spec(s, target=t, per_class=pc, seed=seed, work_dir=work_dir)] for seed in s.seeds]
             pre = rnd = None
             if _finetuned(s, t, pc):
-                pre = stat(runner[_init_spec(s, target=t, per_class=pc, init=PRETRAINED, seed=seed)].accuracy
-                           for seed in s.seeds)
-                rnd = stat(runner[_init_spec(s, target=t, per_class=pc, init=RANDOM, seed=seed)].accuracy
-                           for seed in s.seeds)
+                pre = stat(
+                    runner[_init_spec(s, target=t, per_class=pc, init=PRETRAINED, seed=seed)].accuracy
+                    for seed in s.seeds
+                )
+                rnd = stat(
+                    runner[_init_spec(s, target=t, per_class=pc, init=RANDOM, seed=seed)].accuracy for seed in s.seeds
+                )
             rows.append(InitRow(t, pc, probes[0].train_examples, stat(o.accuracy for o in probes), pre, rnd))
     return rows
 
@@ -194,18 +205,30 @@ def _surgical_strategies(blocks: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def _adapt_spec(s: Settings, *, target: str, strategy: str, seed: int, lr: float | None = None) -> RunSpec:
-    return run_spec(target=target, strategy=strategy, seed=seed, per_class=s.adapt_per_class, steps=s.steps,
-                    batch_size=s.batch_size, lr=lr)
+    return run_spec(
+        target=target,
+        strategy=strategy,
+        seed=seed,
+        per_class=s.adapt_per_class,
+        steps=s.steps,
+        batch_size=s.batch_size,
+        lr=lr,
+    )
 
 
 def plan_surgical(s: Settings, *, blocks: dict[str, list[str]]) -> list[RunSpec]:
     """Section 2: each single block, all blocks and Auto-RGN per shift."""
-    return [_adapt_spec(s, target=t, strategy=strategy, seed=seed)
-            for t in s.surgical_targets for _, strategy in _surgical_strategies(blocks[t]) for seed in s.seeds]
+    return [
+        _adapt_spec(s, target=t, strategy=strategy, seed=seed)
+        for t in s.surgical_targets
+        for _, strategy in _surgical_strategies(blocks[t])
+        for seed in s.seeds
+    ]
 
 
-def rows_surgical(s: Settings, runner: Runner, *,
-                  blocks: dict[str, list[str]]) -> tuple[list[SurgicalRow], list[RGNRow]]:
+def rows_surgical(
+    s: Settings, runner: Runner, *, blocks: dict[str, list[str]]
+) -> tuple[list[SurgicalRow], list[RGNRow]]:
     """Section 2's accuracy rows and Auto-RGN block-weight rows."""
     rows, rgn = [], []
     for t in s.surgical_targets:
@@ -223,30 +246,53 @@ def rows_surgical(s: Settings, runner: Runner, *,
 
 def plan_strategies(s: Settings) -> list[RunSpec]:
     """Section 3: every strategy at its default LR on every target."""
-    return [_adapt_spec(s, target=t, strategy=strategy, seed=seed)
-            for t in s.strategy_targets for strategy in s.strategies for seed in s.seeds]
+    return [
+        _adapt_spec(s, target=t, strategy=strategy, seed=seed)
+        for t in s.strategy_targets
+        for strategy in s.strategies
+        for seed in s.seeds
+    ]
 
 
 def rows_strategies(s: Settings, runner: Runner) -> list[StrategyRow]:
     """Section 3's rows."""
-    return [StrategyRow(t, strategy, stat(runner[_adapt_spec(s, target=t, strategy=strategy, seed=seed)].accuracy
-                                          for seed in s.seeds))
-            for t in s.strategy_targets for strategy in s.strategies]
+    return [
+        StrategyRow(
+            t,
+            strategy,
+            stat(runner[_adapt_spec(s, target=t, strategy=strategy, seed=seed)].accuracy for seed in s.seeds),
+        )
+        for t in s.strategy_targets
+        for strategy in s.strategies
+    ]
 
 
 # -- 4. privacy ------------------------------------------------------------------------------
 
 
 def _privacy_spec(s: Settings, *, init: str, strategy: str, epsilon: float | None, seed: int) -> RunSpec:
-    return run_spec(target=s.privacy_target, strategy=strategy, seed=seed, per_class=s.privacy_per_class,
-                    steps=s.privacy_steps, batch_size=s.privacy_batch_size, lr=s.random_lr if init == RANDOM else None,
-                    init=init, epsilon=epsilon, max_grad_norm=s.max_grad_norm)
+    return run_spec(
+        target=s.privacy_target,
+        strategy=strategy,
+        seed=seed,
+        per_class=s.privacy_per_class,
+        steps=s.privacy_steps,
+        batch_size=s.privacy_batch_size,
+        lr=s.random_lr if init == RANDOM else None,
+        init=init,
+        epsilon=epsilon,
+        max_grad_norm=s.max_grad_norm,
+    )
 
 
 def plan_privacy(s: Settings) -> list[RunSpec]:
     """Section 4: each (initialisation, strategy) arm at each target ε and without DP."""
-    return [_privacy_spec(s, init=init, strategy=strategy, epsilon=eps, seed=seed)
-            for init, strategy in s.privacy_arms for eps in s.epsilons for seed in s.seeds]
+    return [
+        _privacy_spec(s, init=init, strategy=strategy, epsilon=eps, seed=seed)
+        for init, strategy in s.privacy_arms
+        for eps in s.epsilons
+        for seed in s.seeds
+    ]
 
 
 def rows_privacy(s: Settings, runner: Runner) -> list[PrivacyRow]:
@@ -271,8 +317,15 @@ def _grid(s: Settings) -> list[tuple[str, float]]:
 
 
 def _search_spec(s: Settings, *, target: str, seed: int) -> SearchSpec:
-    return SearchSpec(target=target, seed=seed, per_class=s.adapt_per_class, strategies=tuple(s.search_strategies),
-                      folds=s.folds, steps=s.steps, batch_size=s.batch_size)
+    return SearchSpec(
+        target=target,
+        seed=seed,
+        per_class=s.adapt_per_class,
+        strategies=tuple(s.search_strategies),
+        folds=s.folds,
+        steps=s.steps,
+        batch_size=s.batch_size,
+    )
 
 
 def plan_search(s: Settings) -> list[RunSpec | SearchSpec]:
@@ -293,27 +346,57 @@ def rows_search(s: Settings, runner: Runner) -> list[SearchRow]:
     rows = []
     for t in s.search_targets:
         found: list[SearchOutcome] = [runner[_search_spec(s, target=t, seed=seed)] for seed in s.seeds]
-        cells = {(name, lr): stat(runner[_adapt_spec(s, target=t, strategy=name, seed=seed, lr=lr)].accuracy
-                                  for seed in s.seeds) for name, lr in _grid(s)}
+        cells = {
+            (name, lr): stat(
+                runner[_adapt_spec(s, target=t, strategy=name, seed=seed, lr=lr)].accuracy for seed in s.seeds
+            )
+            for name, lr in _grid(s)
+        }
         (best_name, best_lr), best = max(cells.items(), key=lambda kv: kv[1].mean)
         default = "lp-ft" if "lp-ft" in s.search_strategies else s.search_strategies[-1]
         default_cell = cells[(default, get_strategy(default).default_lr)]
-        rows.append(SearchRow(t, tuple(f"{o.picked_strategy}@{o.picked_lr:g}" for o in found),
-                              stat(o.test_accuracy for o in found), f"{best_name}@{best_lr:g}", best,
-                              default_cell, default))
+        rows.append(
+            SearchRow(
+                t,
+                tuple(f"{o.picked_strategy}@{o.picked_lr:g}" for o in found),
+                stat(o.test_accuracy for o in found),
+                f"{best_name}@{best_lr:g}",
+                best,
+                default_cell,
+                default,
+            )
+        )
     return rows
 
 
-def run_experiments(settings: Settings, runner: Runner, *, blocks: dict[str, list[str]], config,
-                    work_dir: str, progress: Callable[[str], None]) -> Results:
+def run_experiments(
+    settings: Settings,
+    runner: Runner,
+    *,
+    blocks: dict[str, list[str]],
+    config,
+    work_dir: str,
+    progress: Callable[[str], None],
+) -> Results:
     """Plans every section, runs all their specs in one pool (feature passes first), and builds the rows."""
     runner.run_all(plan_features(settings, work_dir=work_dir), config=config, label="frozen-feature passes")
-    specs = (plan_init(settings, work_dir=work_dir) + plan_surgical(settings, blocks=blocks)
-             + plan_strategies(settings) + plan_privacy(settings) + plan_search(settings))
+    specs = (
+        plan_init(settings, work_dir=work_dir)
+        + plan_surgical(settings, blocks=blocks)
+        + plan_strategies(settings)
+        + plan_privacy(settings)
+        + plan_search(settings)
+    )
     unique = len(set(specs))
     progress(f"planned {len(specs)} runs ({unique} distinct) across 5 sections")
     runner.run_all(specs, config=config, label="adaptation runs")
     surgical, rgn = rows_surgical(settings, runner, blocks=blocks)
-    return Results(init=rows_init(settings, runner, work_dir=work_dir), surgical=surgical, rgn=rgn,
-                   strategies=rows_strategies(settings, runner), privacy=rows_privacy(settings, runner),
-                   search=rows_search(settings, runner), blocks=blocks)
+    return Results(
+        init=rows_init(settings, runner, work_dir=work_dir),
+        surgical=surgical,
+        rgn=rgn,
+        strategies=rows_strategies(settings, runner),
+        privacy=rows_privacy(settings, runner),
+        search=rows_search(settings, runner),
+        blocks=blocks,
+    )

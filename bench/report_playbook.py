@@ -36,13 +36,32 @@ from pathlib import Path
 import numpy as np
 
 SETTINGS = {
-    "arch": "convnet", "config": {"width": 16, "depth": 2}, "source_classes": "0-4", "target_classes": "5-9",
-    "source_examples": 2000, "supervised_epochs": 3, "protonet_episodes": 200, "protonet_shape": (5, 5, 10),
-    "episodes": 200, "ways": 5, "shots": (1, 5), "queries": 15, "labels_per_class": 20,
-    "finetune_strategy": "full", "finetune_steps": 100, "self_pretrain_steps": 200, "self_pretrain_lr": 1e-3,
+    "arch": "convnet",
+    "config": {"width": 16, "depth": 2},
+    "source_classes": "0-4",
+    "target_classes": "5-9",
+    "source_examples": 2000,
+    "supervised_epochs": 3,
+    "protonet_episodes": 200,
+    "protonet_shape": (5, 5, 10),
+    "episodes": 200,
+    "ways": 5,
+    "shots": (1, 5),
+    "queries": 15,
+    "labels_per_class": 20,
+    "finetune_strategy": "full",
+    "finetune_steps": 100,
+    "self_pretrain_steps": 200,
+    "self_pretrain_lr": 1e-3,
 }
-QUICK = {"source_examples": 500, "supervised_epochs": 1, "protonet_episodes": 20, "episodes": 20,
-         "finetune_steps": 10, "self_pretrain_steps": 10}
+QUICK = {
+    "source_examples": 500,
+    "supervised_epochs": 1,
+    "protonet_episodes": 20,
+    "episodes": 20,
+    "finetune_steps": 10,
+    "self_pretrain_steps": 10,
+}
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -57,7 +76,7 @@ def verdict(a: list[float], b: list[float], *, better: str, worse: str) -> str:
         return f"{better} vs {worse}: one seed, no verdict"
     ma, sa = mean_se(a)
     mb, sb = mean_se(b)
-    diff, se = ma - mb, math.sqrt(sa ** 2 + sb ** 2)
+    diff, se = ma - mb, math.sqrt(sa**2 + sb**2)
     if not (math.isfinite(diff) and math.isfinite(se)):
         return "no verdict (NaN)"
     if diff > 2 * se:
@@ -115,30 +134,46 @@ def make_sources(root: Path, *, seed: int, s: dict) -> dict[str, Source]:
     from xfer.models.weights import model_from_card, save_safetensors
 
     lo, hi = (int(v) for v in s["source_classes"].split("-"))
-    common = dict(arch=s["arch"], data="fashion-mnist", config=s["config"], max_examples=s["source_examples"],
-                  seed=seed)
+    common = dict(
+        arch=s["arch"], data="fashion-mnist", config=s["config"], max_examples=s["source_examples"], seed=seed
+    )
     out: dict[str, Source] = {}
-    r = train_source_model(out_dir=root / f"supervised-{seed}", classes=range(lo, hi + 1),
-                           epochs=s["supervised_epochs"], **common)
+    r = train_source_model(
+        out_dir=root / f"supervised-{seed}", classes=range(lo, hi + 1), epochs=s["supervised_epochs"], **common
+    )
     out["supervised"] = Source("supervised", r.out_dir, r.card, f"supervised, classes {s['source_classes']}")
     ways, shots, queries = s["protonet_shape"]
-    r = train_source_model(out_dir=root / f"protonet-{seed}", classes=range(lo, hi + 1),
-                           meta=MetaConfig(method="protonet", episodes=s["protonet_episodes"], ways=ways, shots=shots,
-                                           queries=queries, seed=seed), **common)
+    r = train_source_model(
+        out_dir=root / f"protonet-{seed}",
+        classes=range(lo, hi + 1),
+        meta=MetaConfig(
+            method="protonet", episodes=s["protonet_episodes"], ways=ways, shots=shots, queries=queries, seed=seed
+        ),
+        **common,
+    )
     out["protonet"] = Source("protonet", r.out_dir, r.card, f"ProtoNet, classes {s['source_classes']}")
     torch.manual_seed(seed)
     model = model_from_card(out["supervised"].card)  # the same architecture, freshly initialised
     folder = root / f"random-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    card = dataclasses.replace(out["supervised"].card, source_task="random initialisation", training_method="",
-                               training_settings={}, description="")
+    card = dataclasses.replace(
+        out["supervised"].card,
+        source_task="random initialisation",
+        training_method="",
+        training_settings={},
+        description="",
+    )
     save_safetensors(model, folder / "model.safetensors")
     export_onnx(model.eval(), folder / "model.onnx")
     (folder / "card.json").write_text(json.dumps(card.to_dict()))
     out["random"] = Source("random", folder, card, "random initialisation")
     if seed == 0:  # more candidates for the ranking (section C)
-        r = train_source_model(out_dir=root / "weak", classes=range(lo, hi + 1), epochs=1,
-                               **{**common, "max_examples": max(50, s["source_examples"] // 8)})
+        r = train_source_model(
+            out_dir=root / "weak",
+            classes=range(lo, hi + 1),
+            epochs=1,
+            **{**common, "max_examples": max(50, s["source_examples"] // 8)},
+        )
         out["weak"] = Source("weak", r.out_dir, r.card, "supervised, 1 epoch on an eighth of the examples")
         r = train_source_model(out_dir=root / "all10", epochs=s["supervised_epochs"], **common)
         out["all10"] = Source("all10", r.out_dir, r.card, "supervised, all ten classes (source pool)")
@@ -157,17 +192,27 @@ def section_a(sources: dict[int, dict[str, Source]], *, s: dict) -> dict:
         for key in ("supervised", "protonet", "random"):
             model, card = _load(by_key[key].folder)
             target = load_target(f"fashion-mnist:classes={s['target_classes']}", card=card, seed=seed)
-            config = EpisodeConfig(episodes=s["episodes"], ways=s["ways"], shots=s["shots"], queries=s["queries"],
-                                   heads=("prototype", "logreg"), seed=seed)
+            config = EpisodeConfig(
+                episodes=s["episodes"],
+                ways=s["ways"],
+                shots=s["shots"],
+                queries=s["queries"],
+                heads=("prototype", "logreg"),
+                seed=seed,
+            )
             report = evaluate_model_episodes(model, target.test.x, target.test.y.numpy(), config=config, card=card)
             for score in report.scores:
                 col = f"{score.head} {score.shots}-shot"
                 rows.setdefault(key, {}).setdefault(col, []).append(score.mean)
                 cis.setdefault(key, {}).setdefault(col, []).append(score.ci95)
-    verdicts = [verdict(rows["protonet"][c], rows["supervised"][c], better="ProtoNet", worse="supervised") + f" ({c})"
-                for c in (f"prototype {k}-shot" for k in s["shots"])]
-    verdicts += [verdict(rows["supervised"][c], rows["random"][c], better="supervised", worse="random init")
-                 + f" ({c})" for c in (f"prototype {k}-shot" for k in s["shots"])]
+    verdicts = [
+        verdict(rows["protonet"][c], rows["supervised"][c], better="ProtoNet", worse="supervised") + f" ({c})"
+        for c in (f"prototype {k}-shot" for k in s["shots"])
+    ]
+    verdicts += [
+        verdict(rows["supervised"][c], rows["random"][c], better="supervised", worse="random init") + f" ({c})"
+        for c in (f"prototype {k}-shot" for k in s["shots"])
+    ]
     return {"rows": rows, "ci95": cis, "verdicts": verdicts}
 
 
@@ -176,11 +221,18 @@ def _finetune(model, card, *, seed: int, s: dict, self_pretrain: bool) -> float:
     from xfer.client.finetune.data import load_target
     from xfer.client.finetune.pipeline import adapt
 
-    target = load_target(f"fashion-mnist:classes={s['target_classes']},per_class={s['labels_per_class']}", card=card,
-                         seed=seed)
+    target = load_target(
+        f"fashion-mnist:classes={s['target_classes']},per_class={s['labels_per_class']}", card=card, seed=seed
+    )
     sp = SelfPretrainConfig(steps=s["self_pretrain_steps"], lr=s["self_pretrain_lr"]) if self_pretrain else None
-    config = FinetuneConfig(strategy=s["finetune_strategy"], steps=s["finetune_steps"], device="cpu", seed=seed,
-                            self_pretrain=sp, reinit_head=True)
+    config = FinetuneConfig(
+        strategy=s["finetune_strategy"],
+        steps=s["finetune_steps"],
+        device="cpu",
+        seed=seed,
+        self_pretrain=sp,
+        reinit_head=True,
+    )
     outcome = adapt(model, target=target, config=config, card=card)
     return float(outcome.test_metrics.accuracy)
 
@@ -189,18 +241,34 @@ def section_b(sources: dict[int, dict[str, Source]], *, s: dict) -> dict:
     """Fine-tuning on 20 labels per class after self-pretraining (or not), from the source or from random init."""
     rows: dict[str, list[float]] = {}
     for seed, by_key in sources.items():
-        for key, start, sp in (("source, no self-pretraining", "supervised", False),
-                               ("source + self-pretraining", "supervised", True),
-                               ("random init + self-pretraining", "random", True),
-                               ("random init, no self-pretraining", "random", False)):
+        for key, start, sp in (
+            ("source, no self-pretraining", "supervised", False),
+            ("source + self-pretraining", "supervised", True),
+            ("random init + self-pretraining", "random", True),
+            ("random init, no self-pretraining", "random", False),
+        ):
             model, card = _load(by_key[start].folder)
             rows.setdefault(key, []).append(_finetune(model, card, seed=seed, s=s, self_pretrain=sp))
-    verdicts = [verdict(rows["source + self-pretraining"], rows["source, no self-pretraining"],
-                        better="self-pretraining the source", worse="no self-pretraining"),
-                verdict(rows["random init + self-pretraining"], rows["random init, no self-pretraining"],
-                        better="self-pretraining from random init", worse="random init alone"),
-                verdict(rows["random init + self-pretraining"], rows["source, no self-pretraining"],
-                        better="self-pretraining only on the client's data", worse="the pulled source")]
+    verdicts = [
+        verdict(
+            rows["source + self-pretraining"],
+            rows["source, no self-pretraining"],
+            better="self-pretraining the source",
+            worse="no self-pretraining",
+        ),
+        verdict(
+            rows["random init + self-pretraining"],
+            rows["random init, no self-pretraining"],
+            better="self-pretraining from random init",
+            worse="random init alone",
+        ),
+        verdict(
+            rows["random init + self-pretraining"],
+            rows["source, no self-pretraining"],
+            better="self-pretraining only on the client's data",
+            worse="the pulled source",
+        ),
+    ]
     return {"rows": rows, "verdicts": verdicts}
 
 
@@ -213,8 +281,9 @@ def section_c(sources: dict[int, dict[str, Source]], *, s: dict, tuned: dict | N
     candidates = sources[0]
     scores, accuracy = {}, {}
     for key, src in candidates.items():
-        target = load_target(f"fashion-mnist:classes={s['target_classes']},per_class={s['labels_per_class']}",
-                             card=src.card, seed=0)
+        target = load_target(
+            f"fashion-mnist:classes={s['target_classes']},per_class={s['labels_per_class']}", card=src.card, seed=0
+        )
         feats = FeatureExtractor(src.folder / "model.onnx")(target.train.x.numpy())
         scores[key] = score_features(feats, target.train.y.numpy())
         if tuned is not None and key == "supervised":
@@ -228,19 +297,31 @@ def section_c(sources: dict[int, dict[str, Source]], *, s: dict, tuned: dict | N
     mean_acc = [float(np.mean(accuracy[k])) for k in keys]
     tau_logme = kendall_tau([scores[k].logme for k in keys], mean_acc)
     tau_knn = kendall_tau([scores[k].knn_accuracy for k in keys], mean_acc)
-    per_seed = {crit: [kendall_tau([getattr(scores[k], attr) for k in keys], [accuracy[k][i] for k in keys])
-                       for i in range(len(sources))] for crit, attr in (("logme", "logme"), ("knn", "knn_accuracy"))}
+    per_seed = {
+        crit: [
+            kendall_tau([getattr(scores[k], attr) for k in keys], [accuracy[k][i] for k in keys])
+            for i in range(len(sources))
+        ]
+        for crit, attr in (("logme", "logme"), ("knn", "knn_accuracy"))
+    }
     best = keys[int(np.argmax(mean_acc))]
-    verdicts = [f"LogME's order agrees with the fine-tuned accuracy's with Kendall τ = {tau_logme:+.2f} "
-                f"(per seed {', '.join(f'{t:+.2f}' for t in per_seed['logme'])}); k-NN's τ = {tau_knn:+.2f} "
-                f"(per seed {', '.join(f'{t:+.2f}' for t in per_seed['knn'])})",
-                f"LogME's first choice ({max(keys, key=lambda k: scores[k].logme)}) "
-                f"{'is' if max(keys, key=lambda k: scores[k].logme) == best else 'is not'} the best after "
-                f"fine-tuning ({best}); k-NN's ({max(keys, key=lambda k: scores[k].knn_accuracy)}) "
-                f"{'is' if max(keys, key=lambda k: scores[k].knn_accuracy) == best else 'is not'}"]
-    return {"scores": {k: dataclasses.asdict(v) for k, v in scores.items()}, "accuracy": accuracy,
-            "how": {k: candidates[k].how for k in keys}, "tau": {"logme": tau_logme, "knn": tau_knn},
-            "tau_per_seed": per_seed, "verdicts": verdicts}
+    verdicts = [
+        f"LogME's order agrees with the fine-tuned accuracy's with Kendall τ = {tau_logme:+.2f} "
+        f"(per seed {', '.join(f'{t:+.2f}' for t in per_seed['logme'])}); k-NN's τ = {tau_knn:+.2f} "
+        f"(per seed {', '.join(f'{t:+.2f}' for t in per_seed['knn'])})",
+        f"LogME's first choice ({max(keys, key=lambda k: scores[k].logme)}) "
+        f"{'is' if max(keys, key=lambda k: scores[k].logme) == best else 'is not'} the best after "
+        f"fine-tuning ({best}); k-NN's ({max(keys, key=lambda k: scores[k].knn_accuracy)}) "
+        f"{'is' if max(keys, key=lambda k: scores[k].knn_accuracy) == best else 'is not'}",
+    ]
+    return {
+        "scores": {k: dataclasses.asdict(v) for k, v in scores.items()},
+        "accuracy": accuracy,
+        "how": {k: candidates[k].how for k in keys},
+        "tau": {"logme": tau_logme, "knn": tau_knn},
+        "tau_per_seed": per_seed,
+        "verdicts": verdicts,
+    }
 
 
 def _fmt(values: list[float]) -> str:
@@ -251,33 +332,42 @@ def _fmt(values: list[float]) -> str:
 def render(result: dict) -> str:
     """The report as markdown."""
     s, lines = result["settings"], []
-    lines.append(f"# The rest of the playbook, measured\n\nFashion-MNIST; sources trained on the source pool's classes "
-                 f"{s['source_classes']} ({s['source_examples']} examples, {s['arch']} {s['config']}); targets are "
-                 f"classes {s['target_classes']} of the target pool, never seen by any source. {result['seeds']} seeds "
-                 f"(mean ± standard error over seeds). Wall {result['wall_seconds']:.0f}s, CPU "
-                 f"{result['cpu_seconds']:.0f}s.\n")
+    lines.append(
+        f"# The rest of the playbook, measured\n\nFashion-MNIST; sources trained on the source pool's classes "
+        f"{s['source_classes']} ({s['source_examples']} examples, {s['arch']} {s['config']}); targets are "
+        f"classes {s['target_classes']} of the target pool, never seen by any source. {result['seeds']} seeds "
+        f"(mean ± standard error over seeds). Wall {result['wall_seconds']:.0f}s, CPU "
+        f"{result['cpu_seconds']:.0f}s.\n"
+    )
     a = result["a"]
     cols = [f"{h} {k}-shot" for h in ("prototype", "logreg") for k in s["shots"]]
-    lines.append(f"## A. Meta-learned vs ordinary sources: {s['ways']}-way episodes of unseen classes\n\n"
-                 f"{s['episodes']} episodes per setting and seed, {s['queries']} queries per class; mean query "
-                 f"accuracy ± SE over seeds (the mean 95 % interval over episodes in brackets).\n")
+    lines.append(
+        f"## A. Meta-learned vs ordinary sources: {s['ways']}-way episodes of unseen classes\n\n"
+        f"{s['episodes']} episodes per setting and seed, {s['queries']} queries per class; mean query "
+        f"accuracy ± SE over seeds (the mean 95 % interval over episodes in brackets).\n"
+    )
     lines.append("| source | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
     for key, row in a["rows"].items():
-        lines.append(f"| {key} | " + " | ".join(f"{_fmt(row[c])} [±{np.mean(a['ci95'][key][c]):.3f}]" for c in cols)
-                     + " |")
+        lines.append(
+            f"| {key} | " + " | ".join(f"{_fmt(row[c])} [±{np.mean(a['ci95'][key][c]):.3f}]" for c in cols) + " |"
+        )
     lines += ["", *(f"- {v}" for v in a["verdicts"]), ""]
     b = result["b"]
-    lines.append(f"## B. Self-pretraining on the client's unlabelled examples\n\n{s['labels_per_class']} labels per "
-                 f"class, the rest of the training split unlabelled; masked-image self-pretraining "
-                 f"{s['self_pretrain_steps']} steps, then `{s['finetune_strategy']}` fine-tuning "
-                 f"{s['finetune_steps']} steps; test accuracy.\n")
+    lines.append(
+        f"## B. Self-pretraining on the client's unlabelled examples\n\n{s['labels_per_class']} labels per "
+        f"class, the rest of the training split unlabelled; masked-image self-pretraining "
+        f"{s['self_pretrain_steps']} steps, then `{s['finetune_strategy']}` fine-tuning "
+        f"{s['finetune_steps']} steps; test accuracy.\n"
+    )
     lines.append("| start | test accuracy |\n|---|---|")
     lines += [f"| {k} | {_fmt(v)} |" for k, v in b["rows"].items()]
     lines += ["", *(f"- {v}" for v in b["verdicts"]), ""]
     c = result["c"]
-    lines.append("## C. Choosing a source: rank scores vs accuracy after fine-tuning\n\nScores on the ONNX features "
-                 f"of the {s['labels_per_class']}-per-class training split (seed 0's candidates); accuracy after "
-                 f"fine-tuning as in B, over seeds.\n")
+    lines.append(
+        "## C. Choosing a source: rank scores vs accuracy after fine-tuning\n\nScores on the ONNX features "
+        f"of the {s['labels_per_class']}-per-class training split (seed 0's candidates); accuracy after "
+        f"fine-tuning as in B, over seeds.\n"
+    )
     lines.append("| candidate | how | LogME | k-NN acc | fine-tuned acc |\n|---|---|---|---|---|")
     for key, how in c["how"].items():
         sc = c["scores"][key]
@@ -309,9 +399,15 @@ def main(argv: list[str] | None = None) -> int:
         b = section_b(sources, s=s)
         print(f"B done ({time.perf_counter() - started:.0f}s)", file=sys.stderr)
         c = section_c(sources, s=s, tuned=b["rows"])
-    result = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "seeds": args.seeds,
-              "a": a, "b": b, "c": c, "wall_seconds": time.perf_counter() - started,
-              "cpu_seconds": time.process_time() - cpu}
+    result = {
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
+        "seeds": args.seeds,
+        "a": a,
+        "b": b,
+        "c": c,
+        "wall_seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu,
+    }
     text = render(result)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

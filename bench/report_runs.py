@@ -25,8 +25,8 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Union
 
 from report_setup import IMPORT, SOURCES, TARGETS, epochs_for
 
@@ -104,8 +104,9 @@ class RunSpec:
         """One line for progress output."""
         pc = "all" if self.per_class is None else f"{self.per_class}/class"
         dp = "" if self.epsilon is None else f" ε={self.epsilon:g}"
-        return (f"{self.target} {pc} {self.init} {self.strategy} lr={self.lr:g} bs={self.batch_size}{dp} "
-                f"seed={self.seed}")
+        return (
+            f"{self.target} {pc} {self.init} {self.strategy} lr={self.lr:g} bs={self.batch_size}{dp} seed={self.seed}"
+        )
 
     def run_id(self) -> str:
         """A deterministic run id: a retried report of the same run is stored once."""
@@ -126,26 +127,47 @@ class SearchSpec:
 
     def describe(self) -> str:
         """One line for progress output."""
-        return f"search {self.target} over {len(self.strategies)} strategies x 3 LRs, {self.folds} folds, " \
-               f"seed={self.seed}"
+        return (
+            f"search {self.target} over {len(self.strategies)} strategies x 3 LRs, {self.folds} folds, seed={self.seed}"
+        )
 
     def run_id(self) -> str:
         """A deterministic run id: a retried report of the same run is stored once."""
         return "report-search-" + hashlib.sha256(repr(self).encode()).hexdigest()[:24]
 
 
-Spec = Union[SourceSpec, FeatureSpec, ProbeSpec, RunSpec, SearchSpec]
+Spec = SourceSpec | FeatureSpec | ProbeSpec | RunSpec | SearchSpec
 
 
-def run_spec(*, target: str, strategy: str, seed: int, per_class: int | None, steps: int, batch_size: int,
-             lr: float | None = None, init: str = PRETRAINED, epsilon: float | None = None,
-             max_grad_norm: float = 1.0) -> RunSpec:
+def run_spec(
+    *,
+    target: str,
+    strategy: str,
+    seed: int,
+    per_class: int | None,
+    steps: int,
+    batch_size: int,
+    lr: float | None = None,
+    init: str = PRETRAINED,
+    epsilon: float | None = None,
+    max_grad_norm: float = 1.0,
+) -> RunSpec:
     """A RunSpec with `lr=None` resolved to the strategy's default, so equal runs compare equal."""
     from xfer.client.finetune import get_strategy
 
     lr = float(lr) if lr is not None else float(get_strategy(strategy).default_lr)
-    return RunSpec(target=target, strategy=strategy, seed=seed, per_class=per_class, lr=lr, steps=steps,
-                   batch_size=batch_size, init=init, epsilon=epsilon, max_grad_norm=max_grad_norm)
+    return RunSpec(
+        target=target,
+        strategy=strategy,
+        seed=seed,
+        per_class=per_class,
+        lr=lr,
+        steps=steps,
+        batch_size=batch_size,
+        init=init,
+        epsilon=epsilon,
+        max_grad_norm=max_grad_norm,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +228,7 @@ class SearchOutcome:
     transferred_bytes: int = 0
 
 
-Outcome = Union[SourceOutcome, FeatureOutcome, ProbeOutcome, RunOutcome, SearchOutcome]
+Outcome = SourceOutcome | FeatureOutcome | ProbeOutcome | RunOutcome | SearchOutcome
 
 
 # -- worker side -------------------------------------------------------------------------------
@@ -239,8 +261,9 @@ class _Worker:
         if self._client is None:
             from report_service import client
 
-            self._client = client(self.config.target, token=self.config.client_token,
-                                  cache_dir=Path(self.config.cache_dir))
+            self._client = client(
+                self.config.target, token=self.config.client_token, cache_dir=Path(self.config.cache_dir)
+            )
         return self._client
 
     def model(self, source: str):
@@ -314,9 +337,17 @@ def _make_source(spec: SourceSpec) -> SourceOutcome:
         return SourceOutcome(spec, None, time.perf_counter() - started, time.process_time() - cpu)
     from xfer.models.train import train_source_model
 
-    result = train_source_model(out_dir=spec.out_dir, arch=spec.arch, data=source.data, classes=source.classes,
-                                epochs=spec.epochs, lr=spec.lr, seed=spec.seed, max_examples=spec.max_examples,
-                                description=f"{spec.arch} trained on {source.description} (xfer transfer report)")
+    result = train_source_model(
+        out_dir=spec.out_dir,
+        arch=spec.arch,
+        data=source.data,
+        classes=source.classes,
+        epochs=spec.epochs,
+        lr=spec.lr,
+        seed=spec.seed,
+        max_examples=spec.max_examples,
+        description=f"{spec.arch} trained on {source.description} (xfer transfer report)",
+    )
     return SourceOutcome(spec, result.test_accuracy, result.seconds, time.process_time() - cpu)
 
 
@@ -332,7 +363,7 @@ def _pool_features(model, data) -> tuple:
     with torch.no_grad():
         for part in parts:
             for i in range(0, len(part), 256):
-                out.append(model.forward_features(part.x[i:i + 256]))
+                out.append(model.forward_features(part.x[i : i + 256]))
     return index, torch.cat(out).numpy().astype(np.float32)
 
 
@@ -349,8 +380,7 @@ def _features(spec: FeatureSpec) -> FeatureOutcome:
     by_row = np.zeros((int(index.max()) + 1, features.shape[1]), dtype=np.float32)
     by_row[index] = features
     np.save(spec.out_path, by_row)
-    return FeatureOutcome(spec, len(index), features.shape[1], time.perf_counter() - started,
-                          time.process_time() - cpu)
+    return FeatureOutcome(spec, len(index), features.shape[1], time.perf_counter() - started, time.process_time() - cpu)
 
 
 def _probe(spec: ProbeSpec) -> ProbeOutcome:
@@ -367,19 +397,41 @@ def _probe(spec: ProbeSpec) -> ProbeOutcome:
     return ProbeOutcome(spec, accuracy, len(data.train), time.perf_counter() - started, time.process_time() - cpu)
 
 
-def _report(*, run_id: str, version: str, strategy: str, hyperparameters: dict[str, str],
-            metrics: dict[str, float], privacy, train_examples: int, seconds: float) -> None:
+def _report(
+    *,
+    run_id: str,
+    version: str,
+    strategy: str,
+    hyperparameters: dict[str, str],
+    metrics: dict[str, float],
+    privacy,
+    train_examples: int,
+    seconds: float,
+) -> None:
     from xfer.client.domain import DeviceKind, Run, RunPrivacy, pow2_at_least
 
     run_privacy = RunPrivacy()
     if privacy is not None:
-        run_privacy = RunPrivacy(dp=True, epsilon_spent=privacy.epsilon_spent, delta=privacy.delta,
-                                 noise_multiplier=privacy.noise_multiplier, max_grad_norm=privacy.max_grad_norm)
-    _WORKER.client.report(Run(run_id=run_id, model_version=version, strategy=strategy,
-                              metrics={k: float(v) for k, v in metrics.items()},
-                              hyperparameters={k: str(v)[:256] for k, v in list(hyperparameters.items())[:32]},
-                              privacy=run_privacy, train_examples_pow2=pow2_at_least(train_examples),
-                              device_kind=DeviceKind.CPU, wall_seconds=seconds))
+        run_privacy = RunPrivacy(
+            dp=True,
+            epsilon_spent=privacy.epsilon_spent,
+            delta=privacy.delta,
+            noise_multiplier=privacy.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+        )
+    _WORKER.client.report(
+        Run(
+            run_id=run_id,
+            model_version=version,
+            strategy=strategy,
+            metrics={k: float(v) for k, v in metrics.items()},
+            hyperparameters={k: str(v)[:256] for k, v in list(hyperparameters.items())[:32]},
+            privacy=run_privacy,
+            train_examples_pow2=pow2_at_least(train_examples),
+            device_kind=DeviceKind.CPU,
+            wall_seconds=seconds,
+        )
+    )
 
 
 def cell_metric(target: str, *, per_class: int | None, epsilon: float | None, lr: float | None = None) -> str:
@@ -411,22 +463,35 @@ def _train(model, *, data, spec: RunSpec, card):
     privacy = None
     if spec.epsilon is not None:
         privacy = PrivacyConfig(epsilon=spec.epsilon, max_grad_norm=spec.max_grad_norm)
-    config = FinetuneConfig(strategy=spec.strategy, lr=spec.lr, steps=spec.steps, batch_size=spec.batch_size,
-                            privacy=privacy, device="cpu", seed=spec.seed)
+    config = FinetuneConfig(
+        strategy=spec.strategy,
+        lr=spec.lr,
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        privacy=privacy,
+        device="cpu",
+        seed=spec.seed,
+    )
     result = finetune(model, train=data.train, val=None, config=config, label_names=data.label_names, card=card)
     return result, epochs_for(len(data.train), batch_size=spec.batch_size, steps=spec.steps)
 
 
-def _search_call(model, *, data, spec: "SearchSpec", card):
+def _search_call(model, *, data, spec: SearchSpec, card):
     """The one call into the search: k-fold CV over strategy x LR on the few labels, winner scored on test."""
     from xfer.client.finetune import FinetuneConfig
     from xfer.client.finetune.config import SearchConfig
     from xfer.client.finetune.search import search
 
-    config = FinetuneConfig(steps=spec.steps, batch_size=spec.batch_size, device="cpu", seed=spec.seed,
-                            search=SearchConfig(strategies=tuple(spec.strategies), folds=spec.folds))
-    return search(model, train=data.train, val=None, test=data.test, config=config, label_names=data.label_names,
-                  card=card)
+    config = FinetuneConfig(
+        steps=spec.steps,
+        batch_size=spec.batch_size,
+        device="cpu",
+        seed=spec.seed,
+        search=SearchConfig(strategies=tuple(spec.strategies), folds=spec.folds),
+    )
+    return search(
+        model, train=data.train, val=None, test=data.test, config=config, label_names=data.label_names, card=card
+    )
 
 
 def _adapt(spec: RunSpec) -> RunOutcome:
@@ -461,14 +526,33 @@ def _adapt(spec: RunSpec) -> RunOutcome:
         lr_tag = None if math.isclose(spec.lr, default_lr) else spec.lr
         cell = cell_metric(spec.target, per_class=spec.per_class, epsilon=spec.epsilon, lr=lr_tag)
         metrics = {**test.scalars(), cell: test.accuracy}
-        _report(run_id=spec.run_id(), version=version, strategy=result.strategy,
-                hyperparameters={**result.hyperparameters, "target": TARGETS[spec.target].data,
-                                 "per_class": str(spec.per_class or "all")},
-                metrics=metrics, privacy=result.privacy, train_examples=len(data.train), seconds=seconds)
-    return RunOutcome(spec=spec, accuracy=test.accuracy, macro_f1=test.macro_f1, train_examples=len(data.train),
-                      epochs=epochs, epsilon_spent=result.privacy.epsilon_spent if result.privacy else None,
-                      rgn_blocks=rgn_blocks, model_version=version, seconds=seconds,
-                      cpu_seconds=time.process_time() - cpu, transferred_bytes=_WORKER.transferred_bytes - before)
+        _report(
+            run_id=spec.run_id(),
+            version=version,
+            strategy=result.strategy,
+            hyperparameters={
+                **result.hyperparameters,
+                "target": TARGETS[spec.target].data,
+                "per_class": str(spec.per_class or "all"),
+            },
+            metrics=metrics,
+            privacy=result.privacy,
+            train_examples=len(data.train),
+            seconds=seconds,
+        )
+    return RunOutcome(
+        spec=spec,
+        accuracy=test.accuracy,
+        macro_f1=test.macro_f1,
+        train_examples=len(data.train),
+        epochs=epochs,
+        epsilon_spent=result.privacy.epsilon_spent if result.privacy else None,
+        rgn_blocks=rgn_blocks,
+        model_version=version,
+        seconds=seconds,
+        cpu_seconds=time.process_time() - cpu,
+        transferred_bytes=_WORKER.transferred_bytes - before,
+    )
 
 
 def _search(spec: SearchSpec) -> SearchOutcome:
@@ -479,18 +563,38 @@ def _search(spec: SearchSpec) -> SearchOutcome:
     seconds = time.perf_counter() - started
     test_accuracy = found.test_metrics.accuracy
     version = loaded.model_version.name
-    _report(run_id=spec.run_id(), version=version, strategy=found.final.strategy,
-            hyperparameters={**found.final.hyperparameters, "search_folds": str(spec.folds),
-                             "search_grid": ";".join(f"{r.strategy}@{r.lr:g}" for r in found.rows)[:256],
-                             "target": TARGETS[spec.target].data, "per_class": str(spec.per_class or "all")},
-            metrics={**found.test_metrics.scalars(), "cv/accuracy": found.best.mean,
-                     search_metric(spec.target, per_class=spec.per_class): test_accuracy},
-            privacy=None, train_examples=len(data.train), seconds=seconds)
-    return SearchOutcome(spec=spec, picked_strategy=found.best.strategy, picked_lr=found.best.lr,
-                         cv_accuracy=found.best.mean, test_accuracy=test_accuracy,
-                         grid=tuple((r.strategy, r.lr, r.mean) for r in found.rows), model_version=version,
-                         seconds=seconds, cpu_seconds=time.process_time() - cpu,
-                         transferred_bytes=_WORKER.transferred_bytes - before)
+    _report(
+        run_id=spec.run_id(),
+        version=version,
+        strategy=found.final.strategy,
+        hyperparameters={
+            **found.final.hyperparameters,
+            "search_folds": str(spec.folds),
+            "search_grid": ";".join(f"{r.strategy}@{r.lr:g}" for r in found.rows)[:256],
+            "target": TARGETS[spec.target].data,
+            "per_class": str(spec.per_class or "all"),
+        },
+        metrics={
+            **found.test_metrics.scalars(),
+            "cv/accuracy": found.best.mean,
+            search_metric(spec.target, per_class=spec.per_class): test_accuracy,
+        },
+        privacy=None,
+        train_examples=len(data.train),
+        seconds=seconds,
+    )
+    return SearchOutcome(
+        spec=spec,
+        picked_strategy=found.best.strategy,
+        picked_lr=found.best.lr,
+        cv_accuracy=found.best.mean,
+        test_accuracy=test_accuracy,
+        grid=tuple((r.strategy, r.lr, r.mean) for r in found.rows),
+        model_version=version,
+        seconds=seconds,
+        cpu_seconds=time.process_time() - cpu,
+        transferred_bytes=_WORKER.transferred_bytes - before,
+    )
 
 
 # -- main side ---------------------------------------------------------------------------------
@@ -539,8 +643,10 @@ class Runner:
             self.results[spec] = outcome
             self.busy_seconds += outcome.seconds
             self.cpu_seconds += outcome.cpu_seconds
-            self.progress(f"  [{done}/{len(todo)}] {spec.describe()}: {_summary(outcome)} "
-                          f"({outcome.seconds:.1f}s, {time.perf_counter() - started:.0f}s elapsed)")
+            self.progress(
+                f"  [{done}/{len(todo)}] {spec.describe()}: {_summary(outcome)} "
+                f"({outcome.seconds:.1f}s, {time.perf_counter() - started:.0f}s elapsed)"
+            )
 
         if self.jobs <= 1:
             init_worker(config)
@@ -548,8 +654,9 @@ class Runner:
                 record(spec, execute(spec))
             return
         context = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=self.jobs, mp_context=context, initializer=init_worker,
-                                    initargs=(config,)) as pool:
+        with cf.ProcessPoolExecutor(
+            max_workers=self.jobs, mp_context=context, initializer=init_worker, initargs=(config,)
+        ) as pool:
             futures = {pool.submit(execute, spec): spec for spec in todo}
             try:
                 for future in cf.as_completed(futures):
@@ -566,8 +673,7 @@ class Runner:
 
 def _summary(outcome: Outcome) -> str:
     if isinstance(outcome, SourceOutcome):
-        return ("imported" if outcome.test_accuracy is None
-                else f"source test accuracy {outcome.test_accuracy:.3f}")
+        return "imported" if outcome.test_accuracy is None else f"source test accuracy {outcome.test_accuracy:.3f}"
     if isinstance(outcome, FeatureOutcome):
         return f"{outcome.examples} x {outcome.dim} features"
     if isinstance(outcome, ProbeOutcome):

@@ -56,16 +56,33 @@ def start_server(root: Path) -> ServerHandle:
     log_path = root / "server.log"
     with open(log_path, "ab") as server_log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(root / "data"),
-             "--token-file", str(token_file), "--log-level", "WARNING", "--grace", "1"],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=server_log, text=True,
+            [
+                sys.executable,
+                "-m",
+                "xfer.server",
+                "--port",
+                "0",
+                "--data-dir",
+                str(root / "data"),
+                "--token-file",
+                str(token_file),
+                "--log-level",
+                "WARNING",
+                "--grace",
+                "1",
+            ],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=server_log,
+            text=True,
         )
     line = _first_line(proc, timeout=START_TIMEOUT_S)
     if "listening on" not in line:
         proc.kill()
         proc.wait(10)
-        raise RuntimeError(f"xfer-server did not start (first line {line!r}); see {log_path}:\n"
-                           f"{log_path.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"xfer-server did not start (first line {line!r}); see {log_path}:\n{log_path.read_text()[-2000:]}"
+        )
     target = line.strip().rsplit(" ", 1)[-1]
     return ServerHandle(target=target, operator_token=operator, client_token=client, proc=proc, log_path=log_path)
 
@@ -89,5 +106,10 @@ def client(target: str, *, token: str, cache_dir: Path):
     """An SDK client with its own cache (quick retries: the server is local)."""
     from xfer.client import Client, RetryPolicy
 
-    return Client(target, token=token, cache_dir=cache_dir,
-                  retry=RetryPolicy(max_attempts=5, initial_backoff=0.1, max_backoff=1.0), timeout=60.0)
+    return Client(
+        target,
+        token=token,
+        cache_dir=cache_dir,
+        retry=RetryPolicy(max_attempts=5, initial_backoff=0.1, max_backoff=1.0),
+        timeout=60.0,
+    )

@@ -44,35 +44,72 @@ class Target:
 
     def spec(self, per_class: int | None) -> str:
         """The data spec with the few-label subsample (None = the whole training split)."""
-        return self.data if per_class is None else f"{self.data},per_class={per_class}" if ":" in self.data \
+        return (
+            self.data
+            if per_class is None
+            else f"{self.data},per_class={per_class}"
+            if ":" in self.data
             else f"{self.data}:per_class={per_class}"
+        )
 
 
 SOURCES: dict[str, Source] = {
-    "fashion0to4": Source("fashion0to4", "fashion-convnet-0to4", TRAIN,
-                          "convnet trained on Fashion-MNIST classes 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat) "
-                          "of the source pool", data="fashion-mnist", classes=(0, 1, 2, 3, 4), short="Fashion 0-4 convnet"),
-    "fashion10": Source("fashion10", "fashion-convnet", TRAIN,
-                        "convnet trained on all ten Fashion-MNIST classes of the source pool", data="fashion-mnist",
-                        short="Fashion convnet"),
-    "imagenet": Source("imagenet", "imagenet-lite0", IMPORT,
-                       "EfficientNet-Lite0 with Google's ImageNet-1k weights (4.65 M parameters), imported",
-                       weights="efficientnet-lite0", short="ImageNet EfficientNet-Lite0"),
+    "fashion0to4": Source(
+        "fashion0to4",
+        "fashion-convnet-0to4",
+        TRAIN,
+        "convnet trained on Fashion-MNIST classes 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat) of the source pool",
+        data="fashion-mnist",
+        classes=(0, 1, 2, 3, 4),
+        short="Fashion 0-4 convnet",
+    ),
+    "fashion10": Source(
+        "fashion10",
+        "fashion-convnet",
+        TRAIN,
+        "convnet trained on all ten Fashion-MNIST classes of the source pool",
+        data="fashion-mnist",
+        short="Fashion convnet",
+    ),
+    "imagenet": Source(
+        "imagenet",
+        "imagenet-lite0",
+        IMPORT,
+        "EfficientNet-Lite0 with Google's ImageNet-1k weights (4.65 M parameters), imported",
+        weights="efficientnet-lite0",
+        short="ImageNet EfficientNet-Lite0",
+    ),
 }
 
 TARGETS: dict[str, Target] = {
     # Lee et al.'s three shift levels on Fashion-MNIST (sections 1-5).
-    "input": Target("input", "input", "input-level: gaussian noise (σ=0.4) on Fashion, same ten classes", "fashion10",
-                    "fashion-mnist:shift=gaussian-noise,severity=4"),
-    "feature": Target("feature", "feature", "feature-level: Fashion classes 5-9, unseen by the source", "fashion0to4",
-                      "fashion-mnist:classes=5-9"),
-    "output": Target("output", "output", "output-level: permuted Fashion labels (y → y+1 mod 10)", "fashion10",
-                     "fashion-mnist:shift=permute-labels"),
+    "input": Target(
+        "input",
+        "input",
+        "input-level: gaussian noise (σ=0.4) on Fashion, same ten classes",
+        "fashion10",
+        "fashion-mnist:shift=gaussian-noise,severity=4",
+    ),
+    "feature": Target(
+        "feature",
+        "feature",
+        "feature-level: Fashion classes 5-9, unseen by the source",
+        "fashion0to4",
+        "fashion-mnist:classes=5-9",
+    ),
+    "output": Target(
+        "output",
+        "output",
+        "output-level: permuted Fashion labels (y → y+1 mod 10)",
+        "fashion10",
+        "fashion-mnist:shift=permute-labels",
+    ),
     # Another data set (section 1).
     "mnist": Target("mnist", "domain", "MNIST-5k digits: another data set", "fashion0to4", "mnist5k"),
     # The same two targets for the ImageNet model (section 1).
-    "feature-imagenet": Target("feature-imagenet", "feature", "Fashion classes 5-9, from ImageNet", "imagenet",
-                               "fashion-mnist:classes=5-9"),
+    "feature-imagenet": Target(
+        "feature-imagenet", "feature", "Fashion classes 5-9, from ImageNet", "imagenet", "fashion-mnist:classes=5-9"
+    ),
     "mnist-imagenet": Target("mnist-imagenet", "domain", "MNIST-5k digits, from ImageNet", "imagenet", "mnist5k"),
 }
 
@@ -116,8 +153,11 @@ class Settings:
     privacy_steps: int = 60
     epsilons: tuple[float | None, ...] = (1.0, 2.0, 4.0, 8.0, NO_DP)
     #: (initialisation, strategy) arms of the privacy plot.
-    privacy_arms: tuple[tuple[str, str], ...] = (("pretrained", "linear-probe"), ("pretrained", "full"),
-                                                 ("random", "full"))
+    privacy_arms: tuple[tuple[str, str], ...] = (
+        ("pretrained", "linear-probe"),
+        ("pretrained", "full"),
+        ("random", "full"),
+    )
     max_grad_norm: float = 1.0
     # 5. search (the product's default LR grid: each strategy's LR x 0.3, 1, 3)
     search_targets: tuple[str, ...] = ("feature",)
@@ -125,18 +165,32 @@ class Settings:
     folds: int = 2
 
     @classmethod
-    def full(cls, *, seeds: int = 3, arch: str = "convnet", jobs: int = 2) -> "Settings":
+    def full(cls, *, seeds: int = 3, arch: str = "convnet", jobs: int = 2) -> Settings:
         """The report as `make report` runs it."""
         return cls(quick=False, seeds=tuple(range(seeds)), arch=arch, jobs=jobs)
 
     @classmethod
-    def quick_preset(cls, *, seeds: int = 1, arch: str = "convnet", jobs: int = 2) -> "Settings":
+    def quick_preset(cls, *, seeds: int = 1, arch: str = "convnet", jobs: int = 2) -> Settings:
         """One seed, fewer settings, shorter training: the smoke test's report (same structure)."""
-        return cls(quick=True, seeds=tuple(range(seeds)), arch=arch, jobs=jobs, source_epochs=1,
-                   source_examples=2000, imagenet_size=32, steps=20, few_labels=(5, None), imagenet_steps=4,
-                   init_targets=("feature", "feature-imagenet"), epsilons=(4.0, NO_DP), surgical_targets=("feature",),
-                   strategy_targets=("feature",), strategies=("full", "linear-probe", "surgical:auto"),
-                   search_strategies=("linear-probe", "full"), privacy_steps=20)
+        return cls(
+            quick=True,
+            seeds=tuple(range(seeds)),
+            arch=arch,
+            jobs=jobs,
+            source_epochs=1,
+            source_examples=2000,
+            imagenet_size=32,
+            steps=20,
+            few_labels=(5, None),
+            imagenet_steps=4,
+            init_targets=("feature", "feature-imagenet"),
+            epsilons=(4.0, NO_DP),
+            surgical_targets=("feature",),
+            strategy_targets=("feature",),
+            strategies=("full", "linear-probe", "surgical:auto"),
+            search_strategies=("linear-probe", "full"),
+            privacy_steps=20,
+        )
 
 
 def epochs_for(n: int, *, batch_size: int, steps: int) -> int:

@@ -53,8 +53,8 @@ for path in (str(REPO_ROOT), str(HERE)):
         sys.path.insert(0, path)
 
 import torch  # noqa: E402
-
 from report_service import client, start_server  # noqa: E402
+
 from xfer.client.finetune import FinetuneConfig, SearchConfig  # noqa: E402
 from xfer.client.finetune.data import TensorData, load_target  # noqa: E402
 from xfer.client.finetune.metrics import evaluate  # noqa: E402
@@ -118,8 +118,10 @@ class Settings:
 
     @property
     def targets(self) -> list[Target]:
-        out = [Target(f"fashion/{c}", "corruption", "fashion", f"fashion-mnist:shift={c},severity={self.severity}")
-               for c in self.corruptions]
+        out = [
+            Target(f"fashion/{c}", "corruption", "fashion", f"fashion-mnist:shift={c},severity={self.severity}")
+            for c in self.corruptions
+        ]
         out.append(Target("mnist5k→digits28", "domain", "mnist5k", "digits28"))
         out.append(Target("digits28→mnist5k", "domain", "digits28", "mnist5k"))
         return out
@@ -148,13 +150,23 @@ def make_sources(settings: Settings, *, root: Path, log: Any, accuracy: dict[str
     try:
         with client(server.target, token=server.operator_token, cache_dir=root / "op-cache") as op:
             for key, src in settings.sources.items():
-                result = train_source_model(out_dir=root / key, arch="convnet", data=src.data, split="source",
-                                            epochs=src.epochs, lr=3e-3, seed=0, max_examples=src.max_examples,
-                                            description=f"convnet on the {src.data} source pool (xfer SFDA report)")
+                result = train_source_model(
+                    out_dir=root / key,
+                    arch="convnet",
+                    data=src.data,
+                    split="source",
+                    epochs=src.epochs,
+                    lr=3e-3,
+                    seed=0,
+                    max_examples=src.max_examples,
+                    description=f"convnet on the {src.data} source pool (xfer SFDA report)",
+                )
                 op.register(root / key, src.model_id)
                 accuracy[key] = result.test_accuracy
-                log(f"source {src.model_id}: held-out source accuracy {result.test_accuracy:.3f} "
-                    f"({result.seconds:.0f}s)")
+                log(
+                    f"source {src.model_id}: held-out source accuracy {result.test_accuracy:.3f} "
+                    f"({result.seconds:.0f}s)"
+                )
         with client(server.target, token=server.client_token, cache_dir=root / "cache") as edge:
             for key, src in settings.sources.items():
                 loaded[key] = edge.load_torch(src.model_id)
@@ -166,50 +178,86 @@ def make_sources(settings: Settings, *, root: Path, log: Any, accuracy: dict[str
 def run_target(target: Target, *, seed: int, loaded: Any, settings: Settings, log: Any) -> dict[str, Any]:
     """Every method on one (target, seed): test accuracies, chosen cells, criterion-accuracy correlations."""
     card, source = loaded.card, loaded.module
-    data = load_target(target.spec + ",unlabeled" if ":" in target.spec else target.spec + ":unlabeled",
-                       card=card, seed=seed)
+    data = load_target(
+        target.spec + ",unlabeled" if ":" in target.spec else target.spec + ":unlabeled", card=card, seed=seed
+    )
     train = _head(data.train, settings.max_train, seed=seed)
     val = _head(data.val, settings.max_val, seed=seed + 1)
     test = _head(data.test, settings.max_test, seed=seed + 2)
     assert train is not None and val is not None and test is not None and test.y is not None
     assert train.y is None and val.y is None  # the unlabelled spec hides them
     names = tuple(card.label_names)
-    out: dict[str, Any] = {"target": target.key, "seed": seed, "n_train": len(train), "n_val": len(val),
-                           "n_test": len(test)}
+    out: dict[str, Any] = {
+        "target": target.key,
+        "seed": seed,
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_test": len(test),
+    }
     out["source"] = evaluate(source, test.x, test.y, label_names=names).accuracy
 
     for method in METHODS:
         candidates: list[dict[str, Any]] = []
 
-        def on_candidate(strategy: str, lr: float, record: Any, net: Any) -> None:
+        def on_candidate(strategy: str, lr: float, record: Any, net: Any, candidates: list = candidates) -> None:
             # Measurement only: the selection below never sees this hook's numbers.
             acc = evaluate(net, test.x, test.y, label_names=names).accuracy
             candidates.append({"lr": lr, "step": record.step, "accuracy": acc, **record.label_free})
 
-        config = FinetuneConfig(strategy=method, steps=settings.steps, batch_size=settings.batch_size,
-                                eval_every=settings.eval_every, seed=seed, device="cpu", criterion=settings.criterion,
-                                search=SearchConfig(strategies=(method,), lrs=None))
+        config = FinetuneConfig(
+            strategy=method,
+            steps=settings.steps,
+            batch_size=settings.batch_size,
+            eval_every=settings.eval_every,
+            seed=seed,
+            device="cpu",
+            criterion=settings.criterion,
+            search=SearchConfig(strategies=(method,), lrs=None),
+        )
         started = time.perf_counter()
-        found = select_source_free(source, train=train, val=val, test=test, config=config, card=card,
-                                   label_names=names, on_candidate=on_candidate)
+        found = select_source_free(
+            source,
+            train=train,
+            val=val,
+            test=test,
+            config=config,
+            card=card,
+            label_names=names,
+            on_candidate=on_candidate,
+        )
         assert found.test_metrics is not None
         oracle = max(c["accuracy"] for c in candidates)
         corr = {c: spearman([x[c] for x in candidates], [x["accuracy"] for x in candidates]) for c in CRITERIA}
-        out[method] = {"accuracy": found.test_metrics.accuracy, "lr": found.best.lr, "step": found.best.step,
-                       "oracle": oracle, "spearman": corr, "candidates": candidates,
-                       "seconds": time.perf_counter() - started}
-        log(f"  {target.key} seed {seed} {method}: {found.test_metrics.accuracy:.3f} (lr {found.best.lr:g}, step "
-            f"{found.best.step}; oracle {oracle:.3f}; ρ(im) {corr['im']:.2f}) {time.perf_counter() - started:.0f}s")
+        out[method] = {
+            "accuracy": found.test_metrics.accuracy,
+            "lr": found.best.lr,
+            "step": found.best.step,
+            "oracle": oracle,
+            "spearman": corr,
+            "candidates": candidates,
+            "seconds": time.perf_counter() - started,
+        }
+        log(
+            f"  {target.key} seed {seed} {method}: {found.test_metrics.accuracy:.3f} (lr {found.best.lr:g}, step "
+            f"{found.best.step}; oracle {oracle:.3f}; ρ(im) {corr['im']:.2f}) {time.perf_counter() - started:.0f}s"
+        )
 
     few = load_target(target.spec, card=card, seed=seed, per_class=settings.few_labels)
-    result = finetune(source, train=few.train, val=None, config=FinetuneConfig(strategy="lp-ft", seed=seed,
-                                                                            device="cpu"),
-                      card=card, label_names=few.label_names)
+    result = finetune(
+        source,
+        train=few.train,
+        val=None,
+        config=FinetuneConfig(strategy="lp-ft", seed=seed, device="cpu"),
+        card=card,
+        label_names=few.label_names,
+    )
     few_test = _head(few.test, settings.max_test, seed=seed + 2)
     assert few_test is not None and few_test.y is not None
     out["lp-ft-5"] = evaluate(result.model, few_test.x, few_test.y, label_names=result.label_names).accuracy
-    log(f"  {target.key} seed {seed}: source {out['source']:.3f}, lp-ft {settings.few_labels}/class "
-        f"{out['lp-ft-5']:.3f}")
+    log(
+        f"  {target.key} seed {seed}: source {out['source']:.3f}, lp-ft {settings.few_labels}/class "
+        f"{out['lp-ft-5']:.3f}"
+    )
     return out
 
 
@@ -249,9 +297,11 @@ def verdicts(rows: list[dict[str, Any]], targets: list[Target]) -> list[str]:
         few = [r["lp-ft-5"] for r in mine]
         vs_source = {1: "improves on", 0: "is within noise of", -1: "is worse than"}[_differs(acc, src)]
         vs_few = {1: "beats", 0: "is within noise of", -1: "is beaten by"}[_differs(acc, few)]
-        lines.append(f"- **{t.key}**: the best of the four (each with its LR chosen label-free; best by test accuracy, in hindsight), `{best}`, {vs_source} the source "
-                     f"({_mean(src):.3f} → {_mean(acc):.3f}, {_mean(acc) - _mean(src):+.3f}) and {vs_few} lp-ft on "
-                     f"5 labels/class ({_mean(few):.3f}).")
+        lines.append(
+            f"- **{t.key}**: the best of the four (each with its LR chosen label-free; best by test accuracy, in hindsight), `{best}`, {vs_source} the source "
+            f"({_mean(src):.3f} → {_mean(acc):.3f}, {_mean(acc) - _mean(src):+.3f}) and {vs_few} lp-ft on "
+            f"5 labels/class ({_mean(few):.3f})."
+        )
     return lines
 
 
@@ -270,29 +320,42 @@ def unselected(candidates: list[dict[str, Any]], method: str) -> float:
     return max(mine, key=lambda c: c["step"])["accuracy"] if mine else math.nan
 
 
-def render(rows: list[dict[str, Any]], settings: Settings, *, targets: list[Target], seconds: float,
-           source_acc: dict[str, float], quick: bool) -> str:
+def render(
+    rows: list[dict[str, Any]],
+    settings: Settings,
+    *,
+    targets: list[Target],
+    seconds: float,
+    source_acc: dict[str, float],
+    quick: bool,
+) -> str:
     """The Markdown report."""
     s = settings
-    lines = ["# Source-free adaptation on real data", "",
-             f"Generated by `bench/report_sfda.py` in {seconds / 60:.1f} min on CPU; seeds "
-             f"{', '.join(map(str, s.seeds))}.", "", "## Setup" + (" (quick preset: a smoke test)" if quick else ""),
-             "",
-             f"- Sources: convnets trained by `xfer.models.train` on each data set's *source* pool "
-             f"(held-out source accuracy {', '.join(f'{k} {v:.3f}' for k, v in source_acc.items())}), registered on a "
-             f"real xfer server and pulled through the SDK.",
-             f"- Targets (`…:unlabeled`: train and val without labels): Fashion-MNIST target pool under "
-             f"{', '.join(s.corruptions)} at severity {s.severity}; MNIST-5k → digits28 and back.",
-             f"- Small on purpose (two shared CPU cores, ~15 min): per run at most {s.max_train} unlabelled training "
-             f"and {s.max_val} unlabelled validation examples, {s.max_test} labelled test examples (scoring only), "
-             f"{s.steps} AdamW steps at batch {s.batch_size}, a checkpoint scored every {s.eval_every} steps; "
-             f"{len(s.seeds)} seed(s) (each its own split, subset and batch order).",
-             f"- Selection: label-free `{s.criterion}` on the unlabelled validation split chooses LR (the strategy's "
-             f"default × {', '.join(f'{m:g}' for m in s.lr_multipliers)}) and checkpoint. *oracle* = best grid "
-             f"cell and checkpoint by test accuracy (hindsight; reads test labels, an upper bound only).",
-             f"- Few labels: `lp-ft` with its default budget on {s.few_labels} labelled examples per class of the "
-             f"same training split, last step kept.", "",
-             "## Test accuracy (mean ± sd over seeds)", ""]
+    lines = [
+        "# Source-free adaptation on real data",
+        "",
+        f"Generated by `bench/report_sfda.py` in {seconds / 60:.1f} min on CPU; seeds {', '.join(map(str, s.seeds))}.",
+        "",
+        "## Setup" + (" (quick preset: a smoke test)" if quick else ""),
+        "",
+        f"- Sources: convnets trained by `xfer.models.train` on each data set's *source* pool "
+        f"(held-out source accuracy {', '.join(f'{k} {v:.3f}' for k, v in source_acc.items())}), registered on a "
+        f"real xfer server and pulled through the SDK.",
+        f"- Targets (`…:unlabeled`: train and val without labels): Fashion-MNIST target pool under "
+        f"{', '.join(s.corruptions)} at severity {s.severity}; MNIST-5k → digits28 and back.",
+        f"- Small on purpose (two shared CPU cores, ~15 min): per run at most {s.max_train} unlabelled training "
+        f"and {s.max_val} unlabelled validation examples, {s.max_test} labelled test examples (scoring only), "
+        f"{s.steps} AdamW steps at batch {s.batch_size}, a checkpoint scored every {s.eval_every} steps; "
+        f"{len(s.seeds)} seed(s) (each its own split, subset and batch order).",
+        f"- Selection: label-free `{s.criterion}` on the unlabelled validation split chooses LR (the strategy's "
+        f"default × {', '.join(f'{m:g}' for m in s.lr_multipliers)}) and checkpoint. *oracle* = best grid "
+        f"cell and checkpoint by test accuracy (hindsight; reads test labels, an upper bound only).",
+        f"- Few labels: `lp-ft` with its default budget on {s.few_labels} labelled examples per class of the "
+        f"same training split, last step kept.",
+        "",
+        "## Test accuracy (mean ± sd over seeds)",
+        "",
+    ]
     header = ["target", "source only", *METHODS, f"lp-ft {s.few_labels}/class"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for t in targets:
@@ -301,38 +364,57 @@ def render(rows: list[dict[str, Any]], settings: Settings, *, targets: list[Targ
         cells += [_mean_sd([r[m]["accuracy"] for r in mine]) for m in METHODS]
         cells.append(_mean_sd([r["lp-ft-5"] for r in mine]))
         lines.append(f"| {t.key} | " + " | ".join(cells) + " |")
-    lines += ["", "## Label-free selection vs hindsight", "",
-              "Chosen cell's test accuracy / the oracle's (mean over targets and seeds), and the LRs chosen.", "",
-              "| method | chosen | oracle | gap | LRs chosen |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Label-free selection vs hindsight",
+        "",
+        "Chosen cell's test accuracy / the oracle's (mean over targets and seeds), and the LRs chosen.",
+        "",
+        "| method | chosen | oracle | gap | LRs chosen |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for m in METHODS:
         chosen = _mean([r[m]["accuracy"] for r in rows])
         oracle = _mean([r[m]["oracle"] for r in rows])
         lrs = sorted({f"{r[m]['lr']:g}" for r in rows})
         lines.append(f"| {m} | {chosen:.3f} | {oracle:.3f} | {oracle - chosen:.3f} | {', '.join(lrs)} |")
-    lines += ["", "What selecting by each criterion would give: test accuracy of the LR × checkpoint it ranks first "
-              "(mean over targets and seeds), beside no selection (default LR, last step) and the oracle.", "",
-              "| method | default LR, last step | " + " | ".join(f"by {c}" for c in CRITERIA) + " | oracle |",
-              "|" + " --- |" * (len(CRITERIA) + 3)]
+    lines += [
+        "",
+        "What selecting by each criterion would give: test accuracy of the LR × checkpoint it ranks first "
+        "(mean over targets and seeds), beside no selection (default LR, last step) and the oracle.",
+        "",
+        "| method | default LR, last step | " + " | ".join(f"by {c}" for c in CRITERIA) + " | oracle |",
+        "|" + " --- |" * (len(CRITERIA) + 3),
+    ]
     for m in METHODS:
         cells = [f"{_mean([unselected(r[m]['candidates'], m) for r in rows]):.3f}"]
         cells += [f"{_mean([chosen_by(r[m]['candidates'], c) for r in rows]):.3f}" for c in CRITERIA]
         cells.append(f"{_mean([r[m]['oracle'] for r in rows]):.3f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "## How each criterion tracks true accuracy", "",
-              "Spearman ρ between the criterion on unlabelled val and accuracy on labelled test, over every "
-              f"checkpoint of every LR of one (method, target, seed) ({len(s.lr_multipliers)} LRs × "
-              f"{s.steps // s.eval_every} checkpoints); mean ± sd over targets and seeds.", "",
-              "| method | " + " | ".join(CRITERIA) + " |", "|" + " --- |" * (len(CRITERIA) + 1)]
+    lines += [
+        "",
+        "## How each criterion tracks true accuracy",
+        "",
+        "Spearman ρ between the criterion on unlabelled val and accuracy on labelled test, over every "
+        f"checkpoint of every LR of one (method, target, seed) ({len(s.lr_multipliers)} LRs × "
+        f"{s.steps // s.eval_every} checkpoints); mean ± sd over targets and seeds.",
+        "",
+        "| method | " + " | ".join(CRITERIA) + " |",
+        "|" + " --- |" * (len(CRITERIA) + 1),
+    ]
     for m in METHODS:
         cells = [_mean_sd([r[m]["spearman"][c] for r in rows]) for c in CRITERIA]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     all_corr = {c: _mean([r[m]["spearman"][c] for r in rows for m in METHODS]) for c in CRITERIA}
     best_c = max(CRITERIA, key=lambda c: all_corr[c] if math.isfinite(all_corr[c]) else -math.inf)
     lines += ["", "## Verdicts", ""] + verdicts(rows, targets)
-    lines.append(f"- Criterion: over all methods the mean ρ is "
-                 + ", ".join(f"{c} {all_corr[c]:.2f}" for c in CRITERIA)
-                 + f"; `{best_c}` tracks accuracy best here"
-                 + ("" if best_c == s.criterion else f" (the selection used `{s.criterion}`)") + ".")
+    lines.append(
+        "- Criterion: over all methods the mean ρ is "
+        + ", ".join(f"{c} {all_corr[c]:.2f}" for c in CRITERIA)
+        + f"; `{best_c}` tracks accuracy best here"
+        + ("" if best_c == s.criterion else f" (the selection used `{s.criterion}`)")
+        + "."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -343,8 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed, two targets, 20 steps: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
-        settings = Settings(seeds=(0,), corruptions=("invert",), steps=10, eval_every=5, max_train=200,
-                            max_val=100, max_test=200, fashion_examples=1000, source_epochs=1)
+        settings = Settings(
+            seeds=(0,),
+            corruptions=("invert",),
+            steps=10,
+            eval_every=5,
+            max_train=200,
+            max_val=100,
+            max_test=200,
+            fashion_examples=1000,
+            source_epochs=1,
+        )
     else:
         settings = Settings(seeds=tuple(range(args.seeds)))
     torch.set_num_threads(settings.threads)
@@ -365,9 +456,14 @@ def main(argv: list[str] | None = None) -> int:
     text = render(rows, settings, targets=targets, seconds=seconds, source_acc=source_acc, quick=args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.out / REPORT_NAME, text.encode())
-    write_bytes_atomic(args.out / JSON_NAME, json.dumps({"settings": dataclasses.asdict(settings), "seconds": seconds,
-                                                        "source_accuracy": source_acc, "rows": rows},
-                                                       indent=1, default=str).encode())
+    write_bytes_atomic(
+        args.out / JSON_NAME,
+        json.dumps(
+            {"settings": dataclasses.asdict(settings), "seconds": seconds, "source_accuracy": source_acc, "rows": rows},
+            indent=1,
+            default=str,
+        ).encode(),
+    )
     print(args.out / REPORT_NAME)
     return 0
 

@@ -150,9 +150,15 @@ def _serve_file_forever(path: str, port_file: str) -> None:
 
 def _start_socket_server(path: Path, workdir: Path) -> tuple[subprocess.Popen, int]:
     port_file = workdir / "socket-port"
-    child = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
-                              f"from bench.serve_load import _serve_file_forever; "
-                              f"_serve_file_forever({str(path)!r}, {str(port_file)!r})"])
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
+            f"from bench.serve_load import _serve_file_forever; "
+            f"_serve_file_forever({str(path)!r}, {str(port_file)!r})",
+        ]
+    )
     while not port_file.exists() or not port_file.read_text():
         time.sleep(0.01)
     return child, int(port_file.read_text())
@@ -231,17 +237,32 @@ def main(argv: list[str] | None = None) -> int:
     from xfer.server.process import ServerProcess
 
     workdir = Path(tempfile.mkdtemp(prefix="xfer-bench-load-"))
-    cache_root = Path(tempfile.mkdtemp(prefix="xfer-bench-caches-", dir="/dev/shm" if Path("/dev/shm").is_dir()
-                                       else None))
+    cache_root = Path(
+        tempfile.mkdtemp(prefix="xfer-bench-caches-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
+    )
     server = None
     socket_server = None
     stalled = None
     try:
         size = _make_model(workdir / "model", size_mb=args.size_mb)
-        server = ServerProcess(data_dir=workdir / "data", log_level="WARNING", args=(
-            "--max-artifact-mb", str(max(512, int(args.size_mb * 3))), "--metrics-port", "0",
-            "--max-reads", "1024", "--max-reads-per-token", "1024", "--stall-timeout", "600",
-            "--max-workers", "16")).start()
+        server = ServerProcess(
+            data_dir=workdir / "data",
+            log_level="WARNING",
+            args=(
+                "--max-artifact-mb",
+                str(max(512, int(args.size_mb * 3))),
+                "--metrics-port",
+                "0",
+                "--max-reads",
+                "1024",
+                "--max-reads-per-token",
+                "1024",
+                "--stall-timeout",
+                "600",
+                "--max-workers",
+                "16",
+            ),
+        ).start()
         with Client(server.target, cache_dir=workdir / "op-cache") as op:
             t0 = time.perf_counter()
             version = op.register(workdir / "model", "load-mlp")
@@ -249,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             op.pull(version.ref)  # the server hashes each blob once per process: do it before timing
         sha = version.artifact("safetensors").sha256
         blob = next(p for p in (workdir / "data" / "blobs").rglob(sha))
-        print(f"artifact {size / MIB:.1f} MiB safetensors, registered in {registered:.1f}s; server pid "
-              f"{server.pid}, client caches in {cache_root}; {os.cpu_count()} CPUs")
+        print(
+            f"artifact {size / MIB:.1f} MiB safetensors, registered in {registered:.1f}s; server pid "
+            f"{server.pid}, client caches in {cache_root}; {os.cpu_count()} CPUs"
+        )
         socket_server, port = _start_socket_server(blob, workdir)
 
         concurrency = (1, 8) if args.quick else (1, 8, 64)
@@ -259,13 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         for clients in concurrency:
             runs = {"socket": [], "sdk": []}
             for _ in range(args.repeat):
-                runs["socket"].append(_run_clients("socket", clients, {"port": port, "size": size},
-                                                   expected_sha=sha))
+                runs["socket"].append(_run_clients("socket", clients, {"port": port, "size": size}, expected_sha=sha))
                 stop = threading.Event()
                 samples: list[float] = []
                 probe = None
                 if clients == max(concurrency):
-                    def sample_get(out=samples) -> None:
+
+                    def sample_get(out: list[float] = samples, stop: threading.Event = stop) -> None:
                         with Client(server.target, cache_dir=workdir / "probe-cache") as xfer:
                             while not stop.is_set():
                                 began = time.perf_counter()
@@ -275,8 +298,14 @@ def main(argv: list[str] | None = None) -> int:
 
                     probe = threading.Thread(target=sample_get)
                     probe.start()
-                runs["sdk"].append(_run_clients("sdk", clients, {"target": server.target, "ref": version.ref,
-                                                                 "cache_root": str(cache_root)}, expected_sha=sha))
+                runs["sdk"].append(
+                    _run_clients(
+                        "sdk",
+                        clients,
+                        {"target": server.target, "ref": version.ref, "cache_root": str(cache_root)},
+                        expected_sha=sha,
+                    )
+                )
                 stop.set()
                 if probe is not None:
                     probe.join()
@@ -290,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
             from grpc_health.v1 import health_pb2, health_pb2_grpc
 
             rss_before = _rss_mib(server.pid)
-            stalled = subprocess.Popen([sys.executable, "-c", STALLED_READERS, server.target, version.name,
-                                        str(STALLED)], stdout=subprocess.PIPE, text=True)
+            stalled = subprocess.Popen(
+                [sys.executable, "-c", STALLED_READERS, server.target, version.name, str(STALLED)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert stalled.stdout.readline().strip() == "opened"
             deadline = time.monotonic() + 120
             while _active_reads(server.metrics_target) < STALLED:
@@ -302,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             with grpc.insecure_channel(server.target) as channel:
                 health = health_pb2_grpc.HealthStub(channel)
                 samples = 100 if args.quick else 400
-                health_ms = _latencies(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10),
-                                       count=samples)
+                health_ms = _latencies(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10), count=samples)
                 get_ms = _latencies(lambda: xfer.get(version.ref), count=samples)
             stalled_now = _active_reads(server.metrics_target)
             stalled.kill()
@@ -317,9 +348,17 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with Client(server.target, cache_dir=workdir / "report-cache") as reporter:
                         for _ in range(reports):
-                            reporter.report(Run(run_id=uuid.uuid4().hex, model_version=version.name,
-                                                strategy="full", metrics={"accuracy": 0.5},
-                                                train_examples_pow2=64, device_kind="cpu", wall_seconds=1.0))
+                            reporter.report(
+                                Run(
+                                    run_id=uuid.uuid4().hex,
+                                    model_version=version.name,
+                                    strategy="full",
+                                    metrics={"accuracy": 0.5},
+                                    train_examples_pow2=64,
+                                    device_kind="cpu",
+                                    wall_seconds=1.0,
+                                )
+                            )
                 except BaseException as exc:  # reported below
                     errors.append(exc)
 
@@ -341,17 +380,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{clients:>8} {base:>12.1f} {sdk:>12.1f} {ratio:>7.2f}  {verdict}")
         if probe_ms:
             p50, p99 = _percentiles(probe_ms)
-            print(f"\nGetModelVersion while {max(concurrency)} clients pull: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-                  f"({len(probe_ms)} calls)")
+            print(
+                f"\nGetModelVersion while {max(concurrency)} clients pull: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+                f"({len(probe_ms)} calls)"
+            )
         h50, h99 = _percentiles(health_ms)
         g50, g99 = _percentiles(get_ms)
-        print(f"with {int(stalled_now)} stalled readers open: health p50 {h50:.1f} ms, p99 {h99:.1f} ms "
-              f"(target p99 < {TARGET_HEALTH_P99_MS:.0f} ms) {ok(h99 < TARGET_HEALTH_P99_MS)}; "
-              f"GetModelVersion p50 {g50:.1f} ms, p99 {g99:.1f} ms")
-        print(f"server RSS {rss_before:.0f} MiB before the stalled readers, {rss_stalled:.0f} MiB with them "
-              f"(+{(rss_stalled - rss_before) / STALLED:.2f} MiB per stalled stream)")
-        print(f"ReportRun from {REPORT_THREADS} threads: {REPORT_THREADS * reports / report_seconds:.0f} calls/s "
-              f"({REPORT_THREADS * reports} reports in {report_seconds:.1f}s)")
+        print(
+            f"with {int(stalled_now)} stalled readers open: health p50 {h50:.1f} ms, p99 {h99:.1f} ms "
+            f"(target p99 < {TARGET_HEALTH_P99_MS:.0f} ms) {ok(h99 < TARGET_HEALTH_P99_MS)}; "
+            f"GetModelVersion p50 {g50:.1f} ms, p99 {g99:.1f} ms"
+        )
+        print(
+            f"server RSS {rss_before:.0f} MiB before the stalled readers, {rss_stalled:.0f} MiB with them "
+            f"(+{(rss_stalled - rss_before) / STALLED:.2f} MiB per stalled stream)"
+        )
+        print(
+            f"ReportRun from {REPORT_THREADS} threads: {REPORT_THREADS * reports / report_seconds:.0f} calls/s "
+            f"({REPORT_THREADS * reports} reports in {report_seconds:.1f}s)"
+        )
         return 0
     finally:
         if stalled is not None:

@@ -33,8 +33,8 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
@@ -42,15 +42,29 @@ for path in (str(REPO_ROOT), str(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from xfer.models.files import write_bytes_atomic  # noqa: E402
-from report_claims import claims  # noqa: E402
-from report_experiments import run_experiments  # noqa: E402
-from report_render import (LeaderboardTable, ProductFacts, ReportInput, make_figures,  # noqa: E402
-                           render_markdown, results_json)
-from report_runs import (RunOutcome, Runner, SearchOutcome, SourceSpec, WorkerConfig,  # noqa: E402
-                         cell_metric, default_jobs)
+from report_claims import claims
+from report_experiments import run_experiments
+from report_render import (
+    LeaderboardTable,
+    ProductFacts,
+    ReportInput,
+    make_figures,
+    render_markdown,
+    results_json,
+)
+from report_runs import (
+    Runner,
+    RunOutcome,
+    SearchOutcome,
+    SourceSpec,
+    WorkerConfig,
+    cell_metric,
+    default_jobs,
+)
 from report_service import client, start_server  # noqa: E402
 from report_setup import SOURCES, TARGETS, Settings  # noqa: E402
+
+from xfer.models.files import write_bytes_atomic  # noqa: E402
 
 REPORT_NAME = "transfer_report.md"
 JSON_NAME = "transfer_report.json"
@@ -93,13 +107,22 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
         progress(f"xfer-server listening on {server.target} (data dir {tmp / 'server' / 'data'})")
         try:
             # Operator: train the source models and register them.
-            source_specs = {key: SourceSpec(source=key, arch=settings.arch, epochs=settings.source_epochs,
-                                            lr=settings.source_lr, seed=settings.source_seed,
-                                            out_dir=str(tmp / "sources" / key),
-                                            max_examples=settings.source_examples,
-                                            image_size=settings.imagenet_size) for key in SOURCES}
-            runner.run_all(source_specs.values(), label="source models",
-                           config=WorkerConfig(None, None, None, str(REPO_ROOT)))
+            source_specs = {
+                key: SourceSpec(
+                    source=key,
+                    arch=settings.arch,
+                    epochs=settings.source_epochs,
+                    lr=settings.source_lr,
+                    seed=settings.source_seed,
+                    out_dir=str(tmp / "sources" / key),
+                    max_examples=settings.source_examples,
+                    image_size=settings.imagenet_size,
+                )
+                for key in SOURCES
+            }
+            runner.run_all(
+                source_specs.values(), label="source models", config=WorkerConfig(None, None, None, str(REPO_ROOT))
+            )
             with client(server.target, token=server.operator_token, cache_dir=tmp / "operator-cache") as op:
                 for key, spec in source_specs.items():
                     version = op.register(spec.out_dir, SOURCES[key].model_id)
@@ -118,8 +141,9 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
                     loaded = edge.load_torch(ref)
                     pulled += pull.transferred_bytes
                     artifact = loaded.model_version.artifact("safetensors")
-                    sources.append((loaded.model_version.ref, artifact.sha256,
-                                    runner[spec].test_accuracy, artifact.size_bytes))
+                    sources.append(
+                        (loaded.model_version.ref, artifact.sha256, runner[spec].test_accuracy, artifact.size_bytes)
+                    )
                     for target in TARGETS.values():
                         if target.source == key:
                             blocks[target.key] = list(loaded.card.blocks)
@@ -128,20 +152,28 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
             config = WorkerConfig(server.target, server.client_token, str(cache), str(REPO_ROOT))
             work_dir = tmp / "work"
             work_dir.mkdir()
-            results = run_experiments(settings, runner, blocks=blocks, config=config, work_dir=str(work_dir),
-                                      progress=progress)
+            results = run_experiments(
+                settings, runner, blocks=blocks, config=config, work_dir=str(work_dir), progress=progress
+            )
 
             with client(server.target, token=server.client_token, cache_dir=cache) as edge:
-                product = _product_facts(edge, runner, settings=settings, target=server.target, sources=sources,
-                                         pulled=pulled)
+                product = _product_facts(
+                    edge, runner, settings=settings, target=server.target, sources=sources, pulled=pulled
+                )
         finally:
             server.stop()
 
     verdicts = claims(results)
-    data = ReportInput(settings=settings, results=results, claims=verdicts, product=product,
-                       wall_seconds=time.perf_counter() - progress.started, busy_seconds=runner.busy_seconds,
-                       cpu_seconds=runner.cpu_seconds,
-                       generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    data = ReportInput(
+        settings=settings,
+        results=results,
+        claims=verdicts,
+        product=product,
+        wall_seconds=time.perf_counter() - progress.started,
+        busy_seconds=runner.busy_seconds,
+        cpu_seconds=runner.cpu_seconds,
+        generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
     figures = make_figures(results, settings=settings, out_dir=out_dir)
     progress(f"wrote {len(figures)} figures under {out_dir / 'figures'}")
     report = out_dir / REPORT_NAME
@@ -153,8 +185,7 @@ def generate(settings: Settings, *, out_dir: Path, progress: Progress) -> Path:
 
 def _product_facts(edge, runner: Runner, *, settings: Settings, target: str, sources, pulled: int) -> ProductFacts:
     """Cross-checks the server's view (list_runs, summarize_runs) against the runs made here."""
-    reported = [o for o in runner.results.values()
-                if isinstance(o, (RunOutcome, SearchOutcome)) and o.model_version]
+    reported = [o for o in runner.results.values() if isinstance(o, (RunOutcome, SearchOutcome)) and o.model_version]
     listed = sum(len(edge.list_runs(model=SOURCES[key].model_id)) for key in SOURCES)
     boards = []
     for t in settings.strategy_targets:
@@ -162,16 +193,26 @@ def _product_facts(edge, runner: Runner, *, settings: Settings, target: str, sou
         board = edge.summarize_runs(metric=metric, model=SOURCES[TARGETS[t].source].model_id)
         local: dict[str, list[float]] = {}
         for o in reported:
-            if isinstance(o, RunOutcome) and (o.spec.target, o.spec.per_class, o.spec.epsilon) == \
-                    (t, settings.adapt_per_class, None) and _is_default_lr(o.spec):
+            if (
+                isinstance(o, RunOutcome)
+                and (o.spec.target, o.spec.per_class, o.spec.epsilon) == (t, settings.adapt_per_class, None)
+                and _is_default_lr(o.spec)
+            ):
                 local.setdefault(_strategy_label(o.spec.strategy), []).append(o.accuracy)
         local_means = {k: sum(v) / len(v) for k, v in local.items()}
         boards.append(LeaderboardTable(TARGETS[t].title, metric, tuple(board.entries), local_means))
-    worker_bytes = sum(o.transferred_bytes for o in runner.results.values()
-                       if isinstance(o, (RunOutcome, SearchOutcome)))
-    return ProductFacts(server_target=target, sources=tuple(sources), pulled_bytes=pulled,
-                        worker_pulled_bytes=worker_bytes, runs_reported=len(reported), runs_listed=listed,
-                        leaderboards=tuple(boards))
+    worker_bytes = sum(
+        o.transferred_bytes for o in runner.results.values() if isinstance(o, (RunOutcome, SearchOutcome))
+    )
+    return ProductFacts(
+        server_target=target,
+        sources=tuple(sources),
+        pulled_bytes=pulled,
+        worker_pulled_bytes=worker_bytes,
+        runs_reported=len(reported),
+        runs_listed=listed,
+        leaderboards=tuple(boards),
+    )
 
 
 def _is_default_lr(spec) -> bool:
@@ -209,8 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     settings = preset(seeds=seeds, arch=args.arch, jobs=args.jobs)
     progress = Progress()
-    progress(f"transfer report ({'quick' if args.quick else 'full'}): {seeds} seed(s), arch {args.arch}, "
-             f"{args.jobs} worker(s) -> {args.out}")
+    progress(
+        f"transfer report ({'quick' if args.quick else 'full'}): {seeds} seed(s), arch {args.arch}, "
+        f"{args.jobs} worker(s) -> {args.out}"
+    )
     report = generate(settings, out_dir=args.out.resolve(), progress=progress)
     print(report)
     return 0

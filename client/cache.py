@@ -44,8 +44,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from xfer.client.errors import IntegrityError
-from xfer.names import is_sha256
 from xfer.models.files import fsync_dir, write_bytes_atomic
+from xfer.names import is_sha256
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class PartialDownload:
     at 200-350 MB/s without this, 900-2000 MB/s with it).
     """
 
-    def __init__(self, cache: "Cache", sha256: str, *, release_every: int = _RELEASE_EVERY) -> None:
+    def __init__(self, cache: Cache, sha256: str, *, release_every: int = _RELEASE_EVERY) -> None:
         self.sha256 = sha256
         self.path = cache.partial_path(sha256)
         self._blob = cache.blob_path(sha256)
@@ -165,8 +165,7 @@ class PartialDownload:
         # DONTNEED drops clean pages and starts writeback of dirty ones without
         # waiting, so each range is advised twice: once to write, once to drop.
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self._fd, self._release_from, self._written - self._release_from,
-                             os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(self._fd, self._release_from, self._written - self._release_from, os.POSIX_FADV_DONTNEED)
         self._release_from, self._release_mark = self._release_mark, self._written
 
     def _drain(self) -> None:

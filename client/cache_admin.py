@@ -125,8 +125,16 @@ def list_cache(cache: Cache) -> CacheListing:
             continue  # dangling: pruned by `xfer cache prune`
         named.add(digest)
         st = blob.stat()
-        files.append(CachedFile(model=model, version=version, filename=link.name, sha256=digest,
-                                size_bytes=st.st_size, modified=st.st_mtime))
+        files.append(
+            CachedFile(
+                model=model,
+                version=version,
+                filename=link.name,
+                sha256=digest,
+                size_bytes=st.st_size,
+                modified=st.st_mtime,
+            )
+        )
     blobs_dir = cache.root / "blobs"
     blobs = sorted(p.name for p in blobs_dir.iterdir() if is_sha256(p.name)) if blobs_dir.is_dir() else []
     partials = []
@@ -136,8 +144,12 @@ def list_cache(cache: Cache) -> CacheListing:
         if is_sha256(digest):
             st = path.stat()
             partials.append(PartialFile(sha256=digest, size_bytes=st.st_size, modified=st.st_mtime))
-    return CacheListing(root=cache.root, files=tuple(files), partials=tuple(partials),
-                        unreferenced_blobs=tuple(d for d in blobs if d not in named))
+    return CacheListing(
+        root=cache.root,
+        files=tuple(files),
+        partials=tuple(partials),
+        unreferenced_blobs=tuple(d for d in blobs if d not in named),
+    )
 
 
 def verify_cache(cache: Cache, *, remove_corrupt: bool = False) -> VerifyReport:
@@ -159,8 +171,9 @@ def verify_cache(cache: Cache, *, remove_corrupt: bool = False) -> VerifyReport:
     return VerifyReport(checked=len(digests), corrupt=tuple(corrupt), removed=remove_corrupt and bool(corrupt))
 
 
-def prune_cache(cache: Cache, *, models: tuple[str, ...] = (), everything: bool = False,
-                partials_older_than: float = 0.0) -> PruneReport:
+def prune_cache(
+    cache: Cache, *, models: tuple[str, ...] = (), everything: bool = False, partials_older_than: float = 0.0
+) -> PruneReport:
     """Removes leftovers; with `models` (or `everything`) also those models' files.
 
     Always: partial downloads older than `partials_older_than` seconds, lock

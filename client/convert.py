@@ -47,7 +47,7 @@ def format_to_pb(fmt: ArtifactFormat) -> int:
 def _timestamp(ts: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None:
     if not present:
         return None
-    return ts.ToDatetime(tzinfo=dt.timezone.utc)
+    return ts.ToDatetime(tzinfo=dt.UTC)
 
 
 def _model_id(name: str) -> str:
@@ -76,15 +76,18 @@ def version_from_pb(pb: model_pb2.ModelVersion) -> ModelVersion:
         create_time=_timestamp(pb.create_time, pb.HasField("create_time")),
         deprecated=pb.deprecated,
         deprecation_message=pb.deprecation_message,
-        signatures=tuple(ManifestSignature(key_id=s.key_id, algorithm=s.algorithm, signature=bytes(s.signature))
-                         for s in pb.signatures),
+        signatures=tuple(
+            ManifestSignature(key_id=s.key_id, algorithm=s.algorithm, signature=bytes(s.signature))
+            for s in pb.signatures
+        ),
     )
 
 
 def signature_to_pb(signature: ManifestSignature) -> model_pb2.ManifestSignature:
     """The wire form of a manifest signature."""
-    return model_pb2.ManifestSignature(key_id=signature.key_id, algorithm=signature.algorithm,
-                                       signature=signature.signature)
+    return model_pb2.ManifestSignature(
+        key_id=signature.key_id, algorithm=signature.algorithm, signature=signature.signature
+    )
 
 
 def model_from_pb(pb: model_pb2.Model) -> ModelSummary:
@@ -106,12 +109,16 @@ def run_to_pb(run: Run, *, model_version: str) -> metrics_pb2.Run:
     return metrics_pb2.Run(
         run_id=run.run_id,
         model_version=model_version,
-        strategy=metrics_pb2.Strategy(name=run.strategy,
-                                      hyperparameters={k: str(v) for k, v in run.hyperparameters.items()}),
+        strategy=metrics_pb2.Strategy(
+            name=run.strategy, hyperparameters={k: str(v) for k, v in run.hyperparameters.items()}
+        ),
         metrics={k: float(v) for k, v in run.metrics.items()},
         privacy=metrics_pb2.RunPrivacy(
-            dp=run.privacy.dp, epsilon_spent=run.privacy.epsilon_spent, delta=run.privacy.delta,
-            noise_multiplier=run.privacy.noise_multiplier, max_grad_norm=run.privacy.max_grad_norm,
+            dp=run.privacy.dp,
+            epsilon_spent=run.privacy.epsilon_spent,
+            delta=run.privacy.delta,
+            noise_multiplier=run.privacy.noise_multiplier,
+            max_grad_norm=run.privacy.max_grad_norm,
         ),
         train_examples_pow2=int(run.train_examples_pow2),
         device_kind=_DEVICE_TO_PB[DeviceKind.parse(run.device_kind)],
@@ -127,9 +134,13 @@ def run_from_pb(pb: metrics_pb2.Run) -> Run:
         strategy=pb.strategy.name,
         metrics=dict(sorted(pb.metrics.items())),
         hyperparameters=dict(sorted(pb.strategy.hyperparameters.items())),
-        privacy=RunPrivacy(dp=pb.privacy.dp, epsilon_spent=pb.privacy.epsilon_spent, delta=pb.privacy.delta,
-                           noise_multiplier=pb.privacy.noise_multiplier,
-                           max_grad_norm=pb.privacy.max_grad_norm),
+        privacy=RunPrivacy(
+            dp=pb.privacy.dp,
+            epsilon_spent=pb.privacy.epsilon_spent,
+            delta=pb.privacy.delta,
+            noise_multiplier=pb.privacy.noise_multiplier,
+            max_grad_norm=pb.privacy.max_grad_norm,
+        ),
         train_examples_pow2=int(pb.train_examples_pow2),
         device_kind=_DEVICE_FROM_PB.get(pb.device_kind, DeviceKind.UNSPECIFIED),
         wall_seconds=pb.wall_seconds,
@@ -148,8 +159,16 @@ def leaderboard_from_pb(pb: metrics_pb2.SummarizeRunsResponse) -> Leaderboard:
     return Leaderboard(
         metric=pb.metric,
         entries=tuple(
-            LeaderboardEntry(model_version=e.model_version, strategy=e.strategy, dp=e.dp, count=int(e.count),
-                             mean=e.mean, std=e.std, best=e.best, best_run_id=e.best_run_id)
+            LeaderboardEntry(
+                model_version=e.model_version,
+                strategy=e.strategy,
+                dp=e.dp,
+                count=int(e.count),
+                mean=e.mean,
+                std=e.std,
+                best=e.best,
+                best_run_id=e.best_run_id,
+            )
             for e in pb.entries
         ),
     )

@@ -42,14 +42,18 @@ class DemoData:
 
 
 FASHION = DemoData(
-    model="fashion-convnet", data="fashion-mnist", title="Fashion-MNIST classes 0-4 (T-shirt/top to Coat)",
+    model="fashion-convnet",
+    data="fashion-mnist",
+    title="Fashion-MNIST classes 0-4 (T-shirt/top to Coat)",
     # A 12,000-image subset of the source pool: about a minute on two cores, ~0.9 held-out accuracy.
     train_args=("--data", "fashion-mnist", "--classes", "0-4", "--max-examples", "12000", "--epochs", "3"),
     # 50 labels per class of the five classes the source never saw (Sandal, Shirt, Sneaker, Bag, Ankle boot).
     target="fashion-mnist:classes=5-9,per_class=50",
 )
 DIGITS = DemoData(
-    model="digits-convnet", data="digits", title="scikit-learn digits 0-4",
+    model="digits-convnet",
+    data="digits",
+    title="scikit-learn digits 0-4",
     train_args=("--data", "digits", "--classes", "0-4", "--epochs", "30"),
     target="digits:classes=5-9",
 )
@@ -61,8 +65,11 @@ def choose_data() -> DemoData:
 
     if available():
         return FASHION
-    print("demo: Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist, or `make data` as "
-          "root); running on scikit-learn's digits instead", flush=True)
+    print(
+        "demo: Fashion-MNIST is not installed (sudo apt-get install dataset-fashion-mnist, or `make data` as "
+        "root); running on scikit-learn's digits instead",
+        flush=True,
+    )
     return DIGITS
 
 
@@ -83,8 +90,9 @@ def run(*argv: str, env: dict[str, str] | None = None, capture: bool = False) ->
     """Runs one command, echoing it (tokens travel in the environment, never on the line)."""
     shown = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv))
     print(f"$ {shown}", flush=True)
-    result = subprocess.run(argv, cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
-                            stdout=subprocess.PIPE if capture else None)
+    result = subprocess.run(
+        argv, cwd=ROOT, env={**os.environ, **(env or {})}, text=True, stdout=subprocess.PIPE if capture else None
+    )
     if result.returncode != 0:
         raise DemoError(f"`{shown}` exited with {result.returncode}")
     return result.stdout or ""
@@ -93,8 +101,7 @@ def run(*argv: str, env: dict[str, str] | None = None, capture: bool = False) ->
 def start_server(token_file: Path) -> ServerProcess:
     """Starts xfer-server on a free port (its log in .demo/server.log) and waits until it listens."""
     print("$ xfer-server --data-dir .demo/data --port 0 --token-file .demo/tokens.json &", flush=True)
-    server = ServerProcess(data_dir=WORK / "data", args=("--token-file", str(token_file)),
-                           log_path=WORK / "server.log")
+    server = ServerProcess(data_dir=WORK / "data", args=("--token-file", str(token_file)), log_path=WORK / "server.log")
     try:
         server.start()
     except ServerStartError as exc:
@@ -119,10 +126,21 @@ def main() -> int:
     tokens = WORK / "tokens.json"
     step("1. The service owner mints an operator token and a client token (only their hashes are stored)")
     server_cli = _tool("xfer-server")
-    operator = run(server_cli, "tokens", "add", "--role", "operator", "--file", str(tokens),
-                   "--name", "demo-operator", capture=True).strip()
-    client = run(server_cli, "tokens", "add", "--role", "client", "--file", str(tokens),
-                 "--name", "demo-client", capture=True).strip()
+    operator = run(
+        server_cli,
+        "tokens",
+        "add",
+        "--role",
+        "operator",
+        "--file",
+        str(tokens),
+        "--name",
+        "demo-operator",
+        capture=True,
+    ).strip()
+    client = run(
+        server_cli, "tokens", "add", "--role", "client", "--file", str(tokens), "--name", "demo-client", capture=True
+    ).strip()
     print("(tokens kept in the environment as XFER_TOKEN, never printed)")
     step("2. Start the server on the embedded defaults (SQLite + blob directory)")
     server = start_server(tokens)
@@ -134,8 +152,9 @@ def main() -> int:
         step(f"3. Operator: train a source model on {demo.title} (the operator's source pool) and register it")
         run(sys.executable, "-m", "xfer.models.train", "--out", ".demo/source", "--arch", "convnet", *demo.train_args)
         run(xfer, "keys", "generate", "--out", ".demo/keys", "--name", "operator", env=as_operator)
-        run(xfer, "register", ".demo/source", "--model", model, "--sign-key", ".demo/keys/operator.key",
-            env=as_operator)
+        run(
+            xfer, "register", ".demo/source", "--model", model, "--sign-key", ".demo/keys/operator.key", env=as_operator
+        )
         run(xfer, "alias", f"{model}:1", "stable", env=as_operator)
 
         step("4. Edge client: discover, inspect and pull the weights (signature and sha256 verified, cached)")
@@ -144,20 +163,51 @@ def main() -> int:
         run(xfer, "show", f"{model}@stable", env=as_client)
         run(xfer, "pull", f"{model}@stable", "--format", "onnx", "--require-signed", env=as_client)
 
-        step(f"5. Edge client: adapt to its own data, classes the source never saw ({demo.target}); "
-             "only metrics go back")
+        step(
+            f"5. Edge client: adapt to its own data, classes the source never saw ({demo.target}); only metrics go back"
+        )
         for strategy in ("linear-probe", "lp-ft", "surgical:auto"):
-            run(xfer, "finetune", f"{model}@stable", demo.target, "--strategy", strategy,
-                "--out", f".demo/finetuned-{strategy.replace(':', '-')}", env=as_client)
+            run(
+                xfer,
+                "finetune",
+                f"{model}@stable",
+                demo.target,
+                "--strategy",
+                strategy,
+                "--out",
+                f".demo/finetuned-{strategy.replace(':', '-')}",
+                env=as_client,
+            )
         step("6. The same adaptation with differential privacy (Opacus DP-SGD, epsilon = 2 of a budget of 8)")
         for strategy in ("linear-probe", "lp-ft"):
-            run(xfer, "finetune", f"{model}@stable", demo.target, "--strategy", strategy,
-                "--dp-epsilon", "2", "--privacy-budget", "8", "--out", f".demo/finetuned-{strategy}-dp",
-                env=as_client)
+            run(
+                xfer,
+                "finetune",
+                f"{model}@stable",
+                demo.target,
+                "--strategy",
+                strategy,
+                "--dp-epsilon",
+                "2",
+                "--privacy-budget",
+                "8",
+                "--out",
+                f".demo/finetuned-{strategy}-dp",
+                env=as_client,
+            )
 
         step("7. Edge client without torch: a new head on the ONNX model's features (numpy + onnxruntime only)")
-        run(xfer, "fit-head", f"{model}@stable", demo.target, "--head", "logreg", "--out", ".demo/fitted-head",
-            env=as_client)
+        run(
+            xfer,
+            "fit-head",
+            f"{model}@stable",
+            demo.target,
+            "--head",
+            "logreg",
+            "--out",
+            ".demo/fitted-head",
+            env=as_client,
+        )
 
         step("8. Operator: the leaderboard of client reports")
         run(xfer, "leaderboard", "--metric", "accuracy", env=as_operator)

@@ -24,7 +24,7 @@ class ArtifactFormat(str, enum.Enum):
     TORCH_STATE_DICT = "torch-state-dict"  # upload only; the server stores it as safetensors
 
     @classmethod
-    def parse(cls, value: "str | ArtifactFormat") -> "ArtifactFormat":
+    def parse(cls, value: str | ArtifactFormat) -> ArtifactFormat:
         """Accepts an enum member or its name, case-insensitively ('onnx', 'SAFETENSORS')."""
         if isinstance(value, cls):
             return value
@@ -34,8 +34,7 @@ class ArtifactFormat(str, enum.Enum):
                 return member
         from xfer.client.errors import InvalidArgumentError
 
-        raise InvalidArgumentError(f"unknown artifact format {value!r}; valid: "
-                                   f"{', '.join(m.value for m in cls)}")
+        raise InvalidArgumentError(f"unknown artifact format {value!r}; valid: {', '.join(m.value for m in cls)}")
 
     @property
     def suffix(self) -> str:
@@ -52,7 +51,7 @@ class DeviceKind(str, enum.Enum):
     MPS = "mps"
 
     @classmethod
-    def parse(cls, value: "str | DeviceKind | None") -> "DeviceKind":
+    def parse(cls, value: str | DeviceKind | None) -> DeviceKind:
         """Accepts a member, its value, or a torch device string such as 'cuda:0'."""
         if value is None:
             return cls.UNSPECIFIED
@@ -88,11 +87,14 @@ class ManifestSignature:
 
     def to_dict(self) -> dict[str, str]:
         """JSON-able form: the signature in base64."""
-        return {"key_id": self.key_id, "algorithm": self.algorithm,
-                "signature": base64.b64encode(self.signature).decode("ascii")}
+        return {
+            "key_id": self.key_id,
+            "algorithm": self.algorithm,
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, str]) -> "ManifestSignature":
+    def from_dict(cls, data: dict[str, str]) -> ManifestSignature:
         """The inverse of `to_dict`."""
         return cls(key_id=data["key_id"], algorithm=data["algorithm"], signature=base64.b64decode(data["signature"]))
 
@@ -133,8 +135,10 @@ class ModelVersion:
             "create_time": _iso(self.create_time),
             "deprecated": self.deprecated,
             "deprecation_message": self.deprecation_message,
-            "artifacts": [{"format": a.format.value, "size_bytes": a.size_bytes, "sha256": a.sha256,
-                           "derived": a.derived} for a in self.artifacts],
+            "artifacts": [
+                {"format": a.format.value, "size_bytes": a.size_bytes, "sha256": a.sha256, "derived": a.derived}
+                for a in self.artifacts
+            ],
             "card": self.card.to_dict(),
             "signatures": [s.to_dict() for s in self.signatures],
         }
@@ -201,7 +205,7 @@ class Run:
     create_time: dt.datetime | None = None
 
     @classmethod
-    def from_report_fields(cls, fields: dict[str, Any], *, run_id: str, model_version: str) -> "Run":
+    def from_report_fields(cls, fields: dict[str, Any], *, run_id: str, model_version: str) -> Run:
         """A run from `FinetuneOutcome.report_fields()`, which is shaped like the proto `Run` as JSON.
 
         Accepts `strategy` as a name or as {"name", "hyperparameters"}, and

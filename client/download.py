@@ -47,30 +47,56 @@ class DownloadOutcome:
     restarts: int
 
 
-def fetch_artifact(*, transport: Transport, cache: Cache, version_name: str, fmt: ArtifactFormat,
-                   sha256: str, size_bytes: int, retry: RetryPolicy = RetryPolicy(),
-                   progress: Progress | None = None, stream_timeout: float | None = None) -> DownloadOutcome:
+def fetch_artifact(
+    *,
+    transport: Transport,
+    cache: Cache,
+    version_name: str,
+    fmt: ArtifactFormat,
+    sha256: str,
+    size_bytes: int,
+    retry: RetryPolicy = RetryPolicy(),
+    progress: Progress | None = None,
+    stream_timeout: float | None = None,
+) -> DownloadOutcome:
     """Makes blobs/<sha256> exist and be correct, downloading (or resuming) only if needed."""
     if cache.has_blob(sha256, size_bytes=size_bytes):
-        return DownloadOutcome(cache.blob_path(sha256), cache_hit=True, transferred_bytes=0, resumed_from=0,
-                               restarts=0)
+        return DownloadOutcome(cache.blob_path(sha256), cache_hit=True, transferred_bytes=0, resumed_from=0, restarts=0)
     with cache.lock(sha256):
         if cache.has_blob(sha256, size_bytes=size_bytes):
             # Another process finished it while we waited for the lock.
-            return DownloadOutcome(cache.blob_path(sha256), cache_hit=True, transferred_bytes=0,
-                                   resumed_from=0, restarts=0)
+            return DownloadOutcome(
+                cache.blob_path(sha256), cache_hit=True, transferred_bytes=0, resumed_from=0, restarts=0
+            )
         partial = cache.open_partial(sha256)
         try:
-            return _download(transport=transport, partial=partial, version_name=version_name, fmt=fmt,
-                             sha256=sha256, size_bytes=size_bytes, retry=retry, progress=progress,
-                             stream_timeout=stream_timeout)
+            return _download(
+                transport=transport,
+                partial=partial,
+                version_name=version_name,
+                fmt=fmt,
+                sha256=sha256,
+                size_bytes=size_bytes,
+                retry=retry,
+                progress=progress,
+                stream_timeout=stream_timeout,
+            )
         finally:
             partial.close()
 
 
-def _download(*, transport: Transport, partial: PartialDownload, version_name: str, fmt: ArtifactFormat, sha256: str,
-              size_bytes: int, retry: RetryPolicy, progress: Progress | None,
-              stream_timeout: float | None) -> DownloadOutcome:
+def _download(
+    *,
+    transport: Transport,
+    partial: PartialDownload,
+    version_name: str,
+    fmt: ArtifactFormat,
+    sha256: str,
+    size_bytes: int,
+    retry: RetryPolicy,
+    progress: Progress | None,
+    stream_timeout: float | None,
+) -> DownloadOutcome:
     transferred = 0
     restarts = 0
     failures = 0
@@ -99,28 +125,33 @@ def _download(*, transport: Transport, partial: PartialDownload, version_name: s
                     if not piece.data:
                         continue
                     if piece.offset != partial.offset:
-                        raise IntegrityError(f"chunk at offset {piece.offset} arrived where "
-                                             f"{partial.offset} was expected")
+                        raise IntegrityError(
+                            f"chunk at offset {piece.offset} arrived where {partial.offset} was expected"
+                        )
                     partial.write(piece.data)
                     transferred += len(piece.data)
                     if progress is not None:
                         progress(partial.offset, size_bytes)
             blob = partial.commit(size_bytes=size_bytes)
-            return DownloadOutcome(blob, cache_hit=False, transferred_bytes=transferred,
-                                   resumed_from=first_offset, restarts=restarts)
+            return DownloadOutcome(
+                blob, cache_hit=False, transferred_bytes=transferred, resumed_from=first_offset, restarts=restarts
+            )
         except (IntegrityError, OutOfRangeError) as exc:
             if restarts >= 1:
                 partial.remove()
-                raise IntegrityError(f"{version_name} ({fmt.value}) failed verification twice; nothing was "
-                                     f"cached: {exc}") from None
+                raise IntegrityError(
+                    f"{version_name} ({fmt.value}) failed verification twice; nothing was cached: {exc}"
+                ) from None
             restarts += 1
             log.warning("%s; discarding the partial download and starting over", exc)
             partial.discard()
         except DataLossError as exc:
             partial.remove()
-            raise DataLossError(f"the server's stored {fmt.value} artifact of {version_name} is corrupt; "
-                                f"nothing was cached ({exc}). Ask the operator to re-register it.",
-                                code=exc.code) from None
+            raise DataLossError(
+                f"the server's stored {fmt.value} artifact of {version_name} is corrupt; "
+                f"nothing was cached ({exc}). Ask the operator to re-register it.",
+                code=exc.code,
+            ) from None
         except UnavailableError:
             partial.flush()
             failures = 0 if transferred > received_before else failures + 1

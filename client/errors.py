@@ -219,11 +219,11 @@ def _fields(data: bytes) -> list[tuple[int, Any]]:
             length, i = _varint(data, i)
             if i + length > len(data):
                 raise ValueError("truncated field")
-            value, i = data[i:i + length], i + length
+            value, i = data[i : i + length], i + length
         elif wire == 1:
-            value, i = data[i:i + 8], i + 8
+            value, i = data[i : i + 8], i + 8
         elif wire == 5:
-            value, i = data[i:i + 4], i + 4
+            value, i = data[i : i + 4], i + 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
         out.append((number, value))
@@ -280,8 +280,9 @@ def parse_status_details(raw: bytes) -> StatusDetails:
             elif type_url == _RETRY_INFO:
                 delay = dict(_fields(dict(_fields(value)).get(1, b"")))
                 retry_after = int(delay.get(1, 0)) + int(delay.get(2, 0)) / 1e9
-        return StatusDetails(reason=reason, domain=domain, metadata=metadata, field_violations=tuple(violations),
-                             retry_after=retry_after)
+        return StatusDetails(
+            reason=reason, domain=domain, metadata=metadata, field_violations=tuple(violations), retry_after=retry_after
+        )
     except (ValueError, TypeError, IndexError):
         return StatusDetails()
 

@@ -69,8 +69,9 @@ class ModelPolicy:
         elif self.max_mia_auc is not None and audit is not None:
             worst = max(audit.attacks, key=lambda a: a.auc if math.isfinite(a.auc) else math.inf)
             if not worst.auc <= self.max_mia_auc:
-                problems.append(f"membership-inference AUC {worst.auc:.3f} ({worst.attack}) is above "
-                                f"{self.max_mia_auc:g}")
+                problems.append(
+                    f"membership-inference AUC {worst.auc:.3f} ({worst.attack}) is above {self.max_mia_auc:g}"
+                )
         return problems
 
     def allows(self, card: ModelCard | None) -> bool:
@@ -81,5 +82,7 @@ class ModelPolicy:
         """Raises PolicyError listing every rule `card` (of model `what`) breaks."""
         problems = self.violations(card)
         if problems:
-            raise PolicyError(f"{what} does not meet your privacy policy: {'; '.join(problems)}. Choose another "
-                              "model (`xfer models` with the same options lists those that do) or relax the policy")
+            raise PolicyError(
+                f"{what} does not meet your privacy policy: {'; '.join(problems)}. Choose another "
+                "model (`xfer models` with the same options lists those that do) or relax the policy"
+            )

@@ -26,8 +26,16 @@ class ProgressBar:
     def __init__(self, label: str, *, stream: TextIO, unit: str = "bytes") -> None:
         self.enabled = bool(getattr(stream, "isatty", lambda: False)())
         byte_units = unit == "bytes"
-        self._bar = tqdm(desc=label, file=stream, disable=not self.enabled, unit="B" if byte_units else unit,
-                         unit_scale=byte_units, unit_divisor=1024, mininterval=0.1, leave=True)
+        self._bar = tqdm(
+            desc=label,
+            file=stream,
+            disable=not self.enabled,
+            unit="B" if byte_units else unit,
+            unit_scale=byte_units,
+            unit_divisor=1024,
+            mininterval=0.1,
+            leave=True,
+        )
 
     def __call__(self, done: float, total: float) -> None:
         if self._bar.total != total:

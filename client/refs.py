@@ -120,11 +120,15 @@ def parse_ref(text: str | ModelRef) -> ModelRef:
             ref = _selector(model, selector, text)
             # `m:stable` and `m@3` are almost certainly typos; refuse rather than guess.
             if sep == ":" and ref.version is None:
-                raise InvalidRefError(f"invalid model reference {text!r}: after ':' comes a version "
-                                      f"number; for an alias write {model}@{selector}")
+                raise InvalidRefError(
+                    f"invalid model reference {text!r}: after ':' comes a version "
+                    f"number; for an alias write {model}@{selector}"
+                )
             if sep == "@" and ref.alias is None:
-                raise InvalidRefError(f"invalid model reference {text!r}: after '@' comes an alias; "
-                                      f"for a version number write {model}:{selector}")
+                raise InvalidRefError(
+                    f"invalid model reference {text!r}: after '@' comes an alias; "
+                    f"for a version number write {model}:{selector}"
+                )
             return ref
     _check_model(stripped, text)
     return ModelRef(stripped)

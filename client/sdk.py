@@ -58,8 +58,12 @@ DEFAULT_TARGET = "localhost:50051"
 #: Bytes per upload message: well under gRPC's default 4 MiB receive limit.
 UPLOAD_CHUNK_BYTES = 1 << 20
 CARD_FILE = "card.json"
-_SUFFIX_FORMATS = {".safetensors": ArtifactFormat.SAFETENSORS, ".onnx": ArtifactFormat.ONNX,
-                   ".pt": ArtifactFormat.TORCH_STATE_DICT, ".pth": ArtifactFormat.TORCH_STATE_DICT}
+_SUFFIX_FORMATS = {
+    ".safetensors": ArtifactFormat.SAFETENSORS,
+    ".onnx": ArtifactFormat.ONNX,
+    ".pt": ArtifactFormat.TORCH_STATE_DICT,
+    ".pth": ArtifactFormat.TORCH_STATE_DICT,
+}
 
 
 class Client:
@@ -88,12 +92,21 @@ class Client:
     nothing. `pull`/`load_*` take a `policy` of their own that replaces it.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None,
-                 tls: TlsConfig | bool | None = None, cache_dir: str | os.PathLike | None = None,
-                 timeout: float = 30.0, retry: RetryPolicy = RetryPolicy(),
-                 stream_timeout: float | None = None, offline: bool = False,
-                 trusted_keys: Sequence[str | os.PathLike] = (), require_signed: bool = False,
-                 policy: ModelPolicy = ModelPolicy()) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        tls: TlsConfig | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+        stream_timeout: float | None = None,
+        offline: bool = False,
+        trusted_keys: Sequence[str | os.PathLike] = (),
+        require_signed: bool = False,
+        policy: ModelPolicy = ModelPolicy(),
+    ) -> None:
         self.target = target
         self.cache = Cache(default_cache_dir(os.environ) if cache_dir is None else cache_dir)
         self.retry = retry
@@ -111,7 +124,7 @@ class Client:
         """Closes the channel."""
         self._transport.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,8 +132,10 @@ class Client:
 
     def _online(self, what: str) -> Transport:
         if self.offline:
-            raise OfflineError(f"offline mode (XFER_OFFLINE=1): {what} needs the server; unset XFER_OFFLINE "
-                               "to reach it, or use a model already in the cache")
+            raise OfflineError(
+                f"offline mode (XFER_OFFLINE=1): {what} needs the server; unset XFER_OFFLINE "
+                "to reach it, or use a model already in the cache"
+            )
         return self._transport
 
     # -- discovery --------------------------------------------------------------
@@ -154,16 +169,23 @@ class Client:
         """
         if self.offline:
             return self._resolve(parse_ref(ref))
-        version = convert.version_from_pb(self._online("resolving a reference").get_model_version(
-            parse_ref(ref).version_name))
+        version = convert.version_from_pb(
+            self._online("resolving a reference").get_model_version(parse_ref(ref).version_name)
+        )
         if version.deprecated:
             log.warning("%s is deprecated: %s", version.ref, version.deprecation_message or "(no message)")
         return version
 
     # -- pulling ----------------------------------------------------------------
-    def pull(self, ref: str | ModelRef, fmt: ArtifactFormat | str = ArtifactFormat.SAFETENSORS, *,
-             progress: Progress | None = None, require_signed: bool | None = None,
-             policy: ModelPolicy | None = None) -> PullResult:
+    def pull(
+        self,
+        ref: str | ModelRef,
+        fmt: ArtifactFormat | str = ArtifactFormat.SAFETENSORS,
+        *,
+        progress: Progress | None = None,
+        require_signed: bool | None = None,
+        policy: ModelPolicy | None = None,
+    ) -> PullResult:
         """Downloads (or finds in the cache) one artifact of `ref`, verified by sha256.
 
         A second pull of the same digest transfers nothing; an interrupted
@@ -184,20 +206,37 @@ class Client:
             self.verify_signature(version, fmt)
         (self.policy if policy is None else policy).enforce(version.card, what=version.ref)
         if self.offline and not self.cache.has_blob(artifact.sha256, size_bytes=artifact.size_bytes):
-            raise OfflineError(f"offline mode (XFER_OFFLINE=1): the {fmt.value} artifact of {version.ref} is not "
-                               "in the cache; pull it once while online")
+            raise OfflineError(
+                f"offline mode (XFER_OFFLINE=1): the {fmt.value} artifact of {version.ref} is not "
+                "in the cache; pull it once while online"
+            )
         outcome = fetch_artifact(
-            transport=self._transport, cache=self.cache, version_name=version.name, fmt=fmt,
-            sha256=artifact.sha256, size_bytes=artifact.size_bytes, retry=self.retry, progress=progress,
+            transport=self._transport,
+            cache=self.cache,
+            version_name=version.name,
+            fmt=fmt,
+            sha256=artifact.sha256,
+            size_bytes=artifact.size_bytes,
+            retry=self.retry,
+            progress=progress,
             stream_timeout=self.stream_timeout,
         )
         self._remember(parsed, version)
-        path = self.cache.link_snapshot(model=version.model, version=version.version,
-                                        filename=f"model{fmt.suffix}", sha256=artifact.sha256)
-        return PullResult(path=path, blob_path=outcome.blob_path, model_version=version, format=fmt,
-                          sha256=artifact.sha256, size_bytes=artifact.size_bytes, cache_hit=outcome.cache_hit,
-                          transferred_bytes=outcome.transferred_bytes, resumed_from=outcome.resumed_from,
-                          restarts=outcome.restarts)
+        path = self.cache.link_snapshot(
+            model=version.model, version=version.version, filename=f"model{fmt.suffix}", sha256=artifact.sha256
+        )
+        return PullResult(
+            path=path,
+            blob_path=outcome.blob_path,
+            model_version=version,
+            format=fmt,
+            sha256=artifact.sha256,
+            size_bytes=artifact.size_bytes,
+            cache_hit=outcome.cache_hit,
+            transferred_bytes=outcome.transferred_bytes,
+            resumed_from=outcome.resumed_from,
+            restarts=outcome.restarts,
+        )
 
     def _resolve(self, ref: ModelRef) -> ModelVersion:
         # Online, the server says what `ref` means. Offline, or when it cannot be
@@ -222,12 +261,21 @@ class Client:
         if cached is None or cached.card is None:
             return None
         return ModelVersion(
-            name=cached.model_version, model=ref.model, version=cached.version,
+            name=cached.model_version,
+            model=ref.model,
+            version=cached.version,
             card=ModelCard.from_dict(cached.card),
-            artifacts=tuple(Artifact(format=ArtifactFormat.parse(fmt), size_bytes=int(a["size_bytes"]),
-                                     sha256=a["sha256"], derived=bool(a.get("derived", False)))
-                            for fmt, a in cached.artifacts.items()),
-            deprecated=cached.deprecated, deprecation_message=cached.deprecation_message,
+            artifacts=tuple(
+                Artifact(
+                    format=ArtifactFormat.parse(fmt),
+                    size_bytes=int(a["size_bytes"]),
+                    sha256=a["sha256"],
+                    derived=bool(a.get("derived", False)),
+                )
+                for fmt, a in cached.artifacts.items()
+            ),
+            deprecated=cached.deprecated,
+            deprecation_message=cached.deprecation_message,
             signatures=tuple(ManifestSignature.from_dict(d) for d in cached.signatures),
         )
 
@@ -240,43 +288,68 @@ class Client:
         if fmt is not None:
             artifact = version.artifact(fmt)
             if artifact is not None and artifact.derived:
-                raise SignatureError(f"the {artifact.format.value} artifact of {version.ref} was derived by the "
-                                     "server, so the operator's signature does not cover it; pull a signed format "
-                                     "(e.g. safetensors) or ask the operator to upload and sign this one")
-        manifest = signing.manifest_bytes(model=version.model, card=version.card, artifacts={
-            a.format.value: (a.sha256, a.size_bytes) for a in version.artifacts if not a.derived})
-        return signing.verify(manifest, signatures=version.signatures, trusted=self.trusted_keys, what=version.ref).key_id
+                raise SignatureError(
+                    f"the {artifact.format.value} artifact of {version.ref} was derived by the "
+                    "server, so the operator's signature does not cover it; pull a signed format "
+                    "(e.g. safetensors) or ask the operator to upload and sign this one"
+                )
+        manifest = signing.manifest_bytes(
+            model=version.model,
+            card=version.card,
+            artifacts={a.format.value: (a.sha256, a.size_bytes) for a in version.artifacts if not a.derived},
+        )
+        return signing.verify(
+            manifest, signatures=version.signatures, trusted=self.trusted_keys, what=version.ref
+        ).key_id
 
     def _remember(self, ref: ModelRef, version: ModelVersion) -> None:
-        entry = CachedRef(model_version=version.name, version=version.version,
-                          artifacts={a.format.value: {"sha256": a.sha256, "size_bytes": a.size_bytes,
-                                                      "derived": a.derived} for a in version.artifacts},
-                          signatures=[sig.to_dict() for sig in version.signatures],
-                          card=version.card.to_dict(), deprecated=version.deprecated,
-                          deprecation_message=version.deprecation_message)
+        entry = CachedRef(
+            model_version=version.name,
+            version=version.version,
+            artifacts={
+                a.format.value: {"sha256": a.sha256, "size_bytes": a.size_bytes, "derived": a.derived}
+                for a in version.artifacts
+            },
+            signatures=[sig.to_dict() for sig in version.signatures],
+            card=version.card.to_dict(),
+            deprecated=version.deprecated,
+            deprecation_message=version.deprecation_message,
+        )
         for selector in {ref.selector, str(version.version)}:
             self.cache.write_ref(model=version.model, selector=selector, ref=entry)
 
-    def load_torch(self, ref: str | ModelRef, *, progress: Progress | None = None,
-                   require_signed: bool | None = None, policy: ModelPolicy | None = None) -> LoadedModel:
+    def load_torch(
+        self,
+        ref: str | ModelRef,
+        *,
+        progress: Progress | None = None,
+        require_signed: bool | None = None,
+        policy: ModelPolicy | None = None,
+    ) -> LoadedModel:
         """Pulls the safetensors artifact and rebuilds the module from `models/`, loaded strictly, in eval mode."""
         from xfer.models.weights import load_safetensors, model_from_card
 
-        pulled = self.pull(ref, ArtifactFormat.SAFETENSORS, progress=progress, require_signed=require_signed,
-                           policy=policy)
+        pulled = self.pull(
+            ref, ArtifactFormat.SAFETENSORS, progress=progress, require_signed=require_signed, policy=policy
+        )
         card = pulled.model_version.card
         module = load_safetensors(model_from_card(card), pulled.blob_path)
         module.eval()
         return LoadedModel(module=module, card=card, model_version=pulled.model_version, path=pulled.path)
 
-    def load_onnx(self, ref: str | ModelRef, *, providers: Sequence[str] | None = None,
-                  progress: Progress | None = None, require_signed: bool | None = None,
-                  policy: ModelPolicy | None = None) -> Any:
+    def load_onnx(
+        self,
+        ref: str | ModelRef,
+        *,
+        providers: Sequence[str] | None = None,
+        progress: Progress | None = None,
+        require_signed: bool | None = None,
+        policy: ModelPolicy | None = None,
+    ) -> Any:
         """Pulls the ONNX artifact and opens an `onnxruntime.InferenceSession` on it (CPU by default)."""
         import onnxruntime as ort
 
-        pulled = self.pull(ref, ArtifactFormat.ONNX, progress=progress, require_signed=require_signed,
-                           policy=policy)
+        pulled = self.pull(ref, ArtifactFormat.ONNX, progress=progress, require_signed=require_signed, policy=policy)
         return ort.InferenceSession(str(pulled.blob_path), providers=list(providers or ["CPUExecutionProvider"]))
 
     # -- metrics ----------------------------------------------------------------
@@ -290,23 +363,32 @@ class Client:
         runs: list[Run] = []
         token = ""
         while True:
-            page = self._online("listing runs").list_runs(model=_filter_name(model), strategy=strategy or "",
-                                             page_token=token)
+            page = self._online("listing runs").list_runs(
+                model=_filter_name(model), strategy=strategy or "", page_token=token
+            )
             runs.extend(convert.run_from_pb(r) for r in page.runs)
             token = page.next_page_token
             if not token:
                 return runs
 
-    def summarize_runs(self, *, metric: str = "accuracy", model: str | ModelRef | None = None,
-                       goal: str = "maximize") -> Leaderboard:
+    def summarize_runs(
+        self, *, metric: str = "accuracy", model: str | ModelRef | None = None, goal: str = "maximize"
+    ) -> Leaderboard:
         """The leaderboard of `metric` per (version, strategy, dp), best mean first."""
         reply = self._online("the leaderboard").summarize_runs(metric=metric, model=_filter_name(model), goal=goal)
         return convert.leaderboard_from_pb(reply)
 
     # -- operator calls ---------------------------------------------------------
-    def register(self, source: str | os.PathLike | Sequence[str | os.PathLike], model_id: str, *,
-                 card: ModelCard | None = None, progress: Progress | None = None,
-                 chunk_size: int = UPLOAD_CHUNK_BYTES, signing_key: str | os.PathLike | None = None) -> ModelVersion:
+    def register(
+        self,
+        source: str | os.PathLike | Sequence[str | os.PathLike],
+        model_id: str,
+        *,
+        card: ModelCard | None = None,
+        progress: Progress | None = None,
+        chunk_size: int = UPLOAD_CHUNK_BYTES,
+        signing_key: str | os.PathLike | None = None,
+    ) -> ModelVersion:
         """Uploads a new version of `model_id` (operator token needed).
 
         `source` is a folder as `python -m xfer.models.train` writes it
@@ -319,16 +401,21 @@ class Client:
         files = _upload_files(source)
         if card is None:
             card = _read_card(files.card)
-        declarations = [UploadDeclaration(format=fmt, size_bytes=path.stat().st_size, sha256=sha256_file(path))
-                        for fmt, path in files.artifacts.items()]
+        declarations = [
+            UploadDeclaration(format=fmt, size_bytes=path.stat().st_size, sha256=sha256_file(path))
+            for fmt, path in files.artifacts.items()
+        ]
         total = sum(d.size_bytes for d in declarations)
         signatures = []
         if signing_key is not None:
-            manifest = signing.manifest_bytes(model=model_id, card=card, artifacts={
-                d.format.value: (d.sha256, d.size_bytes) for d in declarations})
+            manifest = signing.manifest_bytes(
+                model=model_id, card=card, artifacts={d.format.value: (d.sha256, d.size_bytes) for d in declarations}
+            )
             signatures.append(signing.sign(manifest, signing.load_private_key(signing_key)))
         reply = self._online("registering").create_model_version(
-            parent=f"models/{model_id}", card=card, declarations=declarations,
+            parent=f"models/{model_id}",
+            card=card,
+            declarations=declarations,
             chunks=_chunks(files.artifacts, chunk_size=chunk_size, total=total, progress=progress),
             signatures=signatures,
         )
@@ -384,8 +471,9 @@ def _upload_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> _U
         fmt = _SUFFIX_FORMATS.get(path.suffix)
         if fmt is None:
             if strict:
-                raise InvalidArgumentError(f"cannot tell the format of {str(path)!r}: expected .safetensors, "
-                                           f".onnx, .pt or card.json")
+                raise InvalidArgumentError(
+                    f"cannot tell the format of {str(path)!r}: expected .safetensors, .onnx, .pt or card.json"
+                )
             continue  # a folder may hold logs, plots, ...
         if fmt in artifacts:
             raise InvalidArgumentError(f"two {fmt.value} files: {str(artifacts[fmt])!r} and {str(path)!r}")
@@ -393,15 +481,18 @@ def _upload_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> _U
             raise InvalidArgumentError(f"{str(path)!r} is not a readable file")
         artifacts[fmt] = path
     if not artifacts:
-        raise InvalidArgumentError(f"no model weights found in {source!s}: expected model.safetensors "
-                                   f"(and optionally model.onnx), as `python -m xfer.models.train` writes them")
+        raise InvalidArgumentError(
+            f"no model weights found in {source!s}: expected model.safetensors "
+            f"(and optionally model.onnx), as `python -m xfer.models.train` writes them"
+        )
     return _UploadFiles(card, artifacts)
 
 
 def _read_card(path: Path | None) -> ModelCard:
     if path is None:
-        raise InvalidArgumentError(f"no {CARD_FILE} found; pass the folder `python -m xfer.models.train` wrote, "
-                                   f"or the card explicitly")
+        raise InvalidArgumentError(
+            f"no {CARD_FILE} found; pass the folder `python -m xfer.models.train` wrote, or the card explicitly"
+        )
     try:
         return ModelCard.from_dict(json.loads(path.read_text()))
     except json.JSONDecodeError as exc:
@@ -412,8 +503,13 @@ def _read_card(path: Path | None) -> ModelCard:
         raise InvalidArgumentError(f"cannot read {str(path)!r}: {exc.strerror}") from None
 
 
-def _chunks(artifacts: Mapping[ArtifactFormat, Path], *, chunk_size: int, total: int,
-            progress: Callable[[int, int], None] | None) -> Iterator[tuple[ArtifactFormat, bytes]]:
+def _chunks(
+    artifacts: Mapping[ArtifactFormat, Path],
+    *,
+    chunk_size: int,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> Iterator[tuple[ArtifactFormat, bytes]]:
     sent = 0
     for fmt, path in artifacts.items():
         with open(path, "rb") as f:

@@ -51,8 +51,9 @@ def manifest_bytes(*, model: str, card: ModelCard, artifacts: Mapping[str, tuple
         "card": _json_numbers(card.to_dict()),
         "artifacts": {fmt: {"sha256": sha, "size_bytes": int(size)} for fmt, (sha, size) in sorted(artifacts.items())},
     }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 def _json_numbers(value: Any) -> Any:
@@ -90,10 +91,12 @@ def generate_key(directory: str | os.PathLike, *, name: str = "xfer-signing") ->
     if private_path.exists():
         raise InvalidArgumentError(f"{private_path} already exists; choose another --name or directory")
     key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with atomic_path(private_path, mode=0o600) as tmp:
         tmp.write_bytes(private_pem)
     with atomic_path(public_path, mode=0o644) as tmp:
@@ -119,8 +122,9 @@ def load_private_key(path: str | os.PathLike) -> Any:
 
 def sign(manifest: bytes, private_key: Any) -> ManifestSignature:
     """Signs a manifest."""
-    return ManifestSignature(key_id=key_id(private_key.public_key()), algorithm=ALGORITHM,
-                             signature=private_key.sign(manifest))
+    return ManifestSignature(
+        key_id=key_id(private_key.public_key()), algorithm=ALGORITHM, signature=private_key.sign(manifest)
+    )
 
 
 def _public_key_files(entry: Path) -> list[Path]:
@@ -149,23 +153,29 @@ def load_trusted_keys(paths: Iterable[str | os.PathLike]) -> tuple[TrustedKey, .
     return tuple(keys)
 
 
-def verify(manifest: bytes, *, signatures: Sequence[ManifestSignature], trusted: Sequence[TrustedKey],
-           what: str) -> TrustedKey:
+def verify(
+    manifest: bytes, *, signatures: Sequence[ManifestSignature], trusted: Sequence[TrustedKey], what: str
+) -> TrustedKey:
     """The trusted key whose signature over `manifest` is valid; raises SignatureError saying why not."""
     from cryptography.exceptions import InvalidSignature
 
     if not trusted:
-        raise SignatureError(f"cannot verify {what}: no trusted publisher keys are configured "
-                             "(set XFER_TRUSTED_KEYS or pass --trusted-keys)")
+        raise SignatureError(
+            f"cannot verify {what}: no trusted publisher keys are configured "
+            "(set XFER_TRUSTED_KEYS or pass --trusted-keys)"
+        )
     if not signatures:
-        raise SignatureError(f"{what} is not signed, and a signature is required; ask the operator to register it "
-                             "with `xfer register --sign-key`")
+        raise SignatureError(
+            f"{what} is not signed, and a signature is required; ask the operator to register it "
+            "with `xfer register --sign-key`"
+        )
     by_id = {k.key_id: k for k in trusted}
     known = [s for s in signatures if s.key_id in by_id]
     if not known:
         ids = ", ".join(sorted({s.key_id for s in signatures}))
-        raise SignatureError(f"{what} is signed by key(s) {ids}, none of which is trusted here "
-                             f"(trusted: {', '.join(sorted(by_id))})")
+        raise SignatureError(
+            f"{what} is signed by key(s) {ids}, none of which is trusted here (trusted: {', '.join(sorted(by_id))})"
+        )
     for signature in known:
         if signature.algorithm != ALGORITHM:
             continue
@@ -174,5 +184,7 @@ def verify(manifest: bytes, *, signatures: Sequence[ManifestSignature], trusted:
         except InvalidSignature:
             continue
         return by_id[signature.key_id]
-    raise SignatureError(f"{what}: the signature by {known[0].key_id} does not match the card and artifact "
-                         "digests the server sent; they were changed after signing. Nothing was cached.")
+    raise SignatureError(
+        f"{what}: the signature by {known[0].key_id} does not match the card and artifact "
+        "digests the server sent; they were changed after signing. Nothing was cached."
+    )

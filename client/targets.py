@@ -89,8 +89,11 @@ NO_TEST_FRACTIONS = (0.8, 0.2, 0.0)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 UNLABELED = "unlabeled"
 BUILTIN_OPTIONS = ("split", "classes", "shift", "severity", "per_class", UNLABELED)
-FILE_OPTIONS = {"npz": ("per_class", UNLABELED), "csv": ("label", "per_class", UNLABELED),
-                "folder": ("per_class", UNLABELED)}
+FILE_OPTIONS = {
+    "npz": ("per_class", UNLABELED),
+    "csv": ("label", "per_class", UNLABELED),
+    "folder": ("per_class", UNLABELED),
+}
 #: Options that take no value.
 FLAGS = (UNLABELED,)
 UNSEEN_CLASSES = "unseen-classes"
@@ -131,8 +134,9 @@ class DataSpec:
 def parse_spec(spec: str) -> DataSpec:
     """Splits a data spec into kind, path and `key=value` options (and flags)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError("empty data spec; give e.g. 'fashion-mnist:classes=5-9', 'data.npz', 'data.csv:label=y' "
-                        "or a folder")
+        raise DataError(
+            "empty data spec; give e.g. 'fashion-mnist:classes=5-9', 'data.npz', 'data.csv:label=y' or a folder"
+        )
     spec = spec.strip()
     name, _, rest = spec.partition(":")
     if name in datasets_mod.list_datasets():
@@ -151,10 +155,14 @@ def parse_spec(spec: str) -> DataSpec:
         suffix = path.suffix.lower()
         if suffix not in (".npz", ".csv"):
             if not path.exists():
-                raise DataError(f"data spec {spec!r}: no such file or folder, and not a built-in data set "
-                                f"({', '.join(datasets_mod.list_datasets())})")
-            raise DataError(f"data file {head!r}: unsupported format; use .npz, .csv, an image folder, or a "
-                            f"built-in data set ({', '.join(datasets_mod.list_datasets())})")
+                raise DataError(
+                    f"data spec {spec!r}: no such file or folder, and not a built-in data set "
+                    f"({', '.join(datasets_mod.list_datasets())})"
+                )
+            raise DataError(
+                f"data file {head!r}: unsupported format; use .npz, .csv, an image folder, or a "
+                f"built-in data set ({', '.join(datasets_mod.list_datasets())})"
+            )
         if not path.is_file():
             raise DataError(f"data file {head!r} does not exist")
         kind = suffix[1:]
@@ -253,8 +261,9 @@ def _read_npz(spec: DataSpec) -> RawData:
     try:
         with np.load(spec.path, allow_pickle=False) as archive:
             if "x" not in archive.files:
-                raise DataError(f"{spec.path}: the .npz needs an array 'x' (and 'y' for labels); it has "
-                                f"{archive.files}")
+                raise DataError(
+                    f"{spec.path}: the .npz needs an array 'x' (and 'y' for labels); it has {archive.files}"
+                )
             x = archive["x"]
             y = archive["y"] if "y" in archive.files else None
             names = tuple(str(n) for n in archive["label_names"]) if "label_names" in archive.files else None
@@ -275,8 +284,7 @@ def _read_npz(spec: DataSpec) -> RawData:
         if names is None:
             names = tuple(str(i) for i in range(int(y.max()) + 1 if len(y) else 0))
         elif len(y) and y.max() >= len(names):
-            raise DataError(f"{spec.path}: labels out of range: found {int(y.max())} but only "
-                            f"{len(names)} label_names")
+            raise DataError(f"{spec.path}: labels out of range: found {int(y.max())} but only {len(names)} label_names")
     x = x.astype(np.float32, copy=False)
     return RawData(x, y, names or (), "npz-" + _digest(x, y), images=x.ndim == 4)
 
@@ -311,8 +319,10 @@ def _read_csv(spec: DataSpec) -> RawData:
         if spec.unlabeled and "label" not in spec.options:
             col = None  # unlabelled: every column is a feature
         else:
-            raise DataError(f"{spec.path}: no label column {label!r}; columns are {header}. Name it with "
-                            f"{spec.path}:label=<column>, or read the file without labels with {spec.path}:unlabeled")
+            raise DataError(
+                f"{spec.path}: no label column {label!r}; columns are {header}. Name it with "
+                f"{spec.path}:label=<column>, or read the file without labels with {spec.path}:unlabeled"
+            )
     else:
         col = header.index(label)
     labels, features = [], []
@@ -350,30 +360,44 @@ def _read_folder(spec: DataSpec, *, input_shape: tuple[int, ...]) -> RawData:
     from PIL import Image
 
     if len(input_shape) != 3 or input_shape[0] not in (1, 3):
-        raise DataError(f"{spec.path}: image folders need a model that takes images (1 or 3 channels, H, W); "
-                        f"this one takes {list(input_shape)}")
+        raise DataError(
+            f"{spec.path}: image folders need a model that takes images (1 or 3 channels, H, W); "
+            f"this one takes {list(input_shape)}"
+        )
     channels, height, width = input_shape
     root = Path(spec.path)
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if classes and loose:
-        raise DataError(f"{spec.path}: both class sub-folders and {len(loose)} image(s) directly in the folder; "
-                        f"put every image in its class's sub-folder, or (unlabelled) all of them in the folder")
-    groups = [(i, sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-              for i, folder in enumerate(classes)] if classes else [(None, loose)]
+        raise DataError(
+            f"{spec.path}: both class sub-folders and {len(loose)} image(s) directly in the folder; "
+            f"put every image in its class's sub-folder, or (unlabelled) all of them in the folder"
+        )
+    groups = (
+        [
+            (i, sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+            for i, folder in enumerate(classes)
+        ]
+        if classes
+        else [(None, loose)]
+    )
     images, labels = [], []
     for label, files in groups:
         for file in files:
             array = _read_image(file, channels=channels)
             # Resized one by one here (sizes may differ); Pillow's bilinear filter antialiases when shrinking.
             if array.shape[1:] != (height, width):
-                planes = [np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR)) for p in array]
+                planes = [
+                    np.asarray(Image.fromarray(p).resize((width, height), Image.Resampling.BILINEAR)) for p in array
+                ]
                 array = np.stack(planes).astype(np.float32)
             images.append(array)
             labels.append(label)
     if not images:
-        raise DataError(f"{spec.path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
-                        + (" in the class sub-folders)" if classes else ")"))
+        raise DataError(
+            f"{spec.path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
+            + (" in the class sub-folders)" if classes else ")")
+        )
     x = np.stack(images)
     if not classes:
         return RawData(x, None, (), "folder-" + _digest(x), images=True)
@@ -410,17 +434,20 @@ def check_raw(raw: RawData, *, card: ModelCard) -> None:
     bad = ~np.isfinite(x)
     if bad.any():
         rows = np.unique(np.nonzero(bad.reshape(len(x), -1))[0])
-        raise DataError(f"NaN or infinite features in {len(rows)} example(s) (first rows: {rows[:5].tolist()}); "
-                        f"impute or drop them")
+        raise DataError(
+            f"NaN or infinite features in {len(rows)} example(s) (first rows: {rows[:5].tolist()}); impute or drop them"
+        )
     if y is None:
         return
     if y.min() < 0 or y.max() >= len(raw.label_names):
-        raise DataError(f"labels out of range: they must be 0..{len(raw.label_names) - 1}, "
-                        f"found {int(y.min())}..{int(y.max())}")
+        raise DataError(
+            f"labels out of range: they must be 0..{len(raw.label_names) - 1}, found {int(y.min())}..{int(y.max())}"
+        )
     present = np.unique(y)
     if len(present) < 2:
-        raise DataError(f"only one class ({raw.label_names[present[0]]!r}) in the data; "
-                        f"classification needs at least two")
+        raise DataError(
+            f"only one class ({raw.label_names[present[0]]!r}) in the data; classification needs at least two"
+        )
 
 
 def _resizable(raw: RawData, shape: tuple[int, ...]) -> bool:
@@ -434,8 +461,10 @@ def _check_fits(raw: RawData, *, card: ModelCard) -> None:
     size = int(np.prod(shape))
     per_example = int(np.prod(raw.x.shape[1:])) if raw.x.ndim > 1 else 1
     if per_example != size:
-        raise DataError(f"wrong shape: examples have shape {list(raw.x.shape[1:])} ({per_example} values) but the "
-                        f"model takes {list(shape)} ({size} values); resize or select features to match")
+        raise DataError(
+            f"wrong shape: examples have shape {list(raw.x.shape[1:])} ({per_example} values) but the "
+            f"model takes {list(shape)} ({size} values); resize or select features to match"
+        )
 
 
 def fit_to_card(x: np.ndarray, *, card: ModelCard, images: bool = False) -> np.ndarray:
@@ -488,8 +517,8 @@ def split_indices(y: np.ndarray, *, seed: int, fractions: tuple[float, float, fl
         n_test = round(n * fractions[2]) if n >= 3 else 0
         n_val = round(n * fractions[1]) if n >= 3 else 0
         parts[2].append(rows[:n_test])
-        parts[1].append(rows[n_test:n_test + n_val])
-        parts[0].append(rows[n_test + n_val:])
+        parts[1].append(rows[n_test : n_test + n_val])
+        parts[0].append(rows[n_test + n_val :])
     train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
     return Splits(train, val, test)
 
@@ -509,8 +538,10 @@ def few_shot(train: np.ndarray, strata: np.ndarray, *, per_class: int, seed: int
     for label in np.unique(strata[train]):
         rows = train[strata[train] == label]
         if len(rows) < per_class:
-            raise DataError(f"per_class={per_class}, but a class has only {len(rows)} training example(s) "
-                            f"(60% of its examples); ask for fewer per class or give more data")
+            raise DataError(
+                f"per_class={per_class}, but a class has only {len(rows)} training example(s) "
+                f"(60% of its examples); ask for fewer per class or give more data"
+            )
         keep.append(rng.permutation(rows)[:per_class])
     return np.sort(np.concatenate(keep))
 
@@ -555,8 +586,7 @@ class TargetArrays:
 
 
 def _resolve_per_class(parsed: DataSpec, per_class: int | None) -> int | None:
-    from_spec = _positive_int(parsed.options, "per_class", where=parsed.path) if "per_class" in parsed.options \
-        else None
+    from_spec = _positive_int(parsed.options, "per_class", where=parsed.path) if "per_class" in parsed.options else None
     if per_class is not None:
         if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
             raise DataError(f"per_class must be a positive integer, got {per_class!r}")
@@ -565,8 +595,9 @@ def _resolve_per_class(parsed: DataSpec, per_class: int | None) -> int | None:
     return per_class if per_class is not None else from_spec
 
 
-def load_arrays(spec: str, *, card: ModelCard, seed: int = 0, per_class: int | None = None,
-                holdout_test: bool = True) -> TargetArrays:
+def load_arrays(
+    spec: str, *, card: ModelCard, seed: int = 0, per_class: int | None = None, holdout_test: bool = True
+) -> TargetArrays:
     """Reads, checks, fits, normalises and splits the data set `spec` names (see the module docstring).
 
     `per_class=K` (or `per_class=K` in the spec) is few-label mode: the training set is K labelled examples
@@ -579,9 +610,11 @@ def load_arrays(spec: str, *, card: ModelCard, seed: int = 0, per_class: int | N
     check_raw(raw, card=card)
     has_labels = raw.y is not None
     if k is not None and (not has_labels or parsed.unlabeled):
-        raise DataError(f"{spec}: per_class={k} picks labelled examples, but this data is "
-                        + ("unlabelled ('unlabeled')" if has_labels else "without labels")
-                        + "; few-label mode already keeps the rest of the training split as unlabelled data")
+        raise DataError(
+            f"{spec}: per_class={k} picks labelled examples, but this data is "
+            + ("unlabelled ('unlabeled')" if has_labels else "without labels")
+            + "; few-label mode already keeps the rest of the training split as unlabelled data"
+        )
     strata = None
     y: np.ndarray | None = None
     if raw.y is not None:
@@ -615,15 +648,22 @@ def load_arrays(spec: str, *, card: ModelCard, seed: int = 0, per_class: int | N
         train=take(train, labelled=not hide),
         val=take(val, labelled=not hide) if val is not None else None,
         test=take(splits.test, labelled=True) if has_labels and holdout_test else None,
-        label_names=tuple(names), spec=spec, dataset_id=raw.dataset_id,
+        label_names=tuple(names),
+        spec=spec,
+        dataset_id=raw.dataset_id,
         unlabeled=take(extra, labelled=False) if extra is not None and len(extra) else None,
         per_class=k,
     )
-    log.info("loaded %s: %d train%s / %s val / %s test%s, %d classes", spec, len(target.train),
-             "" if target.train.y is not None else " (unlabelled)",
-             len(target.val) if target.val is not None else "no",
-             len(target.test) if target.test is not None else "no",
-             f", {len(target.unlabeled)} unlabelled" if target.unlabeled is not None else "", len(names))
+    log.info(
+        "loaded %s: %d train%s / %s val / %s test%s, %d classes",
+        spec,
+        len(target.train),
+        "" if target.train.y is not None else " (unlabelled)",
+        len(target.val) if target.val is not None else "no",
+        len(target.test) if target.test is not None else "no",
+        f", {len(target.unlabeled)} unlabelled" if target.unlabeled is not None else "",
+        len(names),
+    )
     return target
 
 
@@ -641,15 +681,17 @@ def load_all(spec: str, *, card: ModelCard, label_names: Sequence[str] | None = 
     if y is not None:
         y, names = align_labels(y, raw.label_names, card=card)
         if label_names is not None and not _same_numbering(names, tuple(label_names)):
-            raise DataError(f"{spec}: its labels {list(names)} are not the training data's {list(label_names)}; "
-                            "both must use the same label numbering")
+            raise DataError(
+                f"{spec}: its labels {list(names)} are not the training data's {list(label_names)}; "
+                "both must use the same label numbering"
+            )
     x = normalise(fit_to_card(raw.x, card=card, images=raw.images), card=card)
     return ArraySplit(np.ascontiguousarray(x), None if y is None or parsed.unlabeled else y, np.arange(len(x)))
 
 
 def _same_numbering(names: tuple[str, ...], expected: tuple[str, ...]) -> bool:
     numbered = tuple(str(i) for i in range(len(names)))
-    return names == expected[:len(names)] or names == numbered and len(names) <= len(expected)
+    return names == expected[: len(names)] or names == numbered and len(names) <= len(expected)
 
 
 def card_labels(card: ModelCard) -> tuple[str, ...]:
@@ -657,8 +699,13 @@ def card_labels(card: ModelCard) -> tuple[str, ...]:
     return tuple(card.label_names) or tuple(str(i) for i in range(card.num_classes))
 
 
-def prepare_arrays(x: np.ndarray, y: np.ndarray | None = None, *, card: ModelCard | None = None,
-                   label_names: Sequence[str] | None = None) -> ArraySplit:
+def prepare_arrays(
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    card: ModelCard | None = None,
+    label_names: Sequence[str] | None = None,
+) -> ArraySplit:
     """In-memory arrays as an ArraySplit (checked, fitted and normalised if a card is given); `y=None`: unlabelled."""
     labels = None if y is None else integer_labels(np.asarray(y), where="y")
     if labels is not None:

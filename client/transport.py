@@ -25,7 +25,7 @@ import grpc
 
 from xfer.client import convert
 from xfer.client.domain import ArtifactFormat, ManifestSignature, Run
-from xfer.client.errors import InvalidArgumentError, XferError, from_rpc_error
+from xfer.client.errors import InvalidArgumentError, from_rpc_error
 from xfer.models.card import ModelCard
 from xfer.models.card_proto import card_to_proto
 from xfer.v1 import metrics_service_pb2 as metrics_pb2
@@ -78,8 +78,13 @@ GRPC_MAX_ATTEMPTS = 5
 #: Unary methods safe to repeat. DeleteModelVersion is not (a retry after a lost reply
 #: would say NOT_FOUND); ReportRun is, because the server is idempotent on run_id.
 _IDEMPOTENT = {
-    "xfer.v1.RegistryService": ("GetModelVersion", "ListModels", "ListModelVersions", "SetAlias",
-                                "DeprecateModelVersion"),
+    "xfer.v1.RegistryService": (
+        "GetModelVersion",
+        "ListModels",
+        "ListModelVersions",
+        "SetAlias",
+        "DeprecateModelVersion",
+    ),
     "xfer.v1.MetricsService": ("ReportRun", "ListRuns", "SummarizeRuns"),
 }
 
@@ -99,16 +104,23 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or not (0 < self.initial_backoff <= self.max_backoff) or self.multiplier < 1:
-            raise InvalidArgumentError(f"invalid retry policy {self}: need max_attempts >= 1, "
-                                       "0 < initial_backoff <= max_backoff and multiplier >= 1")
+            raise InvalidArgumentError(
+                f"invalid retry policy {self}: need max_attempts >= 1, "
+                "0 < initial_backoff <= max_backoff and multiplier >= 1"
+            )
 
     def service_config(self) -> str:
         """The channel's service config (JSON): this policy for every idempotent unary method."""
-        names = [{"service": service, "method": method} for service, methods in _IDEMPOTENT.items()
-                 for method in methods]
-        policy = {"maxAttempts": max(2, min(self.max_attempts, GRPC_MAX_ATTEMPTS)),
-                  "initialBackoff": f"{self.initial_backoff:.3f}s", "maxBackoff": f"{self.max_backoff:.3f}s",
-                  "backoffMultiplier": self.multiplier, "retryableStatusCodes": ["UNAVAILABLE"]}
+        names = [
+            {"service": service, "method": method} for service, methods in _IDEMPOTENT.items() for method in methods
+        ]
+        policy = {
+            "maxAttempts": max(2, min(self.max_attempts, GRPC_MAX_ATTEMPTS)),
+            "initialBackoff": f"{self.initial_backoff:.3f}s",
+            "maxBackoff": f"{self.max_backoff:.3f}s",
+            "backoffMultiplier": self.multiplier,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
         if self.max_attempts == 1:
             return json.dumps({"methodConfig": []})
         return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
@@ -174,7 +186,7 @@ def decode_read_artifact_response(raw: bytes) -> ArtifactPiece:
                 length, i = _varint(raw, i)
                 if i + length > end:
                     raise ValueError("truncated field")
-                fields[number] = view[i:i + length]
+                fields[number] = view[i : i + length]
                 i += length
             elif wire == 1:
                 i += 8
@@ -184,17 +196,26 @@ def decode_read_artifact_response(raw: bytes) -> ArtifactPiece:
                 raise ValueError(f"unexpected wire type {wire}")
         if i != end:
             raise ValueError("truncated message")
-        text = {n: bytes(fields[n]).decode("utf-8") if isinstance(fields.get(n), memoryview) else ""
-                for n in (2, 5)}
+        text = {n: bytes(fields[n]).decode("utf-8") if isinstance(fields.get(n), memoryview) else "" for n in (2, 5)}
         data = fields.get(4, b"")
         if not isinstance(data, memoryview) or not all(isinstance(fields.get(n, 0), int) for n in (1, 3)):
             raise ValueError("field of the wrong wire type")
-        return ArtifactPiece(offset=_int64(fields.get(3, 0)), data=data, total_size=_int64(fields.get(1, 0)),
-                             sha256=text[2], model_version=text[5])
+        return ArtifactPiece(
+            offset=_int64(fields.get(3, 0)),
+            data=data,
+            total_size=_int64(fields.get(1, 0)),
+            sha256=text[2],
+            model_version=text[5],
+        )
     except (IndexError, ValueError, UnicodeDecodeError):
         reply = transfer_pb2.ReadArtifactResponse.FromString(raw)
-        return ArtifactPiece(offset=reply.offset, data=reply.data, total_size=reply.total_size_bytes,
-                             sha256=reply.sha256, model_version=reply.model_version)
+        return ArtifactPiece(
+            offset=reply.offset,
+            data=reply.data,
+            total_size=reply.total_size_bytes,
+            sha256=reply.sha256,
+            model_version=reply.model_version,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +230,15 @@ class UploadDeclaration:
 class Transport:
     """Typed stubs over one channel; returns protobuf messages for convert.py to translate."""
 
-    def __init__(self, target: str, *, token: str | None = None, tls: TlsConfig | bool | None = None,
-                 timeout: float = 30.0, retry: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls: TlsConfig | bool | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry
@@ -233,9 +261,7 @@ class Transport:
             self._channel = grpc.secure_channel(target, config.credentials(), options=options)
         # Plain metadata rather than call credentials: those are refused on
         # insecure channels, and tokens must work on loopback without TLS too.
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._registry = registry_grpc.RegistryServiceStub(self._channel)
         method = transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].methods_by_name["ReadArtifact"]
         # The same RPC as the generated stub, with a zero-copy response decoder.
@@ -269,11 +295,13 @@ class Transport:
 
     def list_models(self, *, page_size: int = 0, page_token: str = "") -> registry_pb2.ListModelsResponse:
         """One page of ListModels."""
-        return self._unary(self._registry.ListModels,
-                           registry_pb2.ListModelsRequest(page_size=page_size, page_token=page_token))
+        return self._unary(
+            self._registry.ListModels, registry_pb2.ListModelsRequest(page_size=page_size, page_token=page_token)
+        )
 
-    def list_model_versions(self, parent: str, *, page_size: int = 0,
-                            page_token: str = "") -> registry_pb2.ListModelVersionsResponse:
+    def list_model_versions(
+        self, parent: str, *, page_size: int = 0, page_token: str = ""
+    ) -> registry_pb2.ListModelVersionsResponse:
         """One page of ListModelVersions."""
         request = registry_pb2.ListModelVersionsRequest(parent=parent, page_size=page_size, page_token=page_token)
         return self._unary(self._registry.ListModelVersions, request)
@@ -292,9 +320,15 @@ class Transport:
         """DeleteModelVersion; not retried, since a retry after a lost reply would say NOT_FOUND."""
         self._unary(self._registry.DeleteModelVersion, registry_pb2.DeleteModelVersionRequest(name=name))
 
-    def create_model_version(self, *, parent: str, card: ModelCard, declarations: list[UploadDeclaration],
-                             chunks: Iterable[tuple[ArtifactFormat, bytes]],
-                             signatures: Sequence[ManifestSignature] = ()) -> model_pb2.ModelVersion:
+    def create_model_version(
+        self,
+        *,
+        parent: str,
+        card: ModelCard,
+        declarations: list[UploadDeclaration],
+        chunks: Iterable[tuple[ArtifactFormat, bytes]],
+        signatures: Sequence[ManifestSignature] = (),
+    ) -> model_pb2.ModelVersion:
         """Streams the header, then `chunks` as they are produced (never all in memory).
 
         Not retried: a repeated upload would create a second version.
@@ -302,9 +336,12 @@ class Transport:
         header = registry_pb2.CreateModelVersionHeader(
             parent=parent,
             card=card_to_proto(card),
-            artifacts=[registry_pb2.ArtifactDeclaration(format=convert.format_to_pb(d.format),
-                                                     size_bytes=d.size_bytes, sha256=d.sha256)
-                       for d in declarations],
+            artifacts=[
+                registry_pb2.ArtifactDeclaration(
+                    format=convert.format_to_pb(d.format), size_bytes=d.size_bytes, sha256=d.sha256
+                )
+                for d in declarations
+            ],
             signatures=[convert.signature_to_pb(s) for s in signatures],
         )
 
@@ -322,8 +359,9 @@ class Transport:
         return reply.model_version
 
     # -- transfer -------------------------------------------------------------
-    def read_artifact(self, name: str, fmt: ArtifactFormat, *, offset: int = 0,
-                      timeout: float | None = None) -> "ArtifactStream":
+    def read_artifact(
+        self, name: str, fmt: ArtifactFormat, *, offset: int = 0, timeout: float | None = None
+    ) -> ArtifactStream:
         """Starts ReadArtifact at `offset`; iterate the result for pieces, close it to cancel."""
         request = transfer_pb2.ReadArtifactRequest(name=name, format=convert.format_to_pb(fmt), read_offset=offset)
         call = self._read_artifact(request, timeout=timeout, metadata=self._metadata)
@@ -335,14 +373,18 @@ class Transport:
         request = metrics_pb2.ReportRunRequest(run=convert.run_to_pb(run, model_version=model_version))
         return self._unary(self._metrics.ReportRun, request)
 
-    def list_runs(self, *, model: str = "", strategy: str = "", page_size: int = 0,
-                  page_token: str = "") -> metrics_pb2.ListRunsResponse:
+    def list_runs(
+        self, *, model: str = "", strategy: str = "", page_size: int = 0, page_token: str = ""
+    ) -> metrics_pb2.ListRunsResponse:
         """One page of ListRuns."""
-        request = metrics_pb2.ListRunsRequest(model=model, strategy=strategy, page_size=page_size,
-                                              page_token=page_token)
+        request = metrics_pb2.ListRunsRequest(
+            model=model, strategy=strategy, page_size=page_size, page_token=page_token
+        )
         return self._unary(self._metrics.ListRuns, request)
 
-    def summarize_runs(self, *, metric: str, model: str = "", goal: str = "maximize") -> metrics_pb2.SummarizeRunsResponse:
+    def summarize_runs(
+        self, *, metric: str, model: str = "", goal: str = "maximize"
+    ) -> metrics_pb2.SummarizeRunsResponse:
         """SummarizeRuns (the leaderboard)."""
         if goal not in convert.GOALS:
             raise InvalidArgumentError(f"goal must be one of {sorted(convert.GOALS)}, got {goal!r}")
@@ -367,7 +409,7 @@ class ArtifactStream:
         """Cancels the call so the server stops sending (a no-op once it has finished)."""
         self._call.cancel()
 
-    def __enter__(self) -> "ArtifactStream":
+    def __enter__(self) -> ArtifactStream:
         return self
 
     def __exit__(self, *exc: object) -> None:

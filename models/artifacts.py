@@ -31,14 +31,15 @@ def write_model_folder(model: XferModel, out_dir: str | Path, **card_fields: Any
     save_safetensors(model, out / SAFETENSORS_NAME, metadata={"architecture": model.architecture})
     parity = export_onnx(model, out / ONNX_NAME)
     versions = {"torch": torch.__version__.split("+")[0], "python": platform.python_version()}
-    card = card_for_model(model, framework_versions={**versions, **card_fields.pop("framework_versions", {})},
-                          **card_fields)
+    card = card_for_model(
+        model, framework_versions={**versions, **card_fields.pop("framework_versions", {})}, **card_fields
+    )
     validate_card(card)
     card_file = card.to_dict()
     card_file["artifacts"] = {
         name: {"file": filename, "sha256": sha256_file(out / filename), "size_bytes": (out / filename).stat().st_size}
         for name, filename in (("safetensors", SAFETENSORS_NAME), ("onnx", ONNX_NAME))
     }
-    card_file["create_time"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    card_file["create_time"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     write_json_atomic(out / CARD_NAME, card_file)
     return card, parity

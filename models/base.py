@@ -38,7 +38,7 @@ class XferModel(nn.Module):
     @property
     def head_layer(self) -> nn.Linear:
         """The classification head module (registered under `head_name`)."""
-        return self._modules[self.head_name]
+        return self._modules[self.head_name]  # type: ignore[return-value]  # a Linear by the contract
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_layer(self.forward_features(x))

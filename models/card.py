@@ -49,7 +49,7 @@ class TaskHead:
     loss_weight: float = 1.0
 
     @classmethod
-    def from_dict(cls, data: Any) -> "TaskHead":
+    def from_dict(cls, data: Any) -> TaskHead:
         """A task head from its card.json form, rejecting unknown keys."""
         if not isinstance(data, dict):
             raise InvalidCardError("every entry of card field 'tasks' must be an object")
@@ -108,7 +108,7 @@ class ModelCard:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
         """Builds a card from a dict such as card.json, rejecting unknown keys."""
         if not isinstance(data, dict):
             raise InvalidCardError("a model card must be a JSON object")
@@ -116,9 +116,11 @@ class ModelCard:
         unknown = sorted(set(data) - fields - set(FILE_ONLY_KEYS))
         if unknown:
             raise InvalidCardError(f"unknown model card field(s): {unknown}")
-        missing = sorted(f.name for f in dataclasses.fields(cls)
-                         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                         and f.name not in data)
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+        )
         if missing:
             raise InvalidCardError(f"model card is missing required field(s): {missing}")
         values = {k: v for k, v in data.items() if k in fields}
@@ -169,8 +171,9 @@ def validate_card(card: ModelCard) -> None:
     _text("architecture", card.architecture, 64)
     if not isinstance(card.architecture_config, dict):
         raise InvalidCardError("card field 'architecture_config' must be an object")
-    if not card.input_shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-                                       for d in card.input_shape):
+    if not card.input_shape or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in card.input_shape
+    ):
         raise InvalidCardError(f"card input_shape must be positive integers, got {list(card.input_shape)}")
     if not isinstance(card.num_classes, int) or isinstance(card.num_classes, bool) or card.num_classes < 1:
         raise InvalidCardError(f"card num_classes must be a positive integer, got {card.num_classes!r}")
@@ -198,13 +201,13 @@ def validate_card(card: ModelCard) -> None:
     if card.dp_epsilon is not None:
         if not (math.isfinite(card.dp_epsilon) and card.dp_epsilon > 0):
             raise InvalidCardError(f"dp_epsilon must be positive and finite, got {card.dp_epsilon}")
-        if not 0 < card.dp_delta < 1:
+        if card.dp_delta is None or not 0 < card.dp_delta < 1:
             raise InvalidCardError(f"dp_delta must be in (0, 1), got {card.dp_delta}")
     if len(card.framework_versions) > 16:
         raise InvalidCardError("at most 16 framework_versions")
-    for key, value in card.framework_versions.items():
+    for key, version in card.framework_versions.items():
         _text("framework_versions", key, 64)
-        _text("framework_versions", value, 64)
+        _text("framework_versions", version, 64)
     if card.audit is not None:
         if not isinstance(card.audit, PrivacyAudit):
             raise InvalidCardError("card field 'audit' must be a PrivacyAudit")
@@ -217,8 +220,10 @@ def _validate_tasks(card: ModelCard) -> None:
     if not card.tasks:
         return
     if len(card.tasks) < 2 or len(card.tasks) > MAX_TASKS:
-        raise InvalidCardError(f"card field 'tasks' lists every head of a multi-task model: 2 to {MAX_TASKS} "
-                               f"heads, got {len(card.tasks)} (leave it empty for a single-head model)")
+        raise InvalidCardError(
+            f"card field 'tasks' lists every head of a multi-task model: 2 to {MAX_TASKS} "
+            f"heads, got {len(card.tasks)} (leave it empty for a single-head model)"
+        )
     names = [t.name if isinstance(t, TaskHead) else None for t in card.tasks]
     if any(n is None for n in names):
         raise InvalidCardError("card field 'tasks' must hold task heads")
@@ -228,28 +233,40 @@ def _validate_tasks(card: ModelCard) -> None:
         if not isinstance(task.name, str) or not TASK_NAME.fullmatch(task.name):
             raise InvalidCardError(f"task head name {task.name!r} must match ^[a-z][a-z0-9_]{{0,31}}$")
         if isinstance(task.num_classes, bool) or not isinstance(task.num_classes, int) or task.num_classes < 2:
-            raise InvalidCardError(f"task head {task.name!r}: num_classes must be an integer >= 2, "
-                                   f"got {task.num_classes!r}")
+            raise InvalidCardError(
+                f"task head {task.name!r}: num_classes must be an integer >= 2, got {task.num_classes!r}"
+            )
         if task.label_names and len(task.label_names) != task.num_classes:
-            raise InvalidCardError(f"task head {task.name!r}: {len(task.label_names)} label_names for "
-                                   f"{task.num_classes} classes")
+            raise InvalidCardError(
+                f"task head {task.name!r}: {len(task.label_names)} label_names for {task.num_classes} classes"
+            )
         for label in task.label_names:
             _text("tasks.label_names", label, MAX_LABEL)
-        if isinstance(task.loss_weight, bool) or not isinstance(task.loss_weight, (int, float)) \
-                or not math.isfinite(task.loss_weight) or task.loss_weight < 0:
-            raise InvalidCardError(f"task head {task.name!r}: loss_weight must be a finite number >= 0, "
-                                   f"got {task.loss_weight!r}")
+        if (
+            isinstance(task.loss_weight, bool)
+            or not isinstance(task.loss_weight, (int, float))
+            or not math.isfinite(task.loss_weight)
+            or task.loss_weight < 0
+        ):
+            raise InvalidCardError(
+                f"task head {task.name!r}: loss_weight must be a finite number >= 0, got {task.loss_weight!r}"
+            )
     first = card.tasks[0]
     if first.num_classes != card.num_classes or tuple(first.label_names) != tuple(card.label_names):
-        raise InvalidCardError(f"the first task head ({first.name!r}) is the model's own head: its classes must "
-                               f"be the card's num_classes and label_names")
+        raise InvalidCardError(
+            f"the first task head ({first.name!r}) is the model's own head: its classes must "
+            f"be the card's num_classes and label_names"
+        )
 
 
 def _validate_training(card: ModelCard) -> None:
     if not isinstance(card.training_method, str) or (
-            card.training_method and not TRAINING_METHOD.fullmatch(card.training_method)):
-        raise InvalidCardError(f"training_method {card.training_method!r} must match ^[a-z][a-z0-9_-]{{0,31}}$ "
-                               f"(e.g. 'supervised', 'protonet')")
+        card.training_method and not TRAINING_METHOD.fullmatch(card.training_method)
+    ):
+        raise InvalidCardError(
+            f"training_method {card.training_method!r} must match ^[a-z][a-z0-9_-]{{0,31}}$ "
+            f"(e.g. 'supervised', 'protonet')"
+        )
     if not isinstance(card.training_settings, dict):
         raise InvalidCardError("card field 'training_settings' must be an object of strings")
     if card.training_settings and not card.training_method:

@@ -29,8 +29,13 @@ class ConvNetConfig:
     stem_stride: int = 1
 
     def validate(self) -> None:
-        require_positive(in_channels=self.in_channels, image_size=self.image_size, width=self.width,
-                         depth=self.depth, groups=self.groups)
+        require_positive(
+            in_channels=self.in_channels,
+            image_size=self.image_size,
+            width=self.width,
+            depth=self.depth,
+            groups=self.groups,
+        )
         if self.stem_stride not in (1, 2):
             raise InvalidConfigError(f"stem_stride must be 1 or 2, got {self.stem_stride}")
         require_classes(self.num_classes)
@@ -67,8 +72,11 @@ class ConvNet(XferModel):
     def __init__(self, config: ConvNetConfig) -> None:
         super().__init__(config)
         w, g = config.width, config.groups
-        self.stem = nn.Sequential(nn.Conv2d(config.in_channels, w, 3, stride=config.stem_stride, padding=1, bias=False),
-                                  nn.GroupNorm(g, w), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, w, 3, stride=config.stem_stride, padding=1, bias=False),
+            nn.GroupNorm(g, w),
+            nn.ReLU(),
+        )
         body, c, size = [], w, (config.image_size + config.stem_stride - 1) // config.stem_stride
         for i in range(config.depth):
             downsample = i > 0 and size >= 4
@@ -80,7 +88,7 @@ class ConvNet(XferModel):
         self.head = nn.Linear(c, config.num_classes)
 
     def block_modules(self) -> list[tuple[str, nn.Module]]:
-        named = [("stem", self.stem)]
+        named: list[tuple[str, nn.Module]] = [("stem", self.stem)]
         named += [(f"block{i + 1}", block) for i, block in enumerate(self.body)]
         return named + [("head", self.head)]
 

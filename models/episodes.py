@@ -68,8 +68,10 @@ class EpisodeSampler:
             raise EpisodeError(
                 f"{shape.ways}-way {shape.shots}-shot episodes with {shape.queries} queries need {shape.ways} classes "
                 f"with at least {shape.per_class} examples each; only {len(usable)} of the {len(classes)} classes have "
-                f"that many" + (f" (too few: {short})" if short else "")
-                + "; lower --ways, --shots or --queries, or give more examples")
+                f"that many"
+                + (f" (too few: {short})" if short else "")
+                + "; lower --ways, --shots or --queries, or give more examples"
+            )
         self.classes = usable
         self.rows = {int(c): np.nonzero(labels == c)[0] for c in usable}
         self.rng = np.random.default_rng(seed)
@@ -81,11 +83,16 @@ class EpisodeSampler:
         support, query = [], []
         for c in chosen:
             picked = self.rng.choice(self.rows[int(c)], size=s.per_class, replace=False)
-            support.append(picked[:s.shots])
-            query.append(picked[s.shots:])
+            support.append(picked[: s.shots])
+            query.append(picked[s.shots :])
         ways = np.arange(s.ways)
-        return Episode(classes=chosen, support=np.concatenate(support), support_y=np.repeat(ways, s.shots),
-                       query=np.concatenate(query), query_y=np.repeat(ways, s.queries))
+        return Episode(
+            classes=chosen,
+            support=np.concatenate(support),
+            support_y=np.repeat(ways, s.shots),
+            query=np.concatenate(query),
+            query_y=np.repeat(ways, s.queries),
+        )
 
     def __iter__(self) -> Iterator[Episode]:
         while True:

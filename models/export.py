@@ -64,8 +64,12 @@ def export_onnx(model: XferModel, path: str | os.PathLike, *, atol: float = PARI
         with atomic_path(path) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _LogitsAndFeatures(model), (probe_input(model, batch=2),), tmp,
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), opset_version=OPSET,
+                _LogitsAndFeatures(model),
+                (probe_input(model, batch=2),),
+                tmp,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=OPSET,
                 dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
                 dynamo=False,
             )
@@ -78,15 +82,19 @@ def export_onnx(model: XferModel, path: str | os.PathLike, *, atol: float = PARI
         model.train(was_training)
 
 
-def check_parity(model: XferModel, onnx_path: str | os.PathLike | bytes, *,
-                 atol: float = PARITY_ATOL, batch: int = 4) -> ParityReport:
+def check_parity(
+    model: XferModel, onnx_path: str | os.PathLike | bytes, *, atol: float = PARITY_ATOL, batch: int = 4
+) -> ParityReport:
     """Runs a probe batch through onnxruntime and torch and compares both outputs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path) if not isinstance(onnx_path, bytes) else onnx_path,
-                                   sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(onnx_path) if not isinstance(onnx_path, bytes) else onnx_path,
+        sess_options=options,
+        providers=["CPUExecutionProvider"],
+    )
     x = probe_input(model, batch=batch, seed=1)
     was_training = model.training
     model.eval()
@@ -94,8 +102,9 @@ def check_parity(model: XferModel, onnx_path: str | os.PathLike | bytes, *,
         features = model.forward_features(x)
         logits = model.head_layer(features)
     model.train(was_training)
-    outputs = dict(zip([o.name for o in session.get_outputs()],
-                       session.run(None, {session.get_inputs()[0].name: x.numpy()})))
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: x.numpy()}))
+    )
     missing = [name for name in OUTPUT_NAMES if name not in outputs]
     if missing:
         raise ExportParityError(f"ONNX model lacks output(s) {missing}; it must output {list(OUTPUT_NAMES)}")

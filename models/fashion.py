@@ -22,13 +22,16 @@ from xfer.models.imagesets import SPLITS, ImageSet
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
-LABEL_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot")
-FILES = {"source": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "target": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+LABEL_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FILES = {
+    "source": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "target": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 SIZES = {"source": 60_000, "target": 10_000}
-INSTALL_HINT = (f"Fashion-MNIST is not installed: install the Debian package {DEBIAN_PACKAGE} "
-                f"(as root: apt-get install {DEBIAN_PACKAGE}; `make data` does it), which puts it in {DEFAULT_DIR}")
+INSTALL_HINT = (
+    f"Fashion-MNIST is not installed: install the Debian package {DEBIAN_PACKAGE} "
+    f"(as root: apt-get install {DEBIAN_PACKAGE}; `make data` does it), which puts it in {DEFAULT_DIR}"
+)
 
 
 def available(root: str | os.PathLike = DEFAULT_DIR) -> bool:
@@ -41,16 +44,18 @@ def _read(root: str, pool: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images, int64 labels) of one official file pair, checked; cached as uint8 (55 MB for all)."""
     images_name, labels_name = FILES[pool]
     if not available(root):
-        raise DatasetUnavailableError(INSTALL_HINT if Path(root) == DEFAULT_DIR
-                                      else f"Fashion-MNIST IDX files not found in {root}")
+        raise DatasetUnavailableError(
+            INSTALL_HINT if Path(root) == DEFAULT_DIR else f"Fashion-MNIST IDX files not found in {root}"
+        )
     try:
         images = read_idx(Path(root) / images_name)
         labels = read_idx(Path(root) / labels_name)
     except IdxFormatError as exc:
         raise DatasetUnavailableError(f"Fashion-MNIST is damaged: {exc}; reinstall {DEBIAN_PACKAGE}") from None
     if images.shape != (SIZES[pool], 28, 28) or labels.shape != (SIZES[pool],) or images.dtype != np.uint8:
-        raise DatasetUnavailableError(f"Fashion-MNIST {images_name}: unexpected shape {images.shape} / "
-                                      f"{labels.shape}; reinstall {DEBIAN_PACKAGE}")
+        raise DatasetUnavailableError(
+            f"Fashion-MNIST {images_name}: unexpected shape {images.shape} / {labels.shape}; reinstall {DEBIAN_PACKAGE}"
+        )
     if labels.min() < 0 or labels.max() > 9:
         raise DatasetUnavailableError(f"Fashion-MNIST {labels_name}: labels outside 0-9; reinstall {DEBIAN_PACKAGE}")
     return images, labels.astype(np.int64)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -49,15 +50,23 @@ def default_delta(n: int) -> float:
     return min(1e-5, 1.0 / max(n, 1) ** 1.1)
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FitConfig, *,
-        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: FitConfig,
+    *,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> FitResult:
     """Trains `model` on (x, y) in place; with `config.dp_epsilon`, Opacus DP-SGD with the PRV accountant.
 
     `loss(logits, targets)` replaces the mean cross-entropy (multi-task sources: the weighted sum over
     heads); it must be a per-example sum divided by the batch size, so an empty DP batch stays defined.
     """
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(x, y), batch_size=config.batch_size, shuffle=True,
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=config.batch_size,
+        shuffle=True,
         generator=torch.Generator().manual_seed(config.seed),
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -75,8 +84,13 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FitConfig, *
             dp_delta = dp_delta if dp_delta is not None else default_delta(len(x))
             engine = PrivacyEngine(accountant="prv", secure_mode=False)
             train_model, optimizer, loader = engine.make_private_with_epsilon(
-                module=model, optimizer=optimizer, data_loader=loader, epochs=config.epochs,
-                target_epsilon=config.dp_epsilon, target_delta=dp_delta, max_grad_norm=config.max_grad_norm,
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                epochs=config.epochs,
+                target_epsilon=config.dp_epsilon,
+                target_delta=dp_delta,
+                max_grad_norm=config.max_grad_norm,
             )
         for _ in range(config.epochs):
             train_model.train()
@@ -85,12 +99,15 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FitConfig, *
                 # Poisson sampling can draw an empty batch; it must still be a (noise-only) step that
                 # the accountant counts, so the loss is a sum that is well defined for zero examples.
                 logits = train_model(xb)
-                value = (loss(logits, yb) if loss is not None
-                         else nn.functional.cross_entropy(logits, yb, reduction="sum") / max(len(yb), 1))
+                value = (
+                    loss(logits, yb)
+                    if loss is not None
+                    else nn.functional.cross_entropy(logits, yb, reduction="sum") / max(len(yb), 1)
+                )
                 value.backward()
                 optimizer.step()
         spent = engine.get_epsilon(dp_delta) if engine is not None else None
     if engine is not None:
-        model = train_model._module  # unwrap GradSampleModule: the card describes the plain module
+        model = cast(nn.Module, train_model._module)  # unwrap GradSampleModule: the card describes the plain module
         model.zero_grad(set_to_none=True)
     return FitResult(model=model, dp_epsilon=spent, dp_delta=dp_delta if spent is not None else None)

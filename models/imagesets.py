@@ -10,7 +10,7 @@ which uses torch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.y)
 
-    def take(self, rows: np.ndarray) -> "ImageSet":
+    def take(self, rows: np.ndarray) -> ImageSet:
         """The images at positions `rows` (same label names)."""
         rows = np.asarray(rows, dtype=np.int64)
         return ImageSet(self.x[rows], self.y[rows], self.label_names, self.index[rows])
@@ -76,8 +76,7 @@ def select_classes(data: ImageSet, classes: Sequence[int]) -> ImageSet:
     keep = np.isin(data.y, classes)
     remap = np.full(k, -1, dtype=np.int64)
     remap[classes] = np.arange(len(classes))
-    return ImageSet(data.x[keep], remap[data.y[keep]], tuple(data.label_names[c] for c in classes),
-                    data.index[keep])
+    return ImageSet(data.x[keep], remap[data.y[keep]], tuple(data.label_names[c] for c in classes), data.index[keep])
 
 
 def halves(n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:

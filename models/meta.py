@@ -98,13 +98,21 @@ class MetaConfig:
 
     def settings(self) -> dict[str, str]:
         """The card's `training_settings`: what a client needs to adapt the way the model was trained."""
-        out = {"episodes": str(self.episodes), "ways": str(self.ways), "shots": str(self.shots),
-               "queries": str(self.queries)}
+        out = {
+            "episodes": str(self.episodes),
+            "ways": str(self.ways),
+            "shots": str(self.shots),
+            "queries": str(self.queries),
+        }
         if self.method == "protonet":
             out.update(lr=f"{self.lr:g}", distance="squared-euclidean")
         else:
-            out.update(inner_steps=str(self.inner_steps), inner_lr=f"{self.inner_lr:g}",
-                       inner_optimizer="sgd", meta_batch=str(self.meta_batch))
+            out.update(
+                inner_steps=str(self.inner_steps),
+                inner_lr=f"{self.inner_lr:g}",
+                inner_optimizer="sgd",
+                meta_batch=str(self.meta_batch),
+            )
             out.update(lr=f"{self.lr:g}") if self.method == "fomaml" else out.update(meta_step=f"{self.meta_step:g}")
         return out
 
@@ -122,22 +130,30 @@ class MetaResult:
 
 def squared_distances(queries: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """(q, k) squared Euclidean distances."""
-    return (queries.pow(2).sum(1, keepdim=True) - 2 * queries @ prototypes.T
-            + prototypes.pow(2).sum(1)[None, :]).clamp_min(0)
+    return (
+        queries.pow(2).sum(1, keepdim=True) - 2 * queries @ prototypes.T + prototypes.pow(2).sum(1)[None, :]
+    ).clamp_min(0)
 
 
-def prototype_logits(embed: Callable[[torch.Tensor], torch.Tensor], *, support: torch.Tensor, support_y: torch.Tensor,
-                     query: torch.Tensor, ways: int) -> torch.Tensor:
+def prototype_logits(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    support: torch.Tensor,
+    support_y: torch.Tensor,
+    query: torch.Tensor,
+    ways: int,
+) -> torch.Tensor:
     """ProtoNet logits of the queries: −squared distance to each class's mean support embedding."""
     z = embed(torch.cat([support, query]))
-    zs, zq = z[:len(support)], z[len(support):]
+    zs, zq = z[: len(support)], z[len(support) :]
     protos = torch.zeros(ways, z.shape[1], dtype=z.dtype).index_add_(0, support_y, zs)
     protos = protos / torch.bincount(support_y, minlength=ways).clamp_min(1)[:, None].to(z.dtype)
     return -squared_distances(zq, protos)
 
 
-def inner_adapt(model: nn.Module, params: dict[str, torch.Tensor], *, x: torch.Tensor, y: torch.Tensor,
-                steps: int, lr: float) -> dict[str, torch.Tensor]:
+def inner_adapt(
+    model: nn.Module, params: dict[str, torch.Tensor], *, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
+) -> dict[str, torch.Tensor]:
     """`steps` full-batch SGD steps from `params` on (x, y); first-order (no graph through the steps)."""
     fast = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     for _ in range(steps):
@@ -166,9 +182,9 @@ class _Trainer:
         losses, accuracies = [], []
         self.model.train()
         for update in range(updates):
-            if c.method == "protonet":
+            if optimizer is not None and c.method == "protonet":
                 loss, acc = self._protonet_step(optimizer)
-            elif c.method == "fomaml":
+            elif optimizer is not None and c.method == "fomaml":
                 loss, acc = self._fomaml_step(optimizer)
             else:
                 loss, acc = self._reptile_step(1.0 - update / updates)
@@ -179,8 +195,9 @@ class _Trainer:
     def _protonet_step(self, optimizer: torch.optim.Optimizer) -> tuple[float, float]:
         e = self.sampler.sample()
         (xs, ys), (xq, yq) = self._tensors(e.support, e.support_y), self._tensors(e.query, e.query_y)
-        logits = prototype_logits(self.model.forward_features, support=xs, support_y=ys, query=xq,
-                                  ways=self.config.ways)
+        logits = prototype_logits(
+            self.model.forward_features, support=xs, support_y=ys, query=xq, ways=self.config.ways
+        )
         loss = nn.functional.cross_entropy(logits, yq)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -231,8 +248,14 @@ class _Trainer:
         return float(np.mean(losses)), float(np.mean(accs))
 
 
-def meta_train(model: XferModel, *, x: torch.Tensor, y: np.ndarray, config: MetaConfig,
-               heldout: tuple[torch.Tensor, np.ndarray] | None = None) -> MetaResult:
+def meta_train(
+    model: XferModel,
+    *,
+    x: torch.Tensor,
+    y: np.ndarray,
+    config: MetaConfig,
+    heldout: tuple[torch.Tensor, np.ndarray] | None = None,
+) -> MetaResult:
     """Meta-trains `model` in place on model-ready examples `x` with class labels `y`.
 
     fomaml/reptile need a head with `config.ways` outputs; protonet's head is set to the prototype
@@ -240,27 +263,34 @@ def meta_train(model: XferModel, *, x: torch.Tensor, y: np.ndarray, config: Meta
     labels of the same classes, never trained on) measures episodic accuracy afterwards.
     """
     if config.head_classes is not None and model.num_classes != config.head_classes:
-        raise ValueError(f"{config.method} needs a head with {config.head_classes} outputs (one per way), "
-                         f"the model has {model.num_classes}")
+        raise ValueError(
+            f"{config.method} needs a head with {config.head_classes} outputs (one per way), "
+            f"the model has {model.num_classes}"
+        )
     torch.manual_seed(config.seed)
     losses, accuracies = _Trainer(model, x=x, y=y, config=config).run()
     if config.method == "protonet":
         set_prototype_head(model, x=x, y=y)
     model.eval()
     tenth = max(1, len(losses) // 10)
-    curve = tuple(float(np.mean(losses[i:i + tenth])) for i in range(0, len(losses), tenth))
+    curve = tuple(float(np.mean(losses[i : i + tenth])) for i in range(0, len(losses), tenth))
     held_acc, held_n = float("nan"), 0
     if heldout is not None:
         held_acc, held_n = episodic_accuracy(model, x=heldout[0], y=heldout[1], config=config)
-    return MetaResult(episodes=config.episodes, losses=curve, train_accuracy=float(np.mean(accuracies[-tenth:])),
-                      heldout_accuracy=held_acc, heldout_episodes=held_n)
+    return MetaResult(
+        episodes=config.episodes,
+        losses=curve,
+        train_accuracy=float(np.mean(accuracies[-tenth:])),
+        heldout_accuracy=held_acc,
+        heldout_episodes=held_n,
+    )
 
 
 @torch.no_grad()
 def set_prototype_head(model: XferModel, *, x: torch.Tensor, y: np.ndarray, batch: int = 512) -> None:
     """Sets the head to the nearest-prototype classifier of `y`'s classes (W_c = 2·p_c, b_c = −‖p_c‖²)."""
     model.eval()
-    feats = torch.cat([model.forward_features(x[i:i + batch]) for i in range(0, len(x), batch)])
+    feats = torch.cat([model.forward_features(x[i : i + batch]) for i in range(0, len(x), batch)])
     labels = torch.from_numpy(np.asarray(y)).long()
     k = model.num_classes
     protos = torch.zeros(k, feats.shape[1]).index_add_(0, labels, feats)
@@ -269,8 +299,9 @@ def set_prototype_head(model: XferModel, *, x: torch.Tensor, y: np.ndarray, batc
     model.head_layer.bias.copy_(-protos.pow(2).sum(1))
 
 
-def episodic_accuracy(model: XferModel, *, x: torch.Tensor, y: np.ndarray, config: MetaConfig,
-                      episodes: int = EVAL_EPISODES) -> tuple[float, int]:
+def episodic_accuracy(
+    model: XferModel, *, x: torch.Tensor, y: np.ndarray, config: MetaConfig, episodes: int = EVAL_EPISODES
+) -> tuple[float, int]:
     """Mean query accuracy over episodes of (x, y), adapted the way `config.method` adapts.
 
     Queries per class shrink to what the smallest class allows; (nan, 0) when not even one fits.

@@ -47,7 +47,7 @@ class MLP(XferModel):
         return nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.Dropout(dropout))
 
     def block_modules(self) -> list[tuple[str, nn.Module]]:
-        named = [("stem", self.stem)]
+        named: list[tuple[str, nn.Module]] = [("stem", self.stem)]
         named += [(f"block{i + 1}", layer) for i, layer in enumerate(self.body)]
         return named + [("head", self.head)]
 

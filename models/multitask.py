@@ -37,8 +37,12 @@ def attach_task_heads(model: XferModel, tasks: Sequence[TaskHead]) -> XferModel:
     if not tasks:
         return model
     head = model.head_layer
-    heads = nn.ModuleDict({t.name: nn.Linear(head.in_features, t.num_classes, device=head.weight.device,
-                                             dtype=head.weight.dtype) for t in tasks})
+    heads = nn.ModuleDict(
+        {
+            t.name: nn.Linear(head.in_features, t.num_classes, device=head.weight.device, dtype=head.weight.dtype)
+            for t in tasks
+        }
+    )
     model.add_module(TASK_HEADS, heads)
     return model
 
@@ -84,8 +88,10 @@ def select_head(model: XferModel, *, card: ModelCard | None, head: str | None = 
     extra = task_heads(model)
     if not tasks:
         if head is not None:
-            raise InvalidCardError(f"the model has a single head; --head {head!r} needs a multi-task source "
-                                   f"(its card lists the heads under 'tasks')")
+            raise InvalidCardError(
+                f"the model has a single head; --head {head!r} needs a multi-task source "
+                f"(its card lists the heads under 'tasks')"
+            )
         if extra is None:
             return SelectedHead(model, card, None)
         work = copy.deepcopy(model)
@@ -97,16 +103,22 @@ def select_head(model: XferModel, *, card: ModelCard | None, head: str | None = 
     extra = task_heads(work)
     if chosen.name != tasks[0].name:
         if extra is None or chosen.name not in extra:
-            raise InvalidCardError(f"the card lists head {chosen.name!r} but the model has no such layer; load it "
-                                   f"with xfer.models.weights.model_from_card")
+            raise InvalidCardError(
+                f"the card lists head {chosen.name!r} but the model has no such layer; load it "
+                f"with xfer.models.weights.model_from_card"
+            )
         setattr(work, work.head_name, extra[chosen.name])
         work.config = dataclasses.replace(work.config, num_classes=chosen.num_classes)
     if extra is not None:
         delattr(work, TASK_HEADS)
     selected = dataclasses.replace(
-        card, architecture_config=work.config_dict(), num_classes=chosen.num_classes,
-        label_names=tuple(chosen.label_names), tasks=(),
-        description=(f"{card.description}; " if card.description else "") + f"head {chosen.name!r}")
+        card,
+        architecture_config=work.config_dict(),
+        num_classes=chosen.num_classes,
+        label_names=tuple(chosen.label_names),
+        tasks=(),
+        description=(f"{card.description}; " if card.description else "") + f"head {chosen.name!r}",
+    )
     return SelectedHead(work, selected, chosen.name)
 
 
@@ -125,8 +137,9 @@ class TaskSpec:
 
     def head(self) -> TaskHead:
         """The card's description of this head."""
-        return TaskHead(name=self.name, num_classes=len(self.groups), label_names=self.label_names,
-                        loss_weight=float(self.weight))
+        return TaskHead(
+            name=self.name, num_classes=len(self.groups), label_names=self.label_names, loss_weight=float(self.weight)
+        )
 
 
 def parse_tasks(text: str, *, label_names: Sequence[str]) -> tuple[TaskSpec, ...]:
@@ -142,8 +155,10 @@ def parse_tasks(text: str, *, label_names: Sequence[str]) -> tuple[TaskSpec, ...
 
     parts = [p.strip() for p in text.split(";") if p.strip()]
     if len(parts) < 2:
-        raise ValueError("--tasks needs at least two tasks separated by ';', e.g. "
-                         "'items=0-4;group=top:0,2,4|bottom:1,3' (one task is --classes)")
+        raise ValueError(
+            "--tasks needs at least two tasks separated by ';', e.g. "
+            "'items=0-4;group=top:0,2,4|bottom:1,3' (one task is --classes)"
+        )
     specs: list[TaskSpec] = []
     for part in parts:
         name, sep, body = part.partition("=")
@@ -163,7 +178,7 @@ def parse_tasks(text: str, *, label_names: Sequence[str]) -> tuple[TaskSpec, ...
                 raise ValueError(f"task {name!r}: the weight must be a finite number >= 0, got {weight_text}")
         groups, names = [], []
         grouped = "|" in body
-        for group in (body.split("|") if grouped else [body]):
+        for group in body.split("|") if grouped else [body]:
             label, colon, classes = group.rpartition(":") if ":" in group else ("", "", group)
             numbers = parse_classes(classes)
             bad = [c for c in numbers if not 0 <= c < len(label_names)]
@@ -217,14 +232,15 @@ class MultiHeadNet(nn.Module):
         return torch.cat(all_logits(self.model, x), dim=1)
 
 
-def multitask_loss(logits: torch.Tensor, targets: torch.Tensor, *, sizes: Sequence[int],
-                   weights: Sequence[float]) -> torch.Tensor:
+def multitask_loss(
+    logits: torch.Tensor, targets: torch.Tensor, *, sizes: Sequence[int], weights: Sequence[float]
+) -> torch.Tensor:
     """mean over the batch of Σ_i w_i · CE_i(example), a task's term 0 where it has no label (per-example, so DP-SGD
     can clip it). When every task labels every example this is Σ_i w_i L_i."""
     total = logits.new_zeros(len(logits))
     start = 0
     for t, (k, w) in enumerate(zip(sizes, weights)):
-        part = logits[:, start:start + k]
+        part = logits[:, start : start + k]
         start += k
         y = targets[:, t]
         has = y >= 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from xfer.models.base import XferModel
 from xfer.models.errors import DuplicateArchitectureError, InvalidConfigError, UnknownArchitectureError
@@ -28,8 +29,12 @@ class ArchitectureEntry:
 _REGISTRY: dict[str, ArchitectureEntry] = {}
 # Built-in architectures register themselves when their module is imported;
 # importing them on first lookup keeps `import xfer.models` free of torch.
-_BUILTIN_MODULES = {"mlp": "xfer.models.mlp", "convnet": "xfer.models.convnet", "vit_tiny": "xfer.models.vit",
-                    "efficientnet_lite": "xfer.models.efficientnet"}
+_BUILTIN_MODULES = {
+    "mlp": "xfer.models.mlp",
+    "convnet": "xfer.models.convnet",
+    "vit_tiny": "xfer.models.vit",
+    "efficientnet_lite": "xfer.models.efficientnet",
+}
 
 
 def _load_builtins(name: str | None = None) -> None:
@@ -103,9 +108,7 @@ def build_config(name: str, config: dict[str, Any] | None = None) -> Any:
     fields = {f.name: f for f in dataclasses.fields(entry.config_cls)}
     unknown = sorted(set(config) - set(fields))
     if unknown:
-        raise InvalidConfigError(
-            f"unknown config field(s) {unknown} for {name!r}; valid: {sorted(fields)}"
-        )
+        raise InvalidConfigError(f"unknown config field(s) {unknown} for {name!r}; valid: {sorted(fields)}")
     values = {key: _coerce(key, hints[key], value) for key, value in config.items()}
     try:
         built = entry.config_cls(**values)

@@ -13,7 +13,7 @@ specified for a 28-pixel image and scales with the image.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

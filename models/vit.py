@@ -30,8 +30,15 @@ class ViTConfig:
     num_classes: int = 10
 
     def validate(self) -> None:
-        require_positive(in_channels=self.in_channels, image_size=self.image_size, patch_size=self.patch_size,
-                         dim=self.dim, depth=self.depth, heads=self.heads, mlp_ratio=self.mlp_ratio)
+        require_positive(
+            in_channels=self.in_channels,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            dim=self.dim,
+            depth=self.depth,
+            heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+        )
         require_classes(self.num_classes)
         if self.image_size % self.patch_size:
             raise InvalidConfigError(f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}")
@@ -70,6 +77,8 @@ class EncoderBlock(nn.Module):
 class PatchEmbedding(nn.Module):
     """Patches -> tokens, plus a class token and learned positions."""
 
+    token_ids: torch.Tensor
+
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.patchify = nn.Conv2d(config.in_channels, config.dim, config.patch_size, stride=config.patch_size)
@@ -99,7 +108,7 @@ class ViTTiny(XferModel):
         self.head = nn.Linear(config.dim, config.num_classes)
 
     def block_modules(self) -> list[tuple[str, nn.Module]]:
-        named = [("stem", self.stem)]
+        named: list[tuple[str, nn.Module]] = [("stem", self.stem)]
         named += [(f"block{i + 1}", block) for i, block in enumerate(self.body)]
         # The final norm belongs to the last block so that every parameter has one owner.
         named[-1] = (named[-1][0], nn.ModuleList([named[-1][1], self.norm]))

@@ -21,8 +21,16 @@ from xfer.models.registry import create_model
 
 def tensor_specs(model: torch.nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (safetensors dtype string, shape) for every tensor of the state dict."""
-    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-             torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL", torch.uint8: "U8"}
+    names = {
+        torch.float32: "F32",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.float64: "F64",
+        torch.int64: "I64",
+        torch.int32: "I32",
+        torch.bool: "BOOL",
+        torch.uint8: "U8",
+    }
     return {k: (names[v.dtype], tuple(v.shape)) for k, v in model.state_dict().items()}
 
 
@@ -38,16 +46,17 @@ def model_from_card(card: ModelCard) -> XferModel:
     except ModelError as exc:
         raise InvalidCardError(f"card architecture: {exc}") from None
     if tuple(card.blocks) != tuple(model.block_names()):
-        raise InvalidCardError(f"card blocks {list(card.blocks)} do not match {card.architecture}'s "
-                               f"blocks {model.block_names()}")
+        raise InvalidCardError(
+            f"card blocks {list(card.blocks)} do not match {card.architecture}'s blocks {model.block_names()}"
+        )
     if card.head != model.head_name:
         raise InvalidCardError(f"card head {card.head!r} is not the architecture's head {model.head_name!r}")
     if card.num_classes != model.num_classes:
-        raise InvalidCardError(f"card num_classes {card.num_classes} disagrees with the config's "
-                               f"{model.num_classes}")
+        raise InvalidCardError(f"card num_classes {card.num_classes} disagrees with the config's {model.num_classes}")
     if tuple(card.input_shape) != model.input_shape():
-        raise InvalidCardError(f"card input_shape {list(card.input_shape)} disagrees with the config's "
-                               f"{list(model.input_shape())}")
+        raise InvalidCardError(
+            f"card input_shape {list(card.input_shape)} disagrees with the config's {list(model.input_shape())}"
+        )
     if card.tasks:
         from xfer.models.multitask import attach_task_heads
 
@@ -56,8 +65,9 @@ def model_from_card(card: ModelCard) -> XferModel:
     return model
 
 
-def save_safetensors(model: torch.nn.Module, path: str | os.PathLike, *,
-                     metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(
+    model: torch.nn.Module, path: str | os.PathLike, *, metadata: dict[str, str] | None = None
+) -> None:
     """Writes the state dict atomically (temp file, fsync, rename)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -71,11 +81,13 @@ def load_safetensors(model: torch.nn.Module, path: str | os.PathLike) -> torch.n
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
-        raise WeightsMismatchError(f"weights do not fit the architecture: missing {missing[:5]}, "
-                                   f"unexpected {extra[:5]}")
+        raise WeightsMismatchError(
+            f"weights do not fit the architecture: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     for name, tensor in state.items():
         if tuple(tensor.shape) != expected[name][1]:
-            raise WeightsMismatchError(f"tensor {name!r} has shape {list(tensor.shape)}, "
-                                       f"the architecture needs {list(expected[name][1])}")
+            raise WeightsMismatchError(
+                f"tensor {name!r} has shape {list(tensor.shape)}, the architecture needs {list(expected[name][1])}"
+            )
     model.load_state_dict(state, strict=True)
     return model

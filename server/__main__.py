@@ -28,24 +28,38 @@ COMMANDS = ("serve", "migrate", "tokens")
 
 
 def _storage_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("XFER_DATA_DIR", "./xfer-data")),
-                        help="SQLite catalog and blobs live here (default: $XFER_DATA_DIR or ./xfer-data)")
-    parser.add_argument("--db-url", default=os.environ.get("XFER_DB_URL"),
-                        help="SQLAlchemy URL, e.g. postgresql://user@host/xfer (default: $XFER_DB_URL or "
-                             "a SQLite file in the data dir)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("XFER_DATA_DIR", "./xfer-data")),
+        help="SQLite catalog and blobs live here (default: $XFER_DATA_DIR or ./xfer-data)",
+    )
+    parser.add_argument(
+        "--db-url",
+        default=os.environ.get("XFER_DB_URL"),
+        help="SQLAlchemy URL, e.g. postgresql://user@host/xfer (default: $XFER_DB_URL or "
+        "a SQLite file in the data dir)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="json: one JSON object per line, each with the request id")
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line, each with the request id",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `serve` command line (also what `xfer-server` without a command parses)."""
     defaults = ServerConfig(data_dir=Path("."))
-    parser = argparse.ArgumentParser(prog="xfer-server", description="Serve xfer source models over gRPC. "
-                                     "Other commands: `xfer-server migrate`, `xfer-server tokens`.")
+    parser = argparse.ArgumentParser(
+        prog="xfer-server",
+        description="Serve xfer source models over gRPC. Other commands: `xfer-server migrate`, `xfer-server tokens`.",
+    )
     _storage_flags(parser)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1; anything else needs --token-file)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anything else needs --token-file)"
+    )
     parser.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
     parser.add_argument("--token-file", type=Path, help="bearer tokens (see `xfer-server tokens --help`)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
@@ -53,52 +67,106 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-client-ca", type=Path, help="CA for client certificates: turns on mutual TLS")
     parser.add_argument("--chunk-size", type=int, default=MIB, help="ReadArtifact chunk size in bytes (default 1 MiB)")
     parser.add_argument("--max-artifact-mb", type=int, default=512, help="largest accepted artifact (default 512)")
-    parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
-                        help=f"threads for blocking work (database, disk) (default {defaults.max_workers})")
+    parser.add_argument(
+        "--max-workers",
+        type=int,
+        default=defaults.max_workers,
+        help=f"threads for blocking work (database, disk) (default {defaults.max_workers})",
+    )
     parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on shutdown")
-    parser.add_argument("--no-migrate", dest="migrate", action="store_false",
-                        help="do not migrate the schema at start; refuse to start unless `xfer-server migrate` ran")
+    parser.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        help="do not migrate the schema at start; refuse to start unless `xfer-server migrate` ran",
+    )
     limits = parser.add_argument_group("what one client can hold")
-    limits.add_argument("--stall-timeout", type=float, default=defaults.stall_timeout_s,
-                        help="seconds a stream may make no progress before it is ended (default %(default)s)")
+    limits.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=defaults.stall_timeout_s,
+        help="seconds a stream may make no progress before it is ended (default %(default)s)",
+    )
     limits.add_argument("--max-reads-per-token", type=int, default=defaults.max_reads_per_token)
     limits.add_argument("--max-reads", type=int, default=defaults.max_reads, help="concurrent ReadArtifact streams")
     limits.add_argument("--max-uploads-per-token", type=int, default=defaults.max_uploads_per_token)
-    limits.add_argument("--max-uploads", type=int, default=defaults.max_uploads,
-                        help="concurrent CreateModelVersion streams")
-    limits.add_argument("--max-connection-age", type=float, default=defaults.max_connection_age_s,
-                        help="seconds before a connection is closed (clients reconnect; default %(default)s)")
+    limits.add_argument(
+        "--max-uploads", type=int, default=defaults.max_uploads, help="concurrent CreateModelVersion streams"
+    )
+    limits.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=defaults.max_connection_age_s,
+        help="seconds before a connection is closed (clients reconnect; default %(default)s)",
+    )
     validation = parser.add_argument_group("validation sandbox")
-    validation.add_argument("--validation-workers", type=int, default=defaults.validation_workers,
-                            help="uploads validated at once (default %(default)s)")
-    validation.add_argument("--validation-memory-mb", type=int, default=defaults.validation_memory_bytes // MIB,
-                            help="memory a validation may use beyond 4x the bytes it checks (default %(default)s)")
+    validation.add_argument(
+        "--validation-workers",
+        type=int,
+        default=defaults.validation_workers,
+        help="uploads validated at once (default %(default)s)",
+    )
+    validation.add_argument(
+        "--validation-memory-mb",
+        type=int,
+        default=defaults.validation_memory_bytes // MIB,
+        help="memory a validation may use beyond 4x the bytes it checks (default %(default)s)",
+    )
     validation.add_argument("--validation-cpu-seconds", type=int, default=defaults.validation_cpu_seconds)
-    validation.add_argument("--validation-timeout", type=float, default=defaults.validation_timeout_s,
-                            help="wall-clock seconds per validation (default %(default)s)")
-    validation.add_argument("--lazy-sandbox", dest="warm_sandbox", action="store_false",
-                            help="start the sandbox worker (which imports torch) at the first upload, not at start-up")
+    validation.add_argument(
+        "--validation-timeout",
+        type=float,
+        default=defaults.validation_timeout_s,
+        help="wall-clock seconds per validation (default %(default)s)",
+    )
+    validation.add_argument(
+        "--lazy-sandbox",
+        dest="warm_sandbox",
+        action="store_false",
+        help="start the sandbox worker (which imports torch) at the first upload, not at start-up",
+    )
     ops = parser.add_argument_group("operations")
     ops.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 picks one)")
     ops.add_argument("--metrics-host", help="address of the metrics endpoint (default: --host)")
-    ops.add_argument("--health-interval", type=float, default=defaults.health_interval_s,
-                     help="seconds between database checks behind health (default %(default)s)")
-    ops.add_argument("--gc-interval", type=float, default=defaults.gc_interval_s,
-                     help="seconds between blob garbage collections (default %(default)s)")
+    ops.add_argument(
+        "--health-interval",
+        type=float,
+        default=defaults.health_interval_s,
+        help="seconds between database checks behind health (default %(default)s)",
+    )
+    ops.add_argument(
+        "--gc-interval",
+        type=float,
+        default=defaults.gc_interval_s,
+        help="seconds between blob garbage collections (default %(default)s)",
+    )
     policy = parser.add_argument_group("publishing policy (refused with FAILED_PRECONDITION naming the rule)")
-    policy.add_argument("--max-dp-epsilon", type=float, default=None,
-                        help="publish only models trained with DP at this epsilon or below")
-    policy.add_argument("--require-audit", action="store_true",
-                        help="publish only models whose card carries a membership-inference audit")
-    policy.add_argument("--max-mia-auc", type=float, default=None,
-                        help="publish only audited models whose strongest membership attack has AUC <= this")
+    policy.add_argument(
+        "--max-dp-epsilon",
+        type=float,
+        default=None,
+        help="publish only models trained with DP at this epsilon or below",
+    )
+    policy.add_argument(
+        "--require-audit",
+        action="store_true",
+        help="publish only models whose card carries a membership-inference audit",
+    )
+    policy.add_argument(
+        "--max-mia-auc",
+        type=float,
+        default=None,
+        help="publish only audited models whose strongest membership attack has AUC <= this",
+    )
     return parser
 
 
 def build_migrate_parser() -> argparse.ArgumentParser:
     """The `migrate` command line."""
-    parser = argparse.ArgumentParser(prog="xfer-server migrate", description="Apply the database schema "
-                                     "migrations once (safe to run from several places at once), then exit.")
+    parser = argparse.ArgumentParser(
+        prog="xfer-server migrate",
+        description="Apply the database schema migrations once (safe to run from several places at once), then exit.",
+    )
     _storage_flags(parser)
     return parser
 
@@ -126,8 +194,10 @@ def migrate_main(argv: Sequence[str]) -> int:
     finally:
         engine.dispose()
     what = "already at" if not result.changed else f"migrated from {result.before or 'empty'} to"
-    print(f"xfer-server migrate: {what} revision {result.after}" + (" (adopted a pre-migration database)"
-                                                                    if result.adopted else ""))
+    print(
+        f"xfer-server migrate: {what} revision {result.after}"
+        + (" (adopted a pre-migration database)" if result.adopted else "")
+    )
     return 0
 
 
@@ -140,18 +210,36 @@ def serve_main(argv: Sequence[str]) -> int:
 
     try:
         config = ServerConfig(
-            data_dir=args.data_dir, host=args.host, port=args.port, db_url=args.db_url, token_file=args.token_file,
-            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-            chunk_size=args.chunk_size, max_artifact_bytes=args.max_artifact_mb * MIB,
-            max_workers=args.max_workers, grace_seconds=args.grace, migrate=args.migrate,
-            stall_timeout_s=args.stall_timeout, max_reads_per_token=args.max_reads_per_token,
-            max_reads=args.max_reads, max_uploads_per_token=args.max_uploads_per_token,
-            max_uploads=args.max_uploads, max_connection_age_s=args.max_connection_age,
-            validation_workers=args.validation_workers, validation_memory_bytes=args.validation_memory_mb * MIB,
-            validation_cpu_seconds=args.validation_cpu_seconds, validation_timeout_s=args.validation_timeout,
+            data_dir=args.data_dir,
+            host=args.host,
+            port=args.port,
+            db_url=args.db_url,
+            token_file=args.token_file,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            chunk_size=args.chunk_size,
+            max_artifact_bytes=args.max_artifact_mb * MIB,
+            max_workers=args.max_workers,
+            grace_seconds=args.grace,
+            migrate=args.migrate,
+            stall_timeout_s=args.stall_timeout,
+            max_reads_per_token=args.max_reads_per_token,
+            max_reads=args.max_reads,
+            max_uploads_per_token=args.max_uploads_per_token,
+            max_uploads=args.max_uploads,
+            max_connection_age_s=args.max_connection_age,
+            validation_workers=args.validation_workers,
+            validation_memory_bytes=args.validation_memory_mb * MIB,
+            validation_cpu_seconds=args.validation_cpu_seconds,
+            validation_timeout_s=args.validation_timeout,
             warm_sandbox=args.warm_sandbox,
-            metrics_port=args.metrics_port, metrics_host=args.metrics_host, health_interval_s=args.health_interval,
-            gc_interval_s=args.gc_interval, max_dp_epsilon=args.max_dp_epsilon, require_audit=args.require_audit,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+            health_interval_s=args.health_interval,
+            gc_interval_s=args.gc_interval,
+            max_dp_epsilon=args.max_dp_epsilon,
+            require_audit=args.require_audit,
             max_mia_auc=args.max_mia_auc,
         )
         running = create_server(config)

@@ -40,8 +40,13 @@ from xfer.server.run_store import RunStore
 from xfer.server.sandbox import Sandbox
 from xfer.server.servicers import RegistryServicer, RunsServicer, TransferServicer, transfer_handler
 from xfer.server.settings import page_token_key
-from xfer.v1 import metrics_service_pb2, metrics_service_pb2_grpc, registry_service_pb2, registry_service_pb2_grpc
-from xfer.v1 import transfer_service_pb2
+from xfer.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+    registry_service_pb2,
+    registry_service_pb2_grpc,
+    transfer_service_pb2,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +81,21 @@ class _Runtime:
 class RunningServer:
     """A started server. `target` is what a client dials; `stop()` shuts it down."""
 
-    def __init__(self, *, config: ServerConfig, registry: Registry, engine: sa.Engine, metrics: ServerMetrics,
-                 sandbox: Sandbox, owns_sandbox: bool, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
-                 runtime: _Runtime, executors: tuple[concurrent.futures.ThreadPoolExecutor, ...],
-                 metrics_port: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        config: ServerConfig,
+        registry: Registry,
+        engine: sa.Engine,
+        metrics: ServerMetrics,
+        sandbox: Sandbox,
+        owns_sandbox: bool,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        runtime: _Runtime,
+        executors: tuple[concurrent.futures.ThreadPoolExecutor, ...],
+        metrics_port: int | None,
+    ) -> None:
         self.config = config
         self.registry = registry
         self.engine = engine
@@ -143,15 +159,21 @@ def _authorizer(config: ServerConfig) -> Authorizer:
     """The token checker the config asks for; refuses an open server on a non-loopback host."""
     if config.token_file is None:
         if not is_loopback(config.host):
-            raise ConfigError(f"refusing to listen on {config.host!r} without authentication: pass --token-file "
-                              "(create one with `xfer-server tokens add --role operator --file tokens.json`) "
-                              "or listen on 127.0.0.1")
-        logger.warning("no token file: authentication is OFF and every caller is an operator; "
-                       "listening on loopback (%s) only", config.host)
+            raise ConfigError(
+                f"refusing to listen on {config.host!r} without authentication: pass --token-file "
+                "(create one with `xfer-server tokens add --role operator --file tokens.json`) "
+                "or listen on 127.0.0.1"
+            )
+        logger.warning(
+            "no token file: authentication is OFF and every caller is an operator; listening on loopback (%s) only",
+            config.host,
+        )
         return OpenAuthorizer()
     if not config.token_file.exists():
-        raise ConfigError(f"token file {config.token_file} does not exist; create it with "
-                          f"`xfer-server tokens add --role operator --file {config.token_file}`")
+        raise ConfigError(
+            f"token file {config.token_file} does not exist; create it with "
+            f"`xfer-server tokens add --role operator --file {config.token_file}`"
+        )
     return TokenAuthorizer(config.token_file)
 
 
@@ -165,8 +187,10 @@ def _prepare_database(config: ServerConfig, engine: sa.Engine) -> PageTokens:
     except migrate.SchemaError as exc:
         raise ConfigError(str(exc)) from None
     except sa.exc.OperationalError as exc:
-        raise ConfigError(f"cannot reach the database at {engine.url.render_as_string(hide_password=True)}: "
-                          f"{str(exc).splitlines()[0][:300]}") from None
+        raise ConfigError(
+            f"cannot reach the database at {engine.url.render_as_string(hide_password=True)}: "
+            f"{str(exc).splitlines()[0][:300]}"
+        ) from None
     return PageTokens(page_token_key(engine))
 
 
@@ -210,8 +234,9 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
 class _Watchdog:
     """Background duties on the event loop: database health and blob garbage collection."""
 
-    def __init__(self, *, config: ServerConfig, registry: Registry, health_servicer: Any, metrics: ServerMetrics,
-                 on_change: Any) -> None:
+    def __init__(
+        self, *, config: ServerConfig, registry: Registry, health_servicer: Any, metrics: ServerMetrics, on_change: Any
+    ) -> None:
         self._config = config
         self._registry = registry
         self._health = health_servicer
@@ -230,8 +255,10 @@ class _Watchdog:
                 up = True
             except Exception as exc:
                 if self._up:
-                    logger.error("the database does not answer (%s); health is NOT_SERVING until it does",
-                                 str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                    logger.error(
+                        "the database does not answer (%s); health is NOT_SERVING until it does",
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                    )
                 up = False
             if up != self._up:
                 if up:
@@ -247,27 +274,47 @@ class _Watchdog:
             try:
                 await asyncio.to_thread(self._registry.collect_garbage, min_age_s=self._config.gc_min_age_s)
             except Exception:
-                logger.exception("blob garbage collection failed; it runs again in %.0f s",
-                                 self._config.gc_interval_s)
+                logger.exception("blob garbage collection failed; it runs again in %.0f s", self._config.gc_interval_s)
             await asyncio.sleep(self._config.gc_interval_s)
 
 
-async def _start(*, config: ServerConfig, registry: Registry, store: RunStore, authorizer: Authorizer,
-                 metrics: ServerMetrics, on_database_change: Any,
-                 reads: concurrent.futures.Executor) -> _Runtime:
+async def _start(
+    *,
+    config: ServerConfig,
+    registry: Registry,
+    store: RunStore,
+    authorizer: Authorizer,
+    metrics: ServerMetrics,
+    on_database_change: Any,
+    reads: concurrent.futures.Executor,
+) -> _Runtime:
     limiters = {
-        READ_METHOD: StreamLimiter(what="artifact reads", per_key=config.max_reads_per_token, total=config.max_reads,
-                                   flag="--max-reads"),
-        UPLOAD_METHOD: StreamLimiter(what="uploads", per_key=config.max_uploads_per_token, total=config.max_uploads,
-                                     flag="--max-uploads"),
+        READ_METHOD: StreamLimiter(
+            what="artifact reads", per_key=config.max_reads_per_token, total=config.max_reads, flag="--max-reads"
+        ),
+        UPLOAD_METHOD: StreamLimiter(
+            what="uploads", per_key=config.max_uploads_per_token, total=config.max_uploads, flag="--max-uploads"
+        ),
     }
-    server = grpc.aio.server(interceptors=[RpcInterceptor(authorizer, limiters=limiters, metrics=metrics)],
-                             options=_options(config))
+    server = grpc.aio.server(
+        interceptors=[RpcInterceptor(authorizer, limiters=limiters, metrics=metrics)], options=_options(config)
+    )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
-        RegistryServicer(registry, stall_timeout=config.stall_timeout_s, metrics=metrics), server)
-    server.add_generic_rpc_handlers((transfer_handler(TransferServicer(
-        registry, chunk_size=config.chunk_size, stall_timeout=config.stall_timeout_s, metrics=metrics,
-        reads=reads)),))
+        RegistryServicer(registry, stall_timeout=config.stall_timeout_s, metrics=metrics), server
+    )
+    server.add_generic_rpc_handlers(
+        (
+            transfer_handler(
+                TransferServicer(
+                    registry,
+                    chunk_size=config.chunk_size,
+                    stall_timeout=config.stall_timeout_s,
+                    metrics=metrics,
+                    reads=reads,
+                )
+            ),
+        )
+    )
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(RunsServicer(store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -276,10 +323,13 @@ async def _start(*, config: ServerConfig, registry: Registry, store: RunStore, a
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, SERVING)
-    watchdog = _Watchdog(config=config, registry=registry, health_servicer=health_servicer, metrics=metrics,
-                         on_change=on_database_change)
-    tasks = [asyncio.create_task(watchdog.watch_database(), name="xfer-health"),
-             asyncio.create_task(watchdog.collect_garbage(), name="xfer-gc")]
+    watchdog = _Watchdog(
+        config=config, registry=registry, health_servicer=health_servicer, metrics=metrics, on_change=on_database_change
+    )
+    tasks = [
+        asyncio.create_task(watchdog.watch_database(), name="xfer-health"),
+        asyncio.create_task(watchdog.collect_garbage(), name="xfer-gc"),
+    ]
     return _Runtime(server=server, health=health_servicer, tasks=tasks, port=port)
 
 
@@ -312,15 +362,27 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
         catalog = Catalog(engine, page_tokens=tokens)
         blobs = BlobStore(config.blob_dir, verify=config.verify_blobs)
         blobs.remove_temp_files()
-        limits = RegistryLimits(max_artifact_bytes=config.max_artifact_bytes, validation=ValidationLimits(
-            memory_base_bytes=config.validation_memory_bytes, cpu_seconds=config.validation_cpu_seconds,
-            wall_seconds=config.validation_timeout_s))
-        policy = PublishPolicy(max_dp_epsilon=config.max_dp_epsilon, require_audit=config.require_audit,
-                               max_mia_auc=config.max_mia_auc)
+        limits = RegistryLimits(
+            max_artifact_bytes=config.max_artifact_bytes,
+            validation=ValidationLimits(
+                memory_base_bytes=config.validation_memory_bytes,
+                cpu_seconds=config.validation_cpu_seconds,
+                wall_seconds=config.validation_timeout_s,
+            ),
+        )
+        policy = PublishPolicy(
+            max_dp_epsilon=config.max_dp_epsilon, require_audit=config.require_audit, max_mia_auc=config.max_mia_auc
+        )
         if policy.active:
             logger.info("publishing policy: %s", policy.describe())
-        registry = Registry(catalog=catalog, blobs=blobs, limits=limits, sandbox=sandbox,
-                            observe_validation=metrics.observe_validation, policy=policy)
+        registry = Registry(
+            catalog=catalog,
+            blobs=blobs,
+            limits=limits,
+            sandbox=sandbox,
+            observe_validation=metrics.observe_validation,
+            policy=policy,
+        )
         store = RunStore(engine=engine, resolve_version=registry.resolve, page_tokens=tokens)
         if config.warm_sandbox and owns_sandbox:
             threading.Thread(target=sandbox.warm_up, name="xfer-sandbox-warm-up", daemon=True).start()
@@ -335,8 +397,17 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
                 holder["server"]._set_database_up(up)
 
         started = asyncio.run_coroutine_threadsafe(
-            _start(config=config, registry=registry, store=store, authorizer=authorizer, metrics=metrics,
-                   on_database_change=on_database_change, reads=reads), loop)
+            _start(
+                config=config,
+                registry=registry,
+                store=store,
+                authorizer=authorizer,
+                metrics=metrics,
+                on_database_change=on_database_change,
+                reads=reads,
+            ),
+            loop,
+        )
         runtime = started.result(60)
     except BaseException:
         if thread.is_alive():
@@ -349,13 +420,29 @@ def create_server(config: ServerConfig, *, sandbox: Sandbox | None = None) -> Ru
         metrics.close()
         engine.dispose()
         raise
-    running = RunningServer(config=config, registry=registry, engine=engine, metrics=metrics, sandbox=sandbox,
-                            owns_sandbox=owns_sandbox, loop=loop, thread=thread, runtime=runtime,
-                            executors=(executor, reads), metrics_port=metrics_port)
+    running = RunningServer(
+        config=config,
+        registry=registry,
+        engine=engine,
+        metrics=metrics,
+        sandbox=sandbox,
+        owns_sandbox=owns_sandbox,
+        loop=loop,
+        thread=thread,
+        runtime=runtime,
+        executors=(executor, reads),
+        metrics_port=metrics_port,
+    )
     holder["server"] = running
-    logger.info("serving with tls=%s, mtls=%s, auth=%s, db=%s, data dir %s%s", running.tls,
-                config.tls_client_ca is not None, config.token_file is not None, engine.dialect.name, config.data_dir,
-                f", metrics on port {metrics_port}" if metrics_port is not None else "")
+    logger.info(
+        "serving with tls=%s, mtls=%s, auth=%s, db=%s, data dir %s%s",
+        running.tls,
+        config.tls_client_ca is not None,
+        config.token_file is not None,
+        engine.dialect.name,
+        config.data_dir,
+        f", metrics on port {metrics_port}" if metrics_port is not None else "",
+    )
     # Same words as the line __main__ prints, so either can be parsed.
     logger.info("xfer-server listening on %s", running.target)
     return running

@@ -59,15 +59,17 @@ class Role(str, enum.Enum):
 
 
 #: Methods a `client` token may call; an operator may call every method.
-CLIENT_METHODS = frozenset({
-    "/xfer.v1.RegistryService/GetModelVersion",
-    "/xfer.v1.RegistryService/ListModels",
-    "/xfer.v1.RegistryService/ListModelVersions",
-    "/xfer.v1.TransferService/ReadArtifact",
-    "/xfer.v1.MetricsService/ReportRun",
-    "/xfer.v1.MetricsService/ListRuns",
-    "/xfer.v1.MetricsService/SummarizeRuns",
-})
+CLIENT_METHODS = frozenset(
+    {
+        "/xfer.v1.RegistryService/GetModelVersion",
+        "/xfer.v1.RegistryService/ListModels",
+        "/xfer.v1.RegistryService/ListModelVersions",
+        "/xfer.v1.TransferService/ReadArtifact",
+        "/xfer.v1.MetricsService/ReportRun",
+        "/xfer.v1.MetricsService/ListRuns",
+        "/xfer.v1.MetricsService/SummarizeRuns",
+    }
+)
 #: Services reachable without a token, so stock probes and tools work.
 PUBLIC_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -110,11 +112,15 @@ def parse_token_file(text: str) -> list[TokenEntry]:
         try:
             data = json.loads(text)
             raw = data["tokens"]
-            entries = [TokenEntry(sha256=str(t["sha256"]).lower(), role=Role(t["role"]), name=str(t.get("name", "")))
-                       for t in raw]
+            entries = [
+                TokenEntry(sha256=str(t["sha256"]).lower(), role=Role(t["role"]), name=str(t.get("name", "")))
+                for t in raw
+            ]
         except (ValueError, KeyError, TypeError) as exc:
-            raise TokenFileError(f"token file is not valid: {exc}; expected "
-                                 '{"tokens": [{"role": "client", "sha256": "...", "name": "..."}]}') from None
+            raise TokenFileError(
+                f"token file is not valid: {exc}; expected "
+                '{"tokens": [{"role": "client", "sha256": "...", "name": "..."}]}'
+            ) from None
     else:
         entries = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -123,15 +129,19 @@ def parse_token_file(text: str) -> list[TokenEntry]:
                 continue
             parts = line.split(None, 2)
             try:
-                entries.append(TokenEntry(sha256=parts[1].lower(), role=Role(parts[0]),
-                                          name=parts[2] if len(parts) > 2 else ""))
+                entries.append(
+                    TokenEntry(sha256=parts[1].lower(), role=Role(parts[0]), name=parts[2] if len(parts) > 2 else "")
+                )
             except (IndexError, ValueError):
-                raise TokenFileError(f"token file line {number} is not '<role> <sha256> [name]' with role "
-                                     "operator or client") from None
+                raise TokenFileError(
+                    f"token file line {number} is not '<role> <sha256> [name]' with role operator or client"
+                ) from None
     for entry in entries:
         if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256):
-            raise TokenFileError(f"token {entry.name or '<unnamed>'!r}: sha256 must be 64 hex digits (store the "
-                                 "hash of the token, never the token itself)")
+            raise TokenFileError(
+                f"token {entry.name or '<unnamed>'!r}: sha256 must be 64 hex digits (store the "
+                "hash of the token, never the token itself)"
+            )
     return entries
 
 
@@ -161,8 +171,9 @@ class TokenAuthorizer:
         self._entries: list[TokenEntry] = []
         self._reload()
         if not self._entries:
-            logger.warning("token file %s has no tokens: every call except health/reflection will be refused",
-                           self._path)
+            logger.warning(
+                "token file %s has no tokens: every call except health/reflection will be refused", self._path
+            )
 
     def _reload(self) -> None:
         stat = self._path.stat()
@@ -188,8 +199,11 @@ class TokenAuthorizer:
             return None
         token = _bearer(metadata)
         if token is None:
-            raise Unauthenticated("missing credentials: send metadata 'authorization: Bearer <token>' (the operator "
-                                  "creates tokens with `xfer-server tokens add`)", reason=Reason.TOKEN_MISSING)
+            raise Unauthenticated(
+                "missing credentials: send metadata 'authorization: Bearer <token>' (the operator "
+                "creates tokens with `xfer-server tokens add`)",
+                reason=Reason.TOKEN_MISSING,
+            )
         digest = hash_token(token).encode()
         match: TokenEntry | None = None
         # Compare against every entry, in constant time each, so timing says nothing about which hash is close.
@@ -197,13 +211,20 @@ class TokenAuthorizer:
             if hmac.compare_digest(digest, entry.sha256.encode()):
                 match = entry
         if match is None:
-            raise Unauthenticated("invalid token: it is not in the server's token file; check the token or ask "
-                                  "the operator for a new one", reason=Reason.TOKEN_INVALID)
+            raise Unauthenticated(
+                "invalid token: it is not in the server's token file; check the token or ask "
+                "the operator for a new one",
+                reason=Reason.TOKEN_INVALID,
+            )
         if match.role is not Role.OPERATOR and method not in CLIENT_METHODS:
-            raise PermissionDenied(f"role {match.role.value!r} may not call {method}; it needs an operator token",
-                                   reason=Reason.ROLE_FORBIDDEN, metadata={"role": match.role.value})
-        return Principal(role=match.role, name=match.name, key=f"name:{match.name}" if match.name
-                         else f"sha256:{match.sha256[:16]}")
+            raise PermissionDenied(
+                f"role {match.role.value!r} may not call {method}; it needs an operator token",
+                reason=Reason.ROLE_FORBIDDEN,
+                metadata={"role": match.role.value},
+            )
+        return Principal(
+            role=match.role, name=match.name, key=f"name:{match.name}" if match.name else f"sha256:{match.sha256[:16]}"
+        )
 
 
 class OpenAuthorizer:
@@ -230,14 +251,15 @@ def server_credentials(*, cert: Path, key: Path, client_ca: Path | None = None) 
     pair = [(Path(key).read_bytes(), Path(cert).read_bytes())]
     if client_ca is None:
         return grpc.ssl_server_credentials(pair)
-    return grpc.ssl_server_credentials(pair, root_certificates=Path(client_ca).read_bytes(),
-                                       require_client_auth=True)
+    return grpc.ssl_server_credentials(pair, root_certificates=Path(client_ca).read_bytes(), require_client_auth=True)
 
 
 # -- token file administration ---------------------------------------------------------
 def _write_entries(path: Path, entries: list[TokenEntry]) -> None:
-    body = json.dumps({"tokens": [{"name": e.name, "role": e.role.value, "sha256": e.sha256} for e in entries]},
-                      indent=2) + "\n"
+    body = (
+        json.dumps({"tokens": [{"name": e.name, "role": e.role.value, "sha256": e.sha256} for e in entries]}, indent=2)
+        + "\n"
+    )
     write_bytes_atomic(path, body.encode("utf-8"), mode=0o600)
 
 

@@ -49,14 +49,17 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # alive, owned by someone else
         return True
     return True
+
+
 _READ_BLOCK = 1024 * 1024
 
 
 def check_sha256(value: str, *, what: str = "sha256") -> str:
     """Returns `value` if it is 64 lower-case hex digits, else raises InvalidArgument."""
     if not is_sha256(value):
-        raise InvalidArgument(f"{what} must be 64 lower-case hex digits, got {str(value)[:80]!r}",
-                              reason=Reason.INVALID_UPLOAD)
+        raise InvalidArgument(
+            f"{what} must be 64 lower-case hex digits, got {str(value)[:80]!r}", reason=Reason.INVALID_UPLOAD
+        )
     return value
 
 
@@ -79,8 +82,10 @@ class BlobWriter:
     def write(self, data: bytes) -> None:
         """Appends `data`; ResourceExhausted once the total passes the limit."""
         if self.size + len(data) > self._max_bytes:
-            raise ResourceExhausted(f"{self._label} is larger than the server's limit of {self._max_bytes} bytes; "
-                                    "ask the operator to raise --max-artifact-mb or upload a smaller model")
+            raise ResourceExhausted(
+                f"{self._label} is larger than the server's limit of {self._max_bytes} bytes; "
+                "ask the operator to raise --max-artifact-mb or upload a smaller model"
+            )
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
@@ -103,7 +108,7 @@ class BlobWriter:
             self._file.close()
         self.path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -167,15 +172,21 @@ class BlobStore:
             f = open(path, "rb")
         except FileNotFoundError:
             logger.error("blob %s is missing from %s", sha256, self.root)
-            raise DataLoss(f"the stored artifact {sha256} is missing on the server; ask the operator to "
-                           "re-upload this version", reason=Reason.BLOB_MISSING, metadata={"sha256": sha256}) from None
+            raise DataLoss(
+                f"the stored artifact {sha256} is missing on the server; ask the operator to re-upload this version",
+                reason=Reason.BLOB_MISSING,
+                metadata={"sha256": sha256},
+            ) from None
         try:
             stat = os.fstat(f.fileno())
             if stat.st_size != size:
                 logger.error("blob %s has %d bytes, the catalog says %d", sha256, stat.st_size, size)
-                raise DataLoss(f"the stored artifact {sha256} is corrupt (size {stat.st_size}, expected {size}); "
-                               "ask the operator to re-upload this version", reason=Reason.BLOB_CORRUPT,
-                               metadata={"sha256": sha256})
+                raise DataLoss(
+                    f"the stored artifact {sha256} is corrupt (size {stat.st_size}, expected {size}); "
+                    "ask the operator to re-upload this version",
+                    reason=Reason.BLOB_CORRUPT,
+                    metadata={"sha256": sha256},
+                )
             if self._verify:
                 self._check_digest(f, sha256=sha256, size=size, mtime_ns=stat.st_mtime_ns)
             return f
@@ -194,9 +205,12 @@ class BlobStore:
         f.seek(0)
         if digest.hexdigest() != sha256:
             logger.error("blob %s has digest %s", sha256, digest.hexdigest())
-            raise DataLoss(f"the stored artifact {sha256} is corrupt (its bytes no longer match their sha256); "
-                           "ask the operator to re-upload this version", reason=Reason.BLOB_CORRUPT,
-                           metadata={"sha256": sha256})
+            raise DataLoss(
+                f"the stored artifact {sha256} is corrupt (its bytes no longer match their sha256); "
+                "ask the operator to re-upload this version",
+                reason=Reason.BLOB_CORRUPT,
+                metadata={"sha256": sha256},
+            )
         with self._lock:
             self._verified.add(key)
 
@@ -234,8 +248,9 @@ class BlobStore:
             logger.info("removed %d leftover upload temp file(s) from %s", removed, self.root)
         return removed
 
-    def collect_garbage(self, *, referenced: Callable[[], set[str]], is_referenced: Callable[[str], bool],
-                        min_age_s: float = 3600.0) -> int:
+    def collect_garbage(
+        self, *, referenced: Callable[[], set[str]], is_referenced: Callable[[str], bool], min_age_s: float = 3600.0
+    ) -> int:
         """Deletes blobs no version references and untouched for `min_age_s`; returns how many.
 
         Deleting a version never deletes files; this collector does, safely
@@ -264,7 +279,7 @@ class BlobStore:
             try:
                 if path.stat().st_mtime >= cutoff:
                     continue
-                tombstone = path.with_name(f"{TOMBSTONE_PREFIX}{_temp_prefix()[len(TEMP_PREFIX):]}{name}")
+                tombstone = path.with_name(f"{TOMBSTONE_PREFIX}{_temp_prefix()[len(TEMP_PREFIX) :]}{name}")
                 os.replace(path, tombstone)
             except FileNotFoundError:
                 continue  # another collector got there first
@@ -274,8 +289,9 @@ class BlobStore:
         return removed
 
     @staticmethod
-    def _settle_tombstone(tombstone: Path, *, is_referenced: Callable[[str], bool], cutoff: float,
-                          leftover: bool = False) -> int:
+    def _settle_tombstone(
+        tombstone: Path, *, is_referenced: Callable[[str], bool], cutoff: float, leftover: bool = False
+    ) -> int:
         """Deletes a tombstone (returns 1) or puts the blob back (returns 0)."""
         sha256 = tombstone.name[-64:]
         target = tombstone.with_name(sha256)

@@ -28,8 +28,7 @@ import sqlalchemy as sa
 
 from xfer.models.card import ModelCard
 from xfer.server.db import dialect_insert, insert_ignore, write_transaction
-from xfer.server.domain import (ArtifactFormat, ArtifactRecord, ModelRecord, Page, Signature, VersionRecord,
-                                version_name)
+from xfer.server.domain import ArtifactFormat, ArtifactRecord, ModelRecord, Page, Signature, VersionRecord, version_name
 from xfer.server.errors import NotFound, Reason
 from xfer.server.names import LATEST
 from xfer.server.pagination import PageTokens, page_size_of
@@ -39,31 +38,40 @@ logger = logging.getLogger(__name__)
 
 
 def _now_us() -> int:
-    return int(dt.datetime.now(dt.timezone.utc).timestamp() * 1_000_000)
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
 
 
 def _time(us: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(us / 1_000_000, tz=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(us / 1_000_000, tz=dt.UTC)
 
 
 def model_not_found(model_id: str) -> NotFound:
     """The error for an unknown model."""
-    return NotFound(f"model 'models/{model_id}' does not exist; ListModels shows the registered ones",
-                    reason=Reason.MODEL_NOT_FOUND, metadata={"model": f"models/{model_id}"})
+    return NotFound(
+        f"model 'models/{model_id}' does not exist; ListModels shows the registered ones",
+        reason=Reason.MODEL_NOT_FOUND,
+        metadata={"model": f"models/{model_id}"},
+    )
 
 
 def version_not_found(model_id: str, version: int) -> NotFound:
     """The error for an unknown version number of a known model."""
-    return NotFound(f"version '{version_name(model_id, version)}' does not exist; "
-                    f"ListModelVersions on 'models/{model_id}' shows the existing ones",
-                    reason=Reason.VERSION_NOT_FOUND, metadata={"model": f"models/{model_id}", "version": str(version)})
+    return NotFound(
+        f"version '{version_name(model_id, version)}' does not exist; "
+        f"ListModelVersions on 'models/{model_id}' shows the existing ones",
+        reason=Reason.VERSION_NOT_FOUND,
+        metadata={"model": f"models/{model_id}", "version": str(version)},
+    )
 
 
 def alias_not_found(model_id: str, alias: str) -> NotFound:
     """The error for an alias that points nowhere."""
-    return NotFound(f"alias {alias!r} of 'models/{model_id}' points at no version; "
-                    "SetAlias creates it, ListModelVersions shows the versions",
-                    reason=Reason.ALIAS_NOT_FOUND, metadata={"model": f"models/{model_id}", "alias": alias})
+    return NotFound(
+        f"alias {alias!r} of 'models/{model_id}' points at no version; "
+        "SetAlias creates it, ListModelVersions shows the versions",
+        reason=Reason.ALIAS_NOT_FOUND,
+        metadata={"model": f"models/{model_id}", "alias": alias},
+    )
 
 
 class Catalog:
@@ -79,24 +87,53 @@ class Catalog:
         return self._engine
 
     # -- writes ------------------------------------------------------------
-    def create_version(self, *, model_id: str, card: ModelCard, artifacts: Iterable[ArtifactRecord],
-                       signatures: Sequence[Signature] = ()) -> VersionRecord:
+    def create_version(
+        self,
+        *,
+        model_id: str,
+        card: ModelCard,
+        artifacts: Iterable[ArtifactRecord],
+        signatures: Sequence[Signature] = (),
+    ) -> VersionRecord:
         """Allocates the next version number and stores the version with its artifacts atomically."""
         now = _now_us()
         with write_transaction(self._engine) as conn:
-            conn.execute(insert_ignore(conn, models_table).values(
-                model_id=model_id, last_version=0, create_time_us=now, update_time_us=now))
+            conn.execute(
+                insert_ignore(conn, models_table).values(
+                    model_id=model_id, last_version=0, create_time_us=now, update_time_us=now
+                )
+            )
             # The UPDATE takes the row lock (PostgreSQL) so two concurrent uploads get distinct numbers.
-            conn.execute(models_table.update().where(models_table.c.model_id == model_id)
-                         .values(last_version=models_table.c.last_version + 1, update_time_us=now))
-            version = conn.execute(sa.select(models_table.c.last_version)
-                                   .where(models_table.c.model_id == model_id)).scalar_one()
-            conn.execute(versions_table.insert().values(
-                model_id=model_id, version=version, card_json=json.dumps(card.to_dict(), sort_keys=True),
-                create_time_us=now, deprecated=False, deprecation_message="",
-                signatures_json=json.dumps([_signature_json(sig) for sig in signatures])))
-            rows = [dict(model_id=model_id, version=version, format=a.format.value, sha256=a.sha256,
-                         size_bytes=a.size_bytes, derived=a.derived) for a in artifacts]
+            conn.execute(
+                models_table.update()
+                .where(models_table.c.model_id == model_id)
+                .values(last_version=models_table.c.last_version + 1, update_time_us=now)
+            )
+            version = conn.execute(
+                sa.select(models_table.c.last_version).where(models_table.c.model_id == model_id)
+            ).scalar_one()
+            conn.execute(
+                versions_table.insert().values(
+                    model_id=model_id,
+                    version=version,
+                    card_json=json.dumps(card.to_dict(), sort_keys=True),
+                    create_time_us=now,
+                    deprecated=False,
+                    deprecation_message="",
+                    signatures_json=json.dumps([_signature_json(sig) for sig in signatures]),
+                )
+            )
+            rows = [
+                dict(
+                    model_id=model_id,
+                    version=version,
+                    format=a.format.value,
+                    sha256=a.sha256,
+                    size_bytes=a.size_bytes,
+                    derived=a.derived,
+                )
+                for a in artifacts
+            ]
             if rows:
                 conn.execute(artifacts_table.insert(), rows)
             return self._load_version(conn, model_id, version)
@@ -106,19 +143,20 @@ class Catalog:
         with write_transaction(self._engine) as conn:
             self._require_version(conn, model_id, version)
             insert = dialect_insert(conn)(aliases_table).values(model_id=model_id, alias=alias, version=version)
-            conn.execute(insert.on_conflict_do_update(index_elements=["model_id", "alias"],
-                                                      set_={"version": version}))
-            conn.execute(models_table.update().where(models_table.c.model_id == model_id)
-                         .values(update_time_us=_now_us()))
+            conn.execute(insert.on_conflict_do_update(index_elements=["model_id", "alias"], set_={"version": version}))
+            conn.execute(
+                models_table.update().where(models_table.c.model_id == model_id).values(update_time_us=_now_us())
+            )
             return self._load_version(conn, model_id, version)
 
     def deprecate(self, *, model_id: str, version: int, message: str) -> VersionRecord:
         """Flags a version as deprecated (repeatable; the last message wins)."""
         with write_transaction(self._engine) as conn:
-            result = conn.execute(versions_table.update()
-                                  .where(versions_table.c.model_id == model_id,
-                                         versions_table.c.version == version)
-                                  .values(deprecated=True, deprecation_message=message))
+            result = conn.execute(
+                versions_table.update()
+                .where(versions_table.c.model_id == model_id, versions_table.c.version == version)
+                .values(deprecated=True, deprecation_message=message)
+            )
             if result.rowcount == 0:
                 raise version_not_found(model_id, version)
             return self._load_version(conn, model_id, version)
@@ -127,16 +165,24 @@ class Catalog:
         """Deletes a version, its artifact rows and aliases (blob files are left to the collector)."""
         with write_transaction(self._engine) as conn:
             # Children first, explicitly: SQLite only cascades with foreign_keys=ON.
-            conn.execute(aliases_table.delete().where(aliases_table.c.model_id == model_id,
-                                                      aliases_table.c.version == version))
-            conn.execute(artifacts_table.delete().where(artifacts_table.c.model_id == model_id,
-                                                        artifacts_table.c.version == version))
-            result = conn.execute(versions_table.delete().where(versions_table.c.model_id == model_id,
-                                                                versions_table.c.version == version))
+            conn.execute(
+                aliases_table.delete().where(aliases_table.c.model_id == model_id, aliases_table.c.version == version)
+            )
+            conn.execute(
+                artifacts_table.delete().where(
+                    artifacts_table.c.model_id == model_id, artifacts_table.c.version == version
+                )
+            )
+            result = conn.execute(
+                versions_table.delete().where(
+                    versions_table.c.model_id == model_id, versions_table.c.version == version
+                )
+            )
             if result.rowcount == 0:
                 raise version_not_found(model_id, version)
-            conn.execute(models_table.update().where(models_table.c.model_id == model_id)
-                         .values(update_time_us=_now_us()))
+            conn.execute(
+                models_table.update().where(models_table.c.model_id == model_id).values(update_time_us=_now_us())
+            )
 
     # -- reads -------------------------------------------------------------
     def get_version(self, *, model_id: str, version: int | None = None, alias: str | None = None) -> VersionRecord:
@@ -159,9 +205,12 @@ class Catalog:
         """Models that have at least one version, ordered by id."""
         size = page_size_of(page_size)
         query = "models"
-        stmt = (sa.select(models_table).order_by(models_table.c.model_id)
-                .where(sa.exists().where(versions_table.c.model_id == models_table.c.model_id))
-                .limit(size + 1))
+        stmt = (
+            sa.select(models_table)
+            .order_by(models_table.c.model_id)
+            .where(sa.exists().where(versions_table.c.model_id == models_table.c.model_id))
+            .limit(size + 1)
+        )
         if page_token:
             stmt = stmt.where(models_table.c.model_id > self._tokens.decode(page_token, query=query, kind=str))
         with self._engine.connect() as conn:
@@ -174,8 +223,12 @@ class Catalog:
         """Versions of one model, newest first; NotFound if the model never existed."""
         size = page_size_of(page_size)
         query = f"versions:{model_id}"
-        stmt = (sa.select(versions_table).where(versions_table.c.model_id == model_id)
-                .order_by(versions_table.c.version.desc()).limit(size + 1))
+        stmt = (
+            sa.select(versions_table)
+            .where(versions_table.c.model_id == model_id)
+            .order_by(versions_table.c.version.desc())
+            .limit(size + 1)
+        )
         if page_token:
             stmt = stmt.where(versions_table.c.version < self._tokens.decode(page_token, query=query, kind=int))
         with self._engine.connect() as conn:
@@ -194,8 +247,12 @@ class Catalog:
     def is_referenced(self, sha256: str) -> bool:
         """Whether any version's artifact references `sha256` now."""
         with self._engine.connect() as conn:
-            return conn.execute(sa.select(artifacts_table.c.sha256)
-                                .where(artifacts_table.c.sha256 == sha256).limit(1)).first() is not None
+            return (
+                conn.execute(
+                    sa.select(artifacts_table.c.sha256).where(artifacts_table.c.sha256 == sha256).limit(1)
+                ).first()
+                is not None
+            )
 
     def ping(self) -> None:
         """One round trip to the database (raises if it is unreachable)."""
@@ -205,12 +262,17 @@ class Catalog:
     # -- helpers -----------------------------------------------------------
     @staticmethod
     def _model_exists(conn: sa.Connection, model_id: str) -> bool:
-        return conn.execute(sa.select(models_table.c.model_id)
-                            .where(models_table.c.model_id == model_id)).first() is not None
+        return (
+            conn.execute(sa.select(models_table.c.model_id).where(models_table.c.model_id == model_id)).first()
+            is not None
+        )
 
     def _require_version(self, conn: sa.Connection, model_id: str, version: int) -> None:
-        found = conn.execute(sa.select(versions_table.c.version).where(
-            versions_table.c.model_id == model_id, versions_table.c.version == version)).first()
+        found = conn.execute(
+            sa.select(versions_table.c.version).where(
+                versions_table.c.model_id == model_id, versions_table.c.version == version
+            )
+        ).first()
         if found is None:
             if not self._model_exists(conn, model_id):
                 raise model_not_found(model_id)
@@ -221,11 +283,15 @@ class Catalog:
             self._require_version(conn, model_id, version)
             return version
         if alias == LATEST:
-            number = conn.execute(sa.select(sa.func.max(versions_table.c.version))
-                                  .where(versions_table.c.model_id == model_id)).scalar()
+            number = conn.execute(
+                sa.select(sa.func.max(versions_table.c.version)).where(versions_table.c.model_id == model_id)
+            ).scalar()
         else:
-            number = conn.execute(sa.select(aliases_table.c.version).where(
-                aliases_table.c.model_id == model_id, aliases_table.c.alias == alias)).scalar()
+            number = conn.execute(
+                sa.select(aliases_table.c.version).where(
+                    aliases_table.c.model_id == model_id, aliases_table.c.alias == alias
+                )
+            ).scalar()
         if number is None:
             if not self._model_exists(conn, model_id):
                 raise model_not_found(model_id)
@@ -238,27 +304,39 @@ class Catalog:
         found: dict[str, dict[str, int]] = {m: {} for m in model_ids}
         if not model_ids:
             return found
-        for row in conn.execute(sa.select(aliases_table.c.model_id, aliases_table.c.alias, aliases_table.c.version)
-                                .where(aliases_table.c.model_id.in_(model_ids))
-                                .order_by(aliases_table.c.model_id, aliases_table.c.alias)):
+        for row in conn.execute(
+            sa.select(aliases_table.c.model_id, aliases_table.c.alias, aliases_table.c.version)
+            .where(aliases_table.c.model_id.in_(model_ids))
+            .order_by(aliases_table.c.model_id, aliases_table.c.alias)
+        ):
             found[row.model_id][row.alias] = int(row.version)
-        for row in conn.execute(sa.select(versions_table.c.model_id, sa.func.max(versions_table.c.version)
-                                          .label("latest"))
-                                .where(versions_table.c.model_id.in_(model_ids))
-                                .group_by(versions_table.c.model_id)):
+        for row in conn.execute(
+            sa.select(versions_table.c.model_id, sa.func.max(versions_table.c.version).label("latest"))
+            .where(versions_table.c.model_id.in_(model_ids))
+            .group_by(versions_table.c.model_id)
+        ):
             found[row.model_id][LATEST] = int(row.latest)
         return found
 
     @staticmethod
-    def _artifacts_of(conn: sa.Connection, model_id: str, versions: Sequence[int]) -> dict[int, tuple[ArtifactRecord, ...]]:
+    def _artifacts_of(
+        conn: sa.Connection, model_id: str, versions: Sequence[int]
+    ) -> dict[int, tuple[ArtifactRecord, ...]]:
         found: dict[int, list[ArtifactRecord]] = {v: [] for v in versions}
         if versions:
-            for a in conn.execute(sa.select(artifacts_table).where(
-                    artifacts_table.c.model_id == model_id, artifacts_table.c.version.in_(versions))
-                    .order_by(artifacts_table.c.version, artifacts_table.c.format)):
-                found[int(a.version)].append(ArtifactRecord(format=ArtifactFormat(a.format),
-                                                            size_bytes=int(a.size_bytes), sha256=a.sha256,
-                                                            derived=bool(a.derived)))
+            for a in conn.execute(
+                sa.select(artifacts_table)
+                .where(artifacts_table.c.model_id == model_id, artifacts_table.c.version.in_(versions))
+                .order_by(artifacts_table.c.version, artifacts_table.c.format)
+            ):
+                found[int(a.version)].append(
+                    ArtifactRecord(
+                        format=ArtifactFormat(a.format),
+                        size_bytes=int(a.size_bytes),
+                        sha256=a.sha256,
+                        derived=bool(a.derived),
+                    )
+                )
         return {v: tuple(items) for v, items in found.items()}
 
     def _load_versions(self, conn: sa.Connection, model_id: str, rows: Sequence[sa.Row]) -> tuple[VersionRecord, ...]:
@@ -269,17 +347,24 @@ class Catalog:
         artifacts = self._artifacts_of(conn, model_id, numbers)
         aliases = self._aliases_by_model(conn, [model_id])[model_id]
         return tuple(
-            VersionRecord(model_id=model_id, version=int(row.version),
-                          card=ModelCard.from_dict(json.loads(row.card_json)), artifacts=artifacts[int(row.version)],
-                          aliases=tuple(sorted(a for a, v in aliases.items() if v == int(row.version))),
-                          create_time=_time(row.create_time_us), deprecated=bool(row.deprecated),
-                          deprecation_message=row.deprecation_message,
-                          signatures=tuple(_signature_from_json(d) for d in json.loads(row.signatures_json)))
-            for row in rows)
+            VersionRecord(
+                model_id=model_id,
+                version=int(row.version),
+                card=ModelCard.from_dict(json.loads(row.card_json)),
+                artifacts=artifacts[int(row.version)],
+                aliases=tuple(sorted(a for a, v in aliases.items() if v == int(row.version))),
+                create_time=_time(row.create_time_us),
+                deprecated=bool(row.deprecated),
+                deprecation_message=row.deprecation_message,
+                signatures=tuple(_signature_from_json(d) for d in json.loads(row.signatures_json)),
+            )
+            for row in rows
+        )
 
     def _load_version(self, conn: sa.Connection, model_id: str, version: int) -> VersionRecord:
-        row = conn.execute(sa.select(versions_table).where(
-            versions_table.c.model_id == model_id, versions_table.c.version == version)).first()
+        row = conn.execute(
+            sa.select(versions_table).where(versions_table.c.model_id == model_id, versions_table.c.version == version)
+        ).first()
         if row is None:
             raise version_not_found(model_id, version)
         return self._load_versions(conn, model_id, [row])[0]
@@ -289,28 +374,43 @@ class Catalog:
         if not rows:
             return ()
         ids = [r.model_id for r in rows]
-        counts = {row.model_id: int(row.n) for row in conn.execute(
-            sa.select(versions_table.c.model_id, sa.func.count().label("n"))
-            .where(versions_table.c.model_id.in_(ids)).group_by(versions_table.c.model_id))}
+        counts = {
+            row.model_id: int(row.n)
+            for row in conn.execute(
+                sa.select(versions_table.c.model_id, sa.func.count().label("n"))
+                .where(versions_table.c.model_id.in_(ids))
+                .group_by(versions_table.c.model_id)
+            )
+        }
         aliases = self._aliases_by_model(conn, ids)
         latest = {m: a[LATEST] for m, a in aliases.items() if LATEST in a}
         cards: dict[str, ModelCard] = {}
         if latest:
             pairs = [sa.and_(versions_table.c.model_id == m, versions_table.c.version == v) for m, v in latest.items()]
-            for row in conn.execute(sa.select(versions_table.c.model_id, versions_table.c.card_json)
-                                    .where(sa.or_(*pairs))):
+            for row in conn.execute(
+                sa.select(versions_table.c.model_id, versions_table.c.card_json).where(sa.or_(*pairs))
+            ):
                 cards[row.model_id] = ModelCard.from_dict(json.loads(row.card_json))
         return tuple(
-            ModelRecord(model_id=row.model_id, latest_version=latest.get(row.model_id),
-                        version_count=counts.get(row.model_id, 0), aliases=aliases[row.model_id],
-                        latest_card=cards.get(row.model_id), create_time=_time(row.create_time_us),
-                        update_time=_time(row.update_time_us))
-            for row in rows)
+            ModelRecord(
+                model_id=row.model_id,
+                latest_version=latest.get(row.model_id),
+                version_count=counts.get(row.model_id, 0),
+                aliases=aliases[row.model_id],
+                latest_card=cards.get(row.model_id),
+                create_time=_time(row.create_time_us),
+                update_time=_time(row.update_time_us),
+            )
+            for row in rows
+        )
 
 
 def _signature_json(signature: Signature) -> dict[str, str]:
-    return {"key_id": signature.key_id, "algorithm": signature.algorithm,
-            "signature": base64.b64encode(signature.signature).decode("ascii")}
+    return {
+        "key_id": signature.key_id,
+        "algorithm": signature.algorithm,
+        "signature": base64.b64encode(signature.signature).decode("ascii"),
+    }
 
 
 def _signature_from_json(data: dict[str, str]) -> Signature:

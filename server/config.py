@@ -99,19 +99,34 @@ class ServerConfig:
             raise ValueError(f"chunk_size must be between 4 KiB and 64 MiB, got {self.chunk_size}")
         if self.max_artifact_bytes <= 0:
             raise ValueError(f"max_artifact_bytes must be positive, got {self.max_artifact_bytes}")
-        positive = ("max_workers", "max_reads_per_token", "max_reads", "max_uploads_per_token", "max_uploads",
-                    "max_streams_per_connection", "validation_workers", "validation_memory_bytes",
-                    "validation_cpu_seconds", "validation_timeout_s", "stall_timeout_s", "health_interval_s",
-                    "keepalive_time_s", "keepalive_timeout_s", "max_connection_age_s", "max_connection_idle_s",
-                    "gc_interval_s")
+        positive = (
+            "max_workers",
+            "max_reads_per_token",
+            "max_reads",
+            "max_uploads_per_token",
+            "max_uploads",
+            "max_streams_per_connection",
+            "validation_workers",
+            "validation_memory_bytes",
+            "validation_cpu_seconds",
+            "validation_timeout_s",
+            "stall_timeout_s",
+            "health_interval_s",
+            "keepalive_time_s",
+            "keepalive_timeout_s",
+            "max_connection_age_s",
+            "max_connection_idle_s",
+            "gc_interval_s",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         # The policy checks its own numbers (ValueError saying which flag is wrong).
-        PublishPolicy(max_dp_epsilon=self.max_dp_epsilon, require_audit=self.require_audit,
-                      max_mia_auc=self.max_mia_auc)
+        PublishPolicy(
+            max_dp_epsilon=self.max_dp_epsilon, require_audit=self.require_audit, max_mia_auc=self.max_mia_auc
+        )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:

@@ -15,8 +15,16 @@ from google.protobuf import timestamp_pb2
 
 from xfer.models.card_proto import card_from_proto, card_to_proto
 from xfer.models.errors import ModelError
-from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, Signature,
-                                UploadChunk, UploadHeader, VersionRecord)
+from xfer.server.domain import (
+    ArtifactDeclaration,
+    ArtifactFormat,
+    ArtifactRecord,
+    ModelRecord,
+    Signature,
+    UploadChunk,
+    UploadHeader,
+    VersionRecord,
+)
 from xfer.server.errors import InvalidArgument, Reason
 from xfer.server.runs import LeaderboardRow, RunPrivacy, RunReport, StoredRun
 from xfer.server.transfer import ArtifactRead, Chunk
@@ -37,8 +45,9 @@ def format_from_proto(value: int) -> ArtifactFormat | None:
     try:
         return _FORMATS[value]
     except KeyError:
-        raise InvalidArgument(f"unknown artifact format {value}; use SAFETENSORS, ONNX or "
-                              "TORCH_STATE_DICT", field="format") from None
+        raise InvalidArgument(
+            f"unknown artifact format {value}; use SAFETENSORS, ONNX or TORCH_STATE_DICT", field="format"
+        ) from None
 
 
 def format_to_proto(fmt: ArtifactFormat) -> model_pb2.ArtifactFormat:
@@ -56,27 +65,40 @@ def timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
 # -- versions and models ---------------------------------------------------------
 def artifact_to_proto(artifact: ArtifactRecord) -> model_pb2.Artifact:
     """ArtifactRecord -> xfer.v1.Artifact."""
-    return model_pb2.Artifact(format=format_to_proto(artifact.format), size_bytes=artifact.size_bytes,
-                              sha256=artifact.sha256, derived=artifact.derived)
+    return model_pb2.Artifact(
+        format=format_to_proto(artifact.format),
+        size_bytes=artifact.size_bytes,
+        sha256=artifact.sha256,
+        derived=artifact.derived,
+    )
 
 
 def version_to_proto(record: VersionRecord) -> model_pb2.ModelVersion:
     """VersionRecord -> xfer.v1.ModelVersion."""
     return model_pb2.ModelVersion(
-        name=record.name, version=record.version, card=card_to_proto(record.card),
-        artifacts=[artifact_to_proto(a) for a in record.artifacts], aliases=list(record.aliases),
-        create_time=timestamp(record.create_time), deprecated=record.deprecated,
+        name=record.name,
+        version=record.version,
+        card=card_to_proto(record.card),
+        artifacts=[artifact_to_proto(a) for a in record.artifacts],
+        aliases=list(record.aliases),
+        create_time=timestamp(record.create_time),
+        deprecated=record.deprecated,
         deprecation_message=record.deprecation_message,
-        signatures=[model_pb2.ManifestSignature(key_id=s.key_id, algorithm=s.algorithm, signature=s.signature)
-                    for s in record.signatures],
+        signatures=[
+            model_pb2.ManifestSignature(key_id=s.key_id, algorithm=s.algorithm, signature=s.signature)
+            for s in record.signatures
+        ],
     )
 
 
 def model_to_proto(record: ModelRecord) -> model_pb2.Model:
     """ModelRecord -> xfer.v1.Model."""
     message = model_pb2.Model(
-        name=record.name, version_count=record.version_count, aliases=dict(record.aliases),
-        create_time=timestamp(record.create_time), update_time=timestamp(record.update_time),
+        name=record.name,
+        version_count=record.version_count,
+        aliases=dict(record.aliases),
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
     )
     if record.latest_version is not None:
         message.latest_version = f"{record.name}/versions/{record.latest_version}"
@@ -87,7 +109,8 @@ def model_to_proto(record: ModelRecord) -> model_pb2.Model:
 
 # -- upload stream -----------------------------------------------------------------
 def upload_from_proto(
-        requests: Iterable[registry_service_pb2.CreateModelVersionRequest]) -> Iterator[UploadHeader | UploadChunk]:
+    requests: Iterable[registry_service_pb2.CreateModelVersionRequest],
+) -> Iterator[UploadHeader | UploadChunk]:
     """Lazily converts the request stream; the registry checks the order of header and chunks."""
     for request in requests:
         yield upload_message_from_proto(request)
@@ -101,8 +124,11 @@ def upload_message_from_proto(request: registry_service_pb2.CreateModelVersionRe
     if kind == "chunk":
         fmt = format_from_proto(request.chunk.format)
         if fmt is None:
-            raise InvalidArgument("a chunk has format UNSPECIFIED; set it to the declared artifact's format",
-                                  reason=Reason.INVALID_UPLOAD, field="chunk.format")
+            raise InvalidArgument(
+                "a chunk has format UNSPECIFIED; set it to the declared artifact's format",
+                reason=Reason.INVALID_UPLOAD,
+                field="chunk.format",
+            )
         return UploadChunk(format=fmt, data=request.chunk.data)
     raise InvalidArgument("an upload message carries neither a header nor a chunk", reason=Reason.INVALID_UPLOAD)
 
@@ -110,22 +136,29 @@ def upload_message_from_proto(request: registry_service_pb2.CreateModelVersionRe
 def header_from_proto(header: registry_service_pb2.CreateModelVersionHeader) -> UploadHeader:
     """The upload header; the card is required."""
     if not header.HasField("card"):
-        raise InvalidArgument("the header has no card; every version needs a model card",
-                              reason=Reason.INVALID_CARD, field="header.card")
+        raise InvalidArgument(
+            "the header has no card; every version needs a model card", reason=Reason.INVALID_CARD, field="header.card"
+        )
     declarations = []
     for declared in header.artifacts:
         fmt = format_from_proto(declared.format)
         if fmt is None:
-            raise InvalidArgument("an artifact declaration has format UNSPECIFIED; use SAFETENSORS, ONNX or "
-                                  "TORCH_STATE_DICT", reason=Reason.INVALID_UPLOAD, field="header.artifacts.format")
+            raise InvalidArgument(
+                "an artifact declaration has format UNSPECIFIED; use SAFETENSORS, ONNX or TORCH_STATE_DICT",
+                reason=Reason.INVALID_UPLOAD,
+                field="header.artifacts.format",
+            )
         declarations.append(ArtifactDeclaration(format=fmt, size_bytes=declared.size_bytes, sha256=declared.sha256))
     try:
         card = card_from_proto(header.card)
     except ModelError as exc:
-        raise InvalidArgument(f"invalid model card: {exc}", reason=Reason.INVALID_CARD,
-                              field="header.card") from None
-    return UploadHeader(parent=header.parent, card=card, artifacts=tuple(declarations),
-                        signatures=signatures_from_proto(header.signatures))
+        raise InvalidArgument(f"invalid model card: {exc}", reason=Reason.INVALID_CARD, field="header.card") from None
+    return UploadHeader(
+        parent=header.parent,
+        card=card,
+        artifacts=tuple(declarations),
+        signatures=signatures_from_proto(header.signatures),
+    )
 
 
 #: Ed25519 is the one algorithm clients verify; anything else could only ever fail verification.
@@ -137,22 +170,34 @@ def signatures_from_proto(signatures: Iterable[model_pb2.ManifestSignature]) -> 
     """Upload signatures, checked for form only (clients verify them against the keys they trust)."""
     found = list(signatures)
     if len(found) > MAX_SIGNATURES:
-        raise InvalidArgument(f"{len(found)} signatures; at most {MAX_SIGNATURES} are allowed per version",
-                              reason=Reason.INVALID_UPLOAD, field="header.signatures")
+        raise InvalidArgument(
+            f"{len(found)} signatures; at most {MAX_SIGNATURES} are allowed per version",
+            reason=Reason.INVALID_UPLOAD,
+            field="header.signatures",
+        )
     checked = []
     for i, sig in enumerate(found):
         field = f"header.signatures[{i}]"
         size = SIGNATURE_ALGORITHMS.get(sig.algorithm)
         if size is None:
-            raise InvalidArgument(f"signature {i}: algorithm {sig.algorithm[:32]!r} is not supported; use "
-                                  f"{', '.join(SIGNATURE_ALGORITHMS)}", reason=Reason.INVALID_UPLOAD,
-                                  field=f"{field}.algorithm")
+            raise InvalidArgument(
+                f"signature {i}: algorithm {sig.algorithm[:32]!r} is not supported; use "
+                f"{', '.join(SIGNATURE_ALGORITHMS)}",
+                reason=Reason.INVALID_UPLOAD,
+                field=f"{field}.algorithm",
+            )
         if not re.fullmatch(r"[0-9a-f]{16}", sig.key_id):
-            raise InvalidArgument(f"signature {i}: key_id must be 16 lower-case hex digits", reason=Reason.INVALID_UPLOAD,
-                                  field=f"{field}.key_id")
+            raise InvalidArgument(
+                f"signature {i}: key_id must be 16 lower-case hex digits",
+                reason=Reason.INVALID_UPLOAD,
+                field=f"{field}.key_id",
+            )
         if len(sig.signature) != size:
-            raise InvalidArgument(f"signature {i}: an {sig.algorithm} signature has {size} bytes, got "
-                                  f"{len(sig.signature)}", reason=Reason.INVALID_UPLOAD, field=f"{field}.signature")
+            raise InvalidArgument(
+                f"signature {i}: an {sig.algorithm} signature has {size} bytes, got {len(sig.signature)}",
+                reason=Reason.INVALID_UPLOAD,
+                field=f"{field}.signature",
+            )
         checked.append(Signature(key_id=sig.key_id, algorithm=sig.algorithm, signature=bytes(sig.signature)))
     return tuple(checked)
 
@@ -227,8 +272,13 @@ def run_from_proto(run: metrics_service_pb2.Run) -> RunReport:
         strategy=run.strategy.name,
         hyperparameters=dict(run.strategy.hyperparameters),
         metrics=dict(run.metrics),
-        privacy=RunPrivacy(dp=run.privacy.dp, epsilon_spent=run.privacy.epsilon_spent, delta=run.privacy.delta,
-                           noise_multiplier=run.privacy.noise_multiplier, max_grad_norm=run.privacy.max_grad_norm),
+        privacy=RunPrivacy(
+            dp=run.privacy.dp,
+            epsilon_spent=run.privacy.epsilon_spent,
+            delta=run.privacy.delta,
+            noise_multiplier=run.privacy.noise_multiplier,
+            max_grad_norm=run.privacy.max_grad_norm,
+        ),
         train_examples_pow2=run.train_examples_pow2,
         device_kind=_device_kind_of(run.device_kind),
         wall_seconds=run.wall_seconds,
@@ -258,8 +308,12 @@ def run_to_proto(stored: StoredRun) -> metrics_service_pb2.Run:
         strategy=metrics_service_pb2.Strategy(name=report.strategy, hyperparameters=report.hyperparameters),
         metrics=report.metrics,
         privacy=metrics_service_pb2.RunPrivacy(
-            dp=report.privacy.dp, epsilon_spent=report.privacy.epsilon_spent, delta=report.privacy.delta,
-            noise_multiplier=report.privacy.noise_multiplier, max_grad_norm=report.privacy.max_grad_norm),
+            dp=report.privacy.dp,
+            epsilon_spent=report.privacy.epsilon_spent,
+            delta=report.privacy.delta,
+            noise_multiplier=report.privacy.noise_multiplier,
+            max_grad_norm=report.privacy.max_grad_norm,
+        ),
         train_examples_pow2=report.train_examples_pow2,
         device_kind=cast(metrics_service_pb2.DeviceKind, _DEVICE_ENUMS[report.device_kind]),
         wall_seconds=report.wall_seconds,
@@ -270,5 +324,12 @@ def run_to_proto(stored: StoredRun) -> metrics_service_pb2.Run:
 def leaderboard_to_proto(row: LeaderboardRow) -> metrics_service_pb2.LeaderboardEntry:
     """The wire entry of one leaderboard row."""
     return metrics_service_pb2.LeaderboardEntry(
-        model_version=row.model_version, strategy=row.strategy, dp=row.dp, count=row.count, mean=row.mean,
-        std=row.std, best=row.best, best_run_id=row.best_run_id)
+        model_version=row.model_version,
+        strategy=row.strategy,
+        dp=row.dp,
+        count=row.count,
+        mean=row.mean,
+        std=row.std,
+        best=row.best,
+        best_run_id=row.best_run_id,
+    )

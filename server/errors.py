@@ -83,8 +83,15 @@ class RequestError(XferError):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: Reason = Reason.INTERNAL
 
-    def __init__(self, message: str, *, reason: Reason | None = None, field: str | None = None,
-                 metadata: Mapping[str, str] | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: Reason | None = None,
+        field: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason
@@ -199,16 +206,25 @@ def _database_status(exc: BaseException) -> Status | None:
     if isinstance(exc, sa.exc.DataError):
         # A backstop: validation should refuse such values first (NUL in text, numbers out of range).
         logger.warning("the database refused a value from a request: %s", str(exc).splitlines()[0][:300])
-        return Status(code=grpc.StatusCode.INVALID_ARGUMENT, reason=Reason.INVALID_REQUEST, expected=True,
-                      message="a value in the request cannot be stored (out of range or containing control "
-                              "characters); check the request's numbers and text")
-    unreachable = (isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError))
-                   or (isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated))
+        return Status(
+            code=grpc.StatusCode.INVALID_ARGUMENT,
+            reason=Reason.INVALID_REQUEST,
+            expected=True,
+            message="a value in the request cannot be stored (out of range or containing control "
+            "characters); check the request's numbers and text",
+        )
+    unreachable = isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    )
     if unreachable:
         logger.warning("database unavailable: %s", str(exc).splitlines()[0][:300])
-        return Status(code=grpc.StatusCode.UNAVAILABLE, reason=Reason.DATABASE_UNAVAILABLE, expected=True,
-                      message="the server's database is unavailable right now; retry shortly",
-                      retry_after=DATABASE_RETRY_AFTER)
+        return Status(
+            code=grpc.StatusCode.UNAVAILABLE,
+            reason=Reason.DATABASE_UNAVAILABLE,
+            expected=True,
+            message="the server's database is unavailable right now; retry shortly",
+            retry_after=DATABASE_RETRY_AFTER,
+        )
     return None
 
 
@@ -216,17 +232,29 @@ def status_for(exc: BaseException, *, request_id: str = "-") -> Status:
     """The ONE mapping from an exception raised by server code to a gRPC status."""
     if isinstance(exc, RequestError):
         violations = (FieldViolation(field=exc.field, description=str(exc)),) if exc.field else ()
-        return Status(code=exc.code, message=str(exc), reason=str(exc.reason), expected=True,
-                      metadata=exc.metadata, field_violations=violations, retry_after=exc.retry_after)
+        return Status(
+            code=exc.code,
+            message=str(exc),
+            reason=str(exc.reason),
+            expected=True,
+            metadata=exc.metadata,
+            field_violations=violations,
+            retry_after=exc.retry_after,
+        )
     if isinstance(exc, ModelError):
         # models/ validates cards, configs and weights; its errors are the caller's input.
-        return Status(code=grpc.StatusCode.INVALID_ARGUMENT, message=str(exc), reason=Reason.INVALID_CARD,
-                      expected=True)
+        return Status(
+            code=grpc.StatusCode.INVALID_ARGUMENT, message=str(exc), reason=Reason.INVALID_CARD, expected=True
+        )
     database = _database_status(exc)
     if database is not None:
         return database
-    return Status(code=grpc.StatusCode.INTERNAL, message=INTERNAL_MESSAGE.format(request_id=request_id),
-                  reason=Reason.INTERNAL, expected=False)
+    return Status(
+        code=grpc.StatusCode.INTERNAL,
+        message=INTERNAL_MESSAGE.format(request_id=request_id),
+        reason=Reason.INTERNAL,
+        expected=False,
+    )
 
 
 def shorten(value: str, limit: int = 80) -> str:

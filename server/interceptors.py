@@ -34,8 +34,7 @@ UPLOAD_METHOD = "/xfer.v1.RegistryService/CreateModelVersion"
 class Authorizer(Protocol):
     """Decides whether a call may proceed; raises Unauthenticated / PermissionDenied."""
 
-    def authorize(self, method: str, metadata: Any) -> Any:
-        ...
+    def authorize(self, method: str, metadata: Any) -> Any: ...
 
 
 @dataclasses.dataclass
@@ -54,8 +53,13 @@ class _Call:
 class RpcInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates, limits streams, maps exceptions to rich statuses, measures and logs every RPC."""
 
-    def __init__(self, authorizer: Authorizer, *, limiters: Mapping[str, StreamLimiter] | None = None,
-                 metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        authorizer: Authorizer,
+        *,
+        limiters: Mapping[str, StreamLimiter] | None = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self._authorizer = authorizer
         #: method -> limiter of its concurrent streams, keyed by the caller's token.
         self._limiters = dict(limiters or {})
@@ -76,12 +80,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         else:
             factory, behavior = grpc.unary_unary_rpc_method_handler, handler.unary_unary
         wrapped = self._wrap(method, metadata, behavior)
-        return factory(wrapped, request_deserializer=handler.request_deserializer,
-                       response_serializer=handler.response_serializer)
+        return factory(
+            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
     # -- the wrappers -----------------------------------------------------------------------
     def _wrap(self, method: str, metadata: Any, behavior: Callable) -> Callable:
         if inspect.isasyncgenfunction(behavior):
+
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = self._begin(method, metadata, context)
                 token = REQUEST_ID.set(call.request_id)
@@ -178,4 +184,3 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             self._metrics.latency.labels(method=call.method, code=code).observe(seconds)
         reason = f" {call.reason}" if call.reason and code != "OK" else ""
         access_logger.info("rpc %s %s%s %.1fms", call.method, code, reason, seconds * 1000)
-

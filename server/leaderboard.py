@@ -31,18 +31,32 @@ def leaderboard_rows(engine: sa.Engine, *, conditions: list[Any], maximize: bool
     keys = (base.c.model_version, base.c.strategy, base.c.dp)
     best_of = sa.func.max if maximize else sa.func.min
     stats = (
-        sa.select(*keys, sa.func.count().label("n"), sa.func.avg(base.c.value).label("mean"),
-                  best_of(base.c.value).label("best"))
+        sa.select(
+            *keys,
+            sa.func.count().label("n"),
+            sa.func.avg(base.c.value).label("mean"),
+            best_of(base.c.value).label("best"),
+        )
         .group_by(*keys)
         .subquery("stats")
     )
     deviation = base.c.value - stats.c.mean
     group = (stats.c.model_version, stats.c.strategy, stats.c.dp, stats.c.n, stats.c.mean, stats.c.best)
     query = (
-        sa.select(*group, sa.func.sum(deviation * deviation).label("ss"),
-                  sa.func.min(sa.case((base.c.value == stats.c.best, base.c.run_id))).label("best_run_id"))
-        .join_from(base, stats, sa.and_(base.c.model_version == stats.c.model_version,
-                                        base.c.strategy == stats.c.strategy, base.c.dp == stats.c.dp))
+        sa.select(
+            *group,
+            sa.func.sum(deviation * deviation).label("ss"),
+            sa.func.min(sa.case((base.c.value == stats.c.best, base.c.run_id))).label("best_run_id"),
+        )
+        .join_from(
+            base,
+            stats,
+            sa.and_(
+                base.c.model_version == stats.c.model_version,
+                base.c.strategy == stats.c.strategy,
+                base.c.dp == stats.c.dp,
+            ),
+        )
         .group_by(*group)
     )
     with engine.connect() as conn:

@@ -19,7 +19,7 @@ RETRY_AFTER_S = 2.0
 class StreamSlot:
     """A held place in a `StreamLimiter`; `release` is idempotent."""
 
-    def __init__(self, limiter: "StreamLimiter", key: str) -> None:
+    def __init__(self, limiter: StreamLimiter, key: str) -> None:
         self._limiter = limiter
         self._key = key
         self._held = True
@@ -30,7 +30,7 @@ class StreamSlot:
             self._held = False
             self._limiter._release(self._key)
 
-    def __enter__(self) -> "StreamSlot":
+    def __enter__(self) -> StreamSlot:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -60,15 +60,22 @@ class StreamLimiter:
         """A slot for caller `key`, or ResourceExhausted (STREAM_LIMIT, with RetryInfo) when a cap is reached."""
         with self._lock:
             if self._open[key] >= self._per_key:
-                raise ResourceExhausted(f"this token already has {self._per_key} {self._what} open, the most "
-                                        f"the server allows per token; finish or cancel one and retry (the operator "
-                                        f"sets the cap with {self._flag}-per-token)", reason=Reason.STREAM_LIMIT,
-                                        retry_after=RETRY_AFTER_S, metadata={"limit": str(self._per_key)})
+                raise ResourceExhausted(
+                    f"this token already has {self._per_key} {self._what} open, the most "
+                    f"the server allows per token; finish or cancel one and retry (the operator "
+                    f"sets the cap with {self._flag}-per-token)",
+                    reason=Reason.STREAM_LIMIT,
+                    retry_after=RETRY_AFTER_S,
+                    metadata={"limit": str(self._per_key)},
+                )
             if sum(self._open.values()) >= self._total:
-                raise ResourceExhausted(f"the server has {self._total} {self._what} open, the most it allows; "
-                                        f"retry shortly (the operator sets the cap with {self._flag})",
-                                        reason=Reason.STREAM_LIMIT, retry_after=RETRY_AFTER_S,
-                                        metadata={"limit": str(self._total)})
+                raise ResourceExhausted(
+                    f"the server has {self._total} {self._what} open, the most it allows; "
+                    f"retry shortly (the operator sets the cap with {self._flag})",
+                    reason=Reason.STREAM_LIMIT,
+                    retry_after=RETRY_AFTER_S,
+                    metadata={"limit": str(self._total)},
+                )
             self._open[key] += 1
         return StreamSlot(self, key)
 

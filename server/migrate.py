@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: The revision whose tables a pre-migration database already has.
 BASELINE_REVISION = "0001"
-BASELINE_TABLES = frozenset({"xfer_models", "xfer_versions", "xfer_artifacts", "xfer_aliases", "xfer_runs",
-                             "xfer_run_metrics"})
+BASELINE_TABLES = frozenset(
+    {"xfer_models", "xfer_versions", "xfer_artifacts", "xfer_aliases", "xfer_runs", "xfer_run_metrics"}
+)
 #: Key of the PostgreSQL advisory lock (any constant shared by every replica; "xfermigr" in ASCII).
 ADVISORY_LOCK_KEY = 0x786665726D696772 & 0x7FFFFFFFFFFFFFFF
 
@@ -83,8 +84,7 @@ def migration_lock(engine: sa.Engine) -> Iterator[sa.Connection]:
     backend = engine.dialect.name
     if backend == "sqlite":
         database = engine.url.database
-        lock = (FileLock(f"{database}.migrate.lock") if database and database != ":memory:"
-                else contextlib.nullcontext())
+        lock = FileLock(f"{database}.migrate.lock") if database and database != ":memory:" else contextlib.nullcontext()
         with lock, engine.connect() as connection:
             yield connection
         return
@@ -115,11 +115,12 @@ def upgrade(engine: sa.Engine, *, revision: str = "head") -> MigrationResult:
             if existing:
                 missing = BASELINE_TABLES - existing
                 if missing:
-                    raise SchemaError(f"the database has some xfer tables ({sorted(existing)}) but not "
-                                      f"{sorted(missing)} and no migration history; restore it from a backup "
-                                      "or point --db-url at an empty database")
-                logger.info("adopting a database created before migrations: stamping revision %s",
-                            BASELINE_REVISION)
+                    raise SchemaError(
+                        f"the database has some xfer tables ({sorted(existing)}) but not "
+                        f"{sorted(missing)} and no migration history; restore it from a backup "
+                        "or point --db-url at an empty database"
+                    )
+                logger.info("adopting a database created before migrations: stamping revision %s", BASELINE_REVISION)
                 command.stamp(_config(connection), BASELINE_REVISION)
                 connection.commit()
                 adopted = True
@@ -136,5 +137,7 @@ def require_head(engine: sa.Engine) -> None:
     """Raises SchemaError unless the database is at the head revision (for servers that do not migrate)."""
     current, head = current_revision(engine), head_revision()
     if current != head:
-        raise SchemaError(f"the database schema is at revision {current or 'none'} but this server needs "
-                          f"{head}; run `xfer-server migrate` with the same --db-url first")
+        raise SchemaError(
+            f"the database schema is at revision {current or 'none'} but this server needs "
+            f"{head}; run `xfer-server migrate` with the same --db-url first"
+        )

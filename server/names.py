@@ -12,8 +12,15 @@ import dataclasses
 from xfer.names import ALIAS_RULE, LATEST, MODEL_ID_RULE, is_alias, is_model_id
 from xfer.server.errors import InvalidArgument, Reason, shorten
 
-__all__ = ["LATEST", "MAX_VERSION", "VersionRef", "check_alias", "check_model_id", "parse_model_name",
-           "parse_version_name"]
+__all__ = [
+    "LATEST",
+    "MAX_VERSION",
+    "VersionRef",
+    "check_alias",
+    "check_model_id",
+    "parse_model_name",
+    "parse_version_name",
+]
 
 MAX_VERSION = 2**63 - 1
 
@@ -45,8 +52,11 @@ def check_alias(alias: str, *, settable: bool = False, field: str = "alias") -> 
     if not is_alias(alias):
         raise _invalid(f"invalid alias {shorten(str(alias))}: {ALIAS_RULE}", field)
     if settable and alias == LATEST:
-        raise _invalid("alias 'latest' is owned by the server (it always names the newest "
-                       "version); choose another alias, e.g. 'stable'", field)
+        raise _invalid(
+            "alias 'latest' is owned by the server (it always names the newest "
+            "version); choose another alias, e.g. 'stable'",
+            field,
+        )
     return alias
 
 
@@ -55,22 +65,29 @@ def parse_model_name(name: str, *, field: str = "parent") -> str:
     if not isinstance(name, str) or not name.startswith("models/"):
         raise _invalid(f"invalid model name {shorten(str(name))}: expected 'models/{{model}}'", field)
     # Whatever follows is checked as an id, so '../x' or 'a/b' get the id rule in the message.
-    return check_model_id(name[len("models/"):], field=field)
+    return check_model_id(name[len("models/") :], field=field)
 
 
 def parse_version_name(name: str, *, field: str = "name") -> VersionRef:
     """models/{model}/versions/{number-or-alias} -> VersionRef."""
     if not isinstance(name, str) or not name.startswith("models/") or "/versions/" not in name:
-        raise _invalid(f"invalid version name {shorten(str(name))}: expected "
-                       "'models/{model}/versions/{version}', where {version} is a number or an alias", field)
-    model_id, _, token = name[len("models/"):].rpartition("/versions/")
+        raise _invalid(
+            f"invalid version name {shorten(str(name))}: expected "
+            "'models/{model}/versions/{version}', where {version} is a number or an alias",
+            field,
+        )
+    model_id, _, token = name[len("models/") :].rpartition("/versions/")
     check_model_id(model_id, field=field)
     if token.isascii() and token.isdigit():
         if token.startswith("0") or int(token) > MAX_VERSION:
-            raise _invalid(f"invalid version number {shorten(token)}: versions are numbered from 1, "
-                           "without leading zeros", field)
+            raise _invalid(
+                f"invalid version number {shorten(token)}: versions are numbered from 1, without leading zeros", field
+            )
         return VersionRef(model_id=model_id, version=int(token), alias=None)
     if not is_alias(token):
-        raise _invalid(f"invalid alias {shorten(token)} in {shorten(name)}: {{version}} must be a version "
-                       f"number or an alias; {ALIAS_RULE}", field)
+        raise _invalid(
+            f"invalid alias {shorten(token)} in {shorten(name)}: {{version}} must be a version "
+            f"number or an alias; {ALIAS_RULE}",
+            field,
+        )
     return VersionRef(model_id=model_id, version=None, alias=token)

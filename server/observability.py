@@ -24,8 +24,27 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("xfer_request_i
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 #: RPC latency buckets, from a cache-hit GetModelVersion to a long pull or upload.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                   120.0, 300.0, 600.0, 1800.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+)
 VALIDATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -50,7 +69,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, tz=dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "time": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -82,20 +101,35 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.rpcs = Counter("xfer_rpc_requests", "RPCs finished, by method and status code", ["method", "code"],
-                            registry=r)
-        self.latency = Histogram("xfer_rpc_duration_seconds", "RPC duration, by method and status code",
-                                 ["method", "code"], buckets=LATENCY_BUCKETS, registry=r)
-        self.active_streams = Gauge("xfer_active_streams", "Streaming RPCs in progress, by method", ["method"],
-                                    registry=r)
-        self.bytes_served = Counter("xfer_artifact_bytes_served", "Artifact bytes sent by ReadArtifact, by format",
-                                    ["format"], registry=r)
-        self.bytes_received = Counter("xfer_upload_bytes_received", "Artifact bytes received by CreateModelVersion",
-                                      registry=r)
-        self.validation = Histogram("xfer_validation_duration_seconds", "Sandboxed validation jobs, by job and outcome",
-                                    ["job", "outcome"], buckets=VALIDATION_BUCKETS, registry=r)
-        self.upload_rejections = Counter("xfer_upload_rejections", "CreateModelVersion calls refused, by reason",
-                                         ["reason"], registry=r)
+        self.rpcs = Counter(
+            "xfer_rpc_requests", "RPCs finished, by method and status code", ["method", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "xfer_rpc_duration_seconds",
+            "RPC duration, by method and status code",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "xfer_active_streams", "Streaming RPCs in progress, by method", ["method"], registry=r
+        )
+        self.bytes_served = Counter(
+            "xfer_artifact_bytes_served", "Artifact bytes sent by ReadArtifact, by format", ["format"], registry=r
+        )
+        self.bytes_received = Counter(
+            "xfer_upload_bytes_received", "Artifact bytes received by CreateModelVersion", registry=r
+        )
+        self.validation = Histogram(
+            "xfer_validation_duration_seconds",
+            "Sandboxed validation jobs, by job and outcome",
+            ["job", "outcome"],
+            buckets=VALIDATION_BUCKETS,
+            registry=r,
+        )
+        self.upload_rejections = Counter(
+            "xfer_upload_rejections", "CreateModelVersion calls refused, by reason", ["reason"], registry=r
+        )
         self.database_up = Gauge("xfer_database_up", "1 while the catalog database answers, else 0", registry=r)
         self._http: Any = None
 
@@ -115,5 +149,3 @@ class ServerMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-
-

@@ -28,8 +28,9 @@ MAX_CURSOR_INT = 2**63 - 1
 def page_size_of(requested: int) -> int:
     """0 means the default; above the maximum is clamped; negative is an error."""
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
-        raise InvalidArgument(f"page_size must not be negative, got {requested!r} (0 means {DEFAULT_PAGE_SIZE})",
-                              field="page_size")
+        raise InvalidArgument(
+            f"page_size must not be negative, got {requested!r} (0 means {DEFAULT_PAGE_SIZE})", field="page_size"
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
@@ -57,9 +58,12 @@ class PageTokens:
     @staticmethod
     def invalid() -> InvalidArgument:
         """The one error every malformed, forged or mismatched token gets."""
-        return InvalidArgument("invalid page_token: pass the next_page_token of the previous response "
-                               "unchanged, with the same other request fields (or leave it empty for the first page)",
-                               reason=Reason.INVALID_PAGE_TOKEN, field="page_token")
+        return InvalidArgument(
+            "invalid page_token: pass the next_page_token of the previous response "
+            "unchanged, with the same other request fields (or leave it empty for the first page)",
+            reason=Reason.INVALID_PAGE_TOKEN,
+            field="page_token",
+        )
 
     @staticmethod
     def _fingerprint(query: str) -> str:

@@ -54,8 +54,12 @@ class PublishPolicy:
 
 
 def _refuse(rule: str, message: str) -> FailedPrecondition:
-    return FailedPrecondition(f"publishing policy ({rule}): {message}", reason=Reason.PUBLISH_POLICY,
-                              field="header.card", metadata={"rule": rule})
+    return FailedPrecondition(
+        f"publishing policy ({rule}): {message}",
+        reason=Reason.PUBLISH_POLICY,
+        field="header.card",
+        metadata={"rule": rule},
+    )
 
 
 def enforce(policy: PublishPolicy, card: ModelCard) -> None:
@@ -64,27 +68,45 @@ def enforce(policy: PublishPolicy, card: ModelCard) -> None:
     if policy.max_dp_epsilon is not None:
         limit = policy.max_dp_epsilon
         if card.dp_epsilon is None:
-            raise _refuse("max-dp-epsilon", f"this server publishes only models trained with DP at epsilon <= "
-                          f"{limit:g}, and the card claims no DP; train with `python -m xfer.models.train "
-                          f"--dp-epsilon {limit:g}`")
+            raise _refuse(
+                "max-dp-epsilon",
+                f"this server publishes only models trained with DP at epsilon <= "
+                f"{limit:g}, and the card claims no DP; train with `python -m xfer.models.train "
+                f"--dp-epsilon {limit:g}`",
+            )
         if not card.dp_epsilon <= limit:
-            raise _refuse("max-dp-epsilon", f"the card's DP epsilon {card.dp_epsilon:g} is above the server's limit "
-                          f"{limit:g}; train with a smaller --dp-epsilon")
+            raise _refuse(
+                "max-dp-epsilon",
+                f"the card's DP epsilon {card.dp_epsilon:g} is above the server's limit "
+                f"{limit:g}; train with a smaller --dp-epsilon",
+            )
         bound = audit.epsilon_lower_bound if audit is not None else None
         if bound is not None and not bound <= limit:
-            raise _refuse("max-dp-epsilon", f"the card's DP audit measured epsilon >= {bound:g}, above the server's "
-                          f"limit {limit:g} (whatever the accountant claims)")
+            raise _refuse(
+                "max-dp-epsilon",
+                f"the card's DP audit measured epsilon >= {bound:g}, above the server's "
+                f"limit {limit:g} (whatever the accountant claims)",
+            )
     has_attacks = audit is not None and bool(audit.attacks)
     if policy.require_audit and not has_attacks:
-        raise _refuse("require-audit", "this server publishes only models whose card carries a membership-inference "
-                      "audit; train with `python -m xfer.models.train ... --audit`, or audit the folder with "
-                      "`python -m xfer.models.audit DIR --members ... --non-members ...`")
+        raise _refuse(
+            "require-audit",
+            "this server publishes only models whose card carries a membership-inference "
+            "audit; train with `python -m xfer.models.train ... --audit`, or audit the folder with "
+            "`python -m xfer.models.audit DIR --members ... --non-members ...`",
+        )
     if policy.max_mia_auc is not None:
         if not has_attacks:
-            raise _refuse("max-mia-auc", f"this server publishes only models audited at membership-inference AUC <= "
-                          f"{policy.max_mia_auc:g}, and the card has no audit; run one with --audit")
+            raise _refuse(
+                "max-mia-auc",
+                f"this server publishes only models audited at membership-inference AUC <= "
+                f"{policy.max_mia_auc:g}, and the card has no audit; run one with --audit",
+            )
         assert audit is not None
         worst = max(audit.attacks, key=lambda a: a.auc if math.isfinite(a.auc) else math.inf)
         if not worst.auc <= policy.max_mia_auc:
-            raise _refuse("max-mia-auc", f"the {worst.attack} attack reached AUC {worst.auc:.3f}, above the server's "
-                          f"limit {policy.max_mia_auc:g}; train with DP (or a smaller epsilon) and audit again")
+            raise _refuse(
+                "max-mia-auc",
+                f"the {worst.attack} attack reached AUC {worst.auc:.3f}, above the server's "
+                f"limit {policy.max_mia_auc:g}; train with DP (or a smaller epsilon) and audit again",
+            )

@@ -63,10 +63,20 @@ class ServerProcess:
     # -- lifecycle ----------------------------------------------------------------------
     def command(self) -> list[str]:
         """The command line `start` runs."""
-        return [self.python, "-m", "xfer.server", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                "--log-level", self.log_level, *self.args]
+        return [
+            self.python,
+            "-m",
+            "xfer.server",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            self.log_level,
+            *self.args,
+        ]
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         """Starts the server and waits for its listening line; raises ServerStartError if it does not come."""
         if self.running:
             raise RuntimeError(f"the server is already running on {self.target}")
@@ -83,8 +93,10 @@ class ServerProcess:
         match = lines.wait_for(LISTENING, timeout=self.startup_timeout, metrics=METRICS)
         if match is None:
             self.kill()
-            raise ServerStartError(f"xfer-server did not start (exit code {self.proc.returncode}); its log "
-                                   f"{self.log_path} ends with:\n{self.log_tail()}")
+            raise ServerStartError(
+                f"xfer-server did not start (exit code {self.proc.returncode}); its log "
+                f"{self.log_path} ends with:\n{self.log_tail()}"
+            )
         self.target = match.listening
         self.metrics_target = match.metrics
         return self
@@ -125,12 +137,12 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(30)
 
-    def restart(self) -> "ServerProcess":
+    def restart(self) -> ServerProcess:
         """Kills the server and starts it again on the same data dir (a new port unless `port` is fixed)."""
         self.kill()
         return self.start()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self if self.running else self.start()
 
     def __exit__(self, *exc: object) -> None:

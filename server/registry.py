@@ -25,8 +25,18 @@ from xfer.models.files import sha256_file
 from xfer.server import validate
 from xfer.server.blobs import BlobStore, BlobWriter, check_sha256
 from xfer.server.catalog import Catalog
-from xfer.server.domain import (ArtifactDeclaration, ArtifactFormat, ArtifactRecord, ModelRecord, Page, Signature,
-                                UploadChunk, UploadHeader, VersionRecord, version_name)
+from xfer.server.domain import (
+    ArtifactDeclaration,
+    ArtifactFormat,
+    ArtifactRecord,
+    ModelRecord,
+    Page,
+    Signature,
+    UploadChunk,
+    UploadHeader,
+    VersionRecord,
+    version_name,
+)
 from xfer.server.errors import InvalidArgument, Reason, ResourceExhausted
 from xfer.server.names import VersionRef, check_alias, parse_model_name, parse_version_name
 from xfer.server.policy import PublishPolicy
@@ -55,9 +65,12 @@ class ValidationLimits:
 
     def for_upload(self, *, artifact_bytes: int, weight_bytes: int) -> Limits:
         """The limits of one upload's artifact checks."""
-        return Limits(memory_bytes=self.memory_base_bytes + self.memory_per_byte * (artifact_bytes + weight_bytes),
-                      cpu_seconds=self.cpu_seconds, wall_seconds=self.wall_seconds,
-                      file_bytes=2 * (artifact_bytes + weight_bytes) + 64 * MIB)
+        return Limits(
+            memory_bytes=self.memory_base_bytes + self.memory_per_byte * (artifact_bytes + weight_bytes),
+            cpu_seconds=self.cpu_seconds,
+            wall_seconds=self.wall_seconds,
+            file_bytes=2 * (artifact_bytes + weight_bytes) + 64 * MIB,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +99,16 @@ class _Incoming:
 class Registry:
     """Versions of source models: create, read, alias, deprecate, delete."""
 
-    def __init__(self, *, catalog: Catalog, blobs: BlobStore, limits: RegistryLimits, sandbox: Sandbox,
-                 observe_validation: Callable[[str, str, float], None] | None = None,
-                 policy: PublishPolicy = PublishPolicy()) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        blobs: BlobStore,
+        limits: RegistryLimits,
+        sandbox: Sandbox,
+        observe_validation: Callable[[str, str, float], None] | None = None,
+        policy: PublishPolicy = PublishPolicy(),
+    ) -> None:
         """`observe_validation(job, outcome, seconds)` hears about every sandboxed check (for metrics);
         `policy` is what a new version's card must meet to be published."""
         self._catalog = catalog
@@ -147,12 +167,17 @@ class Registry:
     def deprecate(self, name: str, message: str) -> VersionRecord:
         """Flags a version as deprecated with a message shown to clients."""
         if len(message) > MAX_DEPRECATION_MESSAGE:
-            raise InvalidArgument(f"the deprecation message has {len(message)} characters; at most "
-                                  f"{MAX_DEPRECATION_MESSAGE} are allowed", field="message")
+            raise InvalidArgument(
+                f"the deprecation message has {len(message)} characters; at most {MAX_DEPRECATION_MESSAGE} are allowed",
+                field="message",
+            )
         bad = validate.first_control_character(message, multiline=True)
         if bad is not None:
-            raise InvalidArgument(f"the deprecation message contains the control character U+{ord(bad):04X}; use "
-                                  "printable text (newline and tab are allowed)", field="message")
+            raise InvalidArgument(
+                f"the deprecation message contains the control character U+{ord(bad):04X}; use "
+                "printable text (newline and tab are allowed)",
+                field="message",
+            )
         ref = parse_version_name(name)
         return self._catalog.deprecate(model_id=ref.model_id, version=self._number(ref), message=message)
 
@@ -165,8 +190,9 @@ class Registry:
 
     def collect_garbage(self, *, min_age_s: float = 3600.0) -> int:
         """Removes blob files no version references and nobody touched for `min_age_s`; returns how many."""
-        return self._blobs.collect_garbage(referenced=self._catalog.referenced_shas,
-                                           is_referenced=self._catalog.is_referenced, min_age_s=min_age_s)
+        return self._blobs.collect_garbage(
+            referenced=self._catalog.referenced_shas, is_referenced=self._catalog.is_referenced, min_age_s=min_age_s
+        )
 
     # -- upload --------------------------------------------------------------
     def create_version(self, messages: Iterable[UploadHeader | UploadChunk]) -> VersionRecord:
@@ -179,15 +205,17 @@ class Registry:
         stream = iter(messages)
         header = next(stream, None)
         if not isinstance(header, UploadHeader):
-            raise InvalidArgument("the first message of CreateModelVersion must be the header (model, card, "
-                                  "artifact declarations); send the header, then the chunks",
-                                  reason=Reason.INVALID_UPLOAD)
+            raise InvalidArgument(
+                "the first message of CreateModelVersion must be the header (model, card, "
+                "artifact declarations); send the header, then the chunks",
+                reason=Reason.INVALID_UPLOAD,
+            )
         with self.begin_upload(header) as session:
             for message in stream:
                 session.write(message)
             return session.finish()
 
-    def begin_upload(self, header: UploadHeader) -> "UploadSession":
+    def begin_upload(self, header: UploadHeader) -> UploadSession:
         """Checks an upload's header and opens a temp file per declared artifact.
 
         The card is checked against its architecture in the sandbox on the meta
@@ -200,22 +228,33 @@ class Registry:
         enforce_policy(self._policy, checked.card)
         weights = next(d for d in header.artifacts if d.format in WEIGHT_FORMATS)
         if checked.weight_bytes > self._limits.max_artifact_bytes:
-            raise ResourceExhausted(f"the card describes a model of {checked.parameters:,} parameters "
-                                    f"({checked.weight_bytes:,} bytes of weights), above the server's artifact limit "
-                                    f"of {self._limits.max_artifact_bytes:,} bytes; ask the operator to raise "
-                                    "--max-artifact-mb", reason=Reason.MODEL_TOO_LARGE)
+            raise ResourceExhausted(
+                f"the card describes a model of {checked.parameters:,} parameters "
+                f"({checked.weight_bytes:,} bytes of weights), above the server's artifact limit "
+                f"of {self._limits.max_artifact_bytes:,} bytes; ask the operator to raise "
+                "--max-artifact-mb",
+                reason=Reason.MODEL_TOO_LARGE,
+            )
         if weights.format == ArtifactFormat.SAFETENSORS and checked.weight_bytes > weights.size_bytes:
-            raise InvalidArgument(f"the card describes {checked.weight_bytes:,} bytes of weights but the SAFETENSORS "
-                                  f"artifact declares only {weights.size_bytes:,} bytes; upload the weights of the "
-                                  "model the card describes", reason=Reason.SIZE_MISMATCH,
-                                  field="header.artifacts.size_bytes")
+            raise InvalidArgument(
+                f"the card describes {checked.weight_bytes:,} bytes of weights but the SAFETENSORS "
+                f"artifact declares only {weights.size_bytes:,} bytes; upload the weights of the "
+                "model the card describes",
+                reason=Reason.SIZE_MISMATCH,
+                field="header.artifacts.size_bytes",
+            )
         if header.signatures and checked.card != header.card:
-            raise InvalidArgument("the card is signed but not canonical: its architecture_config lacks fields the "
-                                  "architecture defines (or gives them as other types), so the stored card would not "
-                                  "be the one signed. Sign the card `python -m xfer.models.train` writes, with every "
-                                  "config field given", reason=Reason.INVALID_CARD, field="header.card")
-        return UploadSession(registry=self, model_id=model_id, card=checked,
-                             declarations=header.artifacts, signatures=header.signatures)
+            raise InvalidArgument(
+                "the card is signed but not canonical: its architecture_config lacks fields the "
+                "architecture defines (or gives them as other types), so the stored card would not "
+                "be the one signed. Sign the card `python -m xfer.models.train` writes, with every "
+                "config field given",
+                reason=Reason.INVALID_CARD,
+                field="header.card",
+            )
+        return UploadSession(
+            registry=self, model_id=model_id, card=checked, declarations=header.artifacts, signatures=header.signatures
+        )
 
     def check_card(self, card: ModelCard) -> CardCheck:
         """Validates the card (fields, text, architecture) and returns it canonical, with the model's size.
@@ -226,43 +265,61 @@ class Registry:
         try:
             validate_card(card)
         except ModelError as exc:
-            raise InvalidArgument(f"invalid model card: {exc}", reason=Reason.INVALID_CARD, field="header.card") from None
+            raise InvalidArgument(
+                f"invalid model card: {exc}", reason=Reason.INVALID_CARD, field="header.card"
+            ) from None
         validate.check_card_text(card)
         result = self._sandbox.run("card", {"card": card.to_dict()}, limits=CARD_LIMITS, observe=self._observe).value
-        return CardCheck(card=dataclasses.replace(card, architecture_config=result["config"]),
-                         parameters=int(result["parameters"]), weight_bytes=int(result["weight_bytes"]))
+        return CardCheck(
+            card=dataclasses.replace(card, architecture_config=result["config"]),
+            parameters=int(result["parameters"]),
+            weight_bytes=int(result["weight_bytes"]),
+        )
 
     def _check_declarations(self, declarations: tuple[ArtifactDeclaration, ...]) -> None:
         formats = [d.format for d in declarations]
         if len(formats) != len(set(formats)):
-            raise InvalidArgument("the header declares the same artifact format twice; declare each at most once",
-                                  reason=Reason.INVALID_UPLOAD, field="header.artifacts")
+            raise InvalidArgument(
+                "the header declares the same artifact format twice; declare each at most once",
+                reason=Reason.INVALID_UPLOAD,
+                field="header.artifacts",
+            )
         weights = [f for f in formats if f in WEIGHT_FORMATS]
         if len(weights) != 1:
-            raise InvalidArgument("declare exactly one weights artifact: SAFETENSORS (preferred) or "
-                                  "TORCH_STATE_DICT; ONNX alone cannot be checked against the architecture",
-                                  reason=Reason.INVALID_UPLOAD, field="header.artifacts")
+            raise InvalidArgument(
+                "declare exactly one weights artifact: SAFETENSORS (preferred) or "
+                "TORCH_STATE_DICT; ONNX alone cannot be checked against the architecture",
+                reason=Reason.INVALID_UPLOAD,
+                field="header.artifacts",
+            )
         for d in declarations:
             check_sha256(d.sha256, what=f"the declared sha256 of the {d.format.name} artifact")
             if d.size_bytes <= 0:
-                raise InvalidArgument(f"the declared size of the {d.format.name} artifact must be positive, "
-                                      f"got {d.size_bytes}", reason=Reason.INVALID_UPLOAD,
-                                      field="header.artifacts.size_bytes")
+                raise InvalidArgument(
+                    f"the declared size of the {d.format.name} artifact must be positive, got {d.size_bytes}",
+                    reason=Reason.INVALID_UPLOAD,
+                    field="header.artifacts.size_bytes",
+                )
             if d.size_bytes > self._limits.max_artifact_bytes:
-                raise ResourceExhausted(f"the {d.format.name} artifact declares {d.size_bytes} bytes, above the "
-                                        f"server's limit of {self._limits.max_artifact_bytes}; ask the operator to "
-                                        "raise --max-artifact-mb", reason=Reason.ARTIFACT_TOO_LARGE)
+                raise ResourceExhausted(
+                    f"the {d.format.name} artifact declares {d.size_bytes} bytes, above the "
+                    f"server's limit of {self._limits.max_artifact_bytes}; ask the operator to "
+                    "raise --max-artifact-mb",
+                    reason=Reason.ARTIFACT_TOO_LARGE,
+                )
 
-    def _validate_and_store(self, *, checked: CardCheck, incoming: dict[ArtifactFormat, _Incoming],
-                            cleanup: contextlib.ExitStack) -> list[ArtifactRecord]:
+    def _validate_and_store(
+        self, *, checked: CardCheck, incoming: dict[ArtifactFormat, _Incoming], cleanup: contextlib.ExitStack
+    ) -> list[ArtifactRecord]:
         """Runs every artifact check in the sandbox on the temp files, then moves the blobs into place."""
         payload: dict[str, object] = {"card": checked.card.to_dict()}
         weights_writer = incoming.get(ArtifactFormat.SAFETENSORS)
         weights_path: Path
         if ArtifactFormat.TORCH_STATE_DICT in incoming:
             weights_path = self._temp(".safetensors.tmp", cleanup)
-            payload.update(weights_path=str(incoming[ArtifactFormat.TORCH_STATE_DICT].writer.path),
-                           convert_to=str(weights_path))
+            payload.update(
+                weights_path=str(incoming[ArtifactFormat.TORCH_STATE_DICT].writer.path), convert_to=str(weights_path)
+            )
         else:
             assert weights_writer is not None
             weights_path = weights_writer.writer.path
@@ -278,14 +335,28 @@ class Registry:
         artifact_bytes = sum(item.declaration.size_bytes for item in incoming.values())
         limits = self._limits.validation.for_upload(artifact_bytes=artifact_bytes, weight_bytes=checked.weight_bytes)
         result = self._sandbox.run("artifacts", payload, limits=limits, observe=self._observe)
-        logger.info("validated artifacts in %.2fs (%d probes, max |onnx - torch| %.2g%s)", result.seconds,
-                    result.value["probes"], result.value["max_abs_diff"],
-                    ", ONNX derived" if result.value["derived_onnx"] else "")
+        logger.info(
+            "validated artifacts in %.2fs (%d probes, max |onnx - torch| %.2g%s)",
+            result.seconds,
+            result.value["probes"],
+            result.value["max_abs_diff"],
+            ", ONNX derived" if result.value["derived_onnx"] else "",
+        )
         # Uploaded files were hashed while streaming; converted and derived ones are hashed here.
-        weights = _store(self._blobs, weights_path, fmt=ArtifactFormat.SAFETENSORS,
-                         derived=weights_writer is None, writer=weights_writer and weights_writer.writer)
-        onnx = _store(self._blobs, onnx_path, fmt=ArtifactFormat.ONNX, derived=onnx_writer is None,
-                      writer=onnx_writer and onnx_writer.writer)
+        weights = _store(
+            self._blobs,
+            weights_path,
+            fmt=ArtifactFormat.SAFETENSORS,
+            derived=weights_writer is None,
+            writer=weights_writer and weights_writer.writer,
+        )
+        onnx = _store(
+            self._blobs,
+            onnx_path,
+            fmt=ArtifactFormat.ONNX,
+            derived=onnx_writer is None,
+            writer=onnx_writer and onnx_writer.writer,
+        )
         return [weights, onnx]
 
     def _temp(self, suffix: str, cleanup: contextlib.ExitStack) -> Path:
@@ -297,8 +368,15 @@ class Registry:
 class UploadSession:
     """One upload in progress: feed it chunks, then `finish` (or `discard`; a `with` block discards on error)."""
 
-    def __init__(self, *, registry: Registry, model_id: str, card: CardCheck,
-                 declarations: tuple[ArtifactDeclaration, ...], signatures: tuple[Signature, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        model_id: str,
+        card: CardCheck,
+        declarations: tuple[ArtifactDeclaration, ...],
+        signatures: tuple[Signature, ...] = (),
+    ) -> None:
         self._registry = registry
         self._model_id = model_id
         self._card = card
@@ -307,15 +385,16 @@ class UploadSession:
         self._incoming: dict[ArtifactFormat, _Incoming] = {}
         try:
             for declaration in declarations:
-                writer = registry.blobs.writer(max_bytes=declaration.size_bytes,
-                                               label=f"the {declaration.format.name} artifact")
+                writer = registry.blobs.writer(
+                    max_bytes=declaration.size_bytes, label=f"the {declaration.format.name} artifact"
+                )
                 self._cleanup.callback(writer.discard)
                 self._incoming[declaration.format] = _Incoming(declaration=declaration, writer=writer)
         except BaseException:
             self._cleanup.close()
             raise
 
-    def __enter__(self) -> "UploadSession":
+    def __enter__(self) -> UploadSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -329,29 +408,41 @@ class UploadSession:
     def write(self, message: UploadHeader | UploadChunk) -> None:
         """Appends one chunk to its artifact's temp file."""
         if isinstance(message, UploadHeader):
-            raise InvalidArgument("a second header arrived mid-upload; send exactly one header, first",
-                                  reason=Reason.INVALID_UPLOAD)
+            raise InvalidArgument(
+                "a second header arrived mid-upload; send exactly one header, first", reason=Reason.INVALID_UPLOAD
+            )
         item = self._incoming.get(message.format)
         if item is None:
-            raise InvalidArgument(f"a chunk of format {message.format.name} arrived but the header declared "
-                                  f"only {[f.name for f in self._incoming]}", reason=Reason.INVALID_UPLOAD,
-                                  field="chunk.format")
+            raise InvalidArgument(
+                f"a chunk of format {message.format.name} arrived but the header declared "
+                f"only {[f.name for f in self._incoming]}",
+                reason=Reason.INVALID_UPLOAD,
+                field="chunk.format",
+            )
         if item.writer.size + len(message.data) > item.declaration.size_bytes:
-            raise InvalidArgument(f"the {message.format.name} artifact is longer than its declared "
-                                  f"{item.declaration.size_bytes} bytes; declare the real size",
-                                  reason=Reason.SIZE_MISMATCH, field="header.artifacts.size_bytes")
+            raise InvalidArgument(
+                f"the {message.format.name} artifact is longer than its declared "
+                f"{item.declaration.size_bytes} bytes; declare the real size",
+                reason=Reason.SIZE_MISMATCH,
+                field="header.artifacts.size_bytes",
+            )
         item.writer.write(message.data)
 
     def finish(self) -> VersionRecord:
         """Checks sizes and digests, validates in the sandbox, stores the blobs and commits the version."""
         for item in self._incoming.values():
             _check_received(item)
-        artifacts = self._registry._validate_and_store(checked=self._card, incoming=self._incoming,
-                                                       cleanup=self._cleanup)
-        record = self._registry.catalog.create_version(model_id=self._model_id, card=self._card.card,
-                                                       artifacts=artifacts, signatures=self._signatures)
-        logger.info("created %s (%s)", record.name,
-                    ", ".join(f"{a.format.value}{' derived' if a.derived else ''} {a.size_bytes} B" for a in artifacts))
+        artifacts = self._registry._validate_and_store(
+            checked=self._card, incoming=self._incoming, cleanup=self._cleanup
+        )
+        record = self._registry.catalog.create_version(
+            model_id=self._model_id, card=self._card.card, artifacts=artifacts, signatures=self._signatures
+        )
+        logger.info(
+            "created %s (%s)",
+            record.name,
+            ", ".join(f"{a.format.value}{' derived' if a.derived else ''} {a.size_bytes} B" for a in artifacts),
+        )
         self.discard()
         return record
 
@@ -363,20 +454,27 @@ class UploadSession:
 def _check_received(item: _Incoming) -> None:
     d, w = item.declaration, item.writer
     if w.size != d.size_bytes:
-        raise InvalidArgument(f"the {d.format.name} artifact ended after {w.size} of its declared "
-                              f"{d.size_bytes} bytes; send every chunk (or declare the real size)",
-                              reason=Reason.SIZE_MISMATCH, field="header.artifacts.size_bytes")
+        raise InvalidArgument(
+            f"the {d.format.name} artifact ended after {w.size} of its declared "
+            f"{d.size_bytes} bytes; send every chunk (or declare the real size)",
+            reason=Reason.SIZE_MISMATCH,
+            field="header.artifacts.size_bytes",
+        )
     if w.sha256 != d.sha256:
-        raise InvalidArgument(f"sha256 mismatch for the {d.format.name} artifact: declared {d.sha256}, "
-                              f"received bytes hash to {w.sha256}; the upload was corrupted or the "
-                              "declaration is wrong — recompute it and upload again",
-                              reason=Reason.DIGEST_MISMATCH, field="header.artifacts.sha256",
-                              metadata={"format": d.format.name, "declared": d.sha256, "received": w.sha256})
+        raise InvalidArgument(
+            f"sha256 mismatch for the {d.format.name} artifact: declared {d.sha256}, "
+            f"received bytes hash to {w.sha256}; the upload was corrupted or the "
+            "declaration is wrong — recompute it and upload again",
+            reason=Reason.DIGEST_MISMATCH,
+            field="header.artifacts.sha256",
+            metadata={"format": d.format.name, "declared": d.sha256, "received": w.sha256},
+        )
     w.finish()
 
 
-def _store(blobs: BlobStore, path: Path, *, fmt: ArtifactFormat, derived: bool,
-           writer: BlobWriter | None) -> ArtifactRecord:
+def _store(
+    blobs: BlobStore, path: Path, *, fmt: ArtifactFormat, derived: bool, writer: BlobWriter | None
+) -> ArtifactRecord:
     """Moves a checked temp file into the blob store, hashing it unless its writer already did."""
     if writer is not None:
         sha256, size = writer.sha256, writer.size

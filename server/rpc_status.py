@@ -24,13 +24,17 @@ def status_proto(status: Status) -> status_pb2.Status:
     """The google.rpc.Status of `status`, with an ErrorInfo always and the other details when known."""
     message = status.message[:_MAX_DETAIL_TEXT]
     proto = status_pb2.Status(code=status.code.value[0], message=message)
-    info = error_details_pb2.ErrorInfo(reason=status.reason, domain=ERROR_DOMAIN,
-                                       metadata={k: v[:256] for k, v in status.metadata.items()})
+    info = error_details_pb2.ErrorInfo(
+        reason=status.reason, domain=ERROR_DOMAIN, metadata={k: v[:256] for k, v in status.metadata.items()}
+    )
     proto.details.add().Pack(info)
     if status.field_violations:
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description[:_MAX_DETAIL_TEXT])
-            for v in status.field_violations])
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description[:_MAX_DETAIL_TEXT])
+                for v in status.field_violations
+            ]
+        )
         proto.details.add().Pack(bad)
     if status.retry_after is not None and math.isfinite(status.retry_after):
         seconds = max(0.0, status.retry_after)

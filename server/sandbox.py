@@ -57,8 +57,11 @@ class Limits:
 
     def as_dict(self) -> dict[str, int]:
         """The limits the child applies to itself."""
-        return {"memory_bytes": int(self.memory_bytes), "cpu_seconds": max(1, int(self.cpu_seconds)),
-                "file_bytes": int(self.file_bytes)}
+        return {
+            "memory_bytes": int(self.memory_bytes),
+            "cpu_seconds": max(1, int(self.cpu_seconds)),
+            "file_bytes": int(self.file_bytes),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +80,12 @@ class _Worker:
     """One `python -m xfer.server.sandbox_worker` process and the thread reading its answers."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "xfer.server.sandbox_worker"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "xfer.server.sandbox_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
         self.pending: dict[str, concurrent.futures.Future] = {}
         self.lock = threading.Lock()
         self.ready: concurrent.futures.Future[bool] = concurrent.futures.Future()
@@ -172,8 +179,14 @@ class Sandbox:
         if worker is not None:
             worker.stop()
 
-    def run(self, job: str, payload: dict[str, Any], *, limits: Limits,
-            observe: Callable[[str, str, float], None] | None = None) -> JobResult:
+    def run(
+        self,
+        job: str,
+        payload: dict[str, Any],
+        *,
+        limits: Limits,
+        observe: Callable[[str, str, float], None] | None = None,
+    ) -> JobResult:
         """Runs `job` (a name in validation_jobs.JOBS) on `payload` in a child process; blocks until it ends.
 
         Returns the job's JSON result. Raises the job's own InvalidArgument /
@@ -200,8 +213,13 @@ class Sandbox:
 
     def _run(self, job: str, payload: dict[str, Any], limits: Limits) -> JobResult:
         with self._slots:
-            request = {"id": str(next(self._ids)), "job": job, "payload": payload, "limits": limits.as_dict(),
-                       "wall_seconds": limits.wall_seconds}
+            request = {
+                "id": str(next(self._ids)),
+                "job": job,
+                "payload": payload,
+                "limits": limits.as_dict(),
+                "wall_seconds": limits.wall_seconds,
+            }
             started = time.monotonic()
             try:
                 future = self._current_worker().submit(request)
@@ -219,8 +237,9 @@ class Sandbox:
         seconds = time.monotonic() - started
         answer = message.get("answer")
         if answer is None:
-            raise self._death(job, message.get("exit"), limits=limits, timed_out=bool(message.get("timed_out")),
-                              seconds=seconds)
+            raise self._death(
+                job, message.get("exit"), limits=limits, timed_out=bool(message.get("timed_out")), seconds=seconds
+            )
         if "error" in answer:
             raise self._failure(job, answer["error"], limits=limits)
         return JobResult(value=answer["result"], seconds=seconds)
@@ -228,19 +247,28 @@ class Sandbox:
     @staticmethod
     def _death(job: str, exit_code: int | None, *, limits: Limits, timed_out: bool, seconds: float) -> Exception:
         if timed_out:
-            return ResourceExhausted(f"validation took longer than {limits.wall_seconds:g} s and was stopped; "
-                                     "upload a model that runs faster, or ask the operator to raise "
-                                     "--validation-timeout", reason=Reason.VALIDATION_LIMIT)
+            return ResourceExhausted(
+                f"validation took longer than {limits.wall_seconds:g} s and was stopped; "
+                "upload a model that runs faster, or ask the operator to raise "
+                "--validation-timeout",
+                reason=Reason.VALIDATION_LIMIT,
+            )
         if exit_code in (-signal.SIGXCPU, -signal.SIGKILL):
-            return ResourceExhausted(f"validation used more than {limits.cpu_seconds} s of CPU and was stopped; "
-                                     "upload a model that runs faster, or ask the operator to raise "
-                                     "--validation-cpu-seconds", reason=Reason.VALIDATION_LIMIT)
+            return ResourceExhausted(
+                f"validation used more than {limits.cpu_seconds} s of CPU and was stopped; "
+                "upload a model that runs faster, or ask the operator to raise "
+                "--validation-cpu-seconds",
+                reason=Reason.VALIDATION_LIMIT,
+            )
         if exit_code is not None and exit_code < 0 and -exit_code in _MEMORY_SIGNALS:
             # Under RLIMIT_AS, a C++ allocation failure (std::bad_alloc) usually ends in abort().
             name = signal.Signals(-exit_code).name
-            return ResourceExhausted(f"validation crashed ({name}), most likely by exceeding its memory limit of "
-                                     f"{limits.memory_bytes // MIB} MiB; upload a smaller model, or ask the operator "
-                                     "to raise --validation-memory-mb", reason=Reason.VALIDATION_LIMIT)
+            return ResourceExhausted(
+                f"validation crashed ({name}), most likely by exceeding its memory limit of "
+                f"{limits.memory_bytes // MIB} MiB; upload a smaller model, or ask the operator "
+                "to raise --validation-memory-mb",
+                reason=Reason.VALIDATION_LIMIT,
+            )
         logger.error("validation job %s died with exit code %s after %.1fs", job, exit_code, seconds)
         return RuntimeError(f"validation job {job} died with exit code {exit_code}")
 
@@ -249,17 +277,21 @@ class Sandbox:
         kind = error.get("kind")
         message = str(error.get("message", ""))
         if kind == "memory":
-            return ResourceExhausted(f"validation needed more than its memory limit of {limits.memory_bytes // MIB} "
-                                     "MiB and was stopped (a graph or model that allocates far more than its "
-                                     "artifacts hold); upload a smaller model, or ask the operator to raise "
-                                     "--validation-memory-mb", reason=Reason.VALIDATION_LIMIT)
+            return ResourceExhausted(
+                f"validation needed more than its memory limit of {limits.memory_bytes // MIB} "
+                "MiB and was stopped (a graph or model that allocates far more than its "
+                "artifacts hold); upload a smaller model, or ask the operator to raise "
+                "--validation-memory-mb",
+                reason=Reason.VALIDATION_LIMIT,
+            )
         if kind == "request":
             cls = _CODES.get(str(error.get("code")), InvalidArgument)
             return cls(message, reason=Reason(error.get("reason", Reason.INVALID_ARTIFACT)), field=error.get("field"))
         if kind == "model":
             if job == "card":
-                return InvalidArgument(f"invalid model card: {message}", reason=Reason.INVALID_CARD,
-                                       field="header.card")
+                return InvalidArgument(
+                    f"invalid model card: {message}", reason=Reason.INVALID_CARD, field="header.card"
+                )
             return InvalidArgument(f"the weights do not fit the card: {message}", reason=Reason.INVALID_ARTIFACT)
         if kind == "invalid":
             return InvalidArgument(f"invalid artifact: {message}", reason=Reason.INVALID_ARTIFACT)

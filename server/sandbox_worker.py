@@ -49,14 +49,17 @@ def _fork_job(request: dict[str, Any]) -> _Running:
             os.close(read_fd)
             os.dup2(2, 1)  # library prints go to stderr, never into the protocol
             os.close(0)
-            validation_jobs.child_main(write_fd, job=request["job"], payload=request["payload"], limits=request["limits"])
+            validation_jobs.child_main(
+                write_fd, job=request["job"], payload=request["payload"], limits=request["limits"]
+            )
         except BaseException:
             code = 70
         finally:
             os._exit(code)
     os.close(write_fd)
-    return _Running(job_id=str(request["id"]), pid=pid, fd=read_fd,
-                    deadline=time.monotonic() + float(request["wall_seconds"]))
+    return _Running(
+        job_id=str(request["id"]), pid=pid, fd=read_fd, deadline=time.monotonic() + float(request["wall_seconds"])
+    )
 
 
 def _send(out: BinaryIO, message: dict[str, Any]) -> None:

@@ -15,7 +15,8 @@ metadata = sa.MetaData()
 
 # -- registry ------------------------------------------------------------------
 models_table = sa.Table(
-    "xfer_models", metadata,
+    "xfer_models",
+    metadata,
     sa.Column("model_id", sa.String(63), primary_key=True),
     # Highest number ever handed out; numbers are not reused after deletes.
     sa.Column("last_version", sa.BigInteger, nullable=False, server_default="0"),
@@ -24,9 +25,9 @@ models_table = sa.Table(
 )
 
 versions_table = sa.Table(
-    "xfer_versions", metadata,
-    sa.Column("model_id", sa.String(63), sa.ForeignKey("xfer_models.model_id", ondelete="CASCADE"),
-              primary_key=True),
+    "xfer_versions",
+    metadata,
+    sa.Column("model_id", sa.String(63), sa.ForeignKey("xfer_models.model_id", ondelete="CASCADE"), primary_key=True),
     sa.Column("version", sa.BigInteger, primary_key=True),
     sa.Column("card_json", sa.Text, nullable=False),
     sa.Column("create_time_us", sa.BigInteger, nullable=False),
@@ -37,29 +38,34 @@ versions_table = sa.Table(
 )
 
 artifacts_table = sa.Table(
-    "xfer_artifacts", metadata,
+    "xfer_artifacts",
+    metadata,
     sa.Column("model_id", sa.String(63), primary_key=True),
     sa.Column("version", sa.BigInteger, primary_key=True),
     sa.Column("format", sa.String(32), primary_key=True),
     sa.Column("sha256", sa.String(64), nullable=False, index=True),
     sa.Column("size_bytes", sa.BigInteger, nullable=False),
     sa.Column("derived", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.ForeignKeyConstraint(["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"],
-                            ondelete="CASCADE"),
+    sa.ForeignKeyConstraint(
+        ["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"], ondelete="CASCADE"
+    ),
 )
 
 aliases_table = sa.Table(
-    "xfer_aliases", metadata,
+    "xfer_aliases",
+    metadata,
     sa.Column("model_id", sa.String(63), primary_key=True),
     sa.Column("alias", sa.String(32), primary_key=True),
     sa.Column("version", sa.BigInteger, nullable=False),
-    sa.ForeignKeyConstraint(["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"],
-                            ondelete="CASCADE"),
+    sa.ForeignKeyConstraint(
+        ["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"], ondelete="CASCADE"
+    ),
 )
 
 # -- run reports -----------------------------------------------------------------
 runs_table = sa.Table(
-    "xfer_runs", metadata,
+    "xfer_runs",
+    metadata,
     sa.Column("run_id", sa.String(128), primary_key=True),
     # models/{m}: lets "all versions of a model" be an indexed equality filter.
     sa.Column("model", sa.String(80), nullable=False),
@@ -84,7 +90,8 @@ runs_table = sa.Table(
 )
 
 run_metrics_table = sa.Table(
-    "xfer_run_metrics", metadata,
+    "xfer_run_metrics",
+    metadata,
     sa.Column("run_id", sa.String(128), sa.ForeignKey("xfer_runs.run_id", ondelete="CASCADE"), primary_key=True),
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Double, nullable=False),
@@ -95,7 +102,8 @@ run_metrics_table = sa.Table(
 # -- server-wide settings ----------------------------------------------------------
 #: Values every replica must share, e.g. the key that signs page tokens.
 settings_table = sa.Table(
-    "xfer_settings", metadata,
+    "xfer_settings",
+    metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )

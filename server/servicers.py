@@ -39,20 +39,26 @@ async def next_message(messages: AsyncIterator[Any], *, stall_timeout: float) ->
     """The next request of a client stream, None at its end; UNAVAILABLE if the client sends nothing in time."""
     try:
         return await asyncio.wait_for(anext(messages, None), stall_timeout)
-    except asyncio.TimeoutError:
-        raise Unavailable(f"no upload data arrived for {stall_timeout:g} s, so the server ended the upload; "
-                          "nothing was stored — send the chunks without pausing and upload again",
-                          reason=Reason.STREAM_STALLED, retry_after=1.0) from None
+    except TimeoutError:
+        raise Unavailable(
+            f"no upload data arrived for {stall_timeout:g} s, so the server ended the upload; "
+            "nothing was stored — send the chunks without pausing and upload again",
+            reason=Reason.STREAM_STALLED,
+            retry_after=1.0,
+        ) from None
 
 
 async def write_message(context: grpc.aio.ServicerContext, message: Any, *, stall_timeout: float) -> None:
     """Sends one response, waiting (without a thread) until flow control lets it go; UNAVAILABLE after the timeout."""
     try:
         await asyncio.wait_for(context.write(message), stall_timeout)
-    except asyncio.TimeoutError:
-        raise Unavailable(f"the client read nothing for {stall_timeout:g} s, so the server ended the stream; "
-                          "resume from the bytes received (read_offset) and keep reading",
-                          reason=Reason.STREAM_STALLED, retry_after=1.0) from None
+    except TimeoutError:
+        raise Unavailable(
+            f"the client read nothing for {stall_timeout:g} s, so the server ended the stream; "
+            "resume from the bytes received (read_offset) and keep reading",
+            reason=Reason.STREAM_STALLED,
+            retry_after=1.0,
+        ) from None
     except Exception as exc:
         # A send fails only when the call is already over (the client went away or the server is
         # stopping): that is a cancellation, not a server error.
@@ -68,15 +74,18 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         self._stall_timeout = stall_timeout
         self._metrics = metrics
 
-    async def CreateModelVersion(self, request_iterator: AsyncIterator[rs.CreateModelVersionRequest],
-                                 context: grpc.aio.ServicerContext) -> rs.CreateModelVersionResponse:
+    async def CreateModelVersion(
+        self, request_iterator: AsyncIterator[rs.CreateModelVersionRequest], context: grpc.aio.ServicerContext
+    ) -> rs.CreateModelVersionResponse:
         messages = aiter(request_iterator)
         first = await next_message(messages, stall_timeout=self._stall_timeout)
         header = convert.upload_message_from_proto(first) if first is not None else None
         if not isinstance(header, UploadHeader):
-            raise InvalidArgument("the first message of CreateModelVersion must be the header (model, card, "
-                                  "artifact declarations); send the header, then the chunks",
-                                  reason=Reason.INVALID_UPLOAD)
+            raise InvalidArgument(
+                "the first message of CreateModelVersion must be the header (model, card, "
+                "artifact declarations); send the header, then the chunks",
+                reason=Reason.INVALID_UPLOAD,
+            )
         session = await asyncio.to_thread(self._registry.begin_upload, header)
         try:
             while (message := await next_message(messages, stall_timeout=self._stall_timeout)) is not None:
@@ -94,16 +103,20 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
         return rs.GetModelVersionResponse(model_version=convert.version_to_proto(record))
 
     async def ListModels(self, request, context):
-        page = await asyncio.to_thread(self._registry.list_models, page_size=request.page_size,
-                                       page_token=request.page_token)
-        return rs.ListModelsResponse(models=[convert.model_to_proto(m) for m in page.items],
-                                     next_page_token=page.next_page_token)
+        page = await asyncio.to_thread(
+            self._registry.list_models, page_size=request.page_size, page_token=request.page_token
+        )
+        return rs.ListModelsResponse(
+            models=[convert.model_to_proto(m) for m in page.items], next_page_token=page.next_page_token
+        )
 
     async def ListModelVersions(self, request, context):
-        page = await asyncio.to_thread(self._registry.list_versions, request.parent, page_size=request.page_size,
-                                       page_token=request.page_token)
-        return rs.ListModelVersionsResponse(model_versions=[convert.version_to_proto(v) for v in page.items],
-                                            next_page_token=page.next_page_token)
+        page = await asyncio.to_thread(
+            self._registry.list_versions, request.parent, page_size=request.page_size, page_token=request.page_token
+        )
+        return rs.ListModelVersionsResponse(
+            model_versions=[convert.version_to_proto(v) for v in page.items], next_page_token=page.next_page_token
+        )
 
     async def SetAlias(self, request, context):
         record = await asyncio.to_thread(self._registry.set_alias, request.name, request.alias)
@@ -125,8 +138,15 @@ class TransferServicer:
     pre-encoded chunk responses (convert.read_response_bytes) through.
     """
 
-    def __init__(self, registry: Registry, *, chunk_size: int, stall_timeout: float,
-                 metrics: ServerMetrics | None = None, reads: concurrent.futures.Executor | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        chunk_size: int,
+        stall_timeout: float,
+        metrics: ServerMetrics | None = None,
+        reads: concurrent.futures.Executor | None = None,
+    ) -> None:
         """`reads` runs the chunk reads: a pool of their own, so that metadata calls never queue behind
         the read-aheads of many pulls (None: the loop's default pool)."""
         self._registry = registry
@@ -135,12 +155,19 @@ class TransferServicer:
         self._metrics = metrics
         self._reads = reads
 
-    async def ReadArtifact(self, request: transfer_service_pb2.ReadArtifactRequest,
-                           context: grpc.aio.ServicerContext) -> None:
+    async def ReadArtifact(
+        self, request: transfer_service_pb2.ReadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> None:
         fmt = convert.format_from_proto(request.format)
-        read = await asyncio.to_thread(open_read, self._registry, name=request.name, fmt=fmt,
-                                       read_offset=request.read_offset, read_limit=request.read_limit,
-                                       chunk_size=self._chunk_size)
+        read = await asyncio.to_thread(
+            open_read,
+            self._registry,
+            name=request.name,
+            fmt=fmt,
+            read_offset=request.read_offset,
+            read_limit=request.read_limit,
+            chunk_size=self._chunk_size,
+        )
         served = self._metrics.bytes_served.labels(format=fmt.value) if self._metrics and fmt else None
         sizer = ChunkSizer(self._chunk_size)
         ahead: asyncio.Future | None = None
@@ -180,12 +207,16 @@ async def _settle(pending: asyncio.Future | None) -> None:
 
 def transfer_handler(servicer: TransferServicer) -> grpc.GenericRpcHandler:
     """The TransferService handler, with the pass-through response serializer."""
-    return grpc.method_handlers_generic_handler("xfer.v1.TransferService", {
-        "ReadArtifact": grpc.unary_stream_rpc_method_handler(
-            servicer.ReadArtifact,
-            request_deserializer=transfer_service_pb2.ReadArtifactRequest.FromString,
-            response_serializer=convert.serialize_read_response),
-    })
+    return grpc.method_handlers_generic_handler(
+        "xfer.v1.TransferService",
+        {
+            "ReadArtifact": grpc.unary_stream_rpc_method_handler(
+                servicer.ReadArtifact,
+                request_deserializer=transfer_service_pb2.ReadArtifactRequest.FromString,
+                response_serializer=convert.serialize_read_response,
+            ),
+        },
+    )
 
 
 class RunsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
@@ -197,21 +228,33 @@ class RunsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
     async def ReportRun(self, request: ms.ReportRunRequest, context) -> ms.ReportRunResponse:
         """Stores a run report (idempotent on run_id)."""
         if not request.HasField("run"):
-            raise InvalidArgument("run is required: set ReportRunRequest.run", reason=Reason.INVALID_REPORT,
-                                  field="run")
+            raise InvalidArgument(
+                "run is required: set ReportRunRequest.run", reason=Reason.INVALID_REPORT, field="run"
+            )
         outcome = await asyncio.to_thread(self._store.report, convert.run_from_proto(request.run))
         return ms.ReportRunResponse(run=convert.run_to_proto(outcome.run), duplicate=outcome.duplicate)
 
     async def ListRuns(self, request: ms.ListRunsRequest, context) -> ms.ListRunsResponse:
         """One page of runs, newest first."""
-        page = await asyncio.to_thread(self._store.list_runs, model=request.model, strategy=request.strategy,
-                                       page_size=request.page_size, page_token=request.page_token)
-        return ms.ListRunsResponse(runs=[convert.run_to_proto(run) for run in page.runs],
-                                   next_page_token=page.next_page_token)
+        page = await asyncio.to_thread(
+            self._store.list_runs,
+            model=request.model,
+            strategy=request.strategy,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return ms.ListRunsResponse(
+            runs=[convert.run_to_proto(run) for run in page.runs], next_page_token=page.next_page_token
+        )
 
     async def SummarizeRuns(self, request: ms.SummarizeRunsRequest, context) -> ms.SummarizeRunsResponse:
         """The leaderboard of one metric."""
-        rows = await asyncio.to_thread(self._store.summarize, metric=request.metric, model=request.model,
-                                       goal=convert.goal_from_proto(request.goal))
-        return ms.SummarizeRunsResponse(metric=request.metric,
-                                        entries=[convert.leaderboard_to_proto(row) for row in rows])
+        rows = await asyncio.to_thread(
+            self._store.summarize,
+            metric=request.metric,
+            model=request.model,
+            goal=convert.goal_from_proto(request.goal),
+        )
+        return ms.SummarizeRunsResponse(
+            metric=request.metric, entries=[convert.leaderboard_to_proto(row) for row in rows]
+        )

@@ -17,8 +17,11 @@ from xfer.server.auth import Role, TokenFileError, add_token, load_token_file, r
 
 def build_parser(prog: str = "xfer-server tokens") -> argparse.ArgumentParser:
     """The `tokens` sub-command line."""
-    parser = argparse.ArgumentParser(prog=prog, description="Manage the bearer tokens of xfer-server. The file "
-                                     "stores only sha256 hashes; the server re-reads it when it changes.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Manage the bearer tokens of xfer-server. The file "
+        "stores only sha256 hashes; the server re-reads it when it changes.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="create a token and print it once (only its hash is stored)")
     add.add_argument("--role", required=True, choices=[r.value for r in Role])

@@ -59,8 +59,17 @@ class ChunkSizer:
 class ArtifactRead:
     """An open read: what the first response announces, and the chunks to send. Close it when done."""
 
-    def __init__(self, *, model_version: str, total_size_bytes: int, sha256: str, read_offset: int, end: int,
-                 chunk_size: int, file: BinaryIO) -> None:
+    def __init__(
+        self,
+        *,
+        model_version: str,
+        total_size_bytes: int,
+        sha256: str,
+        read_offset: int,
+        end: int,
+        chunk_size: int,
+        file: BinaryIO,
+    ) -> None:
         self.model_version = model_version
         self.total_size_bytes = total_size_bytes
         self.sha256 = sha256
@@ -82,8 +91,10 @@ class ArtifactRead:
         size = self._chunk_size if size is None else min(size, self._chunk_size)
         data = os.pread(self._file.fileno(), min(size, self._end - self._next), self._next)
         if not data:
-            raise DataLoss("the stored artifact ended early while being read; ask the operator to re-upload it",
-                           reason=Reason.BLOB_CORRUPT)
+            raise DataLoss(
+                "the stored artifact ended early while being read; ask the operator to re-upload it",
+                reason=Reason.BLOB_CORRUPT,
+            )
         chunk = Chunk(offset=self._next, data=data)
         self._next += len(data)
         return chunk
@@ -102,29 +113,46 @@ class ArtifactRead:
         self._file.close()
 
 
-def open_read(registry: Registry, *, name: str, fmt: ArtifactFormat | None, read_offset: int, read_limit: int,
-              chunk_size: int) -> ArtifactRead:
+def open_read(
+    registry: Registry, *, name: str, fmt: ArtifactFormat | None, read_offset: int, read_limit: int, chunk_size: int
+) -> ArtifactRead:
     """Resolves `name`, checks the range and opens the blob (verifying it) for streaming."""
     if fmt is None:
         raise InvalidArgument("format is unspecified; ask for SAFETENSORS or ONNX", field="format")
     if fmt == ArtifactFormat.TORCH_STATE_DICT:
-        raise InvalidArgument("TORCH_STATE_DICT is an upload-only format (stored as SAFETENSORS); ask for "
-                              "SAFETENSORS or ONNX", field="format")
+        raise InvalidArgument(
+            "TORCH_STATE_DICT is an upload-only format (stored as SAFETENSORS); ask for SAFETENSORS or ONNX",
+            field="format",
+        )
     if read_offset < 0 or read_limit < 0:
-        raise InvalidArgument(f"read_offset and read_limit must not be negative (got {read_offset}, {read_limit})",
-                              field="read_offset" if read_offset < 0 else "read_limit")
+        raise InvalidArgument(
+            f"read_offset and read_limit must not be negative (got {read_offset}, {read_limit})",
+            field="read_offset" if read_offset < 0 else "read_limit",
+        )
     record = registry.get_version(name)
     artifact = record.artifact(fmt)
     if artifact is None:
-        raise NotFound(f"{record.name} has no {fmt.name} artifact; it has "
-                       f"{[a.format.name for a in record.artifacts]}", reason=Reason.ARTIFACT_NOT_FOUND,
-                       metadata={"model_version": record.name, "format": fmt.name})
+        raise NotFound(
+            f"{record.name} has no {fmt.name} artifact; it has {[a.format.name for a in record.artifacts]}",
+            reason=Reason.ARTIFACT_NOT_FOUND,
+            metadata={"model_version": record.name, "format": fmt.name},
+        )
     if read_offset > artifact.size_bytes:
-        raise OutOfRange(f"read_offset {read_offset} is past the end of the {fmt.name} artifact of {record.name} "
-                         f"({artifact.size_bytes} bytes); resume from an offset at most the size",
-                         reason=Reason.OFFSET_OUT_OF_RANGE, field="read_offset",
-                         metadata={"size_bytes": str(artifact.size_bytes)})
+        raise OutOfRange(
+            f"read_offset {read_offset} is past the end of the {fmt.name} artifact of {record.name} "
+            f"({artifact.size_bytes} bytes); resume from an offset at most the size",
+            reason=Reason.OFFSET_OUT_OF_RANGE,
+            field="read_offset",
+            metadata={"size_bytes": str(artifact.size_bytes)},
+        )
     end = artifact.size_bytes if read_limit == 0 else min(artifact.size_bytes, read_offset + read_limit)
     f = registry.blobs.open(artifact.sha256, size=artifact.size_bytes)
-    return ArtifactRead(model_version=record.name, total_size_bytes=artifact.size_bytes, sha256=artifact.sha256,
-                        read_offset=read_offset, end=end, chunk_size=chunk_size, file=f)
+    return ArtifactRead(
+        model_version=record.name,
+        total_size_bytes=artifact.size_bytes,
+        sha256=artifact.sha256,
+        read_offset=read_offset,
+        end=end,
+        chunk_size=chunk_size,
+        file=f,
+    )

@@ -34,10 +34,21 @@ logger = logging.getLogger(__name__)
 
 #: Bytes per element of every dtype the safetensors format defines.
 SAFETENSORS_DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 #: The format's own reference implementation refuses headers above 100 MB; ours are tiny.
 MAX_SAFETENSORS_HEADER = 16 * 1024 * 1024
@@ -80,8 +91,9 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return dict(pairs)
 
 
-def parse_safetensors_header(path: str | os.PathLike, *,
-                             max_header_bytes: int = MAX_SAFETENSORS_HEADER) -> SafetensorsHeader:
+def parse_safetensors_header(
+    path: str | os.PathLike, *, max_header_bytes: int = MAX_SAFETENSORS_HEADER
+) -> SafetensorsHeader:
     """Parses and checks a safetensors file's header by hand.
 
     Checks: 8-byte little-endian header length within bounds and the file; a
@@ -99,14 +111,17 @@ def parse_safetensors_header(path: str | os.PathLike, *,
         if header_size > max_header_bytes:
             raise _reject(f"the header claims {header_size} bytes, above the limit of {max_header_bytes}")
         if 8 + header_size > file_size:
-            raise _reject(f"the header claims {header_size} bytes but the file has only {file_size - 8} after "
-                          "the length prefix (truncated file?)")
+            raise _reject(
+                f"the header claims {header_size} bytes but the file has only {file_size - 8} after "
+                "the length prefix (truncated file?)"
+            )
         raw = f.read(header_size)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except RecursionError:
-        raise _reject("the header nests JSON too deeply; a safetensors header is one flat object of "
-                      "tensor entries") from None
+        raise _reject(
+            "the header nests JSON too deeply; a safetensors header is one flat object of tensor entries"
+        ) from None
     except (UnicodeDecodeError, ValueError) as exc:
         if isinstance(exc, InvalidArgument):
             raise
@@ -114,8 +129,9 @@ def parse_safetensors_header(path: str | os.PathLike, *,
     if not isinstance(header, dict):
         raise _reject("the header must be a JSON object")
     metadata = header.pop("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise _reject("__metadata__ must map strings to strings")
     data_size = file_size - 8 - header_size
     tensors: dict[str, TensorInfo] = {}
@@ -125,17 +141,25 @@ def parse_safetensors_header(path: str | os.PathLike, *,
     for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
         if info.begin != covered:
             if info.begin < covered:
-                raise _reject(f"tensor {info.name!r} overlaps the previous tensor (data_offsets begin at "
-                              f"{info.begin}, previous ends at {covered})")
-            raise _reject(f"{info.begin - covered} unused bytes before tensor {info.name!r}; the tensors must "
-                          "cover the data section without gaps")
+                raise _reject(
+                    f"tensor {info.name!r} overlaps the previous tensor (data_offsets begin at "
+                    f"{info.begin}, previous ends at {covered})"
+                )
+            raise _reject(
+                f"{info.begin - covered} unused bytes before tensor {info.name!r}; the tensors must "
+                "cover the data section without gaps"
+            )
         covered = info.end
     if covered > data_size:
-        raise _reject(f"tensor data_offsets run to byte {covered} but the data section has only {data_size} "
-                      "bytes (truncated file or forged offsets)")
+        raise _reject(
+            f"tensor data_offsets run to byte {covered} but the data section has only {data_size} "
+            "bytes (truncated file or forged offsets)"
+        )
     if covered != data_size:
-        raise _reject(f"{data_size - covered} trailing bytes after the last tensor; the tensors must cover the "
-                      "data section exactly")
+        raise _reject(
+            f"{data_size - covered} trailing bytes after the last tensor; the tensors must cover the "
+            "data section exactly"
+        )
     return SafetensorsHeader(tensors=tensors, metadata=metadata, header_size=header_size, data_size=data_size)
 
 
@@ -144,24 +168,36 @@ def _tensor_info(name: str, entry: object) -> TensorInfo:
         raise _reject(f"tensor {name!r} must have exactly the keys dtype, shape, data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in SAFETENSORS_DTYPE_SIZES:
-        raise _reject(f"tensor {name!r} has unknown dtype {str(dtype)[:32]!r}; known: "
-                      f"{sorted(SAFETENSORS_DTYPE_SIZES)}")
+        raise _reject(
+            f"tensor {name!r} has unknown dtype {str(dtype)[:32]!r}; known: {sorted(SAFETENSORS_DTYPE_SIZES)}"
+        )
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise _reject(f"tensor {name!r} shape must be a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
         raise _reject(f"tensor {name!r} data_offsets must be [begin, end] with 0 <= begin <= end")
     expected = math.prod(shape) * SAFETENSORS_DTYPE_SIZES[dtype]
     if offsets[1] - offsets[0] != expected:
-        raise _reject(f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes but shape {shape} of {dtype} "
-                      f"needs {expected}")
+        raise _reject(
+            f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes but shape {shape} of {dtype} needs {expected}"
+        )
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
 
 
 # -- memory exhaustion -------------------------------------------------------------------------
 #: How libraries report an allocation that failed under the sandbox's memory limit.
-_MEMORY_MARKERS = ("Failed to allocate memory", "bad_alloc", "Could not allocate", "Failed to serialize proto",
-                   "out of memory", "Cannot allocate memory")
+_MEMORY_MARKERS = (
+    "Failed to allocate memory",
+    "bad_alloc",
+    "Could not allocate",
+    "Failed to serialize proto",
+    "out of memory",
+    "Cannot allocate memory",
+)
 
 
 def is_memory_error(exc: BaseException | None) -> bool:
@@ -209,30 +245,45 @@ def check_card_text(card: ModelCard) -> None:
     the cursor, rings the bell or reorders characters is never legitimate
     there, and PostgreSQL cannot store NUL at all.
     """
-    fields: list[tuple[str, str, bool]] = [("architecture", card.architecture, False), ("head", card.head, False),
-                                           ("license", card.license, False), ("input_dtype", card.input_dtype, False)]
-    fields += [(name, getattr(card, name), name in MULTILINE_CARD_FIELDS)
-               for name in ("description", "source_task", "preprocessing")]
+    fields: list[tuple[str, str, bool]] = [
+        ("architecture", card.architecture, False),
+        ("head", card.head, False),
+        ("license", card.license, False),
+        ("input_dtype", card.input_dtype, False),
+    ]
+    fields += [
+        (name, getattr(card, name), name in MULTILINE_CARD_FIELDS)
+        for name in ("description", "source_task", "preprocessing")
+    ]
     fields += [(f"blocks[{i}]", b, False) for i, b in enumerate(card.blocks)]
     fields += [(f"label_names[{i}]", label, False) for i, label in enumerate(card.label_names)]
     for key, value in card.framework_versions.items():
-        fields += [(f"framework_versions key {key[:32]!r}", key, False), (f"framework_versions[{key[:32]}]", value, False)]
+        fields += [
+            (f"framework_versions key {key[:32]!r}", key, False),
+            (f"framework_versions[{key[:32]}]", value, False),
+        ]
     fields += [(f"architecture_config key {key[:32]!r}", key, False) for key in card.architecture_config]
-    fields += [(f"architecture_config[{key[:32]}]", value, False)
-               for key, value in card.architecture_config.items() if isinstance(value, str)]
+    fields += [
+        (f"architecture_config[{key[:32]}]", value, False)
+        for key, value in card.architecture_config.items()
+        if isinstance(value, str)
+    ]
     for name, value, multiline in fields:
         if not isinstance(value, str):
             continue
         bad = first_control_character(value, multiline=multiline)
         if bad is not None:
             allowed = " (newline and tab are allowed here)" if multiline else ""
-            raise InvalidArgument(f"invalid model card: {name} contains the control character U+{ord(bad):04X}; "
-                                  f"use printable text only{allowed}", reason=Reason.INVALID_CARD,
-                                  field=f"header.card.{name.split(' ')[0].split('[')[0]}")
+            raise InvalidArgument(
+                f"invalid model card: {name} contains the control character U+{ord(bad):04X}; "
+                f"use printable text only{allowed}",
+                reason=Reason.INVALID_CARD,
+                field=f"header.card.{name.split(' ')[0].split('[')[0]}",
+            )
 
 
 # -- weights (sandbox) -----------------------------------------------------------------------
-def check_tensors_match(header: SafetensorsHeader, card: ModelCard) -> "XferModel":
+def check_tensors_match(header: SafetensorsHeader, card: ModelCard) -> XferModel:
     """Compares tensor names, dtypes and shapes with the card's architecture; returns a fresh module."""
     from xfer.models.weights import model_from_card, tensor_specs
 
@@ -241,18 +292,22 @@ def check_tensors_match(header: SafetensorsHeader, card: ModelCard) -> "XferMode
     missing = sorted(set(expected) - set(header.tensors))
     extra = sorted(set(header.tensors) - set(expected))
     if missing or extra:
-        raise _invalid_artifact(f"the weights do not fit architecture {card.architecture!r} with the card's config: "
-                                f"missing tensors {missing[:5]}, unexpected tensors {[e[:64] for e in extra[:5]]}; "
-                                "export the state dict of the model the card describes")
+        raise _invalid_artifact(
+            f"the weights do not fit architecture {card.architecture!r} with the card's config: "
+            f"missing tensors {missing[:5]}, unexpected tensors {[e[:64] for e in extra[:5]]}; "
+            "export the state dict of the model the card describes"
+        )
     for name, (dtype, shape) in expected.items():
         got = header.tensors[name]
         if got.dtype != dtype or got.shape != shape:
-            raise _invalid_artifact(f"tensor {name!r} is {got.dtype}{list(got.shape)} but architecture "
-                                    f"{card.architecture!r} with the card's config needs {dtype}{list(shape)}")
+            raise _invalid_artifact(
+                f"tensor {name!r} is {got.dtype}{list(got.shape)} but architecture "
+                f"{card.architecture!r} with the card's config needs {dtype}{list(shape)}"
+            )
     return model
 
 
-def load_weights(model: "XferModel", path: str | os.PathLike) -> "XferModel":
+def load_weights(model: XferModel, path: str | os.PathLike) -> XferModel:
     """Loads checked safetensors into `model` strictly; refuses NaN or infinite weights."""
     import torch
 
@@ -264,8 +319,10 @@ def load_weights(model: "XferModel", path: str | os.PathLike) -> "XferModel":
         raise _invalid_artifact(f"invalid safetensors artifact: {exc}") from None
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise _invalid_artifact(f"invalid safetensors artifact: tensor {name!r} contains NaN or infinite "
-                                    "values; a source model's weights must be finite")
+            raise _invalid_artifact(
+                f"invalid safetensors artifact: tensor {name!r} contains NaN or infinite "
+                "values; a source model's weights must be finite"
+            )
     return model
 
 
@@ -283,16 +340,22 @@ def convert_torch_state_dict(src: str | os.PathLike, dst: str | os.PathLike) -> 
         state = torch.load(src, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for hostile or broken files
         _reraise_memory(exc)
-        raise _invalid_artifact("the TORCH_STATE_DICT artifact could not be read with torch.load(weights_only=True) "
-                                f"({_torch_load_reason(exc)}); upload a plain state dict "
-                                "(torch.save(model.state_dict())) or, better, safetensors") from None
+        raise _invalid_artifact(
+            "the TORCH_STATE_DICT artifact could not be read with torch.load(weights_only=True) "
+            f"({_torch_load_reason(exc)}); upload a plain state dict "
+            "(torch.save(model.state_dict())) or, better, safetensors"
+        ) from None
     if not isinstance(state, dict) or not state:
-        raise _invalid_artifact("the TORCH_STATE_DICT artifact must be a non-empty flat dict of tensors "
-                                "(torch.save(model.state_dict())), got " + type(state).__name__)
+        raise _invalid_artifact(
+            "the TORCH_STATE_DICT artifact must be a non-empty flat dict of tensors "
+            "(torch.save(model.state_dict())), got " + type(state).__name__
+        )
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise _invalid_artifact(f"the TORCH_STATE_DICT artifact must map names to tensors; entry "
-                                    f"{str(key)[:64]!r} is a {type(value).__name__}")
+            raise _invalid_artifact(
+                f"the TORCH_STATE_DICT artifact must map names to tensors; entry "
+                f"{str(key)[:64]!r} is a {type(value).__name__}"
+            )
     # clone(): tensors that share storage (tied weights, views) cannot be saved as safetensors.
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(dst))
     with open(dst, "rb") as f:
@@ -302,8 +365,13 @@ def convert_torch_state_dict(src: str | os.PathLike, dst: str | os.PathLike) -> 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # torch's boilerplate around the real reason, including advice to retry with
 # weights_only=False, which must never reach an uploader as a suggestion.
-_TORCH_BOILERPLATE = ("Weights only load failed", "Check the documentation", "Please file an issue",
-                      "In PyTorch", "WeightsUnpickler error")
+_TORCH_BOILERPLATE = (
+    "Weights only load failed",
+    "Check the documentation",
+    "Please file an issue",
+    "In PyTorch",
+    "WeightsUnpickler error",
+)
 
 
 def _torch_load_reason(exc: Exception) -> str:
@@ -313,8 +381,7 @@ def _torch_load_reason(exc: Exception) -> str:
         line = line.removeprefix("WeightsUnpickler error:").strip()
         if line.startswith(("Unsupported", "Trying to load")):
             return line.split(" Please")[0][:300]
-    useful = [line for line in lines if line and not line.startswith(_TORCH_BOILERPLATE)
-              and "weights_only" not in line]
+    useful = [line for line in lines if line and not line.startswith(_TORCH_BOILERPLATE) and "weights_only" not in line]
     return (useful[0] if useful else type(exc).__name__)[:300]
 
 
@@ -328,8 +395,19 @@ PROBE_BATCHES = (1, 2, 3, 4, 5, 8, 16)
 #: Operators a faithful export of a known architecture never contains: data-dependent control flow
 #: (a graph can branch on the batch size or on input values) and randomness (outputs that change
 #: from run to run cannot be checked against the weights).
-FORBIDDEN_OPS = frozenset({"If", "Loop", "Scan", "RandomNormal", "RandomNormalLike", "RandomUniform",
-                           "RandomUniformLike", "Multinomial", "Bernoulli"})
+FORBIDDEN_OPS = frozenset(
+    {
+        "If",
+        "Loop",
+        "Scan",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+    }
+)
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -399,8 +477,11 @@ def external_data_tensors(model) -> list[str]:
     for function in model.functions:
         for node in function.node:
             tensors += _tensors_in_attributes(node.attribute)
-    return [t.name or "<unnamed>" for t in tensors
-            if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0]
+    return [
+        t.name or "<unnamed>"
+        for t in tensors
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0
+    ]
 
 
 def _all_nodes(model) -> list:
@@ -461,8 +542,7 @@ def _worst_difference(got: Any, want: Any) -> float:
     return float(np.max(np.abs(got - want))) if got.size else 0.0
 
 
-def probe_parity(model: "XferModel", serialized: bytes, *, probes: Sequence[Probe],
-                 atol: float = PARITY_ATOL) -> float:
+def probe_parity(model: XferModel, serialized: bytes, *, probes: Sequence[Probe], atol: float = PARITY_ATOL) -> float:
     """Runs every probe through onnxruntime and torch; returns the worst difference.
 
     Raises InvalidArgument when a graph cannot run at some batch size, when an
@@ -486,34 +566,45 @@ def probe_parity(model: "XferModel", serialized: bytes, *, probes: Sequence[Prob
         shape = f"[{probe.batch}, {', '.join(map(str, model.input_shape()))}]"
         for name, value in want.items():
             if not np.isfinite(value).all():
-                raise _invalid_artifact(f"invalid weights: the uploaded weights give non-finite {name} on a probe "
-                                        f"input of shape {shape}; upload weights that compute finite outputs")
+                raise _invalid_artifact(
+                    f"invalid weights: the uploaded weights give non-finite {name} on a probe "
+                    f"input of shape {shape}; upload weights that compute finite outputs"
+                )
         try:
             outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_name: x.numpy()})))
         except Exception as exc:  # onnxruntime raises its own types for graphs it cannot run
             _reraise_memory(exc)
             text = str(exc)
-            raise _invalid_artifact(f"invalid ONNX artifact: onnxruntime could not run it on a probe input of shape "
-                                    f"{shape} ({text[:300]}); export with a dynamic batch dimension") from None
+            raise _invalid_artifact(
+                f"invalid ONNX artifact: onnxruntime could not run it on a probe input of shape "
+                f"{shape} ({text[:300]}); export with a dynamic batch dimension"
+            ) from None
         for name, value in want.items():
             got = np.asarray(outputs[name])
             if got.shape != value.shape:
-                raise _invalid_artifact(f"invalid ONNX artifact: output {name!r} has shape {list(got.shape)} on a "
-                                        f"probe input of shape {shape}; the weights give {list(value.shape)}")
+                raise _invalid_artifact(
+                    f"invalid ONNX artifact: output {name!r} has shape {list(got.shape)} on a "
+                    f"probe input of shape {shape}; the weights give {list(value.shape)}"
+                )
             if not np.isfinite(got).all():
-                raise _invalid_artifact(f"invalid ONNX artifact: output {name!r} is not finite (NaN or infinity) "
-                                        f"on a probe input of shape {shape}; export the ONNX from the uploaded weights")
+                raise _invalid_artifact(
+                    f"invalid ONNX artifact: output {name!r} is not finite (NaN or infinity) "
+                    f"on a probe input of shape {shape}; export the ONNX from the uploaded weights"
+                )
             diff = _worst_difference(got, value)
             if not diff <= atol:
-                raise _invalid_artifact(f"invalid ONNX artifact: its {name} differ from the uploaded weights' by up to "
-                                        f"{diff:.3g} on a probe input of shape {shape} (tolerance {atol:g} absolute); "
-                                        "export the ONNX from the same weights")
+                raise _invalid_artifact(
+                    f"invalid ONNX artifact: its {name} differ from the uploaded weights' by up to "
+                    f"{diff:.3g} on a probe input of shape {shape} (tolerance {atol:g} absolute); "
+                    "export the ONNX from the same weights"
+                )
             worst = max(worst, diff)
     return worst
 
 
-def check_onnx(path: str | os.PathLike, *, model: "XferModel", probes: Sequence[Probe] | None = None,
-               atol: float = PARITY_ATOL) -> OnnxReport:
+def check_onnx(
+    path: str | os.PathLike, *, model: XferModel, probes: Sequence[Probe] | None = None, atol: float = PARITY_ATOL
+) -> OnnxReport:
     """Checks an ONNX artifact: self-contained, valid, opset >= 17, no control flow or randomness, one input,
     outputs `logits` and `features`, and agrees with `model` (the uploaded weights) on every probe
     (`probe_plan()` by default) within `atol`, with finite outputs everywhere."""
@@ -525,20 +616,28 @@ def check_onnx(path: str | os.PathLike, *, model: "XferModel", probes: Sequence[
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:
         _reraise_memory(exc)
-        raise _invalid_artifact(f"invalid ONNX artifact: it does not parse as an ONNX model ({str(exc)[:200]})") from None
+        raise _invalid_artifact(
+            f"invalid ONNX artifact: it does not parse as an ONNX model ({str(exc)[:200]})"
+        ) from None
     external = external_data_tensors(proto)
     if external:
-        raise _invalid_artifact(f"invalid ONNX artifact: tensor(s) {external[:5]} reference external data; upload a "
-                                "self-contained model (onnx.save_model(..., save_as_external_data=False))")
+        raise _invalid_artifact(
+            f"invalid ONNX artifact: tensor(s) {external[:5]} reference external data; upload a "
+            "self-contained model (onnx.save_model(..., save_as_external_data=False))"
+        )
     opsets = [imp.version for imp in proto.opset_import if imp.domain in _STANDARD_DOMAINS]
     if not opsets or max(opsets) < MIN_ONNX_OPSET:
-        raise _invalid_artifact(f"invalid ONNX artifact: opset {max(opsets) if opsets else 'none'} is below "
-                                f"{MIN_ONNX_OPSET}; export with opset_version={MIN_ONNX_OPSET} or later")
+        raise _invalid_artifact(
+            f"invalid ONNX artifact: opset {max(opsets) if opsets else 'none'} is below "
+            f"{MIN_ONNX_OPSET}; export with opset_version={MIN_ONNX_OPSET} or later"
+        )
     forbidden = forbidden_nodes(proto)
     if forbidden:
-        raise _invalid_artifact(f"invalid ONNX artifact: it contains {forbidden[:8]}; a source model's graph must be "
-                                "plain dataflow (no If/Loop/Scan control flow, no random operators, only standard "
-                                "ONNX domains) so that what is checked is what runs")
+        raise _invalid_artifact(
+            f"invalid ONNX artifact: it contains {forbidden[:8]}; a source model's graph must be "
+            "plain dataflow (no If/Loop/Scan control flow, no random operators, only standard "
+            "ONNX domains) so that what is checked is what runs"
+        )
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
@@ -547,8 +646,9 @@ def check_onnx(path: str | os.PathLike, *, model: "XferModel", probes: Sequence[
     outputs = [o.name for o in proto.graph.output]
     missing = [name for name in ("logits", "features") if name not in outputs]
     if missing:
-        raise _invalid_artifact(f"invalid ONNX artifact: outputs {outputs[:8]} lack {missing}; it must output "
-                                "['logits', 'features']")
+        raise _invalid_artifact(
+            f"invalid ONNX artifact: outputs {outputs[:8]} lack {missing}; it must output ['logits', 'features']"
+        )
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [i.name for i in proto.graph.input if i.name not in initializers]
     if len(inputs) != 1:

@@ -77,8 +77,12 @@ def card_job(payload: dict[str, Any]) -> dict[str, Any]:
     specs = tensor_specs(model)
     numbers = [_count(shape) for _, shape in specs.values()]
     weight_bytes = sum(n * _DTYPE_BYTES.get(dtype, 8) for n, (dtype, _) in zip(numbers, specs.values()))
-    return {"config": model.config_dict(), "parameters": sum(numbers), "weight_bytes": weight_bytes,
-            "tensors": len(specs)}
+    return {
+        "config": model.config_dict(),
+        "parameters": sum(numbers),
+        "weight_bytes": weight_bytes,
+        "tensors": len(specs),
+    }
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -114,11 +118,17 @@ def artifacts_job(payload: dict[str, Any]) -> dict[str, Any]:
         except ModelError as exc:
             if validate.is_memory_error(exc):
                 raise MemoryError(str(exc)[:300]) from None
-            raise validate.InvalidArgument(f"could not derive ONNX from the weights: {exc}; upload an ONNX "
-                                           "artifact", reason=validate.Reason.INVALID_ARTIFACT) from None
+            raise validate.InvalidArgument(
+                f"could not derive ONNX from the weights: {exc}; upload an ONNX artifact",
+                reason=validate.Reason.INVALID_ARTIFACT,
+            ) from None
     report = validate.check_onnx(onnx_path, model=model, probes=probes)
-    return {"derived_onnx": derived, "max_abs_diff": report.max_abs_diff, "probes": report.probes,
-            "opset": report.opset}
+    return {
+        "derived_onnx": derived,
+        "max_abs_diff": report.max_abs_diff,
+        "probes": report.probes,
+        "opset": report.opset,
+    }
 
 
 def noop_job(payload: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +148,7 @@ def spin_job(payload: dict[str, Any]) -> dict[str, Any]:
         pass
 
 
-JOBS = {"card": card_job, "artifacts": artifacts_job, "noop": noop_job, "memory_hog": memory_hog_job,
-        "spin": spin_job}
+JOBS = {"card": card_job, "artifacts": artifacts_job, "noop": noop_job, "memory_hog": memory_hog_job, "spin": spin_job}
 
 
 # -- child side ------------------------------------------------------------------------------

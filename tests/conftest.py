@@ -43,8 +43,9 @@ def source_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from xfer.models.train import train_source_model
 
     out = tmp_path_factory.mktemp("source-model")
-    train_source_model(out_dir=out, arch="convnet", classes=range(10), epochs=1, seed=0,
-                       description="test source model")
+    train_source_model(
+        out_dir=out, arch="convnet", classes=range(10), epochs=1, seed=0, description="test source model"
+    )
     return out
 
 
@@ -71,8 +72,9 @@ class PostgresServer:
         import psycopg
 
         name = "t_" + uuid.uuid4().hex[:12]
-        with psycopg.connect(f"host={self.host} port={self.port} user={self.user} dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host={self.host} port={self.port} user={self.user} dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -85,8 +87,10 @@ def postgres_server() -> PostgresServer:
     """
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin "
-                    "(apt-get install postgresql to run these tests)")
+        pytest.skip(
+            "PostgreSQL binaries not found under /usr/lib/postgresql/*/bin "
+            "(apt-get install postgresql to run these tests)"
+        )
     as_root = os.geteuid() == 0
     if as_root and shutil.which("runuser") is None:
         pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
@@ -98,17 +102,38 @@ def postgres_server() -> PostgresServer:
         shutil.chown(data, "nobody")
     prefix = ["runuser", "-u", "nobody", "--"] if as_root else []
     user = "xfer"
-    init = subprocess.run([*prefix, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", user,
-                           "-E", "UTF8", "--no-sync"], capture_output=True, text=True)
+    init = subprocess.run(
+        [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", user, "-E", "UTF8", "--no-sync"],
+        capture_output=True,
+        text=True,
+    )
     if init.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"initdb failed: {init.stderr.strip()[-500:]}")
     port = free_port()
     log = open(root / "postgres.log", "w")
-    proc = subprocess.Popen([*prefix, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),
-                             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                             "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            *prefix,
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(data),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     server = PostgresServer(host="127.0.0.1", port=port, user=user)
     import psycopg
 
@@ -165,44 +190,74 @@ def make_tls_files(directory: Path) -> TlsFiles:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
 
     def key_pem(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (x509.CertificateBuilder().subject_name(name("xfer test CA")).issuer_name(name("xfer test CA"))
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False, encipher_only=False,
-                                            decipher_only=False), critical=True)
-               .sign(ca_key, hashes.SHA256()))
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("xfer test CA"))
+        .issuer_name(name("xfer test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
 
     def leaf(cn: str, usage, san: list | None):
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
         if san:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         return key, builder.sign(ca_key, hashes.SHA256())
 
-    server_key, server_cert = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH,
-                                   [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server_key, server_cert = leaf(
+        "localhost",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
     client_key, client_cert = leaf("xfer test client", ExtendedKeyUsageOID.CLIENT_AUTH, None)
     directory.mkdir(parents=True, exist_ok=True)
-    files = TlsFiles(ca_cert=directory / "ca.pem", server_cert=directory / "xfer.server.pem",
-                     server_key=directory / "xfer.server.key", client_cert=directory / "xfer.client.pem",
-                     client_key=directory / "xfer.client.key")
+    files = TlsFiles(
+        ca_cert=directory / "ca.pem",
+        server_cert=directory / "xfer.server.pem",
+        server_key=directory / "xfer.server.key",
+        client_cert=directory / "xfer.client.pem",
+        client_key=directory / "xfer.client.key",
+    )
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     files.server_key.write_bytes(key_pem(server_key))

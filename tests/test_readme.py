@@ -28,10 +28,15 @@ def test_readme_python_example_runs_as_written(tmp_path, source_model_dir):
             operator.set_alias("digits-convnet:1", "stable")
         script = tmp_path / "example.py"
         script.write_text(readme_example())
-        env = {**os.environ, "XFER_SERVER": server.target, "XFER_TOKEN": server.client_token,
-               "XFER_CACHE": str(tmp_path / "cache")}
-        done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                              cwd=README.parent, timeout=240)
+        env = {
+            **os.environ,
+            "XFER_SERVER": server.target,
+            "XFER_TOKEN": server.client_token,
+            "XFER_CACHE": str(tmp_path / "cache"),
+        }
+        done = subprocess.run(
+            [sys.executable, str(script)], env=env, capture_output=True, text=True, cwd=README.parent, timeout=240
+        )
         assert done.returncode == 0, done.stderr
         accuracy = float(re.search(r"test accuracy (\d\.\d+)", done.stdout).group(1))
         assert 0.0 <= accuracy <= 1.0

@@ -28,8 +28,11 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("ref", metavar="REF")
     finetune_options.add_arguments(p)
     _report_options(p)
-    p = command("fit-head", cmd_fit_head, "pull a model's ONNX, fit a new head on its features (no torch), "
-                "save it, report the run")
+    p = command(
+        "fit-head",
+        cmd_fit_head,
+        "pull a model's ONNX, fit a new head on its features (no torch), save it, report the run",
+    )
     p.add_argument("ref", metavar="REF")
     head_command.add_arguments(p)
     _report_options(p)
@@ -62,8 +65,9 @@ def cmd_finetune(args: argparse.Namespace, io: Io, ctx: Context) -> int:
         bar.close()
     # Per-epoch progress only for a person watching (and never into --json output).
     live = not args.json and io.interactive
-    outcome = command.run(args, model=loaded.module, card=loaded.card, cache_dir=client.cache.root, progress=live,
-                          out=io.out)
+    outcome = command.run(
+        args, model=loaded.module, card=loaded.card, cache_dir=client.cache.root, progress=live, out=io.out
+    )
     return _report(args, io, client, outcome, loaded.model_version, live=live)
 
 
@@ -77,8 +81,14 @@ def cmd_fit_head(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     finally:
         bar.close()
     live = not args.json and io.interactive
-    outcome = head_command.run(args, onnx_path=pulled.blob_path, card=pulled.model_version.card,
-                               cache_dir=client.cache.root, progress=live, out=io.out)
+    outcome = head_command.run(
+        args,
+        onnx_path=pulled.blob_path,
+        card=pulled.model_version.card,
+        cache_dir=client.cache.root,
+        progress=live,
+        out=io.out,
+    )
     return _report(args, io, client, outcome, pulled.model_version, live=live)
 
 
@@ -86,14 +96,20 @@ def _report(args: argparse.Namespace, io: Io, client: Any, outcome: Any, model_v
     """Reports the outcome's run (unless --no-report) and prints what happened."""
     reported = None
     if not args.no_report:
-        run = outcome.to_run(run_id=args.run_id or f"{model_version.model}-{uuid.uuid4().hex[:16]}",
-                             model_version=model_version.name)
+        run = outcome.to_run(
+            run_id=args.run_id or f"{model_version.model}-{uuid.uuid4().hex[:16]}", model_version=model_version.name
+        )
         reported = client.report(run)
     if args.json:
-        io.json({"model_version": model_version.name, "outputs": jsonable(getattr(outcome, "paths", None)),
-                 "report_fields": jsonable(outcome.report_fields()),
-                 "run": reported.run.to_dict() if reported else None,
-                 "duplicate": reported.duplicate if reported else None})
+        io.json(
+            {
+                "model_version": model_version.name,
+                "outputs": jsonable(getattr(outcome, "paths", None)),
+                "report_fields": jsonable(outcome.report_fields()),
+                "run": reported.run.to_dict() if reported else None,
+                "duplicate": reported.duplicate if reported else None,
+            }
+        )
         return EXIT_OK
     if not live:
         io.print(outcome.summary())  # printed by the engine itself when live

@@ -33,8 +33,7 @@ def cmd_login(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     else:
         token = getpass.getpass(f"token for {server}: ").strip()
     if not token:
-        raise InvalidArgumentError("no token given; paste the token an operator created with "
-                                   "`xfer-server tokens add`")
+        raise InvalidArgumentError("no token given; paste the token an operator created with `xfer-server tokens add`")
     args.token = token  # the client below uses it, not any token stored before
     if not args.no_verify:
         ctx.client.list_models()  # a refused token raises AuthenticationError; nothing is stored then

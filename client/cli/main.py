@@ -79,14 +79,17 @@ def _version() -> str:
 
 def build_parser(io: Io | None = None) -> argparse.ArgumentParser:
     """The `xfer` argument parser with every subcommand; help and errors go to `io` when given."""
-    parser = _Parser(prog="xfer", description="Pull, adapt and report on privacy-preserving source models.",
-                     epilog="References: MODEL (alias latest), MODEL:VERSION or MODEL@ALIAS.", io=io)
+    parser = _Parser(
+        prog="xfer",
+        description="Pull, adapt and report on privacy-preserving source models.",
+        epilog="References: MODEL (alias latest), MODEL:VERSION or MODEL@ALIAS.",
+        io=io,
+    )
     parser.add_argument("--version", action="version", version=_version())
     add_connection_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, handler: Handler | None, help_text: str, *,
-                parent: Any = sub) -> argparse.ArgumentParser:
+    def command(name: str, handler: Handler | None, help_text: str, *, parent: Any = sub) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_text, description=help_text)
         add_connection_options(p, suppress=True)
         if handler is not None:
@@ -109,8 +112,13 @@ def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None,
-         stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
     """Runs `xfer` with `argv` and returns the exit status (the console script exits with it)."""
     import os
 
@@ -141,8 +149,9 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     except Exception as exc:  # noqa: BLE001  (one line, never a traceback, unless -v)
         if args.verbose:
             traceback.print_exc(file=io.err)
-        io.err.write(f"xfer: error: unexpected {type(exc).__name__}: {_redact(str(exc), secret)} "
-                     "(run with -v for details)\n")
+        io.err.write(
+            f"xfer: error: unexpected {type(exc).__name__}: {_redact(str(exc), secret)} (run with -v for details)\n"
+        )
         return EXIT_CODES["failure"]
     finally:
         ctx.close()

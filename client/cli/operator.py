@@ -17,8 +17,12 @@ def register(command: Callable[..., argparse.ArgumentParser]) -> None:
     p = command("register", cmd_register, "upload a new version (operator)")
     p.add_argument("folder", metavar="FOLDER", help="as written by `python -m xfer.models.train --out FOLDER`")
     p.add_argument("--model", required=True, metavar="ID", help="model id, e.g. digits-convnet")
-    p.add_argument("--sign-key", default=None, metavar="KEY",
-                   help="sign the version's manifest with this Ed25519 private key (`xfer keys generate`)")
+    p.add_argument(
+        "--sign-key",
+        default=None,
+        metavar="KEY",
+        help="sign the version's manifest with this Ed25519 private key (`xfer keys generate`)",
+    )
     p = command("alias", cmd_alias, "point an alias at a version (operator)")
     p.add_argument("ref", metavar="REF")
     p.add_argument("alias", metavar="ALIAS")
@@ -40,8 +44,9 @@ def cmd_register(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     if args.json:
         io.json(version.to_dict())
         return EXIT_OK
-    artifacts = ", ".join(f"{a.format.value} {human_bytes(a.size_bytes)}" + (" (derived)" if a.derived else "")
-                          for a in version.artifacts)
+    artifacts = ", ".join(
+        f"{a.format.value} {human_bytes(a.size_bytes)}" + (" (derived)" if a.derived else "") for a in version.artifacts
+    )
     signed = f"; signed by {', '.join(s.key_id for s in version.signatures)}" if version.signatures else ""
     io.print(f"registered {version.ref} ({artifacts}); aliases: {', '.join(version.aliases) or '-'}{signed}")
     return EXIT_OK
@@ -65,7 +70,9 @@ def cmd_deprecate(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     if args.json:
         io.json(version.to_dict())
     else:
-        io.print(f"deprecated {version.ref}" + (f": {version.deprecation_message}" if version.deprecation_message else ""))
+        io.print(
+            f"deprecated {version.ref}" + (f": {version.deprecation_message}" if version.deprecation_message else "")
+        )
     return EXIT_OK
 
 

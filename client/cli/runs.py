@@ -35,8 +35,19 @@ def cmd_runs(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     rows = []
     for r in runs:
         dp = f"eps={r.privacy.epsilon_spent:.2f}" if r.privacy.dp else "no"
-        rows.append([r.run_id, short_version(r.model_version), r.strategy, dp, metrics_cell(r.metrics),
-                     r.train_examples_pow2, r.device_kind.value, f"{r.wall_seconds:.1f}s", when(r.create_time)])
+        rows.append(
+            [
+                r.run_id,
+                short_version(r.model_version),
+                r.strategy,
+                dp,
+                metrics_cell(r.metrics),
+                r.train_examples_pow2,
+                r.device_kind.value,
+                f"{r.wall_seconds:.1f}s",
+                when(r.create_time),
+            ]
+        )
     io.print(table(["RUN", "VERSION", "STRATEGY", "DP", "METRICS", "N(2^k)", "DEVICE", "WALL", "CREATED"], rows))
     return EXIT_OK
 
@@ -61,8 +72,20 @@ def cmd_leaderboard(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     if not board.entries:
         io.print(f"no runs report {board.metric or args.metric!r} yet")
         return EXIT_OK
-    rows = [[i, short_version(e.model_version), e.strategy, "yes" if e.dp else "no", e.count, f"{e.mean:.4f}",
-             f"{e.std:.4f}", f"{e.best:.4f}", e.best_run_id] for i, e in enumerate(board.entries, 1)]
+    rows = [
+        [
+            i,
+            short_version(e.model_version),
+            e.strategy,
+            "yes" if e.dp else "no",
+            e.count,
+            f"{e.mean:.4f}",
+            f"{e.std:.4f}",
+            f"{e.best:.4f}",
+            e.best_run_id,
+        ]
+        for i, e in enumerate(board.entries, 1)
+    ]
     io.print(f"metric: {board.metric or args.metric} ({args.goal})")
     io.print(table(["#", "VERSION", "STRATEGY", "DP", "RUNS", "MEAN", "STD", "BEST", "BEST RUN"], rows))
     return EXIT_OK

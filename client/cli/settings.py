@@ -36,31 +36,56 @@ def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool) -
         return argparse.SUPPRESS if suppress else value
 
     group = parser.add_argument_group("connection and output")
-    group.add_argument("--server", default=default(None), metavar="HOST:PORT",
-                       help=f"server address (env XFER_SERVER, default {DEFAULT_SERVER})")
-    group.add_argument("--token", default=default(None), help="bearer token (env XFER_TOKEN or `xfer login`; "
-                       "prefer those, a flag is visible in the process list)")
+    group.add_argument(
+        "--server",
+        default=default(None),
+        metavar="HOST:PORT",
+        help=f"server address (env XFER_SERVER, default {DEFAULT_SERVER})",
+    )
+    group.add_argument(
+        "--token",
+        default=default(None),
+        help="bearer token (env XFER_TOKEN or `xfer login`; prefer those, a flag is visible in the process list)",
+    )
     group.add_argument("--token-file", default=default(None), metavar="PATH", help="file holding the token")
-    group.add_argument("--tls", action="store_true", default=default(False),
-                       help="use TLS with the system's root certificates")
+    group.add_argument(
+        "--tls", action="store_true", default=default(False), help="use TLS with the system's root certificates"
+    )
     group.add_argument("--tls-ca", default=default(None), metavar="PEM", help="root CA of the server (env XFER_TLS_CA)")
     group.add_argument("--tls-cert", default=default(None), metavar="PEM", help="client certificate for mTLS")
     group.add_argument("--tls-key", default=default(None), metavar="PEM", help="client key for mTLS")
     group.add_argument("--cache-dir", default=default(None), metavar="DIR", help="cache root (env XFER_CACHE)")
-    group.add_argument("--offline", action="store_true", default=default(False),
-                       help="never contact the server; use what the cache holds (env XFER_OFFLINE=1)")
-    group.add_argument("--trusted-keys", default=default(None), metavar="PATHS",
-                       help="publisher public keys (.pub files or folders of them, separated by "
-                            f"'{os.pathsep}'; env XFER_TRUSTED_KEYS)")
-    group.add_argument("--require-signed", action="store_true", default=default(False),
-                       help="verify each pulled model's signature with the trusted keys; refuse unsigned models "
-                            "(env XFER_REQUIRE_SIGNED=1)")
-    group.add_argument("--timeout", type=float, default=default(30.0),
-                       help="deadline of each call in seconds (default 30)")
-    group.add_argument("--json", action="store_true", default=default(False),
-                       help="print JSON on stdout (for scripts)")
-    group.add_argument("-v", "--verbose", action="store_true", default=default(False),
-                       help="log what happens (and tracebacks of unexpected errors)")
+    group.add_argument(
+        "--offline",
+        action="store_true",
+        default=default(False),
+        help="never contact the server; use what the cache holds (env XFER_OFFLINE=1)",
+    )
+    group.add_argument(
+        "--trusted-keys",
+        default=default(None),
+        metavar="PATHS",
+        help="publisher public keys (.pub files or folders of them, separated by "
+        f"'{os.pathsep}'; env XFER_TRUSTED_KEYS)",
+    )
+    group.add_argument(
+        "--require-signed",
+        action="store_true",
+        default=default(False),
+        help="verify each pulled model's signature with the trusted keys; refuse unsigned models "
+        "(env XFER_REQUIRE_SIGNED=1)",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=default(30.0), help="deadline of each call in seconds (default 30)"
+    )
+    group.add_argument("--json", action="store_true", default=default(False), help="print JSON on stdout (for scripts)")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default(False),
+        help="log what happens (and tracebacks of unexpected errors)",
+    )
 
 
 def setting(args: argparse.Namespace, name: str, *, environ: Mapping[str, str], env: str, default: Any = None) -> Any:
@@ -120,8 +145,9 @@ class Credentials:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise InvalidArgumentError(f"cannot read the stored logins in {self.path} ({exc}); "
-                                       "delete the file and run `xfer login` again") from None
+            raise InvalidArgumentError(
+                f"cannot read the stored logins in {self.path} ({exc}); delete the file and run `xfer login` again"
+            ) from None
         tokens = data.get("tokens") if isinstance(data, dict) else None
         if not isinstance(tokens, dict):
             raise InvalidArgumentError(f"{self.path} is not an xfer credentials file; delete it and log in again")
@@ -179,11 +205,20 @@ def make_client(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
     key = setting(args, "tls_key", environ=environ, env="XFER_TLS_KEY")
     tls: TlsConfig | bool | None = None
     if ca or cert or key:
-        tls = TlsConfig(root_ca=Path(ca) if ca else None, client_cert=Path(cert) if cert else None,
-                        client_key=Path(key) if key else None)
+        tls = TlsConfig(
+            root_ca=Path(ca) if ca else None,
+            client_cert=Path(cert) if cert else None,
+            client_key=Path(key) if key else None,
+        )
     elif getattr(args, "tls", False):
         tls = True
-    return Client(server_target(args, environ), token=token(args, environ), tls=tls,
-                  cache_dir=cache_dir(args, environ), timeout=getattr(args, "timeout", 30.0),
-                  offline=offline(args, environ), trusted_keys=trusted_keys(args, environ),
-                  require_signed=_flag(args, "require_signed", environ, "XFER_REQUIRE_SIGNED"))
+    return Client(
+        server_target(args, environ),
+        token=token(args, environ),
+        tls=tls,
+        cache_dir=cache_dir(args, environ),
+        timeout=getattr(args, "timeout", 30.0),
+        offline=offline(args, environ),
+        trusted_keys=trusted_keys(args, environ),
+        require_signed=_flag(args, "require_signed", environ, "XFER_REQUIRE_SIGNED"),
+    )

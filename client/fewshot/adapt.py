@@ -39,15 +39,16 @@ class EpisodeTuning:
     own_head: bool
 
     @classmethod
-    def for_card(cls, card: ModelCard | None, *, ways: int, steps: int | None, lr: float | None) -> "EpisodeTuning":
+    def for_card(cls, card: ModelCard | None, *, ways: int, steps: int | None, lr: float | None) -> EpisodeTuning:
         """The card's inner loop for a fomaml/reptile source (own head when it has `ways` outputs), else defaults."""
         settings = card.training_settings if card is not None else {}
         meta = card is not None and card.training_method in INNER_LOOP_METHODS
         own = bool(meta and card is not None and card.num_classes == ways)
         default_steps = int(settings.get("inner_steps", DEFAULT_STEPS)) if meta else DEFAULT_STEPS
         default_lr = float(settings.get("inner_lr", DEFAULT_LR)) if meta else DEFAULT_LR
-        return cls(steps=steps if steps is not None else default_steps, lr=lr if lr is not None else default_lr,
-                   own_head=own)
+        return cls(
+            steps=steps if steps is not None else default_steps, lr=lr if lr is not None else default_lr, own_head=own
+        )
 
 
 def prototype_head(features: torch.Tensor, labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +58,15 @@ def prototype_head(features: torch.Tensor, labels: torch.Tensor, ways: int) -> t
     return 2 * protos, -protos.pow(2).sum(1)
 
 
-def finetune_episode(model: XferModel, *, support_x: torch.Tensor, support_y: np.ndarray, query_x: torch.Tensor,
-                     ways: int, tuning: EpisodeTuning) -> np.ndarray:
+def finetune_episode(
+    model: XferModel,
+    *,
+    support_x: torch.Tensor,
+    support_y: np.ndarray,
+    query_x: torch.Tensor,
+    ways: int,
+    tuning: EpisodeTuning,
+) -> np.ndarray:
     """Query logits after adapting a functional copy of `model` on the support set."""
     model.eval()
     ys = torch.from_numpy(np.asarray(support_y)).long()

@@ -28,8 +28,16 @@ from xfer.models.multitask import select_head
 
 METRICS_NAME = "episodes.json"
 #: Fine-tuning flags that mean nothing for an episodic evaluation (name -> its default).
-FINETUNE_ONLY = {"search": False, "dp_epsilon": None, "self_pretrain_steps": 0, "privacy_budget": None,
-                 "steps": None, "epochs": None, "lr": None, "reinit_head": False}
+FINETUNE_ONLY = {
+    "search": False,
+    "dp_epsilon": None,
+    "self_pretrain_steps": 0,
+    "privacy_budget": None,
+    "steps": None,
+    "epochs": None,
+    "lr": None,
+    "reinit_head": False,
+}
 
 
 def config_from_args(args: argparse.Namespace) -> EpisodeConfig:
@@ -43,8 +51,16 @@ def config_from_args(args: argparse.Namespace) -> EpisodeConfig:
     except ValueError:
         raise FewShotError(f"--shots must be comma-separated whole numbers, e.g. 1,5; got {args.shots!r}") from None
     heads = tuple(h.strip() for h in str(args.episode_heads).split(",") if h.strip())
-    return EpisodeConfig(episodes=args.episodes, ways=args.ways, shots=shots, queries=args.queries, heads=heads,
-                         finetune_steps=args.episode_steps, finetune_lr=args.episode_lr, seed=args.seed)
+    return EpisodeConfig(
+        episodes=args.episodes,
+        ways=args.ways,
+        shots=shots,
+        queries=args.queries,
+        heads=heads,
+        finetune_steps=args.episode_steps,
+        finetune_lr=args.episode_lr,
+        seed=args.seed,
+    )
 
 
 def labelled_pool(target: TargetData) -> tuple[torch.Tensor, np.ndarray]:
@@ -55,8 +71,9 @@ def labelled_pool(target: TargetData) -> tuple[torch.Tensor, np.ndarray]:
     return torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]).numpy()
 
 
-def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, progress: bool,
-        out: TextIO | None = None) -> FewShotOutcome:
+def run(
+    args: argparse.Namespace, *, model: XferModel, card: ModelCard, progress: bool, out: TextIO | None = None
+) -> FewShotOutcome:
     """Runs the episodic evaluation of `model` on DATA; prints progress to `out` if asked; returns the outcome."""
     out = out if out is not None else sys.stdout
     config = config_from_args(args)
@@ -64,25 +81,40 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, progress
     target = load_target(args.data, card=chosen.card or card, seed=args.seed)
     x, y = labelled_pool(target)
     if progress:
-        print(f"{config.episodes} {config.ways}-way episodes per shot count ({', '.join(map(str, config.shots))}) on "
-              f"{len(y)} labelled examples, heads {', '.join(config.heads)}", file=out, flush=True)
+        print(
+            f"{config.episodes} {config.ways}-way episodes per shot count ({', '.join(map(str, config.shots))}) on "
+            f"{len(y)} labelled examples, heads {', '.join(config.heads)}",
+            file=out,
+            flush=True,
+        )
     report = evaluate_model_episodes(chosen.model, x, y, config=config, card=chosen.card or card)
     tuning_steps = tuning_lr = None
     if "finetune" in config.heads:
         from xfer.client.fewshot.adapt import EpisodeTuning
 
-        tuning = EpisodeTuning.for_card(chosen.card or card, ways=config.ways, steps=config.finetune_steps,
-                                        lr=config.finetune_lr)
+        tuning = EpisodeTuning.for_card(
+            chosen.card or card, ways=config.ways, steps=config.finetune_steps, lr=config.finetune_lr
+        )
         tuning_steps, tuning_lr = tuning.steps, tuning.lr
-    outcome = FewShotOutcome(report=report, dataset_id=target.dataset_id, head=chosen.head,
-                             finetune_steps=tuning_steps, finetune_lr=tuning_lr)
+    outcome = FewShotOutcome(
+        report=report,
+        dataset_id=target.dataset_id,
+        head=chosen.head,
+        finetune_steps=tuning_steps,
+        finetune_lr=tuning_lr,
+    )
     if args.out is not None:
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(folder / METRICS_NAME, outcome.local_metrics())
-        outcome = FewShotOutcome(report=report, dataset_id=target.dataset_id, head=chosen.head,
-                                 finetune_steps=tuning_steps, finetune_lr=tuning_lr,
-                                 paths=EpisodePaths(folder / METRICS_NAME))
+        outcome = FewShotOutcome(
+            report=report,
+            dataset_id=target.dataset_id,
+            head=chosen.head,
+            finetune_steps=tuning_steps,
+            finetune_lr=tuning_lr,
+            paths=EpisodePaths(folder / METRICS_NAME),
+        )
     if progress:
         print(outcome.summary(), file=out, flush=True)
     return outcome

@@ -59,8 +59,9 @@ class EpisodeConfig:
             raise FewShotError(f"heads repeat a value: {self.heads}")
         if self.finetune_steps is not None:
             _positive_int("finetune_steps", self.finetune_steps)
-        if self.finetune_lr is not None and not (isinstance(self.finetune_lr, (int, float))
-                                                 and math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
+        if self.finetune_lr is not None and not (
+            isinstance(self.finetune_lr, (int, float)) and math.isfinite(self.finetune_lr) and self.finetune_lr > 0
+        ):
             raise FewShotError(f"finetune_lr must be a positive number, got {self.finetune_lr!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise FewShotError(f"seed must be an integer, got {self.seed!r}")

@@ -16,12 +16,13 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
 from xfer.client.fewshot.config import FEATURE_HEADS, EpisodeConfig
 from xfer.client.fewshot.errors import FewShotError
-from xfer.client.fewshot.heads import feature_head
+from xfer.client.fewshot.heads import FeatureHead, feature_head
 from xfer.models.episodes import Episode, EpisodeError, EpisodeSampler, EpisodeShape
 
 #: z of a two-sided 95 % normal interval.
@@ -29,6 +30,10 @@ Z95 = 1.96
 
 #: A head that needs the episode itself (the model's inputs), not only cached features: episode -> query logits.
 EpisodeHead = Callable[[Episode], np.ndarray]
+
+
+def _feature_episode(head: FeatureHead, features: np.ndarray, ways: int, episode: Episode) -> np.ndarray:
+    return head(features[episode.support], episode.support_y, features[episode.query], ways)
 
 
 def ci95(values: np.ndarray) -> float:
@@ -103,14 +108,20 @@ class EpisodeReport:
 
 def _sampler(labels: np.ndarray, *, config: EpisodeConfig, shots: int) -> EpisodeSampler:
     try:
-        return EpisodeSampler(labels, shape=EpisodeShape(config.ways, shots, config.queries),
-                              seed=config.seed * 1000 + shots)
+        return EpisodeSampler(
+            labels, shape=EpisodeShape(config.ways, shots, config.queries), seed=config.seed * 1000 + shots
+        )
     except EpisodeError as exc:
         raise FewShotError(str(exc)) from None
 
 
-def evaluate_episodes(features: np.ndarray | None, labels: np.ndarray, *, config: EpisodeConfig,
-                      episode_heads: dict[str, EpisodeHead] | None = None) -> EpisodeReport:
+def evaluate_episodes(
+    features: np.ndarray | None,
+    labels: np.ndarray,
+    *,
+    config: EpisodeConfig,
+    episode_heads: dict[str, EpisodeHead] | None = None,
+) -> EpisodeReport:
     """Scores `config.heads` on `config.episodes` episodes per shot count.
 
     `features` (n, D) serve the feature heads (`prototype`, `logreg`); a head outside those needs a
@@ -128,7 +139,7 @@ def evaluate_episodes(features: np.ndarray | None, labels: np.ndarray, *, config
             if features is None:
                 raise FewShotError(f"head {name!r} needs features")
             fn = feature_head(name)
-            heads[name] = (lambda e, fn=fn: fn(features[e.support], e.support_y, features[e.query], config.ways))
+            heads[name] = partial(_feature_episode, fn, features, config.ways)
         elif episode_heads is not None and name in episode_heads:
             heads[name] = episode_heads[name]
         else:
@@ -147,8 +158,7 @@ def evaluate_episodes(features: np.ndarray | None, labels: np.ndarray, *, config
         scores += [EpisodeScore(name, config.ways, shots, config.queries, accuracy[name]) for name in heads]
     order = {h: i for i, h in enumerate(config.heads)}
     scores.sort(key=lambda s: (order[s.head], s.shots))
-    return EpisodeReport(tuple(scores), len(labels), int(len(np.unique(labels))), config,
-                         time.perf_counter() - started)
+    return EpisodeReport(tuple(scores), len(labels), int(len(np.unique(labels))), config, time.perf_counter() - started)
 
 
 def model_features(model, x, *, batch_size: int = 256) -> np.ndarray:
@@ -157,12 +167,16 @@ def model_features(model, x, *, batch_size: int = 256) -> np.ndarray:
 
     model.eval()
     with torch.no_grad():
-        return torch.cat([model.forward_features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-                         ).float().numpy()
+        return (
+            torch.cat([model.forward_features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+            .float()
+            .numpy()
+        )
 
 
-def evaluate_model_episodes(model, x, labels: np.ndarray, *, config: EpisodeConfig, card=None,
-                            features: np.ndarray | None = None) -> EpisodeReport:
+def evaluate_model_episodes(
+    model, x, labels: np.ndarray, *, config: EpisodeConfig, card=None, features: np.ndarray | None = None
+) -> EpisodeReport:
     """`evaluate_episodes` on a torch model's features (computed once) and, if asked, the `finetune` head.
 
     `x` are model-ready examples (a tensor); `card` supplies a meta-learned source's inner loop for the
@@ -173,7 +187,7 @@ def evaluate_model_episodes(model, x, labels: np.ndarray, *, config: EpisodeConf
     model = select_head(model, card=card).model  # a multi-task source's extra heads take no part
     if features is None and any(h in FEATURE_HEADS for h in config.heads):
         features = model_features(model, x)
-    episode_heads = None
+    episode_heads: dict[str, EpisodeHead] | None = None
     if config.needs_model:
         import torch
 
@@ -182,8 +196,14 @@ def evaluate_model_episodes(model, x, labels: np.ndarray, *, config: EpisodeConf
         tuning = EpisodeTuning.for_card(card, ways=config.ways, steps=config.finetune_steps, lr=config.finetune_lr)
 
         def tune(e: Episode) -> np.ndarray:
-            return finetune_episode(model, support_x=x[torch.from_numpy(e.support)], support_y=e.support_y,
-                                    query_x=x[torch.from_numpy(e.query)], ways=config.ways, tuning=tuning)
+            return finetune_episode(
+                model,
+                support_x=x[torch.from_numpy(e.support)],
+                support_y=e.support_y,
+                query_x=x[torch.from_numpy(e.query)],
+                ways=config.ways,
+                tuning=tuning,
+            )
 
         episode_heads = {"finetune": tune}
     return evaluate_episodes(features, labels, config=config, episode_heads=episode_heads)

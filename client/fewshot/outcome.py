@@ -56,8 +56,14 @@ class FewShotOutcome:
     def hyperparameters(self) -> dict[str, str]:
         """The evaluation's settings."""
         c = self.report.config
-        out = {"episodes": str(c.episodes), "ways": str(c.ways), "shots": ",".join(map(str, c.shots)),
-               "queries": str(c.queries), "heads": ",".join(c.heads), "seed": str(c.seed)}
+        out = {
+            "episodes": str(c.episodes),
+            "ways": str(c.ways),
+            "shots": ",".join(map(str, c.shots)),
+            "queries": str(c.queries),
+            "heads": ",".join(c.heads),
+            "seed": str(c.seed),
+        }
         if self.finetune_steps is not None:
             out["finetune_steps"] = str(self.finetune_steps)
             out["finetune_lr"] = f"{self.finetune_lr:g}"
@@ -67,10 +73,17 @@ class FewShotOutcome:
 
     def to_run(self, *, run_id: str, model_version: str) -> Run:
         """The `Run` to report: scores and settings only."""
-        return Run(run_id=run_id, model_version=model_version, strategy=STRATEGY, metrics=self.metrics(),
-                   hyperparameters=self.hyperparameters(), privacy=RunPrivacy(),
-                   train_examples_pow2=self.size_bucket, device_kind=DeviceKind.CPU,
-                   wall_seconds=round_seconds(self.report.seconds))
+        return Run(
+            run_id=run_id,
+            model_version=model_version,
+            strategy=STRATEGY,
+            metrics=self.metrics(),
+            hyperparameters=self.hyperparameters(),
+            privacy=RunPrivacy(),
+            train_examples_pow2=self.size_bucket,
+            device_kind=DeviceKind.CPU,
+            wall_seconds=round_seconds(self.report.seconds),
+        )
 
     def report_fields(self) -> dict[str, Any]:
         """The report as JSON (what `to_run` sends, without run id and model version)."""
@@ -81,16 +94,32 @@ class FewShotOutcome:
 
     def local_metrics(self) -> dict[str, Any]:
         """Exact numbers for metrics.json (never sent)."""
-        return {"kind": "episodes", "pool_examples": self.report.pool_examples,
-                "pool_classes": self.report.pool_classes, "seconds": self.report.seconds,
-                "settings": self.hyperparameters(),
-                "scores": [{"head": s.head, "ways": s.ways, "shots": s.shots, "queries": s.queries,
-                            "episodes": s.episodes, "mean": s.mean, "ci95": s.ci95} for s in self.report.scores]}
+        return {
+            "kind": "episodes",
+            "pool_examples": self.report.pool_examples,
+            "pool_classes": self.report.pool_classes,
+            "seconds": self.report.seconds,
+            "settings": self.hyperparameters(),
+            "scores": [
+                {
+                    "head": s.head,
+                    "ways": s.ways,
+                    "shots": s.shots,
+                    "queries": s.queries,
+                    "episodes": s.episodes,
+                    "mean": s.mean,
+                    "ci95": s.ci95,
+                }
+                for s in self.report.scores
+            ],
+        }
 
     def summary(self) -> str:
         """The table of means ± 95 % intervals."""
         c = self.report.config
         head = f" (head {self.head})" if self.head else ""
-        return (f"{c.episodes} episodes per setting, {c.queries} queries per class, on {self.report.pool_examples} "
-                f"labelled examples of {self.report.pool_classes} classes{head} "
-                f"({self.report.seconds:.1f}s); mean query accuracy ± 95% interval:\n{self.report.table()}")
+        return (
+            f"{c.episodes} episodes per setting, {c.queries} queries per class, on {self.report.pool_examples} "
+            f"labelled examples of {self.report.pool_classes} classes{head} "
+            f"({self.report.seconds:.1f}s); mean query accuracy ± 95% interval:\n{self.report.table()}"
+        )

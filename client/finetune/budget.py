@@ -103,8 +103,9 @@ class Budget:
         return max(1, math.ceil(self.bucket / self.batch_size))
 
 
-def plan_budget(*, n: int, config: FinetuneConfig, strategy_lr: float, bucket: int | None = None,
-                strategy_clip: float | None = None) -> Budget:
+def plan_budget(
+    *, n: int, config: FinetuneConfig, strategy_lr: float, bucket: int | None = None, strategy_clip: float | None = None
+) -> Budget:
     """The budget of a run on `n` training examples (used only through its size bucket).
 
     `bucket` overrides the bucket of `n` (a search trains on parts of a data set with the whole set's
@@ -126,7 +127,17 @@ def plan_budget(*, n: int, config: FinetuneConfig, strategy_lr: float, bucket: i
     if config.privacy is not None:
         # q = 1/ceil(N/B) is Opacus' own convention (one "epoch" of the bucket per 1/q steps).
         sample_rate = 1.0 / per_pass
-        clip = config.privacy.max_grad_norm if config.privacy.max_grad_norm is not None else \
-            (strategy_clip if strategy_clip is not None else DP_CLIP)
-    return Budget(bucket=bucket, batch_size=int(batch), steps=int(steps), eval_every=int(min(eval_every, steps)),
-                  lr=float(lr), sample_rate=sample_rate, max_grad_norm=clip)
+        clip = (
+            config.privacy.max_grad_norm
+            if config.privacy.max_grad_norm is not None
+            else (strategy_clip if strategy_clip is not None else DP_CLIP)
+        )
+    return Budget(
+        bucket=bucket,
+        batch_size=int(batch),
+        steps=int(steps),
+        eval_every=int(min(eval_every, steps)),
+        lr=float(lr),
+        sample_rate=sample_rate,
+        max_grad_norm=clip,
+    )

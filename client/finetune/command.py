@@ -41,8 +41,9 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     try:
         lrs = [float(v) for v in _split_list(args.lr)]
     except ValueError:
-        raise FinetuneError(f"--lr must be a number (or a comma-separated list with --search), got {args.lr!r}") \
-            from None
+        raise FinetuneError(
+            f"--lr must be a number (or a comma-separated list with --search), got {args.lr!r}"
+        ) from None
     for name in strategies:
         get_strategy(name)  # fail on a typo before loading anything
     if not args.search and (len(strategies) != 1 or len(lrs) > 1):
@@ -51,33 +52,70 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         raise SearchError("--trials needs --search")
     privacy = None
     if args.dp_epsilon is None:
-        if args.dp_delta is not None or args.ghost_clipping or args.privacy_budget is not None \
-                or args.max_grad_norm is not None:
+        if (
+            args.dp_delta is not None
+            or args.ghost_clipping
+            or args.privacy_budget is not None
+            or args.max_grad_norm is not None
+        ):
             raise FinetuneError("--dp-delta, --max-grad-norm, --ghost-clipping and --privacy-budget need --dp-epsilon")
     else:
-        privacy = PrivacyConfig(epsilon=args.dp_epsilon, delta=args.dp_delta, max_grad_norm=args.max_grad_norm,
-                                accountant=args.accountant, ghost_clipping=args.ghost_clipping,
-                                budget=args.privacy_budget)
+        privacy = PrivacyConfig(
+            epsilon=args.dp_epsilon,
+            delta=args.dp_delta,
+            max_grad_norm=args.max_grad_norm,
+            accountant=args.accountant,
+            ghost_clipping=args.ghost_clipping,
+            budget=args.privacy_budget,
+        )
     search = None
     if args.search:
         given_strategy = args.strategy != "lp-ft" or len(strategies) != 1
-        search = SearchConfig(**({"strategies": tuple(strategies)} if given_strategy else {}),
-                              lrs=tuple(lrs) if lrs else None, folds=args.folds, trials=args.trials)
+        search = SearchConfig(
+            **({"strategies": tuple(strategies)} if given_strategy else {}),
+            lrs=tuple(lrs) if lrs else None,
+            folds=args.folds,
+            trials=args.trials,
+        )
     pretext = None
     if args.self_pretrain_steps:
-        pretext = SelfPretrainConfig(steps=args.self_pretrain_steps, objective=args.self_pretrain,
-                                     lr=args.self_pretrain_lr, batch_size=args.self_pretrain_batch_size,
-                                     epsilon_share=args.self_pretrain_epsilon_share)
-    return FinetuneConfig(strategy=strategies[0], lr=lrs[0] if lrs and not args.search else None, steps=args.steps,
-                          epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
-                          weight_decay=args.weight_decay, patience=args.patience, eval_every=args.eval_every,
-                          reinit_head=args.reinit_head, device=args.device, seed=args.seed, privacy=privacy,
-                          search=search, head=args.head, self_pretrain=pretext,
-                          **({"criterion": args.criterion} if getattr(args, "criterion", None) else {}))
+        pretext = SelfPretrainConfig(
+            steps=args.self_pretrain_steps,
+            objective=args.self_pretrain,
+            lr=args.self_pretrain_lr,
+            batch_size=args.self_pretrain_batch_size,
+            epsilon_share=args.self_pretrain_epsilon_share,
+        )
+    return FinetuneConfig(
+        strategy=strategies[0],
+        lr=lrs[0] if lrs and not args.search else None,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        schedule=args.schedule,
+        weight_decay=args.weight_decay,
+        patience=args.patience,
+        eval_every=args.eval_every,
+        reinit_head=args.reinit_head,
+        device=args.device,
+        seed=args.seed,
+        privacy=privacy,
+        search=search,
+        head=args.head,
+        self_pretrain=pretext,
+        **({"criterion": args.criterion} if getattr(args, "criterion", None) else {}),
+    )
 
 
-def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_dir: pathlib.Path,
-        progress: bool, out: TextIO | None = None) -> FinetuneOutcome:
+def run(
+    args: argparse.Namespace,
+    *,
+    model: XferModel,
+    card: ModelCard,
+    cache_dir: pathlib.Path,
+    progress: bool,
+    out: TextIO | None = None,
+) -> FinetuneOutcome:
     """Runs `xfer finetune` on a pulled model; prints progress to `out` (stdout) if asked; returns the outcome.
 
     With `--episodes` it evaluates the model on few-shot episodes instead and returns a
@@ -94,11 +132,18 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
 
     def on_progress(record: RoundRecord) -> None:
         if progress:
-            val = "" if record.val_loss is None else f"  val loss {record.val_loss:.4f}  val acc {record.val_accuracy:.4f}"
+            val = (
+                ""
+                if record.val_loss is None
+                else f"  val loss {record.val_loss:.4f}  val acc {record.val_accuracy:.4f}"
+            )
             if record.label_free:
                 val = f"  val {config.criterion} {record.label_free[config.criterion]:.4f} (label-free)"
-            print(f"  step {record.step:5d} [{record.phase}] train loss {record.train_loss:.4f}{val}", file=out,
-                  flush=True)
+            print(
+                f"  step {record.step:5d} [{record.phase}] train loss {record.train_loss:.4f}{val}",
+                file=out,
+                flush=True,
+            )
 
     def on_row(row: CVRow) -> None:
         if progress:
@@ -107,29 +152,58 @@ def run(args: argparse.Namespace, *, model: XferModel, card: ModelCard, cache_di
     if progress:
         mode = "few-label mode, no validation split" if target.val is None else f"{len(target.val)} validation"
         if uses_source_free(config):
-            unlabelled = "no validation split: the last step is kept" if target.val is None else \
-                f"{len(target.val)} unlabelled validation examples score the label-free {config.criterion} criterion"
-            what = f"label-free search over {', '.join(config.search.strategies)}" if config.search is not None \
+            unlabelled = (
+                "no validation split: the last step is kept"
+                if target.val is None
+                else f"{len(target.val)} unlabelled validation examples score the label-free {config.criterion} criterion"
+            )
+            what = (
+                f"label-free search over {', '.join(config.search.strategies)}"
+                if config.search is not None
                 else f"source-free adaptation with {config.strategy_label}"
-            print(f"{what} on {len(source_free_training_data(target))} examples without their labels ({unlabelled})",
-                  file=out, flush=True)
+            )
+            print(
+                f"{what} on {len(source_free_training_data(target))} examples without their labels ({unlabelled})",
+                file=out,
+                flush=True,
+            )
         elif config.search is None:
-            print(f"fine-tuning with {config.strategy_label} on {len(target.train)} examples ({mode})", file=out,
-                  flush=True)
+            print(
+                f"fine-tuning with {config.strategy_label} on {len(target.train)} examples ({mode})",
+                file=out,
+                flush=True,
+            )
         elif config.privacy is None:
-            print(f"cross-validating over {config.search.folds} folds on {len(target.train)} training examples "
-                  f"({mode})", file=out, flush=True)
+            print(
+                f"cross-validating over {config.search.folds} folds on {len(target.train)} training examples ({mode})",
+                file=out,
+                flush=True,
+            )
         else:
-            print(f"private selection on {len(target.train)} training examples, epsilon {config.privacy.epsilon:g} "
-                  f"for the whole search", file=out, flush=True)
-    outcome = adapt(model, target=target, config=config, card=card, ledger=ledger,
-                    dataset_id=args.dataset_id or target.dataset_id, out_dir=args.out, on_progress=on_progress,
-                    on_row=on_row)
+            print(
+                f"private selection on {len(target.train)} training examples, epsilon {config.privacy.epsilon:g} "
+                f"for the whole search",
+                file=out,
+                flush=True,
+            )
+    outcome = adapt(
+        model,
+        target=target,
+        config=config,
+        card=card,
+        ledger=ledger,
+        dataset_id=args.dataset_id or target.dataset_id,
+        out_dir=args.out,
+        on_progress=on_progress,
+        on_row=on_row,
+    )
     if progress:
         if outcome.search is not None:
             print(outcome.search.table(), file=out, flush=True)
             found = outcome.search
-            how = "its own model is the result" if found.private or not found.folds else "retrained on all training data"
+            how = (
+                "its own model is the result" if found.private or not found.folds else "retrained on all training data"
+            )
             print(f"best: {found.best.strategy} lr={found.best.lr:g}; {how}", file=out, flush=True)
         print(outcome.summary(), file=out, flush=True)
     return outcome

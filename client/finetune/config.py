@@ -22,8 +22,9 @@ LABEL_FREE_CRITERIA = ("im", "snd", "entropy")
 DEFAULT_CRITERION = "im"
 
 
-def _positive(name: str, value: float | None, *, error: type[FinetuneError] = FinetuneError,
-              integer: bool = False) -> None:
+def _positive(
+    name: str, value: float | None, *, error: type[FinetuneError] = FinetuneError, integer: bool = False
+) -> None:
     if value is None:
         return
     if integer and (isinstance(value, bool) or not isinstance(value, int)):
@@ -52,8 +53,11 @@ class PrivacyConfig:
     budget: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, (int, float)) \
-                or not (math.isfinite(self.epsilon) and self.epsilon > 0):
+        if (
+            isinstance(self.epsilon, bool)
+            or not isinstance(self.epsilon, (int, float))
+            or not (math.isfinite(self.epsilon) and self.epsilon > 0)
+        ):
             raise PrivacyError(f"target epsilon must be positive and finite, got {self.epsilon!r}")
         if self.delta is not None and not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
             raise PrivacyError(f"delta must be in (0, 1), got {self.delta!r}")
@@ -94,11 +98,13 @@ class SearchConfig:
         _positive("folds", self.folds, error=SearchError, integer=True)
         if self.folds < 2:
             raise SearchError(f"folds must be at least 2, got {self.folds}")
-        if self.trials is not None and not (isinstance(self.trials, (int, float)) and math.isfinite(self.trials)
-                                            and self.trials >= 1):
+        if self.trials is not None and not (
+            isinstance(self.trials, (int, float)) and math.isfinite(self.trials) and self.trials >= 1
+        ):
             raise SearchError(f"trials must be a finite number >= 1, got {self.trials!r}")
-        if not (isinstance(self.trials_shape, (int, float)) and math.isfinite(self.trials_shape)
-                and self.trials_shape >= 0):
+        if not (
+            isinstance(self.trials_shape, (int, float)) and math.isfinite(self.trials_shape) and self.trials_shape >= 0
+        ):
             raise SearchError(f"trials_shape must be finite and >= 0, got {self.trials_shape!r}")
 
 
@@ -135,8 +141,9 @@ class SelfPretrainConfig:
     def __post_init__(self) -> None:
         _positive("self_pretrain steps", self.steps, integer=True)
         if self.objective not in SELF_PRETRAIN_OBJECTIVES:
-            raise FinetuneError(f"unknown self-pretraining objective {self.objective!r}; valid: "
-                                f"{', '.join(SELF_PRETRAIN_OBJECTIVES)}")
+            raise FinetuneError(
+                f"unknown self-pretraining objective {self.objective!r}; valid: {', '.join(SELF_PRETRAIN_OBJECTIVES)}"
+            )
         _positive("self_pretrain lr", self.lr)
         _positive("self_pretrain batch_size", self.batch_size, integer=True)
         _positive("temperature", self.temperature)
@@ -191,8 +198,12 @@ class FinetuneConfig:
         _positive("batch_size", self.batch_size, integer=True)
         if self.schedule not in SCHEDULES:
             raise FinetuneError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
-                or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+        if (
+            isinstance(self.weight_decay, bool)
+            or not isinstance(self.weight_decay, (int, float))
+            or not math.isfinite(self.weight_decay)
+            or self.weight_decay < 0
+        ):
             raise FinetuneError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         _positive("patience", self.patience, integer=True)
         _positive("eval_every", self.eval_every, integer=True)
@@ -208,14 +219,19 @@ class FinetuneConfig:
             raise FinetuneError(f"head must be the name of one of the source's heads, got {self.head!r}")
         if self.self_pretrain is not None:
             if not isinstance(self.self_pretrain, SelfPretrainConfig):
-                raise FinetuneError(f"self_pretrain must be a SelfPretrainConfig or None, got "
-                                    f"{type(self.self_pretrain).__name__}")
+                raise FinetuneError(
+                    f"self_pretrain must be a SelfPretrainConfig or None, got {type(self.self_pretrain).__name__}"
+                )
             if self.privacy is not None and self.self_pretrain.objective != "masked":
-                raise PrivacyError(f"self-pretraining objective {self.self_pretrain.objective!r} under DP: its loss "
-                                   f"couples the examples of a batch (the others are its negatives), so clipping "
-                                   f"per example bounds no one example's influence; use objective 'masked'")
+                raise PrivacyError(
+                    f"self-pretraining objective {self.self_pretrain.objective!r} under DP: its loss "
+                    f"couples the examples of a batch (the others are its negatives), so clipping "
+                    f"per example bounds no one example's influence; use objective 'masked'"
+                )
         if self.criterion not in LABEL_FREE_CRITERIA:
-            raise SearchError(f"unknown label-free criterion {self.criterion!r}; valid: {', '.join(LABEL_FREE_CRITERIA)}")
+            raise SearchError(
+                f"unknown label-free criterion {self.criterion!r}; valid: {', '.join(LABEL_FREE_CRITERIA)}"
+            )
 
     @property
     def strategy_label(self) -> str:

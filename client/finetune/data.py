@@ -43,9 +43,11 @@ class TensorData:
     def labels(self, purpose: str = "this") -> torch.Tensor:
         """The labels; raises DataError naming `purpose` when the data is unlabelled."""
         if self.y is None:
-            raise DataError(f"{purpose} needs labelled data, but these examples have no labels (an unlabelled "
-                            f"data spec, an .npz without 'y' or an image folder without class sub-folders); "
-                            f"give labels or use a strategy for unlabelled data")
+            raise DataError(
+                f"{purpose} needs labelled data, but these examples have no labels (an unlabelled "
+                f"data spec, an .npz without 'y' or an image folder without class sub-folders); "
+                f"give labels or use a strategy for unlabelled data"
+            )
         return self.y
 
     def subset(self, rows: torch.Tensor | np.ndarray | Sequence[int]) -> TensorData:
@@ -95,8 +97,11 @@ class TargetData:
 
 
 def _tensors(split: ArraySplit) -> TensorData:
-    return TensorData(torch.from_numpy(split.x), None if split.y is None else torch.from_numpy(split.y),
-                      torch.from_numpy(np.asarray(split.index, dtype=np.int64)))
+    return TensorData(
+        torch.from_numpy(split.x),
+        None if split.y is None else torch.from_numpy(split.y),
+        torch.from_numpy(np.asarray(split.index, dtype=np.int64)),
+    )
 
 
 def load_target(spec: str, *, card: ModelCard, seed: int = 0, per_class: int | None = None) -> TargetData:
@@ -110,13 +115,20 @@ def load_target(spec: str, *, card: ModelCard, seed: int = 0, per_class: int | N
         train=_tensors(arrays.train),
         val=_tensors(arrays.val) if arrays.val is not None else None,
         test=_tensors(arrays.test) if arrays.test is not None else None,
-        label_names=arrays.label_names, spec=arrays.spec, dataset_id=arrays.dataset_id,
+        label_names=arrays.label_names,
+        spec=arrays.spec,
+        dataset_id=arrays.dataset_id,
         unlabeled=_tensors(arrays.unlabeled) if arrays.unlabeled is not None else None,
         per_class=arrays.per_class,
     )
 
 
-def from_arrays(x: np.ndarray, y: np.ndarray | None = None, *, card: ModelCard | None = None,
-                label_names: Sequence[str] | None = None) -> TensorData:
+def from_arrays(
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    card: ModelCard | None = None,
+    label_names: Sequence[str] | None = None,
+) -> TensorData:
     """Wraps in-memory arrays as TensorData (checked, fitted and normalised if a card is given); `y=None`: unlabelled."""
     return _tensors(targets.prepare_arrays(x, y, card=card, label_names=label_names))

@@ -92,16 +92,16 @@ class PrivacyLedger:
         entries = record.get("entries", [])
         if budget is None:
             budget = record.get("budget")
-        return BudgetStatus(dataset_id, budget, sum(e["epsilon"] for e in entries),
-                            sum(e["delta"] for e in entries))
+        return BudgetStatus(dataset_id, budget, sum(e["epsilon"] for e in entries), sum(e["delta"] for e in entries))
 
     def status(self, dataset_id: str, *, budget: float | None = None) -> BudgetStatus:
         """Spent and remaining ε for a data set (`budget` overrides the recorded one)."""
         with self._locked() as state:
             return self._status(state, dataset_id, budget)
 
-    def charge(self, dataset_id: str, *, epsilon: float, delta: float, budget: float | None = None,
-               note: str = "") -> LedgerEntry:
+    def charge(
+        self, dataset_id: str, *, epsilon: float, delta: float, budget: float | None = None, note: str = ""
+    ) -> LedgerEntry:
         """Records ε spent on `dataset_id`, or raises if it would pass the budget.
 
         `budget`, when given, becomes the data set's recorded budget; otherwise
@@ -115,7 +115,8 @@ class PrivacyLedger:
                 raise PrivacyBudgetExceededError(
                     f"privacy budget exceeded for data set {dataset_id!r}: this needs epsilon={epsilon:.3g} but "
                     f"only {status.remaining:.3g} of {status.budget:.3g} is left ({status.spent:.3g} spent). "
-                    f"Lower --dp-epsilon, skip --search, or use fresh data.")
+                    f"Lower --dp-epsilon, skip --search, or use fresh data."
+                )
             record = state["datasets"].setdefault(dataset_id, {"entries": []})
             if budget is not None:
                 record["budget"] = budget

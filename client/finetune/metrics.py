@@ -30,14 +30,14 @@ class Metrics:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512,
-                   device: torch.device | None = None) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: torch.device | None = None
+) -> torch.Tensor:
     """Logits for every row of `x`, in eval mode, batched, returned on the CPU as float32."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(device, non_blocking=True)).float()
-           for i in range(0, len(x), batch_size)]
+    out = [model(x[i : i + batch_size].to(device, non_blocking=True)).float() for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(out).cpu() if out else torch.zeros((0, 0))
 
@@ -91,7 +91,8 @@ def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, *, label_names: t
     )
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, label_names: tuple[str, ...],
-             batch_size: int = 512) -> Metrics:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, label_names: tuple[str, ...], batch_size: int = 512
+) -> Metrics:
     """Evaluates `model` on (x, y)."""
     return metrics_from_logits(predict_logits(model, x, batch_size=batch_size), y, label_names=label_names)

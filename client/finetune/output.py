@@ -33,22 +33,34 @@ class OutputPaths:
     card: Path
 
 
-def finetuned_card(model: XferModel, *, source: ModelCard | None, label_names: tuple[str, ...],
-                   strategy: str) -> ModelCard:
+def finetuned_card(
+    model: XferModel, *, source: ModelCard | None, label_names: tuple[str, ...], strategy: str
+) -> ModelCard:
     """The card of the adapted model: the source's, with the new head and labels."""
     note = f"fine-tuned with strategy {strategy}"
     if source is None:
         card = card_for_model(model, label_names=label_names, description=note)
     else:
         card = dataclasses.replace(
-            source, architecture_config=model.config_dict(), num_classes=model.num_classes,
-            label_names=label_names, description=(f"{source.description}; " if source.description else "") + note)
+            source,
+            architecture_config=model.config_dict(),
+            num_classes=model.num_classes,
+            label_names=label_names,
+            description=(f"{source.description}; " if source.description else "") + note,
+        )
     validate_card(card)
     return card
 
 
-def save_outputs(*, model: XferModel, out_dir: str | os.PathLike, card: ModelCard | None,
-                 label_names: tuple[str, ...], strategy: str, metrics: dict[str, Any]) -> tuple[OutputPaths, ParityReport]:
+def save_outputs(
+    *,
+    model: XferModel,
+    out_dir: str | os.PathLike,
+    card: ModelCard | None,
+    label_names: tuple[str, ...],
+    strategy: str,
+    metrics: dict[str, Any],
+) -> tuple[OutputPaths, ParityReport]:
     """Writes weights (safetensors), ONNX (parity-checked with onnxruntime), metrics.json and card.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -132,14 +132,26 @@ class FinetuneOutcome:
         p = self.result.privacy
         privacy = RunPrivacy()
         if p is not None:
-            privacy = RunPrivacy(dp=True, epsilon_spent=float(self.epsilon_spent or 0.0), delta=float(self.delta),
-                                 noise_multiplier=float(p.noise_multiplier), max_grad_norm=float(p.max_grad_norm))
+            privacy = RunPrivacy(
+                dp=True,
+                epsilon_spent=float(self.epsilon_spent or 0.0),
+                delta=float(self.delta or 0.0),
+                noise_multiplier=float(p.noise_multiplier),
+                max_grad_norm=float(p.max_grad_norm),
+            )
         # A private search's wall time grows with the number of trials drawn, which must stay unknown.
         private_search = self.search is not None and self.search.private
-        return Run(run_id=run_id, model_version=model_version, strategy=self.result.strategy,
-                   hyperparameters=self.hyperparameters(), metrics=self.metrics(), privacy=privacy,
-                   train_examples_pow2=self.size_bucket, device_kind=DeviceKind.parse(self.result.device_kind),
-                   wall_seconds=0.0 if private_search else round_seconds(self.wall_seconds))
+        return Run(
+            run_id=run_id,
+            model_version=model_version,
+            strategy=self.result.strategy,
+            hyperparameters=self.hyperparameters(),
+            metrics=self.metrics(),
+            privacy=privacy,
+            train_examples_pow2=self.size_bucket,
+            device_kind=DeviceKind.parse(self.result.device_kind),
+            wall_seconds=0.0 if private_search else round_seconds(self.wall_seconds),
+        )
 
     def report_fields(self) -> dict[str, Any]:
         """The report as JSON (what `to_run` sends, without run id and model version)."""
@@ -153,55 +165,82 @@ class FinetuneOutcome:
         lines = []
         m = self.test_metrics
         if m is not None:
-            lines.append(f"strategy {self.result.strategy}: test accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
-                         f"loss {m.loss:.4f}, ECE {m.ece:.4f} ({m.examples} examples)")
+            lines.append(
+                f"strategy {self.result.strategy}: test accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, "
+                f"loss {m.loss:.4f}, ECE {m.ece:.4f} ({m.examples} examples)"
+            )
         else:
             lines.append(f"strategy {self.result.strategy}: no labelled test split to score")
         free = self.result.label_free
         if free and free.get("criterion") and free.get("best") and free.get("source"):
             name = free["criterion"]
-            lines.append(f"label-free {name} on the unlabelled validation split: source {free['source'][name]:.4f}, "
-                         f"adapted {free['best'][name]:.4f} (checkpoint at step {free['checkpoint_step']})")
+            lines.append(
+                f"label-free {name} on the unlabelled validation split: source {free['source'][name]:.4f}, "
+                f"adapted {free['best'][name]:.4f} (checkpoint at step {free['checkpoint_step']})"
+            )
         b = self.result.budget
         if self.pretext is not None:
             sp = self.pretext
             loss = f", loss {sp.losses[0]:.4f} -> {sp.losses[-1]:.4f}" if sp.losses else ""
             eps = f", epsilon {sp.privacy.epsilon_spent:.3f}" if sp.privacy is not None else ""
-            lines.append(f"self-pretraining ({sp.objective}): {sp.steps_applied} steps at batch {sp.batch_size} on "
-                         f"the unlabelled pool{loss}{eps}")
+            lines.append(
+                f"self-pretraining ({sp.objective}): {sp.steps_applied} steps at batch {sp.batch_size} on "
+                f"the unlabelled pool{loss}{eps}"
+            )
         lines.append(f"budget: {self.result.steps_applied} of {b.steps} steps at batch {b.batch_size}, lr {b.lr:g}")
         p = self.result.privacy
         if p is not None:
-            lines.append(f"privacy: epsilon spent {self.epsilon_spent:.3f} at delta {self.delta:.2e} (noise "
-                         f"{p.noise_multiplier:.3f}, clip {p.max_grad_norm:g}, "
-                         f"{'private selection' if self.search is not None and self.search.private else p.accountant})")
+            lines.append(
+                f"privacy: epsilon spent {self.epsilon_spent:.3f} at delta {self.delta:.2e} (noise "
+                f"{p.noise_multiplier:.3f}, clip {p.max_grad_norm:g}, "
+                f"{'private selection' if self.search is not None and self.search.private else p.accountant})"
+            )
             if self.budget is not None and self.budget.budget is not None:
-                lines.append(f"privacy budget for {self.dataset_id}: {self.budget.spent:.3f} of "
-                             f"{self.budget.budget:.3f} spent, {self.budget.remaining:.3f} left")
+                lines.append(
+                    f"privacy budget for {self.dataset_id}: {self.budget.spent:.3f} of "
+                    f"{self.budget.budget:.3f} spent, {self.budget.remaining:.3f} left"
+                )
         if self.paths is not None and self.parity is not None:
-            lines.append(f"wrote {self.paths.weights}, {self.paths.onnx} (onnxruntime max |diff| "
-                         f"{max(self.parity.max_abs_diff_logits, self.parity.max_abs_diff_features):.2e}), "
-                         f"{self.paths.metrics}")
+            lines.append(
+                f"wrote {self.paths.weights}, {self.paths.onnx} (onnxruntime max |diff| "
+                f"{max(self.parity.max_abs_diff_logits, self.parity.max_abs_diff_features):.2e}), "
+                f"{self.paths.metrics}"
+            )
         return "\n".join(lines)
 
 
-def _local_metrics(outcome_result: FinetuneResult, test: Metrics | None, found: SearchResult | LabelFreeSearch | None,
-                   epsilon: float | None) -> dict[str, Any]:
+def _local_metrics(
+    outcome_result: FinetuneResult,
+    test: Metrics | None,
+    found: SearchResult | LabelFreeSearch | None,
+    epsilon: float | None,
+) -> dict[str, Any]:
     """metrics.json: everything, exact (it never leaves the machine)."""
     r = outcome_result
-    metrics: dict[str, Any] = {**(test.to_dict() if test else {}), "split": "test", "strategy": r.strategy,
-                               "hyperparameters": r.hyperparameters, "head_reset": r.head_reset,
-                               "steps_applied": r.steps_applied,
-                               "val": r.val_metrics.to_dict() if r.val_metrics else None,
-                               "privacy": dataclasses.asdict(r.privacy) if r.privacy else None}
+    metrics: dict[str, Any] = {
+        **(test.to_dict() if test else {}),
+        "split": "test",
+        "strategy": r.strategy,
+        "hyperparameters": r.hyperparameters,
+        "head_reset": r.head_reset,
+        "steps_applied": r.steps_applied,
+        "val": r.val_metrics.to_dict() if r.val_metrics else None,
+        "privacy": dataclasses.asdict(r.privacy) if r.privacy else None,
+    }
     if r.label_free is not None:
         metrics["label_free"] = r.label_free
     if found is not None:
-        kind = "label-free" if isinstance(found, LabelFreeSearch) else "private-selection" if found.private else "k-fold"
-        metrics["search"] = {"kind": kind,
-                             "rows": [{"strategy": row.strategy, "lr": row.lr, "scores": list(row.scores),
-                                       "mean": row.mean} for row in found.rows],
-                             "best": {"strategy": found.best.strategy, "lr": found.best.lr}}
+        kind = (
+            "label-free" if isinstance(found, LabelFreeSearch) else "private-selection" if found.private else "k-fold"
+        )
+        metrics["search"] = {
+            "kind": kind,
+            "rows": [
+                {"strategy": row.strategy, "lr": row.lr, "scores": list(row.scores), "mean": row.mean}
+                for row in found.rows
+            ],
+            "best": {"strategy": found.best.strategy, "lr": found.best.lr},
+        }
         if found.selection is not None:
             metrics["search"]["selection"] = dataclasses.asdict(found.selection)
             metrics["search"]["trials"] = found.trials
@@ -237,24 +276,58 @@ def adapt(
     model, card, run_config = chosen.model, chosen.card, config.replace(head=None)
     pretext = None
     if config.self_pretrain is not None:
-        pretext = self_pretrain(model, data=pretext_pool(target), config=config.self_pretrain, privacy=config.privacy,
-                                device=config.device, seed=config.seed, ledger=ledger, dataset_id=dataset_id)
+        pretext = self_pretrain(
+            model,
+            data=pretext_pool(target),
+            config=config.self_pretrain,
+            privacy=config.privacy,
+            device=config.device,
+            seed=config.seed,
+            ledger=ledger,
+            dataset_id=dataset_id,
+        )
         model = pretext.model
         run_config = run_config.replace(privacy=pretext.finetune_privacy, self_pretrain=None)
     found: SearchResult | LabelFreeSearch | None = None
     if uses_source_free(run_config):
         # Unlabelled adaptation (tent, shot, aad, nrc): label-free checkpoint and search (sfda_selection.py).
-        free = run_source_free(model, target=target, config=run_config, card=card, ledger=ledger,
-                               dataset_id=dataset_id, on_progress=on_progress, on_row=on_row)
+        free = run_source_free(
+            model,
+            target=target,
+            config=run_config,
+            card=card,
+            ledger=ledger,
+            dataset_id=dataset_id,
+            on_progress=on_progress,
+            on_row=on_row,
+        )
         result, test_metrics, found = free.result, free.test_metrics, free.search
     elif config.search is not None:
-        found = search(model, train=target.train, val=target.val, test=target.test, config=run_config, card=card,
-                       label_names=target.label_names, ledger=ledger, dataset_id=dataset_id, on_row=on_row)
+        found = search(
+            model,
+            train=target.train,
+            val=target.val,
+            test=target.test,
+            config=run_config,
+            card=card,
+            label_names=target.label_names,
+            ledger=ledger,
+            dataset_id=dataset_id,
+            on_row=on_row,
+        )
         result, test_metrics = found.final, found.test_metrics
     else:
-        result = finetune(model, train=target.train, val=target.val, config=run_config, card=card,
-                          label_names=target.label_names, ledger=ledger, dataset_id=dataset_id,
-                          on_progress=on_progress)
+        result = finetune(
+            model,
+            train=target.train,
+            val=target.val,
+            config=run_config,
+            card=card,
+            label_names=target.label_names,
+            ledger=ledger,
+            dataset_id=dataset_id,
+            on_progress=on_progress,
+        )
         test = target.test
         test_metrics = None
         if test is not None and len(test) and test.y is not None:
@@ -263,10 +336,24 @@ def adapt(
     epsilon = found.epsilon_total if found is not None else None
     paths = parity = None
     if out_dir is not None:
-        paths, parity = save_outputs(model=result.model, out_dir=out_dir, card=card, label_names=target.label_names,
-                                     strategy=result.strategy,
-                                     metrics=_local_metrics(result, test_metrics, found, epsilon))
-    return FinetuneOutcome(result=result, test_metrics=test_metrics, paths=paths, parity=parity,
-                           dataset_id=dataset_id, search=found, budget=status,
-                           wall_seconds=time.perf_counter() - started, config=config, pretext=pretext,
-                           head=chosen.head)
+        paths, parity = save_outputs(
+            model=result.model,
+            out_dir=out_dir,
+            card=card,
+            label_names=target.label_names,
+            strategy=result.strategy,
+            metrics=_local_metrics(result, test_metrics, found, epsilon),
+        )
+    return FinetuneOutcome(
+        result=result,
+        test_metrics=test_metrics,
+        paths=paths,
+        parity=parity,
+        dataset_id=dataset_id,
+        search=found,
+        budget=status,
+        wall_seconds=time.perf_counter() - started,
+        config=config,
+        pretext=pretext,
+        head=chosen.head,
+    )

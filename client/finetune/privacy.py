@@ -45,8 +45,17 @@ from xfer.client.finetune.errors import PrivacyError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACCOUNTANTS", "DPPlan", "PrivacyConfig", "PrivacyReport", "PrivateRun", "default_delta",
-           "epsilon_of", "make_compatible", "plan_dp"]
+__all__ = [
+    "ACCOUNTANTS",
+    "DPPlan",
+    "PrivacyConfig",
+    "PrivacyReport",
+    "PrivateRun",
+    "default_delta",
+    "epsilon_of",
+    "make_compatible",
+    "plan_dp",
+]
 
 
 def default_delta(bucket: int) -> float:
@@ -83,8 +92,11 @@ def _noise_multiplier(epsilon: float, delta: float, rate: float, steps: int, acc
 
     with warnings.catch_warnings(), np.errstate(divide="ignore"):
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-        return float(utils.get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=rate,
-                                                steps=steps, accountant=accountant))
+        return float(
+            utils.get_noise_multiplier(
+                target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps, accountant=accountant
+            )
+        )
 
 
 def plan_dp(config: PrivacyConfig, *, budget: Budget, noise_multiplier: float | None = None) -> DPPlan:
@@ -97,16 +109,30 @@ def plan_dp(config: PrivacyConfig, *, budget: Budget, noise_multiplier: float | 
     rate, steps = budget.sample_rate, budget.steps
     delta = config.delta if config.delta is not None else default_delta(budget.bucket)
     if rate >= 1.0:
-        log.warning("batch size %d >= the size bucket (%d): every step sees all data, so DP-SGD gets no "
-                    "amplification by subsampling; a smaller batch size usually needs far less noise",
-                    budget.batch_size, budget.bucket)
+        log.warning(
+            "batch size %d >= the size bucket (%d): every step sees all data, so DP-SGD gets no "
+            "amplification by subsampling; a smaller batch size usually needs far less noise",
+            budget.batch_size,
+            budget.bucket,
+        )
     try:
         sigma = noise_multiplier or _noise_multiplier(config.epsilon, delta, rate, steps, config.accountant)
     except ValueError as exc:
-        raise PrivacyError(f"cannot reach epsilon={config.epsilon} at delta={delta:.3g} with {steps} steps at "
-                           f"sample rate {rate:.3g} ({exc}); raise epsilon or train fewer steps") from None
-    return DPPlan(float(sigma), rate, steps, delta, config.epsilon, budget.max_grad_norm, config.accountant,
-                  config.ghost_clipping, expected_batch=max(1, round(rate * budget.bucket)))
+        raise PrivacyError(
+            f"cannot reach epsilon={config.epsilon} at delta={delta:.3g} with {steps} steps at "
+            f"sample rate {rate:.3g} ({exc}); raise epsilon or train fewer steps"
+        ) from None
+    return DPPlan(
+        float(sigma),
+        rate,
+        steps,
+        delta,
+        config.epsilon,
+        budget.max_grad_norm,
+        config.accountant,
+        config.ghost_clipping,
+        expected_batch=max(1, round(rate * budget.bucket)),
+    )
 
 
 def epsilon_of(history: list[tuple[float, float, int]], *, delta: float, accountant: str) -> float:
@@ -152,9 +178,12 @@ def make_compatible(model: nn.Module) -> nn.Module:
         fixed.load_state_dict(model.state_dict())
         log.warning("replaced layers Opacus cannot train with equivalent ones: %s", "; ".join(errors))
         return fixed
-    raise PrivacyError("Opacus cannot compute per-example gradients for layer(s): " + "; ".join(errors)
-                       + ". Freeze those layers (e.g. --strategy linear-probe) or use an architecture "
-                         "without them (GroupNorm/LayerNorm instead of BatchNorm).")
+    raise PrivacyError(
+        "Opacus cannot compute per-example gradients for layer(s): "
+        + "; ".join(errors)
+        + ". Freeze those layers (e.g. --strategy linear-probe) or use an architecture "
+        "without them (GroupNorm/LayerNorm instead of BatchNorm)."
+    )
 
 
 class PrivateRun:
@@ -173,18 +202,24 @@ class PrivateRun:
         # len(dataset) x rate from it, so the stand-in is sized from the plan alone, never from the data.
         per_pass = max(1, round(1.0 / plan.sample_rate))
         self.expected_batch = max(1, plan.expected_batch)
-        self._loader = DataLoader(TensorDataset(torch.arange(per_pass * self.expected_batch)),
-                                  batch_size=self.expected_batch)
+        self._loader = DataLoader(
+            TensorDataset(torch.arange(per_pass * self.expected_batch)), batch_size=self.expected_batch
+        )
 
-    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-             criterion: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module]:
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module
+    ) -> tuple[nn.Module, torch.optim.Optimizer, nn.Module]:
         """Privatises one phase: per-sample hooks on trainable layers, a DP optimizer, (ghost) loss."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 out = self.engine.make_private(
-                    module=model, optimizer=optimizer, criterion=criterion, data_loader=self._loader,
-                    noise_multiplier=self.plan.noise_multiplier, max_grad_norm=self.plan.max_grad_norm,
+                    module=model,
+                    optimizer=optimizer,
+                    criterion=criterion,
+                    data_loader=self._loader,
+                    noise_multiplier=self.plan.noise_multiplier,
+                    max_grad_norm=self.plan.max_grad_norm,
                     poisson_sampling=False,  # we sample ourselves at the same rate; see module docstring
                     grad_sample_mode="ghost" if self.plan.ghost_clipping else "hooks",
                     noise_generator=self.noise_generator,
@@ -202,8 +237,9 @@ class PrivateRun:
             raise
         return net, dp_optimizer, criterion
 
-    def _check_per_sample(self, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer,
-                          criterion: nn.Module) -> None:
+    def _check_per_sample(
+        self, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module
+    ) -> None:
         """Catches layers whose per-example gradients come out wrong before any real data is used.
 
         A layer fed an input without the batch axis (e.g. an Embedding looked up
@@ -220,19 +256,22 @@ class PrivateRun:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             criterion(net(x), torch.zeros(2, dtype=torch.long, device=device)).backward()
-        bad = [name for name, p in model.named_parameters()
-               if p.requires_grad and getattr(p, "grad_sample", None) is not None and p.grad_sample.shape[0] != 2]
+        samples = {name: getattr(p, "grad_sample", None) for name, p in model.named_parameters() if p.requires_grad}
+        bad = [name for name, grad in samples.items() if grad is not None and grad.shape[0] != 2]
         optimizer.zero_grad(set_to_none=True)
         if bad:
-            raise PrivacyError(f"Opacus cannot compute per-example gradients for {', '.join(bad)}: the layer's "
-                               f"input has no batch axis (e.g. an Embedding looked up with shared ids), so its "
-                               f"gradient mixes examples. Freeze that block (e.g. --strategy linear-probe or "
-                               f"surgical:<another block>) or give the layer per-example inputs.")
+            raise PrivacyError(
+                f"Opacus cannot compute per-example gradients for {', '.join(bad)}: the layer's "
+                f"input has no batch axis (e.g. an Embedding looked up with shared ids), so its "
+                f"gradient mixes examples. Freeze that block (e.g. --strategy linear-probe or "
+                f"surgical:<another block>) or give the layer per-example inputs."
+            )
 
     @staticmethod
     def unwrap(net: nn.Module) -> nn.Module:
         """Removes Opacus hooks and per-sample attributes; returns the plain module."""
-        return net.to_standard_module() if hasattr(net, "to_standard_module") else net
+        unwrap = getattr(net, "to_standard_module", None)
+        return unwrap() if unwrap is not None else net
 
     def poisson_batch(self, generator: torch.Generator) -> torch.Tensor:
         """Indices of one Poisson-sampled batch (each example kept with probability q)."""

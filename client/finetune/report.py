@@ -94,8 +94,9 @@ def round_seconds(seconds: float) -> float:
     return float(2.0 ** round(math.log2(seconds)))
 
 
-def report_metrics(*, test: dict[str, float] | None, bucket: int, cv_accuracy: float | None,
-                   held_out: int | None = None) -> dict[str, float]:
+def report_metrics(
+    *, test: dict[str, float] | None, bucket: int, cv_accuracy: float | None, held_out: int | None = None
+) -> dict[str, float]:
     """The metrics a report carries: test-split scalars on `held_out_grid`, and the CV accuracy if any."""
     grid = held_out_grid(bucket, held_out)
     out: dict[str, float] = {}
@@ -112,6 +113,7 @@ def report_metrics(*, test: dict[str, float] | None, bucket: int, cv_accuracy: f
 def label_free_metrics(scores: dict[str, float], *, bucket: int) -> dict[str, float]:
     """`label_free/<name>` for the reportable criteria among `scores`, on the bucket's held-out grid."""
     grid = fraction_grid(bucket)
-    out = {f"label_free/{name}": quantize(float(scores[name]), grid) for name in REPORTABLE_LABEL_FREE
-           if name in scores}
+    out = {
+        f"label_free/{name}": quantize(float(scores[name]), grid) for name in REPORTABLE_LABEL_FREE if name in scores
+    }
     return {k: v for k, v in out.items() if math.isfinite(v)}

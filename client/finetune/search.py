@@ -161,27 +161,48 @@ def search(
     if train.y is None:
         from xfer.client.finetune.sfda_strategies import SOURCE_FREE
 
-        raise DataError(f"cross-validating {', '.join(config.search.strategies)} needs labelled training data, and "
-                        f"these examples have none; search over source-free strategies instead "
-                        f"(--search --strategy {','.join(SOURCE_FREE[1:])}: chosen by a label-free criterion)")
-    label_names = tuple(label_names) if label_names is not None else \
-        tuple(str(i) for i in range(int(train.y.max()) + 1))
+        raise DataError(
+            f"cross-validating {', '.join(config.search.strategies)} needs labelled training data, and "
+            f"these examples have none; search over source-free strategies instead "
+            f"(--search --strategy {','.join(SOURCE_FREE[1:])}: chosen by a label-free criterion)"
+        )
+    label_names = (
+        tuple(label_names) if label_names is not None else tuple(str(i) for i in range(int(train.y.max()) + 1))
+    )
     grid = _grid(config.search)
     if config.privacy is None:
-        result = _cross_validate(model, train=train, val=val, config=config, grid=grid, card=card,
-                                 label_names=label_names, on_row=on_row)
+        result = _cross_validate(
+            model, train=train, val=val, config=config, grid=grid, card=card, label_names=label_names, on_row=on_row
+        )
     else:
-        result = _private_select(model, train=train, config=config, grid=grid, card=card,
-                                 label_names=label_names, ledger=ledger, dataset_id=dataset_id, on_row=on_row)
+        result = _private_select(
+            model,
+            train=train,
+            config=config,
+            grid=grid,
+            card=card,
+            label_names=label_names,
+            ledger=ledger,
+            dataset_id=dataset_id,
+            on_row=on_row,
+        )
     result.grid = grid
     if test is not None and len(test) and test.y is not None:
         result.test_metrics = evaluate(result.final.model, test.x, test.y, label_names=label_names)
     return result
 
 
-def _cross_validate(model: XferModel, *, train: TensorData, val: TensorData | None, config: FinetuneConfig,
-                    grid: list[tuple[str, float]], card: ModelCard | None, label_names: tuple[str, ...],
-                    on_row: Callable[[CVRow], None] | None) -> SearchResult:
+def _cross_validate(
+    model: XferModel,
+    *,
+    train: TensorData,
+    val: TensorData | None,
+    config: FinetuneConfig,
+    grid: list[tuple[str, float]],
+    card: ModelCard | None,
+    label_names: tuple[str, ...],
+    on_row: Callable[[CVRow], None] | None,
+) -> SearchResult:
     assert config.search is not None and train.y is not None
     folds = kfold(train.y.numpy(), folds=config.search.folds, seed=config.seed)
     bucket = size_bucket(len(train))
@@ -191,9 +212,15 @@ def _cross_validate(model: XferModel, *, train: TensorData, val: TensorData | No
     for strategy, lr in grid:
         scores = []
         for k, fold in enumerate(folds):
-            run = finetune(model, train=train.subset(fold.train), val=None, card=card, label_names=label_names,
-                           config=fold_config.replace(strategy=strategy, lr=lr, seed=config.seed + k),
-                           bucket=bucket)
+            run = finetune(
+                model,
+                train=train.subset(fold.train),
+                val=None,
+                card=card,
+                label_names=label_names,
+                config=fold_config.replace(strategy=strategy, lr=lr, seed=config.seed + k),
+                bucket=bucket,
+            )
             held_out = train.subset(fold.val)
             scores.append(evaluate(run.model, held_out.x, held_out.y, label_names=label_names).accuracy)
         row = CVRow(strategy, lr, tuple(scores))
@@ -219,39 +246,67 @@ def holdout_assignment(n: int, *, fraction: float, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 0x5E1EC7]).random(n) < fraction
 
 
-def _private_select(model: XferModel, *, train: TensorData, config: FinetuneConfig, grid: list[tuple[str, float]],
-                    card: ModelCard | None, label_names: tuple[str, ...], ledger: PrivacyLedger | None,
-                    dataset_id: str | None, on_row: Callable[[CVRow], None] | None) -> SearchResult:
+def _private_select(
+    model: XferModel,
+    *,
+    train: TensorData,
+    config: FinetuneConfig,
+    grid: list[tuple[str, float]],
+    card: ModelCard | None,
+    label_names: tuple[str, ...],
+    ledger: PrivacyLedger | None,
+    dataset_id: str | None,
+    on_row: Callable[[CVRow], None] | None,
+) -> SearchResult:
     assert config.search is not None and config.privacy is not None and train.y is not None
     privacy = config.privacy
     bucket = size_bucket(len(train))
     delta = privacy.delta if privacy.delta is not None else default_delta(bucket)
     # Every cell trains the same steps at the same rate, so every trial has the same RDP curve.
-    budgets = {plan_budget(n=len(train), config=config.replace(strategy=s, lr=lr), strategy_lr=lr)
-               for s, lr in grid}
+    budgets = {plan_budget(n=len(train), config=config.replace(strategy=s, lr=lr), strategy_lr=lr) for s, lr in grid}
     shapes = {(b.sample_rate, b.steps) for b in budgets}
     if len(shapes) != 1:
         raise SearchError("a private search needs one step budget and batch size for every grid cell")
-    (sample_rate, steps), = shapes
+    ((sample_rate, steps),) = shapes
     assert sample_rate is not None
     mean_trials = float(config.search.trials if config.search.trials is not None else max(2, len(grid)))
-    plan = plan_selection(epsilon=privacy.epsilon, delta=delta, sample_rate=sample_rate, steps=steps,
-                          mean=mean_trials, shape=config.search.trials_shape)
+    plan = plan_selection(
+        epsilon=privacy.epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        mean=mean_trials,
+        shape=config.search.trials_shape,
+    )
     entry = None
     if ledger is not None:
         if not dataset_id:
             raise SearchError("a privacy ledger needs the dataset_id to charge")
-        entry = ledger.charge(dataset_id, epsilon=plan.epsilon, delta=delta, budget=privacy.budget,
-                              note=f"private search over {len(grid)} configs, {mean_trials:g} trials on average")
+        entry = ledger.charge(
+            dataset_id,
+            epsilon=plan.epsilon,
+            delta=delta,
+            budget=privacy.budget,
+            note=f"private search over {len(grid)} configs, {mean_trials:g} trials on average",
+        )
     held = holdout_assignment(len(train), fraction=1.0 / config.search.folds, seed=config.seed)
     part, out = train.subset(np.nonzero(~held)[0]), train.subset(np.nonzero(held)[0])
     if len(out) == 0 or len(part) == 0 or part.y is None or out.y is None:
-        raise SearchError(f"too few labelled examples ({len(train)}) for a private search with a 1/{config.search.folds} "
-                          f"held-out part; use more data or skip --search")
+        raise SearchError(
+            f"too few labelled examples ({len(train)}) for a private search with a 1/{config.search.folds} "
+            f"held-out part; use more data or skip --search"
+        )
     rng = np.random.default_rng([config.seed, 0x7E1A15])
     trials = sample_trials(rng, mean=mean_trials, shape=config.search.trials_shape)
-    log.info("private search: %d trials (%.3g on average), sigma %.3f, count noise %.3f, epsilon %.3f at delta "
-             "%.2e", trials, mean_trials, plan.noise_multiplier, plan.score_noise, plan.epsilon, delta)
+    log.info(
+        "private search: %d trials (%.3g on average), sigma %.3f, count noise %.3f, epsilon %.3f at delta %.2e",
+        trials,
+        mean_trials,
+        plan.noise_multiplier,
+        plan.score_noise,
+        plan.epsilon,
+        delta,
+    )
     trial_config = config.replace(search=None, patience=None)
     rows: list[CVRow] = []
     best_run: FinetuneResult | None = None
@@ -260,9 +315,16 @@ def _private_select(model: XferModel, *, train: TensorData, config: FinetuneConf
     try:
         for t in range(trials):
             strategy, lr = grid[int(rng.integers(len(grid)))]
-            run = finetune(model, train=part, val=None, card=card, label_names=label_names, bucket=bucket,
-                           noise_multiplier=plan.noise_multiplier,
-                           config=trial_config.replace(strategy=strategy, lr=lr, seed=config.seed + t))
+            run = finetune(
+                model,
+                train=part,
+                val=None,
+                card=card,
+                label_names=label_names,
+                bucket=bucket,
+                noise_multiplier=plan.noise_multiplier,
+                config=trial_config.replace(strategy=strategy, lr=lr, seed=config.seed + t),
+            )
             correct = int((predict_logits(run.model, out.x).argmax(1) == out.y).sum())
             noisy = correct + float(rng.normal(0.0, plan.score_noise))
             # Shown locally as an accuracy; only the comparison between trials (same held-out part) matters.

@@ -85,8 +85,9 @@ def sample_trials(rng: np.random.Generator, *, mean: float, shape: float) -> int
     return int(rng.choice(np.arange(1, k_max + 1), p=tnb_pmf(k_max, gamma=gamma, shape=shape)))
 
 
-def repeat_and_select_rdp(rdp: np.ndarray, *, mean: float, shape: float,
-                          orders: tuple[float, ...] = ORDERS) -> np.ndarray:
+def repeat_and_select_rdp(
+    rdp: np.ndarray, *, mean: float, shape: float, orders: tuple[float, ...] = ORDERS
+) -> np.ndarray:
     """ε'(λ) of releasing the best of K ~ D(η, γ) runs of a mechanism whose RDP curve is `rdp`."""
     orders_a = np.asarray(orders, dtype=np.float64)
     rdp = np.asarray(rdp, dtype=np.float64)
@@ -140,8 +141,9 @@ def _score_noise(rdp: np.ndarray, orders: tuple[float, ...]) -> float:
     return float(math.sqrt(max(o / (2 * r) for o, r in zip(orders, rdp) if r > 0)))
 
 
-def selection_epsilon(*, sigma: float, sample_rate: float, steps: int, mean: float, shape: float,
-                      delta: float) -> tuple[float, float, float]:
+def selection_epsilon(
+    *, sigma: float, sample_rate: float, steps: int, mean: float, shape: float, delta: float
+) -> tuple[float, float, float]:
     """(ε of the selection, ε of one trial, score noise) for DP-SGD noise `sigma`."""
     rdp_train = _dpsgd_rdp(sample_rate, sigma, steps, ORDERS)
     score = _score_noise(rdp_train, ORDERS)
@@ -152,27 +154,44 @@ def selection_epsilon(*, sigma: float, sample_rate: float, steps: int, mean: flo
 
 
 @functools.lru_cache(maxsize=64)
-def plan_selection(*, epsilon: float, delta: float, sample_rate: float, steps: int, mean: float,
-                   shape: float) -> SelectionPlan:
+def plan_selection(
+    *, epsilon: float, delta: float, sample_rate: float, steps: int, mean: float, shape: float
+) -> SelectionPlan:
     """Solves the DP-SGD σ (and the score noise) that keeps the whole selection within (ε, δ)."""
     lo, hi = 0.3, 0.3
-    while selection_epsilon(sigma=hi, sample_rate=sample_rate, steps=steps, mean=mean, shape=shape,
-                            delta=delta)[0] > epsilon:
+    while (
+        selection_epsilon(sigma=hi, sample_rate=sample_rate, steps=steps, mean=mean, shape=shape, delta=delta)[0]
+        > epsilon
+    ):
         lo, hi = hi, hi * 2
         if hi > 1e4:
-            raise PrivacyError(f"a private search cannot fit epsilon={epsilon} at delta={delta:.3g} with "
-                               f"{mean:g} trials on average: selecting among trials alone costs more. Raise "
-                               f"epsilon, lower the number of trials, or skip --search")
+            raise PrivacyError(
+                f"a private search cannot fit epsilon={epsilon} at delta={delta:.3g} with "
+                f"{mean:g} trials on average: selecting among trials alone costs more. Raise "
+                f"epsilon, lower the number of trials, or skip --search"
+            )
     if hi == 0.3:
         lo = 0.05
     while hi - lo > 1e-3 * hi:  # σ to 0.1 %: rounding up keeps the target
         mid = (lo + hi) / 2
-        if selection_epsilon(sigma=mid, sample_rate=sample_rate, steps=steps, mean=mean, shape=shape,
-                             delta=delta)[0] > epsilon:
+        if (
+            selection_epsilon(sigma=mid, sample_rate=sample_rate, steps=steps, mean=mean, shape=shape, delta=delta)[0]
+            > epsilon
+        ):
             lo = mid
         else:
             hi = mid
-    eps, trial_eps, score = selection_epsilon(sigma=hi, sample_rate=sample_rate, steps=steps, mean=mean,
-                                              shape=shape, delta=delta)
-    return SelectionPlan(noise_multiplier=hi, score_noise=score, sample_rate=sample_rate, steps=steps,
-                         mean_trials=mean, shape=shape, delta=delta, epsilon=eps, trial_epsilon=trial_eps)
+    eps, trial_eps, score = selection_epsilon(
+        sigma=hi, sample_rate=sample_rate, steps=steps, mean=mean, shape=shape, delta=delta
+    )
+    return SelectionPlan(
+        noise_multiplier=hi,
+        score_noise=score,
+        sample_rate=sample_rate,
+        steps=steps,
+        mean_trials=mean,
+        shape=shape,
+        delta=delta,
+        epsilon=eps,
+        trial_epsilon=trial_eps,
+    )

@@ -88,9 +88,13 @@ class SelfPretrainResult:
 
     def hyperparameters(self) -> dict[str, str]:
         """What a report says about it: functions of the config and the pool's size bucket only."""
-        out = {"self_pretrain": self.objective, "self_pretrain_steps": str(self.config.steps),
-               "self_pretrain_batch_size": str(self.batch_size), "self_pretrain_lr": f"{self.config.lr:g}",
-               "self_pretrain_bucket": str(self.bucket)}
+        out = {
+            "self_pretrain": self.objective,
+            "self_pretrain_steps": str(self.config.steps),
+            "self_pretrain_batch_size": str(self.batch_size),
+            "self_pretrain_lr": f"{self.config.lr:g}",
+            "self_pretrain_bucket": str(self.bucket),
+        }
         if self.objective == "masked":
             out["self_pretrain_mask_ratio"] = f"{self.config.mask_ratio:g}"
         else:
@@ -129,8 +133,9 @@ class MaskedReconstruction(nn.Module):
         self.model = model
         self.example_shape = example_shape
         size = math.prod(example_shape)
-        self.decoder = nn.Sequential(nn.Linear(model.feature_dim, DECODER_WIDTH), nn.GELU(),
-                                     nn.Linear(DECODER_WIDTH, size))
+        self.decoder = nn.Sequential(
+            nn.Linear(model.feature_dim, DECODER_WIDTH), nn.GELU(), nn.Linear(DECODER_WIDTH, size)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.model.forward_features(x)).view(len(x), *self.example_shape)
@@ -168,8 +173,9 @@ class Contrastive(nn.Module):
         super().__init__()
         self.model = model
         self.example_shape = example_shape
-        self.projector = nn.Sequential(nn.Linear(model.feature_dim, DECODER_WIDTH), nn.ReLU(),
-                                       nn.Linear(DECODER_WIDTH, PROJECTION_DIM))
+        self.projector = nn.Sequential(
+            nn.Linear(model.feature_dim, DECODER_WIDTH), nn.ReLU(), nn.Linear(DECODER_WIDTH, PROJECTION_DIM)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.model.forward_features(x))
@@ -215,9 +221,17 @@ def _batch_size(config: SelfPretrainConfig, *, bucket: int, dp: bool) -> int:
     return max(batch, MIN_CONTRASTIVE_BATCH) if config.objective == "contrastive" else batch
 
 
-def self_pretrain(model: XferModel, *, data: TensorData, config: SelfPretrainConfig,
-                  privacy: PrivacyConfig | None = None, device: str = "auto", seed: int = 0,
-                  ledger: PrivacyLedger | None = None, dataset_id: str | None = None) -> SelfPretrainResult:
+def self_pretrain(
+    model: XferModel,
+    *,
+    data: TensorData,
+    config: SelfPretrainConfig,
+    privacy: PrivacyConfig | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    ledger: PrivacyLedger | None = None,
+    dataset_id: str | None = None,
+) -> SelfPretrainResult:
     """Trains a copy of `model`'s body on `data` (labels ignored) with `config.objective`; the head is untouched.
 
     With `privacy`, runs DP-SGD at `privacy.epsilon × config.epsilon_share` (the result's `finetune_privacy`
@@ -231,8 +245,10 @@ def self_pretrain(model: XferModel, *, data: TensorData, config: SelfPretrainCon
     bucket = size_bucket(n)
     dp = privacy is not None
     if dp and config.objective != "masked":
-        raise PrivacyError(f"self-pretraining objective {config.objective!r} cannot run under DP (its loss couples "
-                           f"the examples of a batch); use 'masked'")
+        raise PrivacyError(
+            f"self-pretraining objective {config.objective!r} cannot run under DP (its loss couples "
+            f"the examples of a batch); use 'masked'"
+        )
     sp_privacy = ft_privacy = None
     if privacy is not None:
         sp_privacy, ft_privacy = split_privacy(privacy, share=config.epsilon_share, bucket=bucket)
@@ -246,19 +262,26 @@ def self_pretrain(model: XferModel, *, data: TensorData, config: SelfPretrainCon
                 raise PrivacyBudgetExceededError(
                     f"self-pretraining plus fine-tuning needs epsilon {privacy.epsilon:g} on {dataset_id}, but only "
                     f"{status.remaining:.3g} of its budget {status.budget:g} is left; lower --dp-epsilon or raise "
-                    f"--privacy-budget")
+                    f"--privacy-budget"
+                )
     setup = resolve_device(device)
     seed_everything(seed)
     batch = _batch_size(config, bucket=bucket, dp=dp)
-    budget = plan_budget(n=n, config=FinetuneConfig(steps=config.steps, batch_size=batch, lr=config.lr,
-                                                    privacy=sp_privacy), strategy_lr=config.lr, strategy_clip=DP_CLIP)
+    budget = plan_budget(
+        n=n,
+        config=FinetuneConfig(steps=config.steps, batch_size=batch, lr=config.lr, privacy=sp_privacy),
+        strategy_lr=config.lr,
+        strategy_clip=DP_CLIP,
+    )
     work = copy.deepcopy(model)
     if dp:
         work = make_compatible(work)
     shape = tuple(data.x.shape[1:])
-    wrapper: MaskedReconstruction | Contrastive = (MaskedReconstruction(work, example_shape=shape)
-                                                   if config.objective == "masked"
-                                                   else Contrastive(work, example_shape=shape))
+    wrapper: MaskedReconstruction | Contrastive = (
+        MaskedReconstruction(work, example_shape=shape)
+        if config.objective == "masked"
+        else Contrastive(work, example_shape=shape)
+    )
     for p in work.head_layer.parameters():
         p.requires_grad_(False)  # the head is not part of the objective: no update, no DP hooks
     wrapper.to(setup.device).train()
@@ -268,12 +291,17 @@ def self_pretrain(model: XferModel, *, data: TensorData, config: SelfPretrainCon
     x = to_device(data.x, setup)
     run = plan = entry = None
     net: nn.Module = wrapper
-    if sp_privacy is not None:
+    if sp_privacy is not None and privacy is not None:
         plan = plan_dp(sp_privacy, budget=budget)
         run = PrivateRun(plan, n=n, seed=seed, device=setup.device)
         if ledger is not None and dataset_id:
-            entry = ledger.charge(dataset_id, epsilon=plan.target_epsilon, delta=plan.delta, budget=privacy.budget,
-                                  note=f"self-pretrain {config.objective}")
+            entry = ledger.charge(
+                dataset_id,
+                epsilon=plan.target_epsilon,
+                delta=plan.delta,
+                budget=privacy.budget,
+                note=f"self-pretrain {config.objective}",
+            )
         net, optimizer, _ = run.wrap(wrapper, optimizer, nn.MSELoss())
     losses: list[float] = []
     applied = 0
@@ -287,7 +315,7 @@ def self_pretrain(model: XferModel, *, data: TensorData, config: SelfPretrainCon
                 else:
                     if pos >= n:
                         order, pos = torch.randperm(n, generator=generator), 0
-                    idx, pos = order[pos:pos + batch], pos + batch
+                    idx, pos = order[pos : pos + batch], pos + batch
                 empty = idx.numel() == 0
                 if empty:
                     idx = torch.zeros(1, dtype=torch.long)  # a noise-only step still counts for the accountant
@@ -298,9 +326,10 @@ def self_pretrain(model: XferModel, *, data: TensorData, config: SelfPretrainCon
                 else:
                     if len(xb) < 2:
                         continue
-                    z = net(torch.cat([wrapper.augment(xb, generator=generator),
-                                       wrapper.augment(xb, generator=generator)]))
-                    loss = wrapper.loss(z[:len(xb)], z[len(xb):], temperature=config.temperature)
+                    z = net(
+                        torch.cat([wrapper.augment(xb, generator=generator), wrapper.augment(xb, generator=generator)])
+                    )
+                    loss = wrapper.loss(z[: len(xb)], z[len(xb) :], temperature=config.temperature)
                 if empty:
                     loss = loss * 0.0
                 for g in optimizer.param_groups:
@@ -321,15 +350,38 @@ def self_pretrain(model: XferModel, *, data: TensorData, config: SelfPretrainCon
     report = None
     if run is not None and plan is not None:
         spent = run.epsilon_spent()
-        report = PrivacyReport(spent, plan.delta, plan.noise_multiplier, plan.max_grad_norm, plan.sample_rate,
-                               run.steps_taken, plan.accountant, plan.target_epsilon, False)
+        report = PrivacyReport(
+            spent,
+            plan.delta,
+            plan.noise_multiplier,
+            plan.max_grad_norm,
+            plan.sample_rate,
+            run.steps_taken,
+            plan.accountant,
+            plan.target_epsilon,
+            False,
+        )
         if ledger is not None and entry is not None and dataset_id:
             ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=plan.delta)
     work.cpu().eval()
     tenth = max(1, len(losses) // 10)
-    curve = tuple(sum(losses[i:i + tenth]) / len(losses[i:i + tenth]) for i in range(0, len(losses), tenth))
-    log.info("self-pretrained (%s) for %d steps at batch %d: loss %s", config.objective, applied, batch,
-             " -> ".join(f"{v:.4f}" for v in curve[:1] + curve[-1:]))
-    return SelfPretrainResult(model=work, objective=config.objective, steps_applied=applied, batch_size=batch,
-                              bucket=bucket, losses=curve, privacy=report, finetune_privacy=ft_privacy,
-                              seconds=time.perf_counter() - started, config=config)
+    curve = tuple(sum(losses[i : i + tenth]) / len(losses[i : i + tenth]) for i in range(0, len(losses), tenth))
+    log.info(
+        "self-pretrained (%s) for %d steps at batch %d: loss %s",
+        config.objective,
+        applied,
+        batch,
+        " -> ".join(f"{v:.4f}" for v in curve[:1] + curve[-1:]),
+    )
+    return SelfPretrainResult(
+        model=work,
+        objective=config.objective,
+        steps_applied=applied,
+        batch_size=batch,
+        bucket=bucket,
+        losses=curve,
+        privacy=report,
+        finetune_privacy=ft_privacy,
+        seconds=time.perf_counter() - started,
+        config=config,
+    )

@@ -71,8 +71,12 @@ def source_free_config(config: FinetuneConfig, strategy: SourceFreeStrategy, *, 
     so a default run never needs an RDumb reset; under DP at least the
     engine's DP step floor applies through `plan_budget`'s defaults instead.
     """
-    if config.steps is not None or config.epochs is not None or strategy.default_passes is None \
-            or config.privacy is not None:
+    if (
+        config.steps is not None
+        or config.epochs is not None
+        or strategy.default_passes is None
+        or config.privacy is not None
+    ):
         return config
     batch = config.batch_size or default_batch_size(bucket, dp=False)
     steps = passes_to_steps(strategy.default_passes, bucket=bucket, batch_size=batch)
@@ -86,13 +90,18 @@ def check_source_free(strategy: SourceFreeStrategy, config: FinetuneConfig) -> N
     if config.privacy is not None and not strategy.per_example:
         raise DPUnsupportedError(
             f"--dp-epsilon: {strategy.label} cannot train under DP-SGD: {strategy.dp_refusal}. Run it without "
-            f"--dp-epsilon, or use tent, whose entropy loss is per-example and runs under DP")
+            f"--dp-epsilon, or use tent, whose entropy loss is per-example and runs under DP"
+        )
     if config.privacy is not None and config.privacy.ghost_clipping:
-        raise PrivacyError(f"--ghost-clipping needs a loss of (output, label); {strategy.label}'s loss has no label. "
-                           f"Drop --ghost-clipping")
+        raise PrivacyError(
+            f"--ghost-clipping needs a loss of (output, label); {strategy.label}'s loss has no label. "
+            f"Drop --ghost-clipping"
+        )
     if config.reinit_head:
-        raise StrategyError(f"{strategy.label} adapts without labels, so it keeps the source's head and classes; "
-                            f"drop --reinit-head (a new label set needs labels: use a supervised strategy)")
+        raise StrategyError(
+            f"{strategy.label} adapts without labels, so it keeps the source's head and classes; "
+            f"drop --reinit-head (a new label set needs labels: use a supervised strategy)"
+        )
 
 
 def _without_labels(data: TensorData | None) -> TensorData | None:
@@ -101,19 +110,25 @@ def _without_labels(data: TensorData | None) -> TensorData | None:
     return data.without_labels() if data.y is not None else data
 
 
-def _check_closed_set(model: XferModel, *, label_names: Sequence[str] | None, card: ModelCard | None,
-                      strategy: str) -> tuple[str, ...]:
+def _check_closed_set(
+    model: XferModel, *, label_names: Sequence[str] | None, card: ModelCard | None, strategy: str
+) -> tuple[str, ...]:
     """The label names the adapted model predicts: the source's own (closed-set adaptation)."""
-    source = tuple(card.label_names) if card is not None and card.label_names else \
-        tuple(str(i) for i in range(model.num_classes))
+    source = (
+        tuple(card.label_names)
+        if card is not None and card.label_names
+        else tuple(str(i) for i in range(model.num_classes))
+    )
     if label_names is None:
         return source
     names = tuple(label_names)
     if len(names) != model.num_classes or (card is not None and card.label_names and set(names) != set(source)):
-        raise DataError(f"{strategy} adapts without labels, so the target must share the source's classes "
-                        f"({len(source)}: {', '.join(source[:10])}{', ...' if len(source) > 10 else ''}); this "
-                        f"target has {len(names)} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}). "
-                        f"A new label set needs labels: use a supervised strategy such as lp-ft")
+        raise DataError(
+            f"{strategy} adapts without labels, so the target must share the source's classes "
+            f"({len(source)}: {', '.join(source[:10])}{', ...' if len(source) > 10 else ''}); this "
+            f"target has {len(names)} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}). "
+            f"A new label set needs labels: use a supervised strategy such as lp-ft"
+        )
     return source
 
 
@@ -144,8 +159,9 @@ def adapt_source_free(
     started = time.perf_counter()
     strat = get_strategy(config.strategy)
     if not isinstance(strat, SourceFreeStrategy):
-        raise FinetuneError(f"{strat.label} is a supervised strategy; source-free strategies are "
-                            f"{', '.join(SOURCE_FREE)}")
+        raise FinetuneError(
+            f"{strat.label} is a supervised strategy; source-free strategies are {', '.join(SOURCE_FREE)}"
+        )
     if config.search is not None:
         raise SearchError("a label-free search is `sfda_selection.select_source_free` (or `adapt`)")
     check_source_free(strat, config)
@@ -162,8 +178,7 @@ def adapt_source_free(
     n = len(train_u)
     bucket = bucket or size_bucket(n)
     config = source_free_config(config, strat, bucket=bucket)
-    budget = plan_budget(n=n, config=config, strategy_lr=strat.default_lr, bucket=bucket,
-                         strategy_clip=strat.dp_clip)
+    budget = plan_budget(n=n, config=config, strategy_lr=strat.default_lr, bucket=bucket, strategy_clip=strat.dp_clip)
 
     work = copy.deepcopy(model)
     if config.privacy is not None:
@@ -187,12 +202,29 @@ def adapt_source_free(
         if ledger is not None:
             if not dataset_id:
                 raise FinetuneError("a privacy ledger needs the dataset_id to charge")
-            entry = ledger.charge(dataset_id, epsilon=dp_plan.target_epsilon, delta=dp_plan.delta,
-                                  budget=privacy.budget, note=f"finetune {strat.label}")
+            entry = ledger.charge(
+                dataset_id,
+                epsilon=dp_plan.target_epsilon,
+                delta=dp_plan.delta,
+                budget=privacy.budget,
+                note=f"finetune {strat.label}",
+            )
 
-    loop = _Loop(work=work, setup=setup, x=x, xv=xv, budget=budget, sched=sched, config=config, run=run,
-                 objective=objective, reset_every=strat.reset_every, names=param_names, on_progress=on_progress,
-                 on_evaluate=on_evaluate)
+    loop = _Loop(
+        work=work,
+        setup=setup,
+        x=x,
+        xv=xv,
+        budget=budget,
+        sched=sched,
+        config=config,
+        run=run,
+        objective=objective,
+        reset_every=strat.reset_every,
+        names=param_names,
+        on_progress=on_progress,
+        on_evaluate=on_evaluate,
+    )
     source_scores = loop.score() if xv is not None else None
     train_started = time.perf_counter()
     try:
@@ -208,8 +240,10 @@ def adapt_source_free(
     if loop.steps_applied == 0:
         raise FinetuneError(f"{strat.label} applied no optimizer step; raise the step budget")
     if xv is not None and loop.best_state is None:
-        raise FinetuneError(f"{strat.label} diverged: the {config.criterion} criterion was never finite on the "
-                            f"validation split; lower --lr")
+        raise FinetuneError(
+            f"{strat.label} diverged: the {config.criterion} criterion was never finite on the "
+            f"validation split; lower --lr"
+        )
     if xv is None and not math.isfinite(loop.last_loss):
         raise FinetuneError(f"{strat.label} diverged (the training loss is {loop.last_loss}); lower --lr")
     if loop.best_state is not None:
@@ -221,40 +255,89 @@ def adapt_source_free(
     if run is not None and dp_plan is not None:
         history = run.history()
         spent = run.epsilon_spent()
-        report = PrivacyReport(spent, dp_plan.delta, dp_plan.noise_multiplier, dp_plan.max_grad_norm,
-                               dp_plan.sample_rate, run.steps_taken, dp_plan.accountant, dp_plan.target_epsilon,
-                               dp_plan.ghost_clipping)
+        report = PrivacyReport(
+            spent,
+            dp_plan.delta,
+            dp_plan.noise_multiplier,
+            dp_plan.max_grad_norm,
+            dp_plan.sample_rate,
+            run.steps_taken,
+            dp_plan.accountant,
+            dp_plan.target_epsilon,
+            dp_plan.ghost_clipping,
+        )
         if ledger is not None and entry is not None and dataset_id:
             ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=dp_plan.delta)
 
-    hyper = {"lr": f"{budget.lr:g}", "steps": str(budget.steps), "batch_size": str(budget.batch_size),
-             "eval_every": str(budget.eval_every), "schedule": config.schedule,
-             "weight_decay": f"{config.weight_decay:g}", "head_reset": "false", "seed": str(config.seed),
-             "labels": "none", **strat.hyperparameters()}
+    hyper = {
+        "lr": f"{budget.lr:g}",
+        "steps": str(budget.steps),
+        "batch_size": str(budget.batch_size),
+        "eval_every": str(budget.eval_every),
+        "schedule": config.schedule,
+        "weight_decay": f"{config.weight_decay:g}",
+        "head_reset": "false",
+        "seed": str(config.seed),
+        "labels": "none",
+        **strat.hyperparameters(),
+    }
     if xv is not None:
         hyper["criterion"] = config.criterion
         hyper["checkpoint_step"] = str(loop.best_step)
     if config.patience is not None:
         hyper["patience"] = str(config.patience)
-    label_free = {"criterion": config.criterion if xv is not None else None, "source": source_scores,
-                  "best": loop.best_scores, "checkpoint_step": loop.best_step, "resets": loop.resets,
-                  **objective.diagnostics()}
+    label_free = {
+        "criterion": config.criterion if xv is not None else None,
+        "source": source_scores,
+        "best": loop.best_scores,
+        "checkpoint_step": loop.best_step,
+        "resets": loop.resets,
+        **objective.diagnostics(),
+    }
     return FinetuneResult(
-        model=work, strategy=strat.label, hyperparameters=hyper, label_names=names, head_reset=False,
-        history=loop.history, best_step=loop.best_step, groups=loop.groups, rgn_scales=[], privacy=report,
-        dp_history=history, val_metrics=None, train_examples=n, budget=budget, steps_applied=loop.steps_applied,
-        device_kind=setup.kind, wall_seconds=time.perf_counter() - started, train_seconds=train_seconds,
-        examples_seen=loop.examples_seen, label_free=label_free,
+        model=work,
+        strategy=strat.label,
+        hyperparameters=hyper,
+        label_names=names,
+        head_reset=False,
+        history=loop.history,
+        best_step=loop.best_step,
+        groups=loop.groups,
+        rgn_scales=[],
+        privacy=report,
+        dp_history=history,
+        val_metrics=None,
+        train_examples=n,
+        budget=budget,
+        steps_applied=loop.steps_applied,
+        device_kind=setup.kind,
+        wall_seconds=time.perf_counter() - started,
+        train_seconds=train_seconds,
+        examples_seen=loop.examples_seen,
+        label_free=label_free,
     )
 
 
 class _Loop:
     """State shared across the phases of one source-free run."""
 
-    def __init__(self, *, work: XferModel, setup, x: torch.Tensor, xv: torch.Tensor | None, budget: Budget,
-                 sched: Callable[[int, int], float], config: FinetuneConfig, run: PrivateRun | None,
-                 objective: Objective, reset_every: int | None, names: dict[int, str],
-                 on_progress: Callable[[RoundRecord], None] | None, on_evaluate: EvaluateHook | None) -> None:
+    def __init__(
+        self,
+        *,
+        work: XferModel,
+        setup,
+        x: torch.Tensor,
+        xv: torch.Tensor | None,
+        budget: Budget,
+        sched: Callable[[int, int], float],
+        config: FinetuneConfig,
+        run: PrivateRun | None,
+        objective: Objective,
+        reset_every: int | None,
+        names: dict[int, str],
+        on_progress: Callable[[RoundRecord], None] | None,
+        on_evaluate: EvaluateHook | None,
+    ) -> None:
         self.work, self.setup, self.x, self.xv, self.budget, self.sched = work, setup, x, xv, budget, sched
         self.config, self.run, self.objective, self.reset_every, self.names = config, run, objective, reset_every, names
         self.on_progress, self.on_evaluate = on_progress, on_evaluate
@@ -291,7 +374,7 @@ class _Loop:
                 self._order = self._order.to(self.setup.device, non_blocking=True)
             self._pos = 0
         assert self._order is not None
-        batch = self._order[self._pos:self._pos + self.budget.batch_size]
+        batch = self._order[self._pos : self._pos + self.budget.batch_size]
         self._pos += self.budget.batch_size
         return batch, new_pass
 
@@ -301,10 +384,11 @@ class _Loop:
             p.requires_grad_(id(p) in trainable)
         params = [p for g in phase.groups for p in g.params]
         initial = [p.detach().clone() for p in params] if self.reset_every else []
-        groups = [{"params": list(g.params), "lr": phase.lr * g.lr_scale, "base_lr": phase.lr * g.lr_scale,
-                   "name": g.name} for g in phase.groups]
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=phase.lr,
-                                                             weight_decay=self.config.weight_decay)
+        groups = [
+            {"params": list(g.params), "lr": phase.lr * g.lr_scale, "base_lr": phase.lr * g.lr_scale, "name": g.name}
+            for g in phase.groups
+        ]
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=phase.lr, weight_decay=self.config.weight_decay)
         net: nn.Module = self.work
         opt = optimizer
         if self.run is not None:
@@ -347,16 +431,21 @@ class _Loop:
                     self.examples_seen += seen
                     loss_sum, seen = torch.zeros((), device=self.setup.device), 0
                     stale = 0 if improved else stale + 1
-                    if self.xv is not None and self.config.patience is not None and stale >= self.config.patience \
-                            and not last:
+                    if (
+                        self.xv is not None
+                        and self.config.patience is not None
+                        and stale >= self.config.patience
+                        and not last
+                    ):
                         log.info("early stop in phase %s after step %d", phase.name, self.step)
                         break
         finally:
             if self.run is not None:
                 self.run.unwrap(net)
             for g in phase.groups:
-                self.groups.append(GroupRecord(phase.name, g.name, tuple(self.names[id(p)] for p in g.params),
-                                               phase.lr * g.lr_scale))
+                self.groups.append(
+                    GroupRecord(phase.name, g.name, tuple(self.names[id(p)] for p in g.params), phase.lr * g.lr_scale)
+                )
 
     @torch.no_grad()
     def _reset(self, params: list[nn.Parameter], initial: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:

@@ -94,4 +94,3 @@ def list_criteria() -> list[str]:
 def score_all(logits: torch.Tensor) -> dict[str, float]:
     """Every registered criterion of the same held-out logits (one forward pass serves them all)."""
     return {name: criterion(logits) for name, criterion in _CRITERIA.items()}
-

@@ -62,12 +62,17 @@ class IMTerms:
 def information_maximization(probs: torch.Tensor, *, eps: float = LOG_EPSILON) -> IMTerms:
     """SHOT's IM terms of a batch of softmax predictions."""
     mean = probs.mean(0)
-    return IMTerms(entropy=entropy_of_probs(probs, eps=eps).mean(),
-                   diversity=-(mean * torch.log(mean + eps)).sum())
+    return IMTerms(entropy=entropy_of_probs(probs, eps=eps).mean(), diversity=-(mean * torch.log(mean + eps)).sum())
 
 
-def shot_loss(logits: torch.Tensor, pseudo_labels: torch.Tensor, *, cls_weight: float, im_weight: float = 1.0,
-              eps: float = LOG_EPSILON) -> torch.Tensor:
+def shot_loss(
+    logits: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    *,
+    cls_weight: float,
+    im_weight: float = 1.0,
+    eps: float = LOG_EPSILON,
+) -> torch.Tensor:
     """SHOT: cls_weight × CE(logits, pseudo-labels) + im_weight × (mean entropy − entropy of the mean)."""
     probs = logits.float().softmax(1)
     loss = im_weight * information_maximization(probs, eps=eps).loss
@@ -88,8 +93,9 @@ class PseudoLabels:
 
 
 @torch.no_grad()
-def centroid_pseudo_labels(features: torch.Tensor, probs: torch.Tensor, *, rounds: int = 2,
-                           threshold: int = 0) -> PseudoLabels:
+def centroid_pseudo_labels(
+    features: torch.Tensor, probs: torch.Tensor, *, rounds: int = 2, threshold: int = 0
+) -> PseudoLabels:
     """SHOT's `obtain_label` (object/image_target.py): nearest class centroid in cosine distance.
 
     Features get a constant 1 appended and are L2-normalised; the first
@@ -120,8 +126,9 @@ def centroid_pseudo_labels(features: torch.Tensor, probs: torch.Tensor, *, round
 
 
 @torch.no_grad()
-def nearest_neighbours(query: torch.Tensor, bank: torch.Tensor, *, k: int, exclude: torch.Tensor | None = None
-                       ) -> torch.Tensor:
+def nearest_neighbours(
+    query: torch.Tensor, bank: torch.Tensor, *, k: int, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
     """Indices (len(query), k) of the k most cosine-similar bank rows (rows of both are unit vectors).
 
     The reference takes the top k + 1 and drops the first, which is the
@@ -155,9 +162,15 @@ def aad_alpha(progress: float, *, alpha: float = 1.0, beta: float = 5.0) -> floa
     return (1.0 + 10.0 * progress) ** (-beta) * alpha
 
 
-def nrc_loss(probs: torch.Tensor, neighbour_scores: torch.Tensor, neighbour_weights: torch.Tensor,
-             expanded_scores: torch.Tensor, *, expanded_weight: float = 0.1, eps: float = LOG_EPSILON
-             ) -> torch.Tensor:
+def nrc_loss(
+    probs: torch.Tensor,
+    neighbour_scores: torch.Tensor,
+    neighbour_weights: torch.Tensor,
+    expanded_scores: torch.Tensor,
+    *,
+    expanded_weight: float = 0.1,
+    eps: float = LOG_EPSILON,
+) -> torch.Tensor:
     """NRC: weighted consistency with the K neighbours and their KK neighbours, plus diversity.
 
     `neighbour_weights` (B, K) are 1 for reciprocal neighbours and 0.1
@@ -172,14 +185,16 @@ def nrc_loss(probs: torch.Tensor, neighbour_scores: torch.Tensor, neighbour_weig
 
 
 @torch.no_grad()
-def reciprocal_weights(neighbours: torch.Tensor, bank: torch.Tensor, own: torch.Tensor, *, kk: int,
-                       other: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+def reciprocal_weights(
+    neighbours: torch.Tensor, bank: torch.Tensor, own: torch.Tensor, *, kk: int, other: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """NRC's affinities: for each of the K neighbours of each query, its own KK nearest neighbours (B, K, KK)
     and a weight of 1 if the query (bank row `own`) is among them, else `other` (B, K)."""
     b, k = neighbours.shape
     near_feats = bank[neighbours.reshape(-1)]  # (B·K, d)
     expanded = nearest_neighbours(near_feats, bank, k=kk, exclude=neighbours.reshape(-1)).reshape(b, k, -1)
     match = (expanded == own.view(b, 1, 1)).any(-1)
-    weights = torch.where(match, torch.ones_like(match, dtype=torch.float32),
-                          torch.full_like(match, other, dtype=torch.float32))
+    weights = torch.where(
+        match, torch.ones_like(match, dtype=torch.float32), torch.full_like(match, other, dtype=torch.float32)
+    )
     return expanded, weights

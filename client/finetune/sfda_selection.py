@@ -96,8 +96,10 @@ def uses_source_free(config: FinetuneConfig) -> bool:
     names = list(config.search.strategies) if config.search is not None else [config.strategy]
     kinds = {is_source_free(name) for name in names}
     if len(kinds) > 1:
-        raise SearchError(f"a search cannot mix source-free ({', '.join(SOURCE_FREE)}) and supervised strategies: "
-                          f"the first are chosen by a label-free criterion, the second by cross-validation")
+        raise SearchError(
+            f"a search cannot mix source-free ({', '.join(SOURCE_FREE)}) and supervised strategies: "
+            f"the first are chosen by a label-free criterion, the second by cross-validation"
+        )
     return kinds.pop()
 
 
@@ -127,11 +129,15 @@ def select_source_free(
     if config.search is None:
         raise SearchError("select_source_free needs config.search (the grid)")
     if config.privacy is not None:
-        raise PrivacyError("a label-free search under DP would train every grid cell on the same private data, so "
-                           "epsilon would add up over the grid; run tent under --dp-epsilon at one fixed --lr instead")
+        raise PrivacyError(
+            "a label-free search under DP would train every grid cell on the same private data, so "
+            "epsilon would add up over the grid; run tent under --dp-epsilon at one fixed --lr instead"
+        )
     if val is None or len(val) == 0:
-        raise SearchError("a label-free search scores its candidates on an unlabelled validation split, and there "
-                          "is none; give more data (a data set without labels splits 80/20 into train and val)")
+        raise SearchError(
+            "a label-free search scores its candidates on an unlabelled validation split, and there "
+            "is none; give more data (a data set without labels splits 80/20 into train and val)"
+        )
     # Labels are dropped here, before any run: nothing below can reach them.
     train = train.without_labels()
     val = val.without_labels()
@@ -143,10 +149,19 @@ def select_source_free(
     for strategy, lr in grid:
         hook = None
         if on_candidate is not None:
+
             def hook(record: RoundRecord, net: XferModel, s: str = strategy, r: float = lr) -> None:
                 on_candidate(s, r, record, net)
-        run = adapt_source_free(model, train=train, val=val, card=card, label_names=label_names,
-                                config=cell_config.replace(strategy=strategy, lr=lr), on_evaluate=hook)
+
+        run = adapt_source_free(
+            model,
+            train=train,
+            val=val,
+            card=card,
+            label_names=label_names,
+            config=cell_config.replace(strategy=strategy, lr=lr),
+            on_evaluate=hook,
+        )
         best = (run.label_free or {}).get("best") or {}
         value = float(best.get(config.criterion, math.nan))
         row = LabelFreeRow(strategy, lr, value, run.best_step, (value,))
@@ -163,8 +178,9 @@ def select_source_free(
     test_metrics = None
     if test is not None and len(test) and test.y is not None:
         test_metrics = evaluate(best_run.model, test.x, test.y, label_names=best_run.label_names)
-    return LabelFreeSearch(rows=rows, best=best_row, final=best_run, test_metrics=test_metrics,
-                           criterion=config.criterion, grid=grid)
+    return LabelFreeSearch(
+        rows=rows, best=best_row, final=best_run, test_metrics=test_metrics, criterion=config.criterion, grid=grid
+    )
 
 
 def source_free_training_data(target: TargetData) -> TensorData:
@@ -187,19 +203,42 @@ class SourceFreeOutcome:
     search: LabelFreeSearch | None
 
 
-def run_source_free(model: XferModel, *, target: TargetData, config: FinetuneConfig, card: ModelCard | None,
-                    ledger: PrivacyLedger | None, dataset_id: str | None,
-                    on_progress: Callable[[RoundRecord], None] | None,
-                    on_row: Callable[[LabelFreeRow], None] | None) -> SourceFreeOutcome:
+def run_source_free(
+    model: XferModel,
+    *,
+    target: TargetData,
+    config: FinetuneConfig,
+    card: ModelCard | None,
+    ledger: PrivacyLedger | None,
+    dataset_id: str | None,
+    on_progress: Callable[[RoundRecord], None] | None,
+    on_row: Callable[[LabelFreeRow], None] | None,
+) -> SourceFreeOutcome:
     """`adapt`'s source-free branch: one run, or a label-free search; the test split scored once."""
     train = source_free_training_data(target)
     if config.search is not None:
-        found = select_source_free(model, train=train, val=target.val, test=target.test, config=config, card=card,
-                                   label_names=target.label_names, on_row=on_row)
+        found = select_source_free(
+            model,
+            train=train,
+            val=target.val,
+            test=target.test,
+            config=config,
+            card=card,
+            label_names=target.label_names,
+            on_row=on_row,
+        )
         return SourceFreeOutcome(found.final, found.test_metrics, found)
-    result = adapt_source_free(model, train=train, val=target.val, config=config, card=card,
-                               label_names=target.label_names, ledger=ledger, dataset_id=dataset_id,
-                               on_progress=on_progress)
+    result = adapt_source_free(
+        model,
+        train=train,
+        val=target.val,
+        config=config,
+        card=card,
+        label_names=target.label_names,
+        ledger=ledger,
+        dataset_id=dataset_id,
+        on_progress=on_progress,
+    )
     test_metrics = None
     if target.test is not None and len(target.test) and target.test.y is not None:
         test_metrics = evaluate(result.model, target.test.x, target.test.y, label_names=result.label_names)
@@ -230,5 +269,14 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.correlation(ra, rb)
 
 
-__all__ = ["CandidateHook", "LabelFreeRow", "LabelFreeSearch", "SourceFreeOutcome", "run_source_free",
-           "select_source_free", "source_free_training_data", "spearman", "uses_source_free"]
+__all__ = [
+    "CandidateHook",
+    "LabelFreeRow",
+    "LabelFreeSearch",
+    "SourceFreeOutcome",
+    "run_source_free",
+    "select_source_free",
+    "source_free_training_data",
+    "spearman",
+    "uses_source_free",
+]

@@ -19,7 +19,6 @@ choices are stated on each class and measured in the README.
 from __future__ import annotations
 
 import abc
-import dataclasses
 import logging
 from typing import ClassVar
 
@@ -64,7 +63,7 @@ def pass_outputs(model: XferModel, x: torch.Tensor) -> tuple[torch.Tensor, torch
     model.eval()
     feats, logits = [], []
     for i in range(0, len(x), PASS_BATCH):
-        f, z = features_and_logits(model, x[i:i + PASS_BATCH])
+        f, z = features_and_logits(model, x[i : i + PASS_BATCH])
         feats.append(f.float())
         logits.append(z.float())
     model.train(was_training)
@@ -74,15 +73,16 @@ def pass_outputs(model: XferModel, x: torch.Tensor) -> tuple[torch.Tensor, torch
 class Objective(abc.ABC):
     """The loss of one source-free run, with whatever state it keeps across steps (banks, pseudo-labels)."""
 
-    def start(self, model: XferModel) -> None:
+    def start(self, model: XferModel) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called once before the first step."""
 
-    def on_pass(self, model: XferModel) -> None:
+    def on_pass(self, model: XferModel) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called before the first step of every pass over the training data."""
 
     @abc.abstractmethod
-    def loss(self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *,
-             progress: float) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *, progress: float
+    ) -> torch.Tensor:
         """The batch loss. `net` is `model` or (under DP) its Opacus wrapper; `idx` the rows of `xb` in the
         training set; `progress` the fraction of the budget done before this step."""
 
@@ -143,8 +143,9 @@ def normalisation_affines(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 class _TentObjective(Objective):
-    def loss(self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *,
-             progress: float) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *, progress: float
+    ) -> torch.Tensor:
         return tent_loss(net(xb))
 
 
@@ -170,16 +171,19 @@ class Tent(SourceFreeStrategy):
     dp_clip = 1.0
 
     def __init__(self, *, reset_every: int | None = 1000) -> None:
-        if reset_every is not None and (isinstance(reset_every, bool) or not isinstance(reset_every, int)
-                                        or reset_every < 1):
+        if reset_every is not None and (
+            isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 1
+        ):
             raise StrategyError(f"tent reset_every must be a positive number of steps or None, got {reset_every!r}")
         self.reset_every = reset_every
 
     def plan(self, model: XferModel, *, lr: float, steps: int, head_reset: bool) -> list[Phase]:
         params = [p for _, p in normalisation_affines(model)]
         if not params:
-            raise StrategyError(f"tent adapts the affine parameters of normalisation layers, and "
-                                f"{model.architecture or type(model).__name__} has none; use shot, aad or nrc")
+            raise StrategyError(
+                f"tent adapts the affine parameters of normalisation layers, and "
+                f"{model.architecture or type(model).__name__} has none; use shot, aad or nrc"
+            )
         return [Phase("tent", steps, lr, _groups_by_block(model, params))]
 
     def objective(self, *, model: XferModel, x: torch.Tensor, num_classes: int, seed: int) -> Objective:
@@ -203,24 +207,33 @@ class _ShotObjective(Objective):
         # SHOT's obtain_label, recomputed at the start of every epoch with the model in eval mode; the
         # classifier is frozen, so the centroids move only with the features.
         features, logits = pass_outputs(model, self.x)
-        pseudo = centroid_pseudo_labels(features, logits.softmax(1), rounds=self.strategy.rounds,
-                                        threshold=self.strategy.threshold)
+        pseudo = centroid_pseudo_labels(
+            features, logits.softmax(1), rounds=self.strategy.rounds, threshold=self.strategy.threshold
+        )
         self.labels = pseudo.labels.to(self.x.device)
         self.refreshes += 1
         self.changed.append(pseudo.changed)
-        log.debug("SHOT pseudo-labels #%d: %d differ from the classifier's, %d classes kept", self.refreshes,
-                  pseudo.changed, pseudo.classes_kept)
+        log.debug(
+            "SHOT pseudo-labels #%d: %d differ from the classifier's, %d classes kept",
+            self.refreshes,
+            pseudo.changed,
+            pseudo.classes_kept,
+        )
 
-    def loss(self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *,
-             progress: float) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *, progress: float
+    ) -> torch.Tensor:
         assert self.labels is not None, "on_pass computes the pseudo-labels before the first step"
         _, logits = features_and_logits(model, xb)
-        return shot_loss(logits, self.labels[idx], cls_weight=self.strategy.cls_weight,
-                         im_weight=self.strategy.im_weight)
+        return shot_loss(
+            logits, self.labels[idx], cls_weight=self.strategy.cls_weight, im_weight=self.strategy.im_weight
+        )
 
     def diagnostics(self) -> dict[str, float]:
-        return {"pseudo_label_refreshes": float(self.refreshes),
-                "pseudo_labels_changed_last": float(self.changed[-1]) if self.changed else 0.0}
+        return {
+            "pseudo_label_refreshes": float(self.refreshes),
+            "pseudo_labels_changed_last": float(self.changed[-1]) if self.changed else 0.0,
+        }
 
 
 class Shot(SourceFreeStrategy):
@@ -239,27 +252,32 @@ class Shot(SourceFreeStrategy):
 
     name = "shot"
     default_lr = 1e-3
-    dp_refusal = ("its diversity term (the entropy of the batch's mean prediction) and its centroid "
-                  "pseudo-labels depend on every example at once, so there is no per-example loss for DP-SGD "
-                  "to clip")
+    dp_refusal = (
+        "its diversity term (the entropy of the batch's mean prediction) and its centroid "
+        "pseudo-labels depend on every example at once, so there is no per-example loss for DP-SGD "
+        "to clip"
+    )
 
-    def __init__(self, *, cls_weight: float = 0.3, im_weight: float = 1.0, rounds: int = 2,
-                 threshold: int = 0) -> None:
+    def __init__(self, *, cls_weight: float = 0.3, im_weight: float = 1.0, rounds: int = 2, threshold: int = 0) -> None:
         if cls_weight < 0 or im_weight < 0 or rounds < 1 or threshold < 0:
             raise StrategyError("shot needs cls_weight >= 0, im_weight >= 0, rounds >= 1 and threshold >= 0")
         self.cls_weight, self.im_weight, self.rounds, self.threshold = cls_weight, im_weight, rounds, threshold
 
     def plan(self, model: XferModel, *, lr: float, steps: int, head_reset: bool) -> list[Phase]:
-        body = tuple(GroupPlan(name, tuple(params)) for name, params in model.blocks()
-                     if params and name != model.head_name)
+        body = tuple(
+            GroupPlan(name, tuple(params)) for name, params in model.blocks() if params and name != model.head_name
+        )
         return [Phase("shot", steps, lr, body)]
 
     def objective(self, *, model: XferModel, x: torch.Tensor, num_classes: int, seed: int) -> Objective:
         return _ShotObjective(self, x)
 
     def hyperparameters(self) -> dict[str, str]:
-        return {"cls_weight": f"{self.cls_weight:g}", "im_weight": f"{self.im_weight:g}",
-                "pseudo_label_rounds": str(self.rounds)}
+        return {
+            "cls_weight": f"{self.cls_weight:g}",
+            "im_weight": f"{self.im_weight:g}",
+            "pseudo_label_rounds": str(self.rounds),
+        }
 
 
 # -- AaD and NRC: a feature bank of the whole target set -------------------------------------------
@@ -298,8 +316,9 @@ class _AadObjective(_BankObjective):
         super().__init__(x)
         self.strategy = strategy
 
-    def loss(self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *,
-             progress: float) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *, progress: float
+    ) -> torch.Tensor:
         unit, probs = self._forward(model, xb, idx)
         assert self.features is not None and self.scores is not None
         near = nearest_neighbours(unit, self.features, k=self.strategy.k, exclude=idx)
@@ -322,9 +341,11 @@ class Aad(SourceFreeStrategy):
 
     name = "aad"
     default_lr = 1e-4
-    dp_refusal = ("each example's loss reads a bank of every other example's features and predictions, and its "
-                  "dispersion term couples the examples of a batch, so there is no per-example loss for DP-SGD "
-                  "to clip")
+    dp_refusal = (
+        "each example's loss reads a bank of every other example's features and predictions, and its "
+        "dispersion term couples the examples of a batch, so there is no per-example loss for DP-SGD "
+        "to clip"
+    )
 
     def __init__(self, *, k: int = 5, alpha: float = 1.0, beta: float = 5.0) -> None:
         if k < 1 or alpha < 0 or beta < 0:
@@ -346,16 +367,18 @@ class _NrcObjective(_BankObjective):
         super().__init__(x)
         self.strategy = strategy
 
-    def loss(self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *,
-             progress: float) -> torch.Tensor:
+    def loss(
+        self, net: nn.Module, model: XferModel, xb: torch.Tensor, idx: torch.Tensor, *, progress: float
+    ) -> torch.Tensor:
         unit, probs = self._forward(model, xb, idx)
         assert self.features is not None and self.scores is not None
         s = self.strategy
         near = nearest_neighbours(unit, self.features, k=s.k, exclude=idx)
         expanded, weights = reciprocal_weights(near, self.features, idx, kk=s.kk, other=s.other_weight)
         b = len(idx)
-        return nrc_loss(probs, self.scores[near], weights, self.scores[expanded.reshape(b, -1)],
-                        expanded_weight=s.other_weight)
+        return nrc_loss(
+            probs, self.scores[near], weights, self.scores[expanded.reshape(b, -1)], expanded_weight=s.other_weight
+        )
 
 
 class Nrc(SourceFreeStrategy):
@@ -385,8 +408,11 @@ class Nrc(SourceFreeStrategy):
         return _NrcObjective(self, x)
 
     def hyperparameters(self) -> dict[str, str]:
-        return {"neighbours": str(self.k), "expanded_neighbours": str(self.kk),
-                "other_weight": f"{self.other_weight:g}"}
+        return {
+            "neighbours": str(self.k),
+            "expanded_neighbours": str(self.kk),
+            "other_weight": f"{self.other_weight:g}",
+        }
 
 
 register_strategy("tent")(lambda _: Tent())
@@ -405,5 +431,16 @@ def is_source_free(strategy: object) -> bool:
     return isinstance(get_strategy(strategy) if isinstance(strategy, str) else strategy, SourceFreeStrategy)
 
 
-__all__ = ["Aad", "Nrc", "Objective", "SOURCE_FREE", "Shot", "SourceFreeStrategy", "Tent", "features_and_logits",
-           "is_source_free", "normalisation_affines", "pass_outputs"]
+__all__ = [
+    "Aad",
+    "Nrc",
+    "Objective",
+    "SOURCE_FREE",
+    "Shot",
+    "SourceFreeStrategy",
+    "Tent",
+    "features_and_logits",
+    "is_source_free",
+    "normalisation_affines",
+    "pass_outputs",
+]

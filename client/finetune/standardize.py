@@ -28,6 +28,9 @@ MIN_RELATIVE_STD = 1e-2
 class StandardizedHead(nn.Module):
     """`linear((f - mean) / std)`; `folded()` is the same map as one nn.Linear."""
 
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
     def __init__(self, linear: nn.Linear, *, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.linear = linear
@@ -60,7 +63,7 @@ def standardize_head(model: XferModel, x: torch.Tensor, *, batch_size: int = 512
     """Makes the model's (fresh) head train on features standardised with the statistics of `x`."""
     was_training = model.training
     model.eval()
-    features = torch.cat([model.forward_features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    features = torch.cat([model.forward_features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
     model.train(was_training)
     mean = features.mean(dim=0)
     std = features.std(dim=0, unbiased=False) if len(features) > 1 else torch.ones_like(mean)

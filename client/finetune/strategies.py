@@ -196,8 +196,10 @@ class LPFT(Strategy):
         if steps < 2:
             raise StrategyError(f"lp-ft needs at least 2 steps (a probe step and a full step), got {steps}")
         probe = min(steps - 1, max(1, round(steps * self.probe_fraction)))
-        return [Phase("probe", probe, lr * self.probe_lr_mult, (_head_group(model),)),
-                Phase("full", steps - probe, lr, _all_groups(model))]
+        return [
+            Phase("probe", probe, lr * self.probe_lr_mult, (_head_group(model),)),
+            Phase("full", steps - probe, lr, _all_groups(model)),
+        ]
 
     def hyperparameters(self) -> dict[str, str]:
         return {"probe_fraction": str(self.probe_fraction), "probe_lr_mult": str(self.probe_lr_mult)}
@@ -219,8 +221,9 @@ class Discriminative(Strategy):
     def plan(self, model: XferModel, *, lr: float, steps: int, head_reset: bool) -> list[Phase]:
         blocks = _blocks(model)
         top = len(blocks) - 1
-        groups = tuple(GroupPlan(name, tuple(params), self.factor ** -(top - i))
-                       for i, (name, params) in enumerate(blocks))
+        groups = tuple(
+            GroupPlan(name, tuple(params), self.factor ** -(top - i)) for i, (name, params) in enumerate(blocks)
+        )
         return [Phase("discriminative", steps, lr, groups)]
 
     def hyperparameters(self) -> dict[str, str]:
@@ -282,8 +285,8 @@ class Surgical(Strategy):
             # Tuning the head alone is a linear probe and needs the probe's LR: at 1e-3 a lone
             # head barely moves within a fine-tuning budget (the transfer report's permuted-label
             # target: 0.01 accuracy at 1e-3 against 0.97 at 1e-2).
-            self.default_lr = LinearProbe.default_lr
-            self.dp_clip = LinearProbe.dp_clip
+            self.default_lr = LinearProbe.default_lr  # type: ignore[misc]  # this instance's own default
+            self.dp_clip = LinearProbe.dp_clip  # type: ignore[misc]
 
     @property
     def label(self) -> str:
@@ -292,8 +295,10 @@ class Surgical(Strategy):
     def plan(self, model: XferModel, *, lr: float, steps: int, head_reset: bool) -> list[Phase]:
         blocks = dict(_blocks(model))
         if self.block not in blocks:
-            raise StrategyError(f"surgical block {self.block!r} is not a block of {model.architecture}; "
-                                f"valid: {', '.join(blocks)} (or surgical:auto)")
+            raise StrategyError(
+                f"surgical block {self.block!r} is not a block of {model.architecture}; "
+                f"valid: {', '.join(blocks)} (or surgical:auto)"
+            )
         groups = [GroupPlan(self.block, tuple(blocks[self.block]))]
         if head_reset and self.block != model.head_name:
             groups.append(_head_group(model))
@@ -328,8 +333,7 @@ class AutoRGN(Strategy):
 
     def plan(self, model: XferModel, *, lr: float, steps: int, head_reset: bool) -> list[Phase]:
         owner = model.block_of_parameter()
-        groups = tuple(GroupPlan(qualified, (p,)) for qualified, p in model.named_parameters()
-                       if qualified in owner)
+        groups = tuple(GroupPlan(qualified, (p,)) for qualified, p in model.named_parameters() if qualified in owner)
         return [Phase("auto-rgn", steps, lr, groups, rgn=True)]
 
     def hyperparameters(self) -> dict[str, str]:

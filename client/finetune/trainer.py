@@ -114,10 +114,12 @@ def _labels(data: TensorData, purpose: str, strategy: str) -> torch.Tensor:
     if y is None:
         from xfer.client.finetune.sfda_strategies import SOURCE_FREE
 
-        raise DataError(f"{purpose} with {strategy} needs labelled examples, but these have no labels (an "
-                        f"'unlabeled' data spec, an .npz without 'y' or an image folder without class sub-folders). "
-                        f"Adapt without labels with a source-free strategy ({', '.join(SOURCE_FREE)}: e.g. "
-                        f"--strategy shot), or give labels")
+        raise DataError(
+            f"{purpose} with {strategy} needs labelled examples, but these have no labels (an "
+            f"'unlabeled' data spec, an .npz without 'y' or an image folder without class sub-folders). "
+            f"Adapt without labels with a source-free strategy ({', '.join(SOURCE_FREE)}: e.g. "
+            f"--strategy shot), or give labels"
+        )
     return y
 
 
@@ -153,16 +155,28 @@ def finetune(
     started = time.perf_counter()
     config = config if config is not None else FinetuneConfig()
     if config.self_pretrain is not None:
-        raise FinetuneError("self-pretraining needs the unlabelled pool: run it with adapt(), or call "
-                            "xfer.client.finetune.selfsup.self_pretrain first and fine-tune its model")
+        raise FinetuneError(
+            "self-pretraining needs the unlabelled pool: run it with adapt(), or call "
+            "xfer.client.finetune.selfsup.self_pretrain first and fine-tune its model"
+        )
     setup = resolve_device(config.device)
     seed_everything(config.seed)
     strat = get_strategy(config.strategy)
     if isinstance(strat, SourceFreeStrategy):
         from xfer.client.finetune.sfda import adapt_source_free
 
-        return adapt_source_free(model, train=train, val=val, config=config, card=card, label_names=label_names,
-                                 ledger=ledger, dataset_id=dataset_id, on_progress=on_progress, bucket=bucket)
+        return adapt_source_free(
+            model,
+            train=train,
+            val=val,
+            config=config,
+            card=card,
+            label_names=label_names,
+            ledger=ledger,
+            dataset_id=dataset_id,
+            on_progress=on_progress,
+            bucket=bucket,
+        )
     sched = get_schedule(config.schedule)
     y_train = _labels(train, "fine-tuning", strat.label)
     n = len(train)
@@ -172,8 +186,10 @@ def finetune(
         val = None
     y_val = _labels(val, "validation", strat.label) if val is not None else None
     if config.patience is not None and val is None:
-        raise FinetuneError("patience (early stopping) needs a validation split; without one (few-label mode) "
-                            "train a fixed step budget, or choose it with a search (k-fold within the labels)")
+        raise FinetuneError(
+            "patience (early stopping) needs a validation split; without one (few-label mode) "
+            "train a fixed step budget, or choose it with a search (k-fold within the labels)"
+        )
     if label_names is None:
         top = int(y_train.max()) if y_val is None else max(int(y_train.max()), int(y_val.max()))
         label_names = tuple(str(i) for i in range(top + 1))
@@ -181,8 +197,7 @@ def finetune(
     for split, labels in (("training", y_train), ("validation", y_val)):
         if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(label_names)):
             raise DataError(f"{split} labels out of range 0..{len(label_names) - 1} ({len(label_names)} label names)")
-    budget = plan_budget(n=n, config=config, strategy_lr=strat.default_lr, bucket=bucket,
-                         strategy_clip=strat.dp_clip)
+    budget = plan_budget(n=n, config=config, strategy_lr=strat.default_lr, bucket=bucket, strategy_clip=strat.dp_clip)
 
     # A multi-task source trains one of its heads (config.head, default its first); the others are dropped.
     chosen = select_head(model, card=card, head=config.head)
@@ -202,8 +217,10 @@ def finetune(
     phases = strat.plan(work, lr=budget.lr, steps=budget.steps, head_reset=head_reset)
     for phase in phases:
         if not phase.trainable():
-            raise StrategyError(f"{strat.label}: phase {phase.name!r} trains no parameters; pick a block that has "
-                                f"some (see the card's blocks) or another strategy")
+            raise StrategyError(
+                f"{strat.label}: phase {phase.name!r} trains no parameters; pick a block that has "
+                f"some (see the card's blocks) or another strategy"
+            )
     names = {id(p): name for name, p in work.named_parameters()}
 
     xv = yv = None
@@ -221,15 +238,39 @@ def finetune(
             if not dataset_id:
                 raise FinetuneError("a privacy ledger needs the dataset_id to charge")
             # Reserved up front and kept in full if training fails midway: part of it may be spent.
-            entry = ledger.charge(dataset_id, epsilon=dp_plan.target_epsilon, delta=dp_plan.delta,
-                                  budget=privacy.budget, note=f"finetune {strat.label}")
-        log.info("DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, delta %.2e", dp_plan.noise_multiplier,
-                 dp_plan.sample_rate, dp_plan.steps, dp_plan.delta)
+            entry = ledger.charge(
+                dataset_id,
+                epsilon=dp_plan.target_epsilon,
+                delta=dp_plan.delta,
+                budget=privacy.budget,
+                note=f"finetune {strat.label}",
+            )
+        log.info(
+            "DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, delta %.2e",
+            dp_plan.noise_multiplier,
+            dp_plan.sample_rate,
+            dp_plan.steps,
+            dp_plan.delta,
+        )
 
     momentum = strat.momentum if isinstance(strat, AutoRGN) else 0.0
-    loop = _Loop(work=work, setup=setup, x=x, y=y, xv=xv, yv=yv, budget=budget, sched=sched,
-                 weight_decay=config.weight_decay, patience=config.patience, run=run, seed=config.seed, names=names,
-                 rgn_momentum=momentum, on_progress=on_progress)
+    loop = _Loop(
+        work=work,
+        setup=setup,
+        x=x,
+        y=y,
+        xv=xv,
+        yv=yv,
+        budget=budget,
+        sched=sched,
+        weight_decay=config.weight_decay,
+        patience=config.patience,
+        run=run,
+        seed=config.seed,
+        names=names,
+        rgn_momentum=momentum,
+        on_progress=on_progress,
+    )
     train_started = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -243,8 +284,10 @@ def finetune(
             p.requires_grad_(True)
     train_seconds = time.perf_counter() - train_started
     if loop.steps_applied == 0:
-        raise FinetuneError(f"{strat.label} applied no optimizer step, so the result would be the source model "
-                            f"unchanged; raise the step budget")
+        raise FinetuneError(
+            f"{strat.label} applied no optimizer step, so the result would be the source model "
+            f"unchanged; raise the step budget"
+        )
 
     if loop.best_state is not None:
         work.load_state_dict(loop.best_state)
@@ -256,19 +299,34 @@ def finetune(
     if run is not None and dp_plan is not None:
         history = run.history()
         spent = run.epsilon_spent()
-        report = PrivacyReport(spent, dp_plan.delta, dp_plan.noise_multiplier, dp_plan.max_grad_norm,
-                               dp_plan.sample_rate, run.steps_taken, dp_plan.accountant, dp_plan.target_epsilon,
-                               dp_plan.ghost_clipping)
+        report = PrivacyReport(
+            spent,
+            dp_plan.delta,
+            dp_plan.noise_multiplier,
+            dp_plan.max_grad_norm,
+            dp_plan.sample_rate,
+            run.steps_taken,
+            dp_plan.accountant,
+            dp_plan.target_epsilon,
+            dp_plan.ghost_clipping,
+        )
         if ledger is not None and entry is not None and dataset_id:
             ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=dp_plan.delta)
 
     val_metrics = None
     if val is not None and y_val is not None:
         val_metrics = evaluate(work, val.x, y_val, label_names=label_names)
-    hyper = {"lr": f"{budget.lr:g}", "steps": str(budget.steps), "batch_size": str(budget.batch_size),
-             "eval_every": str(budget.eval_every), "schedule": config.schedule,
-             "weight_decay": f"{config.weight_decay:g}", "head_reset": str(head_reset).lower(),
-             "seed": str(config.seed), **strat.hyperparameters()}
+    hyper = {
+        "lr": f"{budget.lr:g}",
+        "steps": str(budget.steps),
+        "batch_size": str(budget.batch_size),
+        "eval_every": str(budget.eval_every),
+        "schedule": config.schedule,
+        "weight_decay": f"{config.weight_decay:g}",
+        "head_reset": str(head_reset).lower(),
+        "seed": str(config.seed),
+        **strat.hyperparameters(),
+    }
     if standardized:
         hyper["head_features"] = "standardized"
     if config.patience is not None:
@@ -276,21 +334,50 @@ def finetune(
     if chosen.head is not None:
         hyper["head"] = chosen.head
     return FinetuneResult(
-        model=work, strategy=strat.label, hyperparameters=hyper, label_names=label_names, head_reset=head_reset,
-        history=loop.history, best_step=loop.best_step, groups=loop.groups, rgn_scales=loop.rgn_scales,
-        privacy=report, dp_history=history, val_metrics=val_metrics, train_examples=n, budget=budget,
-        steps_applied=loop.steps_applied, device_kind=setup.kind, wall_seconds=time.perf_counter() - started,
-        train_seconds=train_seconds, examples_seen=loop.examples_seen,
+        model=work,
+        strategy=strat.label,
+        hyperparameters=hyper,
+        label_names=label_names,
+        head_reset=head_reset,
+        history=loop.history,
+        best_step=loop.best_step,
+        groups=loop.groups,
+        rgn_scales=loop.rgn_scales,
+        privacy=report,
+        dp_history=history,
+        val_metrics=val_metrics,
+        train_examples=n,
+        budget=budget,
+        steps_applied=loop.steps_applied,
+        device_kind=setup.kind,
+        wall_seconds=time.perf_counter() - started,
+        train_seconds=train_seconds,
+        examples_seen=loop.examples_seen,
     )
 
 
 class _Loop:
     """State shared across the phases of one run (best checkpoint, history, RNG, batch stream)."""
 
-    def __init__(self, *, work: XferModel, setup: DeviceSetup, x: torch.Tensor, y: torch.Tensor,
-                 xv: torch.Tensor | None, yv: torch.Tensor | None, budget: Budget, sched: Callable[[int, int], float],
-                 weight_decay: float, patience: int | None, run: PrivateRun | None, seed: int, names: dict[int, str],
-                 rgn_momentum: float, on_progress: Callable[[RoundRecord], None] | None) -> None:
+    def __init__(
+        self,
+        *,
+        work: XferModel,
+        setup: DeviceSetup,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        xv: torch.Tensor | None,
+        yv: torch.Tensor | None,
+        budget: Budget,
+        sched: Callable[[int, int], float],
+        weight_decay: float,
+        patience: int | None,
+        run: PrivateRun | None,
+        seed: int,
+        names: dict[int, str],
+        rgn_momentum: float,
+        on_progress: Callable[[RoundRecord], None] | None,
+    ) -> None:
         self.work, self.setup, self.x, self.y, self.xv, self.yv = work, setup, x, y, xv, yv
         self.budget, self.sched, self.weight_decay, self.patience = budget, sched, weight_decay, patience
         self.run, self.names, self.rgn_momentum, self.on_progress = run, names, rgn_momentum, on_progress
@@ -320,8 +407,10 @@ class _Loop:
                 group_names.append(g.name)
                 params.extend(g.params)
             merged = [("+".join(group_names), params, scale) for scale, (group_names, params) in by_scale.items()]
-        groups = [{"params": params, "lr": phase.lr * scale, "base_lr": phase.lr * scale, "name": name}
-                  for name, params, scale in merged]
+        groups = [
+            {"params": params, "lr": phase.lr * scale, "base_lr": phase.lr * scale, "name": name}
+            for name, params, scale in merged
+        ]
         return torch.optim.AdamW(groups, lr=phase.lr, weight_decay=self.weight_decay)
 
     def _next_batch(self) -> torch.Tensor:
@@ -335,7 +424,7 @@ class _Loop:
             if self.setup.kind != "cpu":
                 self._order = self._order.to(self.setup.device, non_blocking=True)  # one copy per pass
             self._pos = 0
-        batch = self._order[self._pos:self._pos + self.budget.batch_size]
+        batch = self._order[self._pos : self._pos + self.budget.batch_size]
         self._pos += self.budget.batch_size
         return batch
 
@@ -344,6 +433,7 @@ class _Loop:
         for p in self.work.parameters():
             p.requires_grad_(id(p) in trainable)
         optimizer = self._optimizer(phase)
+        opt: Any  # under DP an Opacus DPOptimizer (pre_step, original_optimizer)
         net, opt, criterion = self.work, optimizer, self.criterion
         if self.run is not None:
             net, opt, criterion = self.run.wrap(self.work, optimizer, self.criterion)
@@ -407,17 +497,32 @@ class _Loop:
                 self.run.unwrap(net)
             final_lr = {id(p): g["base_lr"] for g in groups for p in g["params"]}
             for g in phase.groups:
-                self.groups.append(GroupRecord(phase.name, g.name, tuple(self.names[id(p)] for p in g.params),
-                                               final_lr[id(g.params[0])]))
+                self.groups.append(
+                    GroupRecord(
+                        phase.name, g.name, tuple(self.names[id(p)] for p in g.params), final_lr[id(g.params[0])]
+                    )
+                )
 
     @torch.no_grad()
-    def _update_rgn(self, phase: Phase, groups: list[dict], params: list[nn.Parameter],
-                    avg: list[torch.Tensor] | None, step: int, *, record: bool) -> list[torch.Tensor]:
+    def _update_rgn(
+        self,
+        phase: Phase,
+        groups: list[dict],
+        params: list[nn.Parameter],
+        avg: list[torch.Tensor] | None,
+        step: int,
+        *,
+        record: bool,
+    ) -> list[torch.Tensor]:
         beta = self.rgn_momentum
-        grads = [p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
-                 for p in params]
-        avg = [g.clone() for g in grads] if avg is None else [a.mul_(beta).add_(g, alpha=1 - beta)
-                                                               for a, g in zip(avg, grads)]
+        grads = [
+            p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32) for p in params
+        ]
+        avg = (
+            [g.clone() for g in grads]
+            if avg is None
+            else [a.mul_(beta).add_(g, alpha=1 - beta) for a, g in zip(avg, grads)]
+        )
         correction = 1.0 - beta ** (step + 1)
         scales = rgn_lr_scales(relative_gradient_norms(params, [a / correction for a in avg]))
         # One tensor per group (AutoRGN.plan), so group order matches the RGN list.
@@ -434,7 +539,7 @@ class _Loop:
         val_loss = val_acc = None
         if self.xv is not None and self.yv is not None:
             self.work.eval()
-            logits = torch.cat([self.work(self.xv[i:i + 1024]).float() for i in range(0, len(self.xv), 1024)])
+            logits = torch.cat([self.work(self.xv[i : i + 1024]).float() for i in range(0, len(self.xv), 1024)])
             val_loss = float(nn.functional.cross_entropy(logits, self.yv))
             val_acc = float((logits.argmax(1) == self.yv).float().mean())
             self.work.train()
@@ -453,5 +558,12 @@ class _Loop:
         return improved
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "GroupRecord", "PrivacyConfig", "RoundRecord", "finetune",
-           "needs_head_reset"]
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "GroupRecord",
+    "PrivacyConfig",
+    "RoundRecord",
+    "finetune",
+    "needs_head_reset",
+]

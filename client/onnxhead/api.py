@@ -33,8 +33,14 @@ from xfer.client.onnxhead.accounting import GaussianAccountant
 from xfer.client.onnxhead.data import integer_labels, own_bucket_floor
 from xfer.client.onnxhead.errors import HeadDataError
 from xfer.client.onnxhead.features import FeatureExtractor
-from xfer.client.onnxhead.graph import SurgeryReport, VerificationReport, load_model, replace_head, verify_head, \
-    write_model
+from xfer.client.onnxhead.graph import (
+    SurgeryReport,
+    VerificationReport,
+    load_model,
+    replace_head,
+    verify_head,
+    write_model,
+)
 from xfer.client.onnxhead.head import LinearHead
 from xfer.client.onnxhead.heads import STRATEGY_PREFIX, FitContext, HeadConfig, get_head
 from xfer.client.onnxhead.metrics import Metrics, metrics_from_logits
@@ -80,8 +86,13 @@ class HeadFitResult:
         p = self.privacy
         if p is None:
             return RunPrivacy()
-        return RunPrivacy(dp=True, epsilon_spent=p.epsilon_spent, delta=p.delta,
-                          noise_multiplier=p.noise_multiplier, max_grad_norm=p.max_grad_norm)
+        return RunPrivacy(
+            dp=True,
+            epsilon_spent=p.epsilon_spent,
+            delta=p.delta,
+            noise_multiplier=p.noise_multiplier,
+            max_grad_norm=p.max_grad_norm,
+        )
 
     def to_run(self, *, run_id: str, model_version: str, min_eval_examples: int | None = None) -> Run:
         """The report of this run (test-split metrics, rounded; see `report.py`).
@@ -98,10 +109,18 @@ class HeadFitResult:
         if self.privacy is not None:
             hyper["dp_accountant"] = "gdp-analytic"
             hyper["dp_target_epsilon"] = f"{self.privacy.target_epsilon:g}"
-        return build_run(run_id=run_id, model_version=model_version, strategy=self.strategy, hyperparameters=hyper,
-                         metrics=self.test_metrics.scalars(), min_eval_examples=floor,
-                         privacy=self.run_privacy(), train_examples_pow2=self.train_examples_pow2,
-                         device_kind=self.device_kind, wall_seconds=self.wall_seconds)
+        return build_run(
+            run_id=run_id,
+            model_version=model_version,
+            strategy=self.strategy,
+            hyperparameters=hyper,
+            metrics=self.test_metrics.scalars(),
+            min_eval_examples=floor,
+            privacy=self.run_privacy(),
+            train_examples_pow2=self.train_examples_pow2,
+            device_kind=self.device_kind,
+            wall_seconds=self.wall_seconds,
+        )
 
     def report_fields(self, *, min_eval_examples: int | None = None) -> dict[str, Any]:
         """`to_run` as `xfer.v1.Run` JSON fields, without run_id and model_version (like `xfer finetune`'s)."""
@@ -133,17 +152,27 @@ def _check_labels(y: np.ndarray, *, num_classes: int, where: str) -> None:
 def _digest(x: Any, y: np.ndarray) -> str:
     h = hashlib.sha256()
     for start in range(0, len(y), 4096):  # in blocks, so a memory-mapped x is never copied whole
-        h.update(np.ascontiguousarray(x[start:start + 4096]).tobytes())
+        h.update(np.ascontiguousarray(x[start : start + 4096]).tobytes())
     h.update(np.ascontiguousarray(y).tobytes())
     return "arrays-" + h.hexdigest()[:16]
 
 
-def fit_head(model: str | os.PathLike | bytes, *, train: Split, strategy: str = "logreg", val: Split | None = None,
-             test: Split | None = None, label_names: tuple[str, ...] | list[str] | None = None,
-             card: ModelCard | None = None, privacy: PrivacyConfig | None = None,
-             ledger: PrivacyLedger | None = None, dataset_id: str | None = None,
-             privacy_budget: float | None = None, config: HeadConfig = HeadConfig(),
-             out_dir: str | os.PathLike | None = None) -> HeadFitResult:
+def fit_head(
+    model: str | os.PathLike | bytes,
+    *,
+    train: Split,
+    strategy: str = "logreg",
+    val: Split | None = None,
+    test: Split | None = None,
+    label_names: tuple[str, ...] | list[str] | None = None,
+    card: ModelCard | None = None,
+    privacy: PrivacyConfig | None = None,
+    ledger: PrivacyLedger | None = None,
+    dataset_id: str | None = None,
+    privacy_budget: float | None = None,
+    config: HeadConfig = HeadConfig(),
+    out_dir: str | os.PathLike | None = None,
+) -> HeadFitResult:
     """Fits a new head on the ONNX model's `features` (see the module docstring).
 
     `strategy`: 'logreg' or 'prototype' (or 'onnx-logreg', 'onnx-prototype').
@@ -156,8 +185,11 @@ def fit_head(model: str | os.PathLike | bytes, *, train: Split, strategy: str = 
     if privacy is None and (privacy_budget is not None or ledger is not None):
         raise HeadDataError("a privacy ledger or budget needs privacy=PrivacyConfig(epsilon=...)")
     x_train, y_train = _arrays(train, where="train")
-    names = tuple(str(n) for n in label_names) if label_names is not None else tuple(
-        str(i) for i in range(int(y_train.max()) + 1))
+    names = (
+        tuple(str(n) for n in label_names)
+        if label_names is not None
+        else tuple(str(i) for i in range(int(y_train.max()) + 1))
+    )
     k = len(names)
     if k < 2:
         raise HeadDataError(f"a classifier needs at least two classes, got label names {list(names)}")
@@ -169,8 +201,10 @@ def fit_head(model: str | os.PathLike | bytes, *, train: Split, strategy: str = 
         _check_labels(y, num_classes=k, where=where)
     absent = [names[c] for c in range(k) if not np.any(y_train == c)]
     if absent:
-        raise HeadDataError(f"class(es) {absent} have no training examples; every class needs at least one "
-                            f"(or leave it out of label_names)")
+        raise HeadDataError(
+            f"class(es) {absent} have no training examples; every class needs at least one "
+            f"(or leave it out of label_names)"
+        )
     n = len(y_train)
     delta = 0.0
     entry = None
@@ -179,8 +213,9 @@ def fit_head(model: str | os.PathLike | bytes, *, train: Split, strategy: str = 
         if ledger is not None:
             dataset_id = dataset_id or _digest(x_train, y_train)
             # Reserve the whole target before the data is read; settled to the accountant's figure below.
-            entry = ledger.charge(dataset_id, epsilon=privacy.epsilon, delta=delta, budget=privacy_budget,
-                                  note=f"{STRATEGY_PREFIX}{name}")
+            entry = ledger.charge(
+                dataset_id, epsilon=privacy.epsilon, delta=delta, budget=privacy_budget, note=f"{STRATEGY_PREFIX}{name}"
+            )
 
     t0 = time.perf_counter()
     extractor = FeatureExtractor(model, batch_size=config.batch_size, options=config.session)
@@ -188,58 +223,112 @@ def fit_head(model: str | os.PathLike | bytes, *, train: Split, strategy: str = 
     t1 = time.perf_counter()
     accountant = GaussianAccountant()
     val_pair = (features["val"], splits["val"][1]) if "val" in splits else None
-    fitted = fitter(FitContext(features=features["train"], y=y_train, num_classes=k, val=val_pair, config=config,
-                               privacy=privacy, epsilon=privacy.epsilon if privacy else 0.0, delta=delta,
-                               accountant=accountant))
+    fitted = fitter(
+        FitContext(
+            features=features["train"],
+            y=y_train,
+            num_classes=k,
+            val=val_pair,
+            config=config,
+            privacy=privacy,
+            epsilon=privacy.epsilon if privacy else 0.0,
+            delta=delta,
+            accountant=accountant,
+        )
+    )
     t2 = time.perf_counter()
     report = None
     if privacy is not None:
         spent = accountant.epsilon(delta)
         if ledger is not None and entry is not None and dataset_id is not None:
             ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=delta)
-        report = PrivacyReport(epsilon_spent=spent, delta=delta, target_epsilon=privacy.epsilon,
-                               noise_multiplier=1.0 / accountant.mu, max_grad_norm=fitted.max_grad_norm,
-                               releases=tuple(accountant.releases))
-    scored = {where: metrics_from_logits(fitted.head.logits(features[where]), splits[where][1], label_names=names)
-              for where in ("val", "test") if where in splits}
+        report = PrivacyReport(
+            epsilon_spent=spent,
+            delta=delta,
+            target_epsilon=privacy.epsilon,
+            noise_multiplier=1.0 / accountant.mu,
+            max_grad_norm=fitted.max_grad_norm,
+            releases=tuple(accountant.releases),
+        )
+    scored = {
+        where: metrics_from_logits(fitted.head.logits(features[where]), splits[where][1], label_names=names)
+        for where in ("val", "test")
+        if where in splits
+    }
     strategy_name = f"{STRATEGY_PREFIX}{name}"
     outputs = verification = surgery = None
     if out_dir is not None:
-        outputs, verification, surgery = _write(model, fitted.head, out_dir=Path(out_dir), card=card, names=names,
-                                                strategy=strategy_name,
-                                                probe=np.ascontiguousarray(x_train[:config.verify_examples],
-                                                                           dtype=extractor.dtype),
-                                                probe_features=features["train"][:config.verify_examples],
-                                                config=config, local={
-                                                    "strategy": strategy_name, "head": fitted.head.describe(),
-                                                    "label_names": list(names),
-                                                    "hyperparameters": fitted.hyperparameters,
-                                                    "details": fitted.details,
-                                                    "val": scored["val"].to_dict() if "val" in scored else None,
-                                                    "test": scored["test"].to_dict() if "test" in scored else None,
-                                                    "privacy": _privacy_dict(report, accountant)})
+        outputs, verification, surgery = _write(
+            model,
+            fitted.head,
+            out_dir=Path(out_dir),
+            card=card,
+            names=names,
+            strategy=strategy_name,
+            probe=np.ascontiguousarray(x_train[: config.verify_examples], dtype=extractor.dtype),
+            probe_features=features["train"][: config.verify_examples],
+            config=config,
+            local={
+                "strategy": strategy_name,
+                "head": fitted.head.describe(),
+                "label_names": list(names),
+                "hyperparameters": fitted.hyperparameters,
+                "details": fitted.details,
+                "val": scored["val"].to_dict() if "val" in scored else None,
+                "test": scored["test"].to_dict() if "test" in scored else None,
+                "privacy": _privacy_dict(report, accountant),
+            },
+        )
     t3 = time.perf_counter()
     providers = config.session.providers
     device = DeviceKind.CUDA if providers and providers[0] == "CUDAExecutionProvider" else DeviceKind.CPU
     return HeadFitResult(
-        strategy=strategy_name, head=fitted.head, label_names=names, hyperparameters=fitted.hyperparameters,
-        details=fitted.details, train_examples=n, privacy=report, val_metrics=scored.get("val"),
-        test_metrics=scored.get("test"), outputs=outputs, verification=verification, surgery=surgery,
-        device_kind=device, timings={"features": t1 - t0, "fit": t2 - t1, "write": t3 - t2},
-        wall_seconds=time.perf_counter() - started, dataset_id=dataset_id)
+        strategy=strategy_name,
+        head=fitted.head,
+        label_names=names,
+        hyperparameters=fitted.hyperparameters,
+        details=fitted.details,
+        train_examples=n,
+        privacy=report,
+        val_metrics=scored.get("val"),
+        test_metrics=scored.get("test"),
+        outputs=outputs,
+        verification=verification,
+        surgery=surgery,
+        device_kind=device,
+        timings={"features": t1 - t0, "fit": t2 - t1, "write": t3 - t2},
+        wall_seconds=time.perf_counter() - started,
+        dataset_id=dataset_id,
+    )
 
 
 def _privacy_dict(report: PrivacyReport | None, accountant: GaussianAccountant) -> dict[str, Any] | None:
     if report is None:
         return None
-    return {"epsilon_spent": report.epsilon_spent, "delta": report.delta, "target_epsilon": report.target_epsilon,
-            "noise_multiplier": report.noise_multiplier, "max_grad_norm": report.max_grad_norm,
-            "accountant": "gdp-analytic", **accountant.to_dict()}
+    return {
+        "epsilon_spent": report.epsilon_spent,
+        "delta": report.delta,
+        "target_epsilon": report.target_epsilon,
+        "noise_multiplier": report.noise_multiplier,
+        "max_grad_norm": report.max_grad_norm,
+        "accountant": "gdp-analytic",
+        **accountant.to_dict(),
+    }
 
 
-def _write(model: str | os.PathLike | bytes, head: LinearHead, *, out_dir: Path, card: ModelCard | None,
-           names: tuple[str, ...], strategy: str, probe: np.ndarray, probe_features: np.ndarray,
-           config: HeadConfig, local: dict[str, Any]) -> tuple[HeadOutputs, VerificationReport, SurgeryReport]:
+def _write(
+    model: str | os.PathLike | bytes,
+    head: LinearHead,
+    *,
+    out_dir: Path,
+    card: ModelCard | None,
+    names: tuple[str, ...],
+    strategy: str,
+    probe: np.ndarray,
+    probe_features: np.ndarray,
+    config: HeadConfig,
+    local: dict[str, Any],
+) -> tuple[HeadOutputs, VerificationReport, SurgeryReport]:
     import onnx
 
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else load_model(model)
@@ -248,9 +337,22 @@ def _write(model: str | os.PathLike | bytes, head: LinearHead, *, out_dir: Path,
     checked: list[VerificationReport] = []
 
     def write_onnx(path: Path) -> None:
-        checked.append(write_model(new, path, check=lambda tmp: verify_head(
-            tmp, head, x=probe, features=probe_features, options=config.session)))
+        checked.append(
+            write_model(
+                new,
+                path,
+                check=lambda tmp: verify_head(tmp, head, x=probe, features=probe_features, options=config.session),
+            )
+        )
 
-    outputs = write_outputs(out_dir=out_dir, write_onnx=write_onnx, card=new_card, metrics=lambda: {
-        **local, "verification": dataclasses.asdict(checked[0]), "surgery": dataclasses.asdict(surgery)})
+    outputs = write_outputs(
+        out_dir=out_dir,
+        write_onnx=write_onnx,
+        card=new_card,
+        metrics=lambda: {
+            **local,
+            "verification": dataclasses.asdict(checked[0]),
+            "surgery": dataclasses.asdict(surgery),
+        },
+    )
     return outputs, checked[0], surgery

@@ -61,13 +61,19 @@ def load_data(spec: str, *, card: ModelCard, seed: int = 0, test: str | None = N
     """Reads, checks, normalises and splits DATA (and an optional separate test file)."""
     arrays = targets.load_arrays(spec, card=card, seed=seed, holdout_test=test is None)
     if arrays.train.y is None:
-        raise HeadDataError(f"{spec}: a head is fitted on labelled examples, and this data has none; give labels "
-                            "(or adapt to unlabelled data with `xfer finetune --strategy` of a source-free method)")
+        raise HeadDataError(
+            f"{spec}: a head is fitted on labelled examples, and this data has none; give labels "
+            "(or adapt to unlabelled data with `xfer finetune --strategy` of a source-free method)"
+        )
     held_out = arrays.test if test is None else targets.load_all(test, card=card, label_names=arrays.label_names)
     if held_out is None or held_out.y is None or len(held_out) == 0:
         raise HeadDataError(f"{test or spec}: no labelled test examples to score the head on")
     independent = test is not None or arrays.per_class is not None
-    floor = (own_bucket_floor(len(held_out)) if independent
-             else min_eval_for_split(train_pow2=pow2_at_least(len(arrays.train)), num_classes=len(arrays.label_names)))
-    return HeadData(arrays.train, arrays.val, held_out, arrays.label_names, arrays.dataset_id,
-                    min(floor, len(held_out)))
+    floor = (
+        own_bucket_floor(len(held_out))
+        if independent
+        else min_eval_for_split(train_pow2=pow2_at_least(len(arrays.train)), num_classes=len(arrays.label_names))
+    )
+    return HeadData(
+        arrays.train, arrays.val, held_out, arrays.label_names, arrays.dataset_id, min(floor, len(held_out))
+    )

@@ -52,21 +52,30 @@ def open_session(model: str | os.PathLike | bytes, *, options: SessionOptions = 
 class FeatureExtractor:
     """Runs the `features` output of an ONNX model over examples in batches."""
 
-    def __init__(self, model: str | os.PathLike | bytes, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                 options: SessionOptions = SessionOptions()) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        options: SessionOptions = SessionOptions(),
+    ) -> None:
         if batch_size < 1:
             raise HeadDataError(f"batch_size must be positive, got {batch_size}")
         self.session = open_session(model, options=options)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
-            raise OnnxModelError(f"the model has {len(inputs)} inputs ({[i.name for i in inputs]}); "
-                                 f"a head fit needs a model with exactly one input")
+            raise OnnxModelError(
+                f"the model has {len(inputs)} inputs ({[i.name for i in inputs]}); "
+                f"a head fit needs a model with exactly one input"
+            )
         self.input = inputs[0]
         outputs = {o.name: o for o in self.session.get_outputs()}
         missing = [name for name in (FEATURES, LOGITS) if name not in outputs]
         if missing:
-            raise OnnxModelError(f"the model has no output(s) {missing} (it has {sorted(outputs)}); xfer models "
-                                 f"output 'logits' and 'features'")
+            raise OnnxModelError(
+                f"the model has no output(s) {missing} (it has {sorted(outputs)}); xfer models "
+                f"output 'logits' and 'features'"
+            )
         shape = outputs[FEATURES].shape
         if len(shape) != 2:
             raise OnnxModelError(f"the 'features' output must be (batch, D), got shape {shape}")
@@ -77,17 +86,21 @@ class FeatureExtractor:
         batch_dim = self.input.shape[0] if self.input.shape else None
         self.fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         self.batch_size = self.fixed_batch or batch_size
-        self.example_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) else None
-                                                           for d in self.input.shape[1:])
+        self.example_shape: tuple[int | None, ...] = tuple(
+            d if isinstance(d, int) else None for d in self.input.shape[1:]
+        )
 
     def check_examples(self, x: Any) -> None:
         """Raises HeadDataError unless `x` is (n, *input shape) numbers."""
         shape = tuple(getattr(x, "shape", ()))
         if len(shape) != 1 + len(self.example_shape) or any(
-                want is not None and got != want for got, want in zip(shape[1:], self.example_shape)):
+            want is not None and got != want for got, want in zip(shape[1:], self.example_shape)
+        ):
             want = ["n", *("?" if d is None else d for d in self.example_shape)]
-            raise HeadDataError(f"examples have shape {list(shape)} but the model takes {want}; reshape them "
-                                f"(and normalise them as the model card says) first")
+            raise HeadDataError(
+                f"examples have shape {list(shape)} but the model takes {want}; reshape them "
+                f"(and normalise them as the model card says) first"
+            )
         if not np.issubdtype(np.asarray(x[:0]).dtype, np.number):
             raise HeadDataError(f"examples must be numbers, got dtype {np.asarray(x[:0]).dtype}")
 
@@ -97,28 +110,36 @@ class FeatureExtractor:
         n = int(x.shape[0])
         out: np.ndarray | None = None
         for start in range(0, n, self.batch_size):
-            batch = np.ascontiguousarray(x[start:start + self.batch_size], dtype=self.dtype)
+            batch = np.ascontiguousarray(x[start : start + self.batch_size], dtype=self.dtype)
             rows = len(batch)
             if self.fixed_batch and rows < self.fixed_batch:
                 batch = np.concatenate([batch, np.zeros((self.fixed_batch - rows, *batch.shape[1:]), batch.dtype)])
             if not np.all(np.isfinite(batch)):
-                raise HeadDataError(f"NaN or infinite values in examples {start}..{start + rows - 1}; "
-                                    f"impute or drop them")
+                raise HeadDataError(
+                    f"NaN or infinite values in examples {start}..{start + rows - 1}; impute or drop them"
+                )
             (features,) = self.session.run([FEATURES], {self.input.name: batch})
             features = features[:rows]
             if out is None:
                 out = np.empty((n, features.shape[1]), dtype=np.float32)
-            out[start:start + rows] = features
+            out[start : start + rows] = features
         if out is None:
             raise HeadDataError("no examples: the data set is empty")
         bad = ~np.isfinite(out).all(axis=1)
         if bad.any():
-            raise HeadDataError(f"the model produced NaN or infinite features for {int(bad.sum())} example(s) "
-                                f"(first rows: {np.nonzero(bad)[0][:5].tolist()}); check their input scale")
+            raise HeadDataError(
+                f"the model produced NaN or infinite features for {int(bad.sum())} example(s) "
+                f"(first rows: {np.nonzero(bad)[0][:5].tolist()}); check their input scale"
+            )
         return out
 
 
-def extract_features(model: str | os.PathLike | bytes, x: Any, *, batch_size: int = DEFAULT_BATCH_SIZE,
-                     options: SessionOptions = SessionOptions()) -> np.ndarray:
+def extract_features(
+    model: str | os.PathLike | bytes,
+    x: Any,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    options: SessionOptions = SessionOptions(),
+) -> np.ndarray:
     """One-call form of `FeatureExtractor(model)(x)`."""
     return FeatureExtractor(model, batch_size=batch_size, options=options)(x)

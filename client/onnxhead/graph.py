@@ -145,11 +145,15 @@ def _head_nodes(head: LinearHead, *, names: _Names, dtype: np.dtype, opset: int)
             norm, safe, out = names.fresh(f"norm{i}"), names.fresh(f"safe_norm{i}"), names.fresh(f"normalized{i}")
             if opset >= 18:  # ReduceL2 takes axes as an input from opset 18 on, an attribute before
                 axes = const(f"axes{i}", np.asarray([1], dtype=np.int64))
-                nodes.append(helper.make_node("ReduceL2", [current, axes], [norm], name=names.fresh(f"ReduceL2_{i}"),
-                                              keepdims=1))
+                nodes.append(
+                    helper.make_node("ReduceL2", [current, axes], [norm], name=names.fresh(f"ReduceL2_{i}"), keepdims=1)
+                )
             else:
-                nodes.append(helper.make_node("ReduceL2", [current], [norm], name=names.fresh(f"ReduceL2_{i}"),
-                                              axes=[1], keepdims=1))
+                nodes.append(
+                    helper.make_node(
+                        "ReduceL2", [current], [norm], name=names.fresh(f"ReduceL2_{i}"), axes=[1], keepdims=1
+                    )
+                )
             eps = const(f"eps{i}", np.asarray(step.eps, dtype=dtype))
             nodes.append(helper.make_node("Max", [norm, eps], [safe], name=names.fresh(f"Max_{i}")))
             nodes.append(helper.make_node("Div", [current, safe], [out], name=names.fresh(f"Div_{i}")))
@@ -166,8 +170,9 @@ def _head_nodes(head: LinearHead, *, names: _Names, dtype: np.dtype, opset: int)
     return nodes, inits
 
 
-def replace_head(model: Any, head: LinearHead, *,
-                 metadata: Mapping[str, str] | None = None) -> tuple[Any, SurgeryReport]:
+def replace_head(
+    model: Any, head: LinearHead, *, metadata: Mapping[str, str] | None = None
+) -> tuple[Any, SurgeryReport]:
     """A copy of `model` (an onnx.ModelProto) whose `logits` come from `head`; checked by onnx.checker."""
     import onnx
     from onnx import TensorProto, helper
@@ -184,24 +189,30 @@ def replace_head(model: Any, head: LinearHead, *,
     feature_type = outputs[FEATURES].type.tensor_type
     dtypes = {TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64}
     if feature_type.elem_type not in dtypes:
-        raise OnnxModelError(f"'features' must be float or double, got {TensorProto.DataType.Name(feature_type.elem_type)}")
+        raise OnnxModelError(
+            f"'features' must be float or double, got {TensorProto.DataType.Name(feature_type.elem_type)}"
+        )
     dims = feature_type.shape.dim
     if len(dims) != 2:
         raise OnnxModelError(f"'features' must be (batch, D), got rank {len(dims)}")
     if dims[1].HasField("dim_value") and dims[1].dim_value != head.in_features:
-        raise OnnxModelError(f"the head reads {head.in_features} features but the model's 'features' has "
-                             f"{dims[1].dim_value}")
+        raise OnnxModelError(
+            f"the head reads {head.in_features} features but the model's 'features' has {dims[1].dim_value}"
+        )
     nodes = list(graph.node)
     if not any(LOGITS in node.output for node in nodes):
         raise OnnxModelError("no node computes 'logits' (it is an input or initializer); nothing to replace")
     keep = _ancestors(nodes, [o.name for o in graph.output if o.name != LOGITS], stop={LOGITS})
     if any(LOGITS in nodes[i].output for i in keep):
-        raise OnnxModelError("the node that computes 'logits' also computes tensors the model's other outputs "
-                             "need, so it cannot be replaced; export 'logits' from its own node")
+        raise OnnxModelError(
+            "the node that computes 'logits' also computes tensors the model's other outputs "
+            "need, so it cannot be replaced; export 'logits' from its own node"
+        )
     drop = _ancestors(nodes, [LOGITS], stop=set()) - keep
     names = _Names(graph)
-    head_nodes, head_inits = _head_nodes(head, names=names, dtype=np.dtype(dtypes[feature_type.elem_type]),
-                                         opset=_opset(out))
+    head_nodes, head_inits = _head_nodes(
+        head, names=names, dtype=np.dtype(dtypes[feature_type.elem_type]), opset=_opset(out)
+    )
     remaining = [node for i, node in enumerate(nodes) if i not in drop] + head_nodes
     used = set().union(*(_node_inputs(n) for n in remaining)) | {o.name for o in graph.output}
     initializers = [t for t in graph.initializer if t.name in used]
@@ -283,23 +294,33 @@ class VerificationReport:
     @property
     def ok(self) -> bool:
         """Finite outputs within both tolerances."""
-        return (self.finite and self.max_abs_diff_logits <= self.logits_tolerance
-                and self.max_abs_diff_features <= self.features_tolerance)
+        return (
+            self.finite
+            and self.max_abs_diff_logits <= self.logits_tolerance
+            and self.max_abs_diff_features <= self.features_tolerance
+        )
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
 
 
-def verify_head(model: str | os.PathLike | bytes, head: LinearHead, *, x: np.ndarray, features: np.ndarray,
-                options: SessionOptions = SessionOptions()) -> VerificationReport:
+def verify_head(
+    model: str | os.PathLike | bytes,
+    head: LinearHead,
+    *,
+    x: np.ndarray,
+    features: np.ndarray,
+    options: SessionOptions = SessionOptions(),
+) -> VerificationReport:
     """Runs the new model on examples `x` whose source-model features are `features`; raises unless it agrees."""
     session = open_session(model, options=options)
     name = session.get_inputs()[0].name
     got_logits, got_features = session.run([LOGITS, FEATURES], {name: np.ascontiguousarray(x)})
     want_logits = head.logits(got_features)
-    finite = bool(np.all(np.isfinite(got_logits)) and np.all(np.isfinite(got_features))
-                  and np.all(np.isfinite(want_logits)))
+    finite = bool(
+        np.all(np.isfinite(got_logits)) and np.all(np.isfinite(got_features)) and np.all(np.isfinite(want_logits))
+    )
     scale = max(1.0, float(np.max(np.abs(want_logits)))) if finite and want_logits.size else 1.0
     feature_scale = max(1.0, float(np.max(np.abs(features)))) if features.size else 1.0
     report = VerificationReport(

@@ -96,7 +96,8 @@ class LinearHead:
     def describe(self) -> list[dict[str, Any]]:
         """JSON-able description of the computation (no parameter values)."""
         return [s.to_dict() for s in self.steps] + [
-            {"step": "linear", "in_features": self.in_features, "num_classes": self.num_classes}]
+            {"step": "linear", "in_features": self.in_features, "num_classes": self.num_classes}
+        ]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

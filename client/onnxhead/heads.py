@@ -104,8 +104,9 @@ def get_head(name: str) -> tuple[str, HeadFitter]:
     """(name, fitter) for 'logreg' or 'onnx-logreg' style names; unknown names list the valid ones."""
     key = name.removeprefix(STRATEGY_PREFIX) if isinstance(name, str) else name
     if key not in HEADS:
-        raise UnknownHeadError(f"unknown head {name!r}; valid: "
-                               f"{', '.join(f'{n} ({STRATEGY_PREFIX}{n})' for n in sorted(HEADS))}")
+        raise UnknownHeadError(
+            f"unknown head {name!r}; valid: {', '.join(f'{n} ({STRATEGY_PREFIX}{n})' for n in sorted(HEADS))}"
+        )
     return key, HEADS[key]
 
 
@@ -113,23 +114,50 @@ def get_head(name: str) -> tuple[str, HeadFitter]:
 def _fit_logreg(ctx: FitContext) -> FittedHead:
     cfg = ctx.config
     if ctx.privacy is None:
-        result = fit_logreg(ctx.features, ctx.y, num_classes=ctx.num_classes, l2=cfg.l2, val=ctx.val,
-                            folds=cfg.folds, seed=cfg.seed, max_iter=cfg.max_iter)
+        result = fit_logreg(
+            ctx.features,
+            ctx.y,
+            num_classes=ctx.num_classes,
+            l2=cfg.l2,
+            val=ctx.val,
+            folds=cfg.folds,
+            seed=cfg.seed,
+            max_iter=cfg.max_iter,
+        )
         if result.iterations == 0 or not np.any(result.head.weight):
-            raise HeadError("logistic regression made no step: the features carry no signal for these labels "
-                            "(the objective is flat at zero weights); check the data and the model")
+            raise HeadError(
+                "logistic regression made no step: the features carry no signal for these labels "
+                "(the objective is flat at zero weights); check the data and the model"
+            )
         hyper = {"l2": "auto" if cfg.l2 is None else f"{cfg.l2:g}", "standardize": "true"}
         if cfg.l2 is None:
             hyper["selection"] = "val" if ctx.val is not None else "train-cv"
-        details = {"l2": result.selection.l2, "l2_method": result.selection.method,
-                   "l2_scores": {f"{k:g}": v for k, v in result.selection.scores.items()},
-                   "iterations": result.iterations, "converged": result.converged}
+        details = {
+            "l2": result.selection.l2,
+            "l2_method": result.selection.method,
+            "l2_scores": {f"{k:g}": v for k, v in result.selection.scores.items()},
+            "iterations": result.iterations,
+            "converged": result.converged,
+        }
         return FittedHead(result.head, hyper, details)
     gd = cfg.dp
-    head = private_logreg(unit_features(ctx.features), ctx.y, num_classes=ctx.num_classes, gd=gd,
-                          epsilon=ctx.epsilon, delta=ctx.delta, config=ctx.privacy, accountant=ctx.accountant)
-    hyper = {"dp_steps": str(gd.steps), "dp_lr": f"{gd.lr:g}", "dp_l2": f"{gd.l2:g}",
-             "dp_stats_share": f"{gd.stats_share:g}", "features": "l2-normalize,center"}
+    head = private_logreg(
+        unit_features(ctx.features),
+        ctx.y,
+        num_classes=ctx.num_classes,
+        gd=gd,
+        epsilon=ctx.epsilon,
+        delta=ctx.delta,
+        config=ctx.privacy,
+        accountant=ctx.accountant,
+    )
+    hyper = {
+        "dp_steps": str(gd.steps),
+        "dp_lr": f"{gd.lr:g}",
+        "dp_l2": f"{gd.l2:g}",
+        "dp_stats_share": f"{gd.stats_share:g}",
+        "features": "l2-normalize,center",
+    }
     return FittedHead(head, hyper, {"dp": dataclasses.asdict(gd)}, max_grad_norm=ctx.privacy.max_grad_norm)
 
 
@@ -139,18 +167,35 @@ def _fit_prototype(ctx: FitContext) -> FittedHead:
     units = unit_features(ctx.features)
     if ctx.privacy is None:
         stats = class_stats(units, ctx.y, num_classes=ctx.num_classes)
-        result = fit_prototype(stats=stats, metric=cfg.metric, scale=cfg.scale, private=False,
-                               exact=(units, ctx.y, stats), val=ctx.val)
+        result = fit_prototype(
+            stats=stats, metric=cfg.metric, scale=cfg.scale, private=False, exact=(units, ctx.y, stats), val=ctx.val
+        )
     else:
-        result = private_prototype(units, ctx.y, num_classes=ctx.num_classes, metric=cfg.metric, scale=cfg.scale,
-                                   val=ctx.val, epsilon=ctx.epsilon, delta=ctx.delta, config=ctx.privacy,
-                                   accountant=ctx.accountant)
-    hyper = {"metric": cfg.metric, "scale": "auto" if cfg.scale is None else f"{cfg.scale:g}",
-             "features": "l2-normalize,center"}
+        result = private_prototype(
+            units,
+            ctx.y,
+            num_classes=ctx.num_classes,
+            metric=cfg.metric,
+            scale=cfg.scale,
+            val=ctx.val,
+            epsilon=ctx.epsilon,
+            delta=ctx.delta,
+            config=ctx.privacy,
+            accountant=ctx.accountant,
+        )
+    hyper = {
+        "metric": cfg.metric,
+        "scale": "auto" if cfg.scale is None else f"{cfg.scale:g}",
+        "features": "l2-normalize,center",
+    }
     if cfg.scale is None:
         hyper["selection"] = "val" if ctx.val is not None else ("train-loo" if ctx.privacy is None else "default")
-    return FittedHead(result.head, hyper, {"scale": result.scale.scale, "scale_method": result.scale.method},
-                      max_grad_norm=1.0 if ctx.privacy is not None else 0.0)
+    return FittedHead(
+        result.head,
+        hyper,
+        {"scale": result.scale.scale, "scale_method": result.scale.method},
+        max_grad_norm=1.0 if ctx.privacy is not None else 0.0,
+    )
 
 
 def list_heads() -> list[str]:

@@ -34,8 +34,15 @@ class LbfgsResult:
     message: str
 
 
-def minimize_lbfgs(fun_grad: FunGrad, x0: np.ndarray, *, memory: int = 10, max_iter: int = 1000,
-                   gtol: float = 1e-6, ftol: float = 1e-12) -> LbfgsResult:
+def minimize_lbfgs(
+    fun_grad: FunGrad,
+    x0: np.ndarray,
+    *,
+    memory: int = 10,
+    max_iter: int = 1000,
+    gtol: float = 1e-6,
+    ftol: float = 1e-12,
+) -> LbfgsResult:
     """Minimises f from x0; `fun_grad(x)` returns (f(x), ∇f(x)).
 
     Converged when max|∇f| <= gtol, or when an iteration lowers f by less than

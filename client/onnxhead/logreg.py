@@ -50,7 +50,7 @@ class Standardizer:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "Standardizer":
+    def fit(cls, x: np.ndarray) -> Standardizer:
         """Mean and std per feature; near-constant features get scale 1."""
         mean = x.mean(axis=0)
         std = x.std(axis=0)
@@ -74,8 +74,9 @@ class MultinomialFit:
     objective: float
 
 
-def objective(theta: np.ndarray, *, xt: np.ndarray, y: np.ndarray, num_classes: int,
-              l2: float) -> tuple[float, np.ndarray]:
+def objective(
+    theta: np.ndarray, *, xt: np.ndarray, y: np.ndarray, num_classes: int, l2: float
+) -> tuple[float, np.ndarray]:
     """J(θ) and ∇J(θ), θ = [W.ravel(), b]; `xt` is the inputs transposed, (D, n).
 
     Class-major (K, n) logits keep every softmax reduction a vectorised
@@ -83,7 +84,7 @@ def objective(theta: np.ndarray, *, xt: np.ndarray, y: np.ndarray, num_classes: 
     """
     d, n = xt.shape
     w = theta[: num_classes * d].reshape(num_classes, d)
-    b = theta[num_classes * d:]
+    b = theta[num_classes * d :]
     z = w @ xt
     z += b[:, None]
     z -= z.max(axis=0)
@@ -97,20 +98,27 @@ def objective(theta: np.ndarray, *, xt: np.ndarray, y: np.ndarray, num_classes: 
     return loss, np.concatenate([grad_w.ravel(), residual.sum(axis=1)])
 
 
-def fit_multinomial(x: np.ndarray, y: np.ndarray, *, num_classes: int, l2: float,
-                    init: MultinomialFit | None = None, max_iter: int = 1000,
-                    gtol: float = 1e-6) -> MultinomialFit:
+def fit_multinomial(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    l2: float,
+    init: MultinomialFit | None = None,
+    max_iter: int = 1000,
+    gtol: float = 1e-6,
+) -> MultinomialFit:
     """Minimises J on (x, y) for one λ (x already transformed; float64)."""
     if l2 <= 0:
         raise ValueError(f"l2 must be positive (it makes the problem strongly convex), got {l2}")
     d = x.shape[1]
     xt = np.ascontiguousarray(x.T)
-    theta0 = (np.concatenate([init.weight.ravel(), init.bias]) if init is not None
-              else np.zeros(num_classes * (d + 1)))
-    result = minimize_lbfgs(lambda t: objective(t, xt=xt, y=y, num_classes=num_classes, l2=l2), theta0,
-                            max_iter=max_iter, gtol=gtol)
+    theta0 = np.concatenate([init.weight.ravel(), init.bias]) if init is not None else np.zeros(num_classes * (d + 1))
+    result = minimize_lbfgs(
+        lambda t: objective(t, xt=xt, y=y, num_classes=num_classes, l2=l2), theta0, max_iter=max_iter, gtol=gtol
+    )
     w = result.x[: num_classes * d].reshape(num_classes, d)
-    b = result.x[num_classes * d:]
+    b = result.x[num_classes * d :]
     return MultinomialFit(w, b - b.mean(), l2, result.iterations, result.converged, result.fun)
 
 
@@ -155,14 +163,14 @@ class _Split:
     y_eval: np.ndarray
 
     @classmethod
-    def standardised(cls, *, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray,
-                     y_eval: np.ndarray) -> "_Split":
+    def standardised(cls, *, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray) -> _Split:
         scaler = Standardizer.fit(x_fit)  # fitted on the fit part only, so nothing leaks into the held-out score
         return cls(scaler.apply(x_fit), y_fit, scaler.apply(x_eval), y_eval)
 
 
-def _holdout_splits(x: np.ndarray, y: np.ndarray, *, num_classes: int, folds: int, seed: int,
-                    large: int) -> tuple[list[_Split], str]:
+def _holdout_splits(
+    x: np.ndarray, y: np.ndarray, *, num_classes: int, folds: int, seed: int, large: int
+) -> tuple[list[_Split], str]:
     k = min(folds, int(np.bincount(y, minlength=num_classes)[np.unique(y)].min()))
     if k < 2:
         return [], "default"
@@ -170,13 +178,23 @@ def _holdout_splits(x: np.ndarray, y: np.ndarray, *, num_classes: int, folds: in
     # Past `large` examples one held-out fold estimates the loss well enough, at 1/k of the cost.
     used = range(1) if len(y) > large else range(k)
     method = f"holdout-1/{k}" if len(y) > large else f"cv-{k}"
-    return [_Split.standardised(x_fit=x[fold != i], y_fit=y[fold != i], x_eval=x[fold == i], y_eval=y[fold == i])
-            for i in used], method
+    return [
+        _Split.standardised(x_fit=x[fold != i], y_fit=y[fold != i], x_eval=x[fold == i], y_eval=y[fold == i])
+        for i in used
+    ], method
 
 
-def select_l2(x: np.ndarray, y: np.ndarray, *, num_classes: int, val: tuple[np.ndarray, np.ndarray] | None = None,
-              grid: tuple[float, ...] = L2_GRID, folds: int = MAX_FOLDS, seed: int = 0,
-              max_iter: int = 1000) -> L2Selection:
+def select_l2(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    grid: tuple[float, ...] = L2_GRID,
+    folds: int = MAX_FOLDS,
+    seed: int = 0,
+    max_iter: int = 1000,
+) -> L2Selection:
     """λ with the lowest held-out log-loss (ties: the stronger λ).
 
     The grid is walked from strong to weak with warm starts and abandoned
@@ -184,11 +202,18 @@ def select_l2(x: np.ndarray, y: np.ndarray, *, num_classes: int, val: tuple[np.n
     curve is U-shaped; the weak end is where L-BFGS needs most iterations).
     """
     if val is not None:
-        splits, method = [_Split.standardised(x_fit=x, y_fit=y, x_eval=np.asarray(val[0], dtype=np.float64),
-                                              y_eval=np.asarray(val[1]))], "val"
+        splits, method = (
+            [
+                _Split.standardised(
+                    x_fit=x, y_fit=y, x_eval=np.asarray(val[0], dtype=np.float64), y_eval=np.asarray(val[1])
+                )
+            ],
+            "val",
+        )
     else:
-        splits, method = _holdout_splits(x, y, num_classes=num_classes, folds=folds, seed=seed,
-                                         large=LARGE_TRAINING_SET)
+        splits, method = _holdout_splits(
+            x, y, num_classes=num_classes, folds=folds, seed=seed, large=LARGE_TRAINING_SET
+        )
         if not splits:
             return L2Selection(DEFAULT_L2, method, {})
     fits: list[MultinomialFit | None] = [None] * len(splits)
@@ -197,8 +222,15 @@ def select_l2(x: np.ndarray, y: np.ndarray, *, num_classes: int, val: tuple[np.n
     for l2 in grid:
         losses = []
         for i, split in enumerate(splits):
-            fit = fit_multinomial(split.x_fit, split.y_fit, num_classes=num_classes, l2=l2, init=fits[i],
-                                  max_iter=max_iter, gtol=PATH_GTOL)
+            fit = fit_multinomial(
+                split.x_fit,
+                split.y_fit,
+                num_classes=num_classes,
+                l2=l2,
+                init=fits[i],
+                max_iter=max_iter,
+                gtol=PATH_GTOL,
+            )
             fits[i] = fit
             losses.append(heldout_log_loss(fit, x=split.x_eval, y=split.y_eval))
         scores[float(l2)] = float(np.mean(losses))
@@ -223,9 +255,17 @@ class LogRegResult:
     converged: bool
 
 
-def fit_logreg(features: np.ndarray, y: np.ndarray, *, num_classes: int, l2: float | None = None,
-               val: tuple[np.ndarray, np.ndarray] | None = None, folds: int = MAX_FOLDS, seed: int = 0,
-               max_iter: int = 1000) -> LogRegResult:
+def fit_logreg(
+    features: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    l2: float | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    folds: int = MAX_FOLDS,
+    seed: int = 0,
+    max_iter: int = 1000,
+) -> LogRegResult:
     """Fits the head on features; λ chosen as the module docstring says unless `l2` is given."""
     x = np.asarray(features, dtype=np.float64)
     if l2 is None:
@@ -233,8 +273,9 @@ def fit_logreg(features: np.ndarray, y: np.ndarray, *, num_classes: int, l2: flo
     else:
         selection = L2Selection(float(l2), "fixed", {})
     scaler = Standardizer.fit(x)
-    fit = fit_multinomial(scaler.apply(x), y, num_classes=num_classes, l2=selection.l2, init=selection.start,
-                          max_iter=max_iter)
+    fit = fit_multinomial(
+        scaler.apply(x), y, num_classes=num_classes, l2=selection.l2, init=selection.start, max_iter=max_iter
+    )
     weight = fit.weight / scaler.scale[None, :]
     bias = fit.bias - weight @ scaler.mean
     # A warm start may already sit at the optimum: count the path's steps that led there too.

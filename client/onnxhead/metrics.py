@@ -70,8 +70,7 @@ def metrics_from_logits(logits: np.ndarray, y: np.ndarray, *, label_names: tuple
         raise ValueError("cannot score an empty split")
     logp = log_softmax(logits)
     predicted = logits.argmax(axis=1)
-    per_class = {name: float(np.mean(predicted[y == c] == c)) for c, name in enumerate(label_names)
-                 if np.any(y == c)}
+    per_class = {name: float(np.mean(predicted[y == c] == c)) for c, name in enumerate(label_names) if np.any(y == c)}
     return Metrics(
         accuracy=float(np.mean(predicted == y)),
         macro_f1=macro_f1(predicted, y, num_classes=len(label_names)),

@@ -41,17 +41,28 @@ def head_card(source: ModelCard, *, head: LinearHead, label_names: tuple[str, ..
     note = f"head replaced torch-free by {strategy} on ONNX features"
     if head.steps:
         steps = " then ".join(s.to_dict()["step"] for s in head.steps)
-        note += (f" (features: {steps}, then a linear layer; only model.onnx holds this head, the "
-                 f"architecture's own head is a plain linear layer)")
-    card = dataclasses.replace(source, architecture_config=config, num_classes=head.num_classes,
-                               label_names=label_names,
-                               description=(f"{source.description}; " if source.description else "") + note)
+        note += (
+            f" (features: {steps}, then a linear layer; only model.onnx holds this head, the "
+            f"architecture's own head is a plain linear layer)"
+        )
+    card = dataclasses.replace(
+        source,
+        architecture_config=config,
+        num_classes=head.num_classes,
+        label_names=label_names,
+        description=(f"{source.description}; " if source.description else "") + note,
+    )
     validate_card(card)
     return card
 
 
-def write_outputs(*, out_dir: str | Path, write_onnx: Callable[[Path], Any], card: ModelCard | None,
-                  metrics: Callable[[], dict[str, Any]]) -> HeadOutputs:
+def write_outputs(
+    *,
+    out_dir: str | Path,
+    write_onnx: Callable[[Path], Any],
+    card: ModelCard | None,
+    metrics: Callable[[], dict[str, Any]],
+) -> HeadOutputs:
     """Writes model.onnx (through `write_onnx(path)`), then card.json (if a card is given), then metrics.json.
 
     `metrics()` is called after the model is written, so it can include how the model was checked.
@@ -62,8 +73,9 @@ def write_outputs(*, out_dir: str | Path, write_onnx: Callable[[Path], Any], car
     write_onnx(paths.onnx)
     if card is not None and paths.card is not None:
         data = card.to_dict()
-        data["artifacts"] = {"onnx": {"file": ONNX_NAME, "sha256": sha256_file(paths.onnx),
-                                      "size_bytes": paths.onnx.stat().st_size}}
+        data["artifacts"] = {
+            "onnx": {"file": ONNX_NAME, "sha256": sha256_file(paths.onnx), "size_bytes": paths.onnx.stat().st_size}
+        }
         write_json_atomic(paths.card, data)
     write_json_atomic(paths.metrics, metrics())
     log.info("wrote %s", ", ".join(str(p) for p in dataclasses.astuple(paths) if p is not None))

@@ -106,30 +106,63 @@ def _rng(config: PrivacyConfig) -> np.random.Generator:
     return np.random.default_rng(config.noise_seed)  # None: fresh entropy from the OS
 
 
-def _release_stats(units: np.ndarray, y: np.ndarray, *, num_classes: int, share: float, epsilon: float,
-                   delta: float, extra: dict[str, tuple[float, int]], rng: np.random.Generator,
-                   accountant: GaussianAccountant) -> tuple[ClassStats, dict[str, float]]:
+def _release_stats(
+    units: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    share: float,
+    epsilon: float,
+    delta: float,
+    extra: dict[str, tuple[float, int]],
+    rng: np.random.Generator,
+    accountant: GaussianAccountant,
+) -> tuple[ClassStats, dict[str, float]]:
     counts = share * counts_share(units.shape[1])
     shares = {"class_sums": (share - counts, 1), "class_counts": (counts, 1), **extra}
     noise = split_budget(epsilon=epsilon, delta=delta, shares=shares)
-    noisy = privatise(class_stats(units, y, num_classes=num_classes), sums_noise=noise["class_sums"],
-                      counts_noise=noise["class_counts"], rng=rng)
+    noisy = privatise(
+        class_stats(units, y, num_classes=num_classes),
+        sums_noise=noise["class_sums"],
+        counts_noise=noise["class_counts"],
+        rng=rng,
+    )
     accountant.record(GaussianRelease("class_sums", noise["class_sums"]))
     accountant.record(GaussianRelease("class_counts", noise["class_counts"]))
     return noisy, noise
 
 
-def private_prototype(units: np.ndarray, y: np.ndarray, *, num_classes: int, metric: str, scale: float | None,
-                      val: tuple[np.ndarray, np.ndarray] | None, epsilon: float, delta: float,
-                      config: PrivacyConfig, accountant: GaussianAccountant) -> PrototypeResult:
+def private_prototype(
+    units: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    metric: str,
+    scale: float | None,
+    val: tuple[np.ndarray, np.ndarray] | None,
+    epsilon: float,
+    delta: float,
+    config: PrivacyConfig,
+    accountant: GaussianAccountant,
+) -> PrototypeResult:
     """A prototype head from one Gaussian release of the class statistics."""
-    noisy, _ = _release_stats(units, y, num_classes=num_classes, share=1.0, epsilon=epsilon, delta=delta,
-                              extra={}, rng=_rng(config), accountant=accountant)
+    noisy, _ = _release_stats(
+        units,
+        y,
+        num_classes=num_classes,
+        share=1.0,
+        epsilon=epsilon,
+        delta=delta,
+        extra={},
+        rng=_rng(config),
+        accountant=accountant,
+    )
     return fit_prototype(stats=noisy, metric=metric, scale=scale, private=True, val=val)
 
 
-def clipped_gradient_sum(z: np.ndarray, y: np.ndarray, *, weight: np.ndarray, bias: np.ndarray,
-                         clip: float) -> tuple[np.ndarray, np.ndarray]:
+def clipped_gradient_sum(
+    z: np.ndarray, y: np.ndarray, *, weight: np.ndarray, bias: np.ndarray, clip: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Σᵢ clip_C(∇ℓᵢ) for the softmax loss at (W, b): (K, D) and (K,) parts, each example's norm <= C."""
     logits = z @ weight.T + bias
     logits -= logits.max(axis=1, keepdims=True)
@@ -141,13 +174,30 @@ def clipped_gradient_sum(z: np.ndarray, y: np.ndarray, *, weight: np.ndarray, bi
     return residual.T @ z, residual.sum(axis=0)
 
 
-def private_logreg(units: np.ndarray, y: np.ndarray, *, num_classes: int, gd: NoisyGDConfig, epsilon: float,
-                   delta: float, config: PrivacyConfig, accountant: GaussianAccountant) -> LinearHead:
+def private_logreg(
+    units: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    gd: NoisyGDConfig,
+    epsilon: float,
+    delta: float,
+    config: PrivacyConfig,
+    accountant: GaussianAccountant,
+) -> LinearHead:
     """Private multinomial logistic regression (module docstring)."""
     rng = _rng(config)
-    noisy, noise = _release_stats(units, y, num_classes=num_classes, share=gd.stats_share, epsilon=epsilon,
-                                  delta=delta, extra={"gradient_steps": (1.0 - gd.stats_share, gd.steps)},
-                                  rng=rng, accountant=accountant)
+    noisy, noise = _release_stats(
+        units,
+        y,
+        num_classes=num_classes,
+        share=gd.stats_share,
+        epsilon=epsilon,
+        delta=delta,
+        extra={"gradient_steps": (1.0 - gd.stats_share, gd.steps)},
+        rng=rng,
+        accountant=accountant,
+    )
     protos = prototypes(noisy)
     start = head_from_prototypes(protos, metric="euclidean", scale=gd.init_scale)
     normaliser = max(float(noisy.counts.sum()), 1.0)

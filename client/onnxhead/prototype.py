@@ -25,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from xfer.client.onnxhead.head import Center, L2Normalize, LinearHead, log_softmax
-from xfer.client.onnxhead.stats import ClassStats, Prototypes, prototypes, unit_features
+from xfer.client.onnxhead.stats import ClassStats, Prototypes, prototypes
 
 METRICS = ("cosine", "euclidean")
 DEFAULT_SCALE = {"cosine": 10.0, "euclidean": 10.0}
@@ -49,8 +49,11 @@ def _directions(centred: np.ndarray) -> np.ndarray:
 def head_from_prototypes(protos: Prototypes, *, metric: str, scale: float) -> LinearHead:
     """The linear head (with its feature steps) of a prototype classifier."""
     if metric == "cosine":
-        return LinearHead(scale * _directions(protos.centred), np.zeros(len(protos.centred)),
-                          steps=(L2Normalize(), Center(protos.mean), L2Normalize()))
+        return LinearHead(
+            scale * _directions(protos.centred),
+            np.zeros(len(protos.centred)),
+            steps=(L2Normalize(), Center(protos.mean), L2Normalize()),
+        )
     if metric == "euclidean":
         sq = np.sum(protos.centred * protos.centred, axis=1)
         return LinearHead(scale * protos.centred, -0.5 * scale * sq, steps=(L2Normalize(), Center(protos.mean)))
@@ -78,8 +81,9 @@ def fit_scale(unscaled_logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp((lo + hi) / 2))
 
 
-def _loo_unscaled_logits(units: np.ndarray, y: np.ndarray, *, stats: ClassStats, protos: Prototypes,
-                         metric: str) -> tuple[np.ndarray, np.ndarray]:
+def _loo_unscaled_logits(
+    units: np.ndarray, y: np.ndarray, *, stats: ClassStats, protos: Prototypes, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Unscaled logits of the training examples whose class has >= 2 of them, own class left out."""
     counts = stats.counts[y]
     keep = counts >= 2
@@ -101,9 +105,15 @@ def _loo_unscaled_logits(units: np.ndarray, y: np.ndarray, *, stats: ClassStats,
     return logits, yk
 
 
-def choose_scale(*, protos: Prototypes, metric: str, scale: float | None, private: bool,
-                 train: tuple[np.ndarray, np.ndarray, ClassStats] | None,
-                 val: tuple[np.ndarray, np.ndarray] | None) -> ScaleFit:
+def choose_scale(
+    *,
+    protos: Prototypes,
+    metric: str,
+    scale: float | None,
+    private: bool,
+    train: tuple[np.ndarray, np.ndarray, ClassStats] | None,
+    val: tuple[np.ndarray, np.ndarray] | None,
+) -> ScaleFit:
     """The scale as the module docstring says; `train` = (unit features, labels, exact stats)."""
     if scale is not None:
         return ScaleFit(float(scale), "fixed")
@@ -126,9 +136,15 @@ class PrototypeResult:
     scale: ScaleFit
 
 
-def fit_prototype(*, stats: ClassStats, metric: str = "cosine", scale: float | None = None, private: bool,
-                  exact: tuple[np.ndarray, np.ndarray, ClassStats] | None = None,
-                  val: tuple[np.ndarray, np.ndarray] | None = None) -> PrototypeResult:
+def fit_prototype(
+    *,
+    stats: ClassStats,
+    metric: str = "cosine",
+    scale: float | None = None,
+    private: bool,
+    exact: tuple[np.ndarray, np.ndarray, ClassStats] | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+) -> PrototypeResult:
     """A prototype head from (exact or noisy) class statistics; `exact` enables the leave-one-out scale."""
     if metric not in METRICS:
         raise ValueError(f"unknown prototype metric {metric!r}; valid: {', '.join(METRICS)}")

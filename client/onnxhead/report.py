@@ -44,17 +44,37 @@ def significant(value: float, digits: int = 2) -> float:
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
-def build_run(*, run_id: str, model_version: str, strategy: str, hyperparameters: dict[str, str],
-              metrics: dict[str, float], min_eval_examples: int, privacy: RunPrivacy, train_examples_pow2: int,
-              device_kind: DeviceKind, wall_seconds: float) -> Run:
+def build_run(
+    *,
+    run_id: str,
+    model_version: str,
+    strategy: str,
+    hyperparameters: dict[str, str],
+    metrics: dict[str, float],
+    min_eval_examples: int,
+    privacy: RunPrivacy,
+    train_examples_pow2: int,
+    device_kind: DeviceKind,
+    wall_seconds: float,
+) -> Run:
     """A `Run` whose every field follows the rules in the module docstring."""
     step = metric_step(min_eval_examples)
-    reported = {name: round_to_step(metrics[name], step) for name in REPORTED_METRICS
-                if name in metrics and math.isfinite(metrics[name])}
-    return Run(run_id=run_id, model_version=model_version, strategy=strategy,
-               metrics=reported, hyperparameters={k: str(v)[:256] for k, v in hyperparameters.items()},
-               privacy=privacy, train_examples_pow2=train_examples_pow2, device_kind=device_kind,
-               wall_seconds=significant(wall_seconds))
+    reported = {
+        name: round_to_step(metrics[name], step)
+        for name in REPORTED_METRICS
+        if name in metrics and math.isfinite(metrics[name])
+    }
+    return Run(
+        run_id=run_id,
+        model_version=model_version,
+        strategy=strategy,
+        metrics=reported,
+        hyperparameters={k: str(v)[:256] for k, v in hyperparameters.items()},
+        privacy=privacy,
+        train_examples_pow2=train_examples_pow2,
+        device_kind=device_kind,
+        wall_seconds=significant(wall_seconds),
+    )
 
 
 def report_fields(run: Run) -> dict[str, Any]:
@@ -63,8 +83,13 @@ def report_fields(run: Run) -> dict[str, Any]:
     return {
         "strategy": {"name": run.strategy, "hyperparameters": dict(run.hyperparameters)},
         "metrics": dict(run.metrics),
-        "privacy": {"dp": p.dp, "epsilon_spent": p.epsilon_spent, "delta": p.delta,
-                    "noise_multiplier": p.noise_multiplier, "max_grad_norm": p.max_grad_norm},
+        "privacy": {
+            "dp": p.dp,
+            "epsilon_spent": p.epsilon_spent,
+            "delta": p.delta,
+            "noise_multiplier": p.noise_multiplier,
+            "max_grad_norm": p.max_grad_norm,
+        },
         "train_examples_pow2": run.train_examples_pow2,
         "device_kind": f"DEVICE_KIND_{run.device_kind.value.upper()}",
         "wall_seconds": run.wall_seconds,

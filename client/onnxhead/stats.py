@@ -52,11 +52,12 @@ def counts_share(dim: int) -> float:
     return 1.0 / (1.0 + math.sqrt(dim))
 
 
-def privatise(stats: ClassStats, *, sums_noise: float, counts_noise: float,
-              rng: np.random.Generator) -> ClassStats:
+def privatise(stats: ClassStats, *, sums_noise: float, counts_noise: float, rng: np.random.Generator) -> ClassStats:
     """The Gaussian mechanism on both: noise std `sums_noise` per sum coordinate, `counts_noise` per count."""
-    return ClassStats(stats.sums + rng.normal(0.0, sums_noise, stats.sums.shape),
-                      stats.counts + rng.normal(0.0, counts_noise, stats.counts.shape))
+    return ClassStats(
+        stats.sums + rng.normal(0.0, sums_noise, stats.sums.shape),
+        stats.counts + rng.normal(0.0, counts_noise, stats.counts.shape),
+    )
 
 
 def _into_unit_ball(v: np.ndarray) -> np.ndarray:

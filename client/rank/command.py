@@ -26,10 +26,12 @@ MAX_CANDIDATES = 32
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declares the `xfer rank` flags on `parser`."""
-    parser.add_argument("data", help="labelled data, any `xfer finetune` data spec (e.g. fashion-mnist:classes=5-9, "
-                                     "data.npz, data.csv, a folder); scored on its training split")
-    parser.add_argument("--models", required=True,
-                        help="comma-separated candidate references, e.g. a,b@stable,c:2")
+    parser.add_argument(
+        "data",
+        help="labelled data, any `xfer finetune` data spec (e.g. fashion-mnist:classes=5-9, "
+        "data.npz, data.csv, a folder); scored on its training split",
+    )
+    parser.add_argument("--models", required=True, help="comma-separated candidate references, e.g. a,b@stable,c:2")
     parser.add_argument("--by", choices=CRITERIA, default="logme", help="ranking criterion (default logme)")
     parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"neighbours of the k-NN score (default {DEFAULT_K})")
     parser.add_argument("--batch-size", type=int, default=256, help="feature extraction batch size")
@@ -47,9 +49,18 @@ def candidates_from(text: str) -> list[str]:
     return refs
 
 
-def rank_candidates(client: Any, *, data: str, models: Sequence[str], by: str = "logme", k: int = DEFAULT_K,
-                    batch_size: int = 256, threads: int = 0, seed: int = 0,
-                    on_candidate: Callable[[Candidate], None] | None = None) -> RankOutcome:
+def rank_candidates(
+    client: Any,
+    *,
+    data: str,
+    models: Sequence[str],
+    by: str = "logme",
+    k: int = DEFAULT_K,
+    batch_size: int = 256,
+    threads: int = 0,
+    seed: int = 0,
+    on_candidate: Callable[[Candidate], None] | None = None,
+) -> RankOutcome:
     """Scores every candidate of `models` on the labelled training split of `data`, ranked by `by`.
 
     For each candidate only its ONNX artifact is pulled through `client` (an `xfer.client.Client`), never
@@ -69,11 +80,17 @@ def rank_candidates(client: Any, *, data: str, models: Sequence[str], by: str = 
         pulled = client.pull(ref, "onnx")
         card = pulled.model_version.card
         labelled = load_training_split(data, card=card, seed=seed)
-        extractor = FeatureExtractor(pulled.blob_path, batch_size=batch_size,
-                                     options=SessionOptions(intra_op_threads=threads))
+        extractor = FeatureExtractor(
+            pulled.blob_path, batch_size=batch_size, options=SessionOptions(intra_op_threads=threads)
+        )
         score = score_features(extractor(labelled.x), labelled.y, k=k)
-        candidate = Candidate(ref=ref, model_version=pulled.model_version.name, score=score,
-                              seconds=time.perf_counter() - started, transferred_bytes=pulled.transferred_bytes)
+        candidate = Candidate(
+            ref=ref,
+            model_version=pulled.model_version.name,
+            score=score,
+            seconds=time.perf_counter() - started,
+            transferred_bytes=pulled.transferred_bytes,
+        )
         found.append(candidate)
         if on_candidate is not None:
             on_candidate(candidate)
@@ -86,8 +103,21 @@ def run(args: argparse.Namespace, *, client: Any, progress: bool = False, out: T
 
     def show(c: Candidate) -> None:
         if progress:
-            print(f"  {c.ref}: LogME {c.score.logme:.4f}, k-NN accuracy {c.score.knn_accuracy:.4f} "
-                  f"({c.transferred_bytes:,} bytes pulled)", file=stream, flush=True)
+            print(
+                f"  {c.ref}: LogME {c.score.logme:.4f}, k-NN accuracy {c.score.knn_accuracy:.4f} "
+                f"({c.transferred_bytes:,} bytes pulled)",
+                file=stream,
+                flush=True,
+            )
 
-    return rank_candidates(client, data=args.data, models=candidates_from(args.models), by=args.by, k=args.k,
-                           batch_size=args.batch_size, threads=args.threads, seed=args.seed, on_candidate=show)
+    return rank_candidates(
+        client,
+        data=args.data,
+        models=candidates_from(args.models),
+        by=args.by,
+        k=args.k,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        seed=args.seed,
+        on_candidate=show,
+    )

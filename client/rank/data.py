@@ -31,6 +31,8 @@ def load_training_split(spec: str, *, card: ModelCard, seed: int) -> Labelled:
     """The labelled training split of DATA, normalised and shaped for `card`; raises RankError without labels."""
     arrays = targets.load_arrays(spec, card=card, seed=seed)
     if arrays.train.y is None:
-        raise RankError(f"{spec}: ranking scores how well a source's features fit the client's labels, and this "
-                        f"data has none; give labelled examples")
+        raise RankError(
+            f"{spec}: ranking scores how well a source's features fit the client's labels, and this "
+            f"data has none; give labelled examples"
+        )
     return Labelled(np.asarray(arrays.train.x), np.asarray(arrays.train.y), arrays.dataset_id)

@@ -45,15 +45,22 @@ class LogMEFit:
     iterations: int
 
 
-def _evidence(*, n: int, d: int, sigma: np.ndarray, x2: np.ndarray, res_x2: float, alpha: float,
-              beta: float) -> tuple[float, float, float]:
+def _evidence(
+    *, n: int, d: int, sigma: np.ndarray, x2: np.ndarray, res_x2: float, alpha: float, beta: float
+) -> tuple[float, float, float]:
     """(log evidence / n, ‖m‖², ‖y − F m‖²) at (α, β) in the SVD's coordinates."""
     t = alpha / beta
     m2 = float(np.sum(sigma * x2 / (t + sigma) ** 2))
     res2 = float(np.sum(x2 / (1.0 + sigma / t) ** 2) + res_x2)
     logdet = float(np.sum(np.log(alpha + beta * sigma))) + (d - len(sigma)) * math.log(alpha)
-    evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - n / 2 * math.log(2 * math.pi)
-                - beta / 2 * res2 - alpha / 2 * m2 - 0.5 * logdet)
+    evidence = (
+        d / 2 * math.log(alpha)
+        + n / 2 * math.log(beta)
+        - n / 2 * math.log(2 * math.pi)
+        - beta / 2 * res2
+        - alpha / 2 * m2
+        - 0.5 * logdet
+    )
     return evidence / n, m2, res2
 
 
@@ -77,7 +84,7 @@ def logme(features: np.ndarray, labels: np.ndarray) -> LogMEFit:
         x2 = x * x
         res_x2 = max(float(yc @ yc - x2.sum()), 0.0)
         alpha, beta = 1.0, 1.0
-        for iteration in range(1, MAX_ITERATIONS + 1):
+        for _ in range(MAX_ITERATIONS):
             t = alpha / beta
             gamma = float(np.sum(sigma / (sigma + t)))
             _, m2, res2 = _evidence(n=n, d=d, sigma=sigma, x2=x2, res_x2=res_x2, alpha=alpha, beta=beta)

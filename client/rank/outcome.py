@@ -59,14 +59,31 @@ class RankOutcome:
         runs = []
         for c in self.order:
             bucket = pow2_at_least(c.score.examples)
-            metrics = {"rank/logme": round(c.score.logme, DECIMALS),
-                       "rank/knn_accuracy": quantize(c.score.knn_accuracy, training_fraction_grid(bucket))}
-            hyper = {"by": self.by, "k": str(c.score.k), "candidates": str(len(self.candidates)),
-                     "place": str(place[c.ref]), "seed": str(self.seed),
-                     "metric_grid": f"1/{round(1 / training_fraction_grid(bucket))}"}
-            runs.append(Run(run_id=f"{run_id}-{place[c.ref]}", model_version=c.model_version, strategy=STRATEGY,
-                            metrics=metrics, hyperparameters=hyper, privacy=RunPrivacy(), train_examples_pow2=bucket,
-                            device_kind=DeviceKind.CPU, wall_seconds=round_seconds(c.seconds)))
+            metrics = {
+                "rank/logme": round(c.score.logme, DECIMALS),
+                "rank/knn_accuracy": quantize(c.score.knn_accuracy, training_fraction_grid(bucket)),
+            }
+            hyper = {
+                "by": self.by,
+                "k": str(c.score.k),
+                "candidates": str(len(self.candidates)),
+                "place": str(place[c.ref]),
+                "seed": str(self.seed),
+                "metric_grid": f"1/{round(1 / training_fraction_grid(bucket))}",
+            }
+            runs.append(
+                Run(
+                    run_id=f"{run_id}-{place[c.ref]}",
+                    model_version=c.model_version,
+                    strategy=STRATEGY,
+                    metrics=metrics,
+                    hyperparameters=hyper,
+                    privacy=RunPrivacy(),
+                    train_examples_pow2=bucket,
+                    device_kind=DeviceKind.CPU,
+                    wall_seconds=round_seconds(c.seconds),
+                )
+            )
         return runs
 
     def report_fields(self) -> list[dict[str, Any]]:
@@ -83,15 +100,28 @@ class RankOutcome:
         """Table rows, best first: place, ref, LogME, k-NN accuracy, place by the other criterion."""
         other = "knn" if self.by == "logme" else "logme"
         other_place = self.positions(other)
-        return [[i + 1, c.ref, round(c.score.logme, 4), round(c.score.knn_accuracy, 4), other_place[c.ref],
-                 c.score.feature_dim] for i, c in enumerate(self.order)]
+        return [
+            [
+                i + 1,
+                c.ref,
+                round(c.score.logme, 4),
+                round(c.score.knn_accuracy, 4),
+                other_place[c.ref],
+                c.score.feature_dim,
+            ]
+            for i, c in enumerate(self.order)
+        ]
 
     def summary(self) -> str:
         """One line per candidate, best first."""
         other = "k-NN" if self.by == "logme" else "LogME"
-        lines = [f"ranked {len(self.candidates)} candidates by {self.by} on {self.candidates[0].score.examples} "
-                 f"labelled training examples of {self.data}:"]
+        lines = [
+            f"ranked {len(self.candidates)} candidates by {self.by} on {self.candidates[0].score.examples} "
+            f"labelled training examples of {self.data}:"
+        ]
         for place, ref, lm, knn, other_place, dim in self.rows():
-            lines.append(f"  {place}. {ref}: LogME {lm:.4f}, k-NN accuracy {knn:.4f} ({other} places it "
-                         f"{other_place}; {dim} features)")
+            lines.append(
+                f"  {place}. {ref}: LogME {lm:.4f}, k-NN accuracy {knn:.4f} ({other} places it "
+                f"{other_place}; {dim} features)"
+            )
         return "\n".join(lines)

@@ -44,7 +44,9 @@ def score_features(features: np.ndarray, labels: np.ndarray, *, k: int = DEFAULT
         knn = knn_accuracy(f, y, k=k)
     except ValueError as exc:
         raise RankError(f"cannot score these features: {exc}") from None
-    return SourceScore(logme=fit.score, knn_accuracy=knn, examples=len(y), feature_dim=int(f.shape[1]), k=min(k, len(y) - 1))
+    return SourceScore(
+        logme=fit.score, knn_accuracy=knn, examples=len(y), feature_dim=int(f.shape[1]), k=min(k, len(y) - 1)
+    )
 
 
 def ranking(scores: dict[str, SourceScore], *, by: str) -> list[str]:

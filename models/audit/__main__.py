@@ -29,12 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("folder", metavar="DIR", help="model folder with card.json and model.safetensors")
     parser.add_argument("--members", required=True, metavar="SPEC", help="data the model trained on")
     parser.add_argument("--non-members", required=True, metavar="SPEC", help="data from the same source it never saw")
-    parser.add_argument("--reference-pairs", type=int, default=AuditConfig.reference_pairs,
-                        help="pairs of RMIA reference models (default %(default)s; 0: loss attack only)")
+    parser.add_argument(
+        "--reference-pairs",
+        type=int,
+        default=AuditConfig.reference_pairs,
+        help="pairs of RMIA reference models (default %(default)s; 0: loss attack only)",
+    )
     parser.add_argument("--max-members", type=int, default=None, help="evaluate at most this many members")
     parser.add_argument("--canaries", type=int, default=None, help="canaries of the DP audit (default n/5, <= 1000)")
-    parser.add_argument("--no-dp-audit", dest="dp_audit", action="store_false",
-                        help="skip the one-run canary audit of a DP card")
+    parser.add_argument(
+        "--no-dp-audit", dest="dp_audit", action="store_false", help="skip the one-run canary audit of a DP card"
+    )
     parser.add_argument("--confidence", type=float, default=AuditConfig.confidence)
     recipe = parser.add_argument_group("training recipe of the reference and canary models (the target's)")
     recipe.add_argument("--epochs", type=int, default=30)
@@ -57,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import torch
 
-        from xfer.models.audit.runner import audit_folder, summary_lines
-        from xfer.models.card import ModelCard
-        from xfer.models.fit import FitConfig
         # The data-spec reader is the client's (numpy only); reading the operator's own data through it keeps
         # one spec language for every command.
         from xfer.client.targets import load_all
+        from xfer.models.audit.runner import audit_folder, summary_lines
+        from xfer.models.card import ModelCard
+        from xfer.models.fit import FitConfig
 
         if args.threads < 1:
             raise ValueError("--threads must be at least 1")
@@ -72,15 +77,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             card = ModelCard.from_dict(json.load(handle))
         members = load_all(args.members, card=card)
         non_members = load_all(args.non_members, card=card, label_names=card.label_names or None)
-        recipe = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           dp_epsilon=args.dp_epsilon if args.dp_epsilon is not None else card.dp_epsilon,
-                           dp_delta=args.dp_delta if args.dp_delta is not None else card.dp_delta,
-                           max_grad_norm=args.max_grad_norm)
-        config = AuditConfig(reference_pairs=args.reference_pairs, confidence=args.confidence,
-                             max_members=args.max_members, canaries=args.canaries, seed=args.seed)
-        audit = audit_folder(folder=args.folder, members=(members.x, members.y),
-                             non_members=(non_members.x, non_members.y), fit_config=recipe, config=config,
-                             dp_audit=args.dp_audit, write=args.write)
+        recipe = FitConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            dp_epsilon=args.dp_epsilon if args.dp_epsilon is not None else card.dp_epsilon,
+            dp_delta=args.dp_delta if args.dp_delta is not None else card.dp_delta,
+            max_grad_norm=args.max_grad_norm,
+        )
+        config = AuditConfig(
+            reference_pairs=args.reference_pairs,
+            confidence=args.confidence,
+            max_members=args.max_members,
+            canaries=args.canaries,
+            seed=args.seed,
+        )
+        audit = audit_folder(
+            folder=args.folder,
+            members=(members.x, members.y),
+            non_members=(non_members.x, non_members.y),
+            fit_config=recipe,
+            config=config,
+            dp_audit=args.dp_audit,
+            write=args.write,
+        )
     except (XferError, ValueError, LookupError, OSError) as exc:
         print(f"models.audit: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)

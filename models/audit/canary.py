@@ -50,9 +50,17 @@ class CanaryRun:
     included: np.ndarray
 
 
-def canary_audit(*, make_model: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                 fit_config: FitConfig, canaries: int | None = None, confidence: float = 0.95,
-                 seed: int = 0) -> CanaryRun:
+def canary_audit(
+    *,
+    make_model: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    fit_config: FitConfig,
+    canaries: int | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> CanaryRun:
     """Trains once with `fit_config` (which must be DP) on (x, y) plus canaries and bounds epsilon from below."""
     if fit_config.dp_epsilon is None:
         raise ValueError("the one-run DP audit audits DP training: give the recipe a dp_epsilon")
@@ -77,9 +85,22 @@ def canary_audit(*, make_model: Callable[[], nn.Module], x: torch.Tensor, y: tor
         raise RuntimeError("DP training reported no epsilon; the audit has nothing to compare with")
     scores = -example_scores(result.model, canary_x, canary_y).loss
     bound = best_lower_bound(scores=scores, included=included, delta=result.dp_delta, confidence=confidence)
-    log.info("one-run audit: %d canaries, %d of %d guesses right, epsilon >= %.3f (claimed %.3f)",
-             m, bound.correct, bound.guesses, bound.epsilon_lower_bound, result.dp_epsilon)
-    audit = DpAudit(method=METHOD, canaries=m, guesses=bound.guesses, correct=bound.correct, confidence=confidence,
-                    delta=result.dp_delta, epsilon_lower_bound=bound.epsilon_lower_bound,
-                    claimed_epsilon=result.dp_epsilon)
+    log.info(
+        "one-run audit: %d canaries, %d of %d guesses right, epsilon >= %.3f (claimed %.3f)",
+        m,
+        bound.correct,
+        bound.guesses,
+        bound.epsilon_lower_bound,
+        result.dp_epsilon,
+    )
+    audit = DpAudit(
+        method=METHOD,
+        canaries=m,
+        guesses=bound.guesses,
+        correct=bound.correct,
+        confidence=confidence,
+        delta=result.dp_delta,
+        epsilon_lower_bound=bound.epsilon_lower_bound,
+        claimed_epsilon=result.dp_epsilon,
+    )
     return CanaryRun(audit=audit, scores=scores, included=included)

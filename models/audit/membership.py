@@ -57,25 +57,38 @@ def example_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_
     losses, probs = [], []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
-            logits = model(x[start:start + batch_size]).double()
-            labels = y[start:start + batch_size]
+            logits = model(x[start : start + batch_size]).double()
+            labels = y[start : start + batch_size]
             log_p = torch.log_softmax(logits, dim=1).gather(1, labels[:, None])[:, 0]
             losses.append((-log_p).numpy())
             probs.append(log_p.exp().numpy())
     return ExampleScores(loss=np.concatenate(losses), p_true=np.concatenate(probs))
 
 
-def attack_result(*, attack: str, member_scores: np.ndarray, non_member_scores: np.ndarray,
-                  config: AuditConfig, reference_models: int = 0) -> MembershipAttack:
+def attack_result(
+    *,
+    attack: str,
+    member_scores: np.ndarray,
+    non_member_scores: np.ndarray,
+    config: AuditConfig,
+    reference_models: int = 0,
+) -> MembershipAttack:
     """AUC (DeLong interval) and TPR at each FPR (Clopper-Pearson interval) of one attack's scores."""
     auc = stats.roc_auc(member_scores, non_member_scores, confidence=config.confidence)
     points = []
     for fpr in config.fprs:
         point = stats.tpr_at_fpr(member_scores, non_member_scores, fpr=fpr, confidence=config.confidence)
         points.append(TprAtFpr(fpr=fpr, tpr=point.tpr.value, tpr_low=point.tpr.low, tpr_high=point.tpr.high))
-    return MembershipAttack(attack=attack, auc=auc.value, auc_low=auc.low, auc_high=auc.high,
-                            tpr_at_fpr=tuple(points), members=len(member_scores),
-                            non_members=len(non_member_scores), reference_models=reference_models)
+    return MembershipAttack(
+        attack=attack,
+        auc=auc.value,
+        auc_low=auc.low,
+        auc_high=auc.high,
+        tpr_at_fpr=tuple(points),
+        members=len(member_scores),
+        non_members=len(non_member_scores),
+        reference_models=reference_models,
+    )
 
 
 def rmia_scores(*, target_p: np.ndarray, out_p: np.ndarray, a: float) -> np.ndarray:
@@ -102,9 +115,15 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def audit_membership(*, model: nn.Module, make_model: Callable[[], nn.Module],
-                     members: tuple[torch.Tensor, torch.Tensor], non_members: tuple[torch.Tensor, torch.Tensor],
-                     fit_config: FitConfig, config: AuditConfig) -> tuple[MembershipAttack, ...]:
+def audit_membership(
+    *,
+    model: nn.Module,
+    make_model: Callable[[], nn.Module],
+    members: tuple[torch.Tensor, torch.Tensor],
+    non_members: tuple[torch.Tensor, torch.Tensor],
+    fit_config: FitConfig,
+    config: AuditConfig,
+) -> tuple[MembershipAttack, ...]:
     """Runs the loss-threshold attack and (with reference pairs) offline RMIA against `model`.
 
     `members` are (x, y) the model trained on, `non_members` (x, y) it never
@@ -123,14 +142,20 @@ def audit_membership(*, model: nn.Module, make_model: Callable[[], nn.Module],
     x_all, y_all = torch.cat([x_in, x_out]), torch.cat([y_in, y_out])
     is_member = np.r_[np.ones(len(x_in), bool), np.zeros(len(x_out), bool)]
     target = example_scores(model, x_all, y_all)
-    attacks = [attack_result(attack="loss-threshold", member_scores=-target.loss[is_member],
-                             non_member_scores=-target.loss[~is_member], config=config)]
+    attacks = [
+        attack_result(
+            attack="loss-threshold",
+            member_scores=-target.loss[is_member],
+            non_member_scores=-target.loss[~is_member],
+            config=config,
+        )
+    ]
     if config.reference_pairs:
         out_sum = np.zeros(len(x_all))
         out_count = np.zeros(len(x_all))
         for pair in range(config.reference_pairs):
             order = rng.permutation(len(x_all))
-            halves = (order[: len(order) // 2], order[len(order) // 2:])
+            halves = (order[: len(order) // 2], order[len(order) // 2 :])
             for half, rows in enumerate(halves):
                 torch.manual_seed(config.seed * 1000 + 2 * pair + half + 1)
                 reference = make_model()
@@ -143,21 +168,34 @@ def audit_membership(*, model: nn.Module, make_model: Callable[[], nn.Module],
                 out_count[out_rows] += 1
                 log.info("reference model %d of %d trained", 2 * pair + half + 1, 2 * config.reference_pairs)
         ratio = rmia_scores(target_p=target.p_true, out_p=out_sum / out_count, a=config.rmia_a)
-        attacks.append(attack_result(attack="rmia-offline", member_scores=ratio[is_member],
-                                     non_member_scores=ratio[~is_member], config=config,
-                                     reference_models=2 * config.reference_pairs))
+        attacks.append(
+            attack_result(
+                attack="rmia-offline",
+                member_scores=ratio[is_member],
+                non_member_scores=ratio[~is_member],
+                config=config,
+                reference_models=2 * config.reference_pairs,
+            )
+        )
     return tuple(attacks)
 
 
 def utc_now() -> str:
     """The current UTC time in RFC 3339, to the second."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_audit(*, attacks: tuple[MembershipAttack, ...], dp: DpAudit | None, config: AuditConfig,
-                method: str = HELD_OUT_METHOD) -> PrivacyAudit:
+def build_audit(
+    *, attacks: tuple[MembershipAttack, ...], dp: DpAudit | None, config: AuditConfig, method: str = HELD_OUT_METHOD
+) -> PrivacyAudit:
     """The card's audit block, dated now, with the tool versions."""
-    audit = PrivacyAudit(method=method, date=utc_now(), attacks=attacks, dp=dp, confidence=config.confidence,
-                         tool_versions=_tool_versions())
+    audit = PrivacyAudit(
+        method=method,
+        date=utc_now(),
+        attacks=attacks,
+        dp=dp,
+        confidence=config.confidence,
+        tool_versions=_tool_versions(),
+    )
     audit.validate()
     return audit

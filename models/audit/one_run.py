@@ -33,8 +33,16 @@ from xfer.models.audit.stats import binom_pmf, binom_sf
 
 #: Guess counts tried, as (fraction of m guessed "in", fraction guessed "out"); fixed before any score is seen.
 GUESS_FRACTIONS: tuple[tuple[float, float], ...] = (
-    (0.01, 0.0), (0.02, 0.0), (0.05, 0.0), (0.1, 0.0), (0.2, 0.0),
-    (0.01, 0.01), (0.02, 0.02), (0.05, 0.05), (0.1, 0.1), (0.25, 0.25),
+    (0.01, 0.0),
+    (0.02, 0.0),
+    (0.05, 0.0),
+    (0.1, 0.0),
+    (0.2, 0.0),
+    (0.01, 0.01),
+    (0.02, 0.02),
+    (0.05, 0.05),
+    (0.1, 0.1),
+    (0.25, 0.25),
 )
 
 
@@ -91,8 +99,14 @@ class OneRunBound:
     hypotheses: int
 
 
-def best_lower_bound(*, scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
-                     fractions: Sequence[tuple[float, float]] = GUESS_FRACTIONS) -> OneRunBound:
+def best_lower_bound(
+    *,
+    scores: np.ndarray,
+    included: np.ndarray,
+    delta: float,
+    confidence: float = 0.95,
+    fractions: Sequence[tuple[float, float]] = GUESS_FRACTIONS,
+) -> OneRunBound:
     """The eps lower bound from canary `scores` (higher: more likely included) and the true inclusion coins.
 
     For each (in, out) fraction the highest-scoring canaries are guessed "in"
@@ -112,14 +126,21 @@ def best_lower_bound(*, scores: np.ndarray, included: np.ndarray, delta: float, 
     tie_break = np.random.default_rng(0).permutation(m)
     order = np.lexsort((tie_break, -scores))
     p = (1.0 - confidence) / len(fractions)
-    best = OneRunBound(epsilon_lower_bound=0.0, canaries=m, guesses=0, correct=0, confidence=confidence,
-                       delta=delta, hypotheses=len(fractions))
+    best = OneRunBound(
+        epsilon_lower_bound=0.0,
+        canaries=m,
+        guesses=0,
+        correct=0,
+        confidence=confidence,
+        delta=delta,
+        hypotheses=len(fractions),
+    )
     for frac_in, frac_out in fractions:
         k_in = int(math.floor(frac_in * m))
         k_out = int(math.floor(frac_out * m))
         if k_in + k_out == 0 or k_in + k_out > m:
             continue
-        correct = int(included[order[:k_in]].sum()) + int((~included[order[m - k_out:]]).sum() if k_out else 0)
+        correct = int(included[order[:k_in]].sum()) + int((~included[order[m - k_out :]]).sum() if k_out else 0)
         bound = epsilon_lower_bound(m=m, r=k_in + k_out, v=correct, delta=delta, p=p)
         if bound > best.epsilon_lower_bound:
             best = dataclasses.replace(best, epsilon_lower_bound=bound, guesses=k_in + k_out, correct=correct)

@@ -76,7 +76,7 @@ class TprAtFpr:
     tpr_high: float
 
     @classmethod
-    def from_dict(cls, data: Any) -> "TprAtFpr":
+    def from_dict(cls, data: Any) -> TprAtFpr:
         """From card.json; every value is a number."""
         values = _keys(data, cls, "tpr_at_fpr")
         return cls(**{k: _number(f"tpr_at_fpr.{k}", values.get(k)) for k in ("fpr", "tpr", "tpr_low", "tpr_high")})
@@ -106,19 +106,23 @@ class MembershipAttack:
     reference_models: int = 0
 
     @classmethod
-    def from_dict(cls, data: Any) -> "MembershipAttack":
+    def from_dict(cls, data: Any) -> MembershipAttack:
         """From card.json."""
         values = _keys(data, cls, "attack")
         try:
             points = tuple(TprAtFpr.from_dict(p) for p in values.get("tpr_at_fpr") or ())
         except TypeError:
             raise _fail("tpr_at_fpr must be a list") from None
-        return cls(attack=values.get("attack", ""), auc=_number("auc", values.get("auc")),
-                   auc_low=_number("auc_low", values.get("auc_low")),
-                   auc_high=_number("auc_high", values.get("auc_high")), tpr_at_fpr=points,
-                   members=_count("members", values.get("members")),
-                   non_members=_count("non_members", values.get("non_members")),
-                   reference_models=_count("reference_models", values.get("reference_models", 0)))
+        return cls(
+            attack=values.get("attack", ""),
+            auc=_number("auc", values.get("auc")),
+            auc_low=_number("auc_low", values.get("auc_low")),
+            auc_high=_number("auc_high", values.get("auc_high")),
+            tpr_at_fpr=points,
+            members=_count("members", values.get("members")),
+            non_members=_count("non_members", values.get("non_members")),
+            reference_models=_count("reference_models", values.get("reference_models", 0)),
+        )
 
     def validate(self) -> None:
         """Raises InvalidCardError naming the field that is wrong."""
@@ -152,15 +156,19 @@ class DpAudit:
     claimed_epsilon: float
 
     @classmethod
-    def from_dict(cls, data: Any) -> "DpAudit":
+    def from_dict(cls, data: Any) -> DpAudit:
         """From card.json."""
         values = _keys(data, cls, "dp")
-        return cls(method=values.get("method", ""), canaries=_count("canaries", values.get("canaries")),
-                   guesses=_count("guesses", values.get("guesses")), correct=_count("correct", values.get("correct")),
-                   confidence=_number("confidence", values.get("confidence")),
-                   delta=_number("dp.delta", values.get("delta")),
-                   epsilon_lower_bound=_number("epsilon_lower_bound", values.get("epsilon_lower_bound")),
-                   claimed_epsilon=_number("claimed_epsilon", values.get("claimed_epsilon")))
+        return cls(
+            method=values.get("method", ""),
+            canaries=_count("canaries", values.get("canaries")),
+            guesses=_count("guesses", values.get("guesses")),
+            correct=_count("correct", values.get("correct")),
+            confidence=_number("confidence", values.get("confidence")),
+            delta=_number("dp.delta", values.get("delta")),
+            epsilon_lower_bound=_number("epsilon_lower_bound", values.get("epsilon_lower_bound")),
+            claimed_epsilon=_number("claimed_epsilon", values.get("claimed_epsilon")),
+        )
 
     def validate(self) -> None:
         """Raises InvalidCardError naming the field that is wrong."""
@@ -194,7 +202,7 @@ class PrivacyAudit:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: Any) -> "PrivacyAudit":
+    def from_dict(cls, data: Any) -> PrivacyAudit:
         """From card.json (the `audit` object), rejecting unknown keys."""
         values = _keys(data, cls, "audit")
         try:
@@ -205,9 +213,14 @@ class PrivacyAudit:
         except (TypeError, ValueError):
             raise _fail("attacks must be a list and tool_versions an object") from None
         dp = values.get("dp")
-        return cls(method=values.get("method", ""), date=values.get("date", ""), attacks=attacks,
-                   dp=DpAudit.from_dict(dp) if dp is not None else None,
-                   confidence=_number("confidence", values.get("confidence", 0.95)), tool_versions=versions)
+        return cls(
+            method=values.get("method", ""),
+            date=values.get("date", ""),
+            attacks=attacks,
+            dp=DpAudit.from_dict(dp) if dp is not None else None,
+            confidence=_number("confidence", values.get("confidence", 0.95)),
+            tool_versions=versions,
+        )
 
     def validate(self) -> None:
         """Raises InvalidCardError naming the field that is wrong."""

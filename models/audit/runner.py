@@ -23,22 +23,43 @@ from xfer.models.fit import FitConfig
 log = logging.getLogger(__name__)
 
 
-def audit_trained_model(*, model: nn.Module, make_model: Callable[[], nn.Module],
-                        members: tuple[torch.Tensor, torch.Tensor], non_members: tuple[torch.Tensor, torch.Tensor],
-                        num_classes: int, fit_config: FitConfig, config: AuditConfig,
-                        method: str = HELD_OUT_METHOD, dp_audit: bool = True) -> PrivacyAudit:
+def audit_trained_model(
+    *,
+    model: nn.Module,
+    make_model: Callable[[], nn.Module],
+    members: tuple[torch.Tensor, torch.Tensor],
+    non_members: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    fit_config: FitConfig,
+    config: AuditConfig,
+    method: str = HELD_OUT_METHOD,
+    dp_audit: bool = True,
+) -> PrivacyAudit:
     """The audit block for `model`, trained with `fit_config` on `members`; `non_members` it never saw.
 
     With `fit_config.dp_epsilon` (and `dp_audit`) the recipe is also audited
     with canaries drawn from the members (a separate training run of the same recipe).
     """
-    attacks = audit_membership(model=model, make_model=make_model, members=members, non_members=non_members,
-                               fit_config=fit_config, config=config)
+    attacks = audit_membership(
+        model=model,
+        make_model=make_model,
+        members=members,
+        non_members=non_members,
+        fit_config=fit_config,
+        config=config,
+    )
     dp = None
     if dp_audit and fit_config.dp_epsilon is not None:
-        dp = canary_audit(make_model=make_model, x=members[0], y=members[1], num_classes=num_classes,
-                          fit_config=fit_config, canaries=config.canaries, confidence=config.confidence,
-                          seed=config.seed).audit
+        dp = canary_audit(
+            make_model=make_model,
+            x=members[0],
+            y=members[1],
+            num_classes=num_classes,
+            fit_config=fit_config,
+            canaries=config.canaries,
+            confidence=config.confidence,
+            seed=config.seed,
+        ).audit
     audit = build_audit(attacks=attacks, dp=dp, config=config, method=method)
     for attack in audit.attacks:
         log.info("%s: AUC %.3f [%.3f, %.3f]", attack.attack, attack.auc, attack.auc_low, attack.auc_high)
@@ -51,18 +72,29 @@ def summary_lines(audit: PrivacyAudit) -> list[str]:
     for a in audit.attacks:
         tprs = ", ".join(f"TPR@{p.fpr:g} FPR {p.tpr:.4f} [{p.tpr_low:.4f}, {p.tpr_high:.4f}]" for p in a.tpr_at_fpr)
         refs = f", {a.reference_models} reference models" if a.reference_models else ""
-        lines.append(f"{a.attack}: AUC {a.auc:.3f} [{a.auc_low:.3f}, {a.auc_high:.3f}], {tprs} "
-                     f"({a.members} members, {a.non_members} non-members{refs})")
+        lines.append(
+            f"{a.attack}: AUC {a.auc:.3f} [{a.auc_low:.3f}, {a.auc_high:.3f}], {tprs} "
+            f"({a.members} members, {a.non_members} non-members{refs})"
+        )
     if audit.dp is not None:
         d = audit.dp
-        lines.append(f"DP audit: epsilon >= {d.epsilon_lower_bound:.3f} at {d.confidence:.0%} confidence "
-                     f"(claimed {d.claimed_epsilon:.3f}; {d.correct}/{d.guesses} guesses right, {d.canaries} canaries)")
+        lines.append(
+            f"DP audit: epsilon >= {d.epsilon_lower_bound:.3f} at {d.confidence:.0%} confidence "
+            f"(claimed {d.claimed_epsilon:.3f}; {d.correct}/{d.guesses} guesses right, {d.canaries} canaries)"
+        )
     return lines
 
 
-def audit_folder(*, folder: str | os.PathLike, members: tuple[np.ndarray, np.ndarray],
-                 non_members: tuple[np.ndarray, np.ndarray], fit_config: FitConfig, config: AuditConfig,
-                 dp_audit: bool = True, write: bool = True) -> PrivacyAudit:
+def audit_folder(
+    *,
+    folder: str | os.PathLike,
+    members: tuple[np.ndarray, np.ndarray],
+    non_members: tuple[np.ndarray, np.ndarray],
+    fit_config: FitConfig,
+    config: AuditConfig,
+    dp_audit: bool = True,
+    write: bool = True,
+) -> PrivacyAudit:
     """Audits the model in `folder` (card.json + model.safetensors, as `models.train` writes them).
 
     `members`/`non_members` are (x, y) arrays already shaped and normalised
@@ -96,9 +128,16 @@ def audit_folder(*, folder: str | os.PathLike, members: tuple[np.ndarray, np.nda
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
 
     audit = audit_trained_model(
-        model=model, make_model=lambda: model_from_card(card), members=tensors(members, "members"),
-        non_members=tensors(non_members, "non-members"), num_classes=card.num_classes, fit_config=fit_config,
-        config=config, dp_audit=dp_audit, method="members and non-members given to python -m xfer.models.audit")
+        model=model,
+        make_model=lambda: model_from_card(card),
+        members=tensors(members, "members"),
+        non_members=tensors(non_members, "non-members"),
+        num_classes=card.num_classes,
+        fit_config=fit_config,
+        config=config,
+        dp_audit=dp_audit,
+        method="members and non-members given to python -m xfer.models.audit",
+    )
     if write:
         updated = dataclasses.replace(card, audit=audit)
         validate_card(updated)

@@ -83,8 +83,7 @@ def roc_auc(members: np.ndarray, non_members: np.ndarray, *, confidence: float =
     return Interval(value=float(auc), low=max(0.0, float(auc) - half), high=min(1.0, float(auc) + half))
 
 
-def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, *, fpr: float,
-               confidence: float = 0.95) -> TprPoint:
+def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, *, fpr: float, confidence: float = 0.95) -> TprPoint:
     """The largest TPR whose threshold flags at most `fpr` of the non-members, with a Clopper-Pearson interval.
 
     A member counts as flagged when its score is strictly above the
@@ -103,8 +102,13 @@ def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, *, fpr: float,
     false_positives = int(np.sum(y > threshold))
     hits = int(np.sum(x > threshold))
     low, high = clopper_pearson(hits, len(x), confidence=confidence)
-    return TprPoint(fpr=fpr, tpr=Interval(value=hits / len(x), low=low, high=high),
-                    achieved_fpr=false_positives / len(y), true_positives=hits, members=len(x))
+    return TprPoint(
+        fpr=fpr,
+        tpr=Interval(value=hits / len(x), low=low, high=high),
+        achieved_fpr=false_positives / len(y),
+        true_positives=hits,
+        members=len(x),
+    )
 
 
 def _log_pmf(k: int, n: int, p: float) -> float:
@@ -112,8 +116,7 @@ def _log_pmf(k: int, n: int, p: float) -> float:
         return 0.0 if k == 0 else -math.inf
     if p >= 1.0:
         return 0.0 if k == n else -math.inf
-    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-            + k * math.log(p) + (n - k) * math.log1p(-p))
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p) + (n - k) * math.log1p(-p)
 
 
 def binom_pmf(k: int, n: int, p: float) -> float:

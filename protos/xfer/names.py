@@ -17,8 +17,9 @@ STRATEGY = re.compile(r"[a-z][a-z0-9_:.-]{0,127}")
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_./-]{0,63}")
 
 LATEST = "latest"
-MODEL_ID_RULE = ("model ids match ^[a-z][a-z0-9-]{1,62}$: 2 to 63 lower-case letters, digits "
-                 "or '-', starting with a letter")
+MODEL_ID_RULE = (
+    "model ids match ^[a-z][a-z0-9-]{1,62}$: 2 to 63 lower-case letters, digits or '-', starting with a letter"
+)
 ALIAS_RULE = "aliases match ^[a-z][a-z0-9-]{0,31}$: a lower-case letter, then letters, digits or '-'"
 
 

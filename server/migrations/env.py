@@ -12,7 +12,6 @@ from alembic import context
 
 connection = context.config.attributes["connection"]
 # render_as_batch: SQLite cannot ALTER most things in place; batch mode copies the table instead.
-context.configure(connection=connection, target_metadata=None, render_as_batch=True,
-                  transaction_per_migration=False)
+context.configure(connection=connection, target_metadata=None, render_as_batch=True, transaction_per_migration=False)
 with context.begin_transaction():
     context.run_migrations()

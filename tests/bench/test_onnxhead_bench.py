@@ -14,8 +14,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_onnxhead_bench_quick_prints_accuracies_and_ratios(tmp_path):
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "onnxhead.py"), "--quick", "--work",
-                           str(tmp_path)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "onnxhead.py"), "--quick", "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "| labels per class | DP ε | onnx-logreg | onnx-prototype | torch linear-probe |" in out

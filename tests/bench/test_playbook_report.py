@@ -28,12 +28,24 @@ def test_verdicts_need_twice_the_standard_error_and_two_seeds():
 def test_render_shows_every_section():
     s = {**rp.SETTINGS}
     cols = {f"{h} {k}-shot": [0.5, 0.6] for h in ("prototype", "logreg") for k in s["shots"]}
-    result = {"settings": s, "seeds": 2, "wall_seconds": 1.0, "cpu_seconds": 2.0,
-              "a": {"rows": {"supervised": cols, "protonet": cols}, "ci95": {"supervised": cols, "protonet": cols},
-                    "verdicts": ["va"]},
-              "b": {"rows": {"source, no self-pretraining": [0.4, 0.5]}, "verdicts": ["vb"]},
-              "c": {"how": {"x": "made so"}, "scores": {"x": {"logme": -0.3, "knn_accuracy": 0.7}},
-                    "accuracy": {"x": [0.6, 0.7]}, "verdicts": ["vc"]}}
+    result = {
+        "settings": s,
+        "seeds": 2,
+        "wall_seconds": 1.0,
+        "cpu_seconds": 2.0,
+        "a": {
+            "rows": {"supervised": cols, "protonet": cols},
+            "ci95": {"supervised": cols, "protonet": cols},
+            "verdicts": ["va"],
+        },
+        "b": {"rows": {"source, no self-pretraining": [0.4, 0.5]}, "verdicts": ["vb"]},
+        "c": {
+            "how": {"x": "made so"},
+            "scores": {"x": {"logme": -0.3, "knn_accuracy": 0.7}},
+            "accuracy": {"x": [0.6, 0.7]},
+            "verdicts": ["vc"],
+        },
+    }
     text = rp.render(result)
     for part in ("## A.", "## B.", "## C.", "| protonet |", "- va", "- vb", "- vc", "| x | made so | -0.300"):
         assert part in text

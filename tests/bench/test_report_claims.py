@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 import pytest
-
-from report_claims import (AGREES, DISAGREES, GREATER, INCONCLUSIVE, LESS, TIE, UNKNOWN, WITHIN_NOISE, block_groups,
-                           claims, compare)
-from report_experiments import ALL_BLOCKS, AUTO, InitRow, PrivacyRow, Results, RGNRow, SearchRow, Stat, \
-    StrategyRow, SurgicalRow
+from report_claims import (
+    AGREES,
+    DISAGREES,
+    GREATER,
+    INCONCLUSIVE,
+    LESS,
+    TIE,
+    UNKNOWN,
+    WITHIN_NOISE,
+    block_groups,
+    claims,
+    compare,
+)
+from report_experiments import (
+    ALL_BLOCKS,
+    AUTO,
+    InitRow,
+    PrivacyRow,
+    Results,
+    RGNRow,
+    SearchRow,
+    Stat,
+    StrategyRow,
+    SurgicalRow,
+)
 from report_render import table
 from report_setup import SOURCES, TARGETS, Settings, epochs_for
 
@@ -43,15 +63,28 @@ def _results(*, pretrained: Stat, random: Stat, early: Stat, late: Stat) -> Resu
     surgical = [SurgicalRow("input", b, early if b in ("stem", "block1") else late) for b in BLOCKS]
     surgical += [SurgicalRow("input", ALL_BLOCKS, s(0.8, 0.8, 0.8)), SurgicalRow("input", AUTO, s(0.8, 0.8, 0.8))]
     return Results(
-        init=[InitRow("feature", 5, 25, pretrained, pretrained, random),
-              InitRow("feature-imagenet", None, 3000, pretrained, None, None)],
+        init=[
+            InitRow("feature", 5, 25, pretrained, pretrained, random),
+            InitRow("feature-imagenet", None, 3000, pretrained, None, None),
+        ],
         surgical=surgical,
         rgn=[RGNRow("input", b, s(1.0, 1.0, 1.0) if b == "stem" else s(0.1, 0.1, 0.1)) for b in BLOCKS],
         strategies=[StrategyRow("input", "full", s(0.8, 0.8, 0.8)), StrategyRow("input", "lp-ft", s(0.8, 0.8, 0.8))],
-        privacy=[PrivacyRow("pretrained + linear-probe", "pretrained", "linear-probe", 1.0, pretrained, s(1, 1, 1)),
-                 PrivacyRow("random + full", "random", "full", 1.0, random, s(1, 1, 1))],
-        search=[SearchRow("input", ("full@0.001",) * 3, s(0.8, 0.8, 0.8), "full@0.001", s(0.8, 0.8, 0.8),
-                          s(0.8, 0.8, 0.8), "lp-ft")],
+        privacy=[
+            PrivacyRow("pretrained + linear-probe", "pretrained", "linear-probe", 1.0, pretrained, s(1, 1, 1)),
+            PrivacyRow("random + full", "random", "full", 1.0, random, s(1, 1, 1)),
+        ],
+        search=[
+            SearchRow(
+                "input",
+                ("full@0.001",) * 3,
+                s(0.8, 0.8, 0.8),
+                "full@0.001",
+                s(0.8, 0.8, 0.8),
+                s(0.8, 0.8, 0.8),
+                "lp-ft",
+            )
+        ],
         blocks={"input": BLOCKS, "feature": BLOCKS, "output": BLOCKS},
     )
 
@@ -65,8 +98,12 @@ def _verdict(results: Results, prefix: str) -> str:
 @pytest.mark.parametrize("flip", [False, True])
 def test_verdicts_follow_the_numbers(flip: bool) -> None:
     good, bad = s(0.9, 0.92, 0.91), s(0.5, 0.52, 0.51)
-    results = _results(pretrained=bad if flip else good, random=good if flip else bad,
-                       early=bad if flip else good, late=good if flip else bad)
+    results = _results(
+        pretrained=bad if flip else good,
+        random=good if flip else bad,
+        early=bad if flip else good,
+        late=good if flip else bad,
+    )
     expected = DISAGREES if flip else AGREES
     assert _verdict(results, "Pretrained initialisation beats random") == expected
     assert _verdict(results, "For an input-level shift") == expected
@@ -99,7 +136,8 @@ def test_quick_preset_keeps_every_section() -> None:
 
 
 def test_rows_without_fine_tuning_make_no_init_claim() -> None:
-    results = _results(pretrained=s(0.9, 0.92, 0.91), random=s(0.5, 0.52, 0.51), early=s(0.8, 0.8, 0.8),
-                       late=s(0.8, 0.8, 0.8))
+    results = _results(
+        pretrained=s(0.9, 0.92, 0.91), random=s(0.5, 0.52, 0.51), early=s(0.8, 0.8, 0.8), late=s(0.8, 0.8, 0.8)
+    )
     init_claims = [c for c in claims(results) if c.section == "1"]
     assert len(init_claims) == 1 and "Fashion 0-4 convnet → fashion-mnist:classes=5-9" in init_claims[0].claim

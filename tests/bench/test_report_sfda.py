@@ -16,8 +16,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "bench" / "report_sfda.py"
-SECTIONS = ("## Setup", "## Test accuracy", "## Label-free selection vs hindsight",
-            "## How each criterion tracks true accuracy", "## Verdicts")
+SECTIONS = (
+    "## Setup",
+    "## Test accuracy",
+    "## Label-free selection vs hindsight",
+    "## How each criterion tracks true accuracy",
+    "## Verdicts",
+)
 
 
 def _row(target: str, seed: int, *, source: float, method_acc: float, few: float) -> dict:
@@ -25,8 +30,14 @@ def _row(target: str, seed: int, *, source: float, method_acc: float, few: float
 
     row = {"target": target, "seed": seed, "source": source, "lp-ft-5": few}
     for i, m in enumerate(METHODS):
-        row[m] = {"accuracy": method_acc - 0.01 * i, "lr": 1e-3, "step": 30, "oracle": method_acc + 0.02,
-                  "spearman": {c: 0.5 - 0.2 * j for j, c in enumerate(CRITERIA)}, "candidates": []}
+        row[m] = {
+            "accuracy": method_acc - 0.01 * i,
+            "lr": 1e-3,
+            "step": 30,
+            "oracle": method_acc + 0.02,
+            "spearman": {c: 0.5 - 0.2 * j for j, c in enumerate(CRITERIA)},
+            "candidates": [],
+        }
     return row
 
 
@@ -43,9 +54,15 @@ def test_report_renders_every_section_and_verdicts_follow_the_numbers():
     table = [line for line in text.splitlines() if line.startswith(f"| {targets[0].key} |")]
     assert len(table) == 1 and table[0].count("±") == 2 + len(METHODS)
     verdicts = text.split("## Verdicts")[1]
-    assert f"**{targets[0].key}**: the best of the four (each with its LR chosen label-free; best by test accuracy, in hindsight), `tent`, improves on the source" in verdicts
+    assert (
+        f"**{targets[0].key}**: the best of the four (each with its LR chosen label-free; best by test accuracy, in hindsight), `tent`, improves on the source"
+        in verdicts
+    )
     assert "beats lp-ft" in verdicts.splitlines()[2]
-    assert f"**{targets[1].key}**: the best of the four (each with its LR chosen label-free; best by test accuracy, in hindsight), `tent`, is worse than" in verdicts
+    assert (
+        f"**{targets[1].key}**: the best of the four (each with its LR chosen label-free; best by test accuracy, in hindsight), `tent`, is worse than"
+        in verdicts
+    )
     assert "is beaten by lp-ft" in verdicts
     assert "`im` tracks accuracy best" in verdicts
 
@@ -59,8 +76,13 @@ def test_missing_numbers_render_as_a_dash():
 
 @pytest.mark.slow
 def test_quick_report_end_to_end(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)], capture_output=True,
-                          text=True, cwd=REPO_ROOT, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = Path(done.stdout.strip().splitlines()[-1])
     text = report.read_text()
@@ -80,9 +102,11 @@ def test_quick_report_end_to_end(tmp_path):
 def test_selection_by_a_criterion_and_no_selection():
     from report_sfda import _differs, chosen_by, unselected
 
-    candidates = [{"lr": 1e-3, "step": 10, "accuracy": 0.6, "im": 0.1},
-                  {"lr": 1e-3, "step": 20, "accuracy": 0.5, "im": math.nan},
-                  {"lr": 3e-3, "step": 20, "accuracy": 0.4, "im": 0.9}]
+    candidates = [
+        {"lr": 1e-3, "step": 10, "accuracy": 0.6, "im": 0.1},
+        {"lr": 1e-3, "step": 20, "accuracy": 0.5, "im": math.nan},
+        {"lr": 3e-3, "step": 20, "accuracy": 0.4, "im": 0.9},
+    ]
     assert chosen_by(candidates, "im") == 0.4  # the criterion's pick, not the best accuracy; NaN never wins
     assert unselected(candidates, "shot") == 0.5  # shot's default LR 1e-3, its last step
     assert math.isnan(unselected(candidates, "aad"))  # aad's default 1e-4 is not in this grid

@@ -39,25 +39,39 @@ VERDICTS = {"agrees", "does not agree", "within noise", "inconclusive"}
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The renderer alone, on rows of every section made here: the report's structure without training."""
-    from test_report_claims import _results
-
     from report_claims import claims
     from report_experiments import PrivacyRow, Stat
     from report_render import LeaderboardTable, ProductFacts, ReportInput, make_figures, render_markdown
     from report_setup import Settings
+    from test_report_claims import _results
 
     out = tmp_path_factory.mktemp("rendered")
     good, bad = Stat((0.9, 0.92, 0.91)), Stat((0.5, 0.52, 0.51))
     results = _results(pretrained=good, random=bad, early=good, late=bad)
     results.privacy.append(PrivacyRow("pretrained + linear-probe", "pretrained", "linear-probe", None, good, None))
     results.privacy.append(PrivacyRow("random + full", "random", "full", None, bad, None))
-    settings = dataclasses.replace(Settings.full(), epsilons=(1.0, None), strategies=("full", "lp-ft"),
-                                   search_strategies=("lp-ft",))
-    product = ProductFacts("127.0.0.1:1", (("fashion-convnet:1", "ab" * 32, 0.9, 1000),
-                                           ("imagenet-lite0:1", "cd" * 32, None, 2000)), 3000, 0, 4, 4,
-                           (LeaderboardTable("input", "acc/input/pc20", (), {}),))
-    data = ReportInput(settings=settings, results=results, claims=claims(results), product=product,
-                       wall_seconds=60.0, busy_seconds=100.0, cpu_seconds=90.0, generated="now")
+    settings = dataclasses.replace(
+        Settings.full(), epsilons=(1.0, None), strategies=("full", "lp-ft"), search_strategies=("lp-ft",)
+    )
+    product = ProductFacts(
+        "127.0.0.1:1",
+        (("fashion-convnet:1", "ab" * 32, 0.9, 1000), ("imagenet-lite0:1", "cd" * 32, None, 2000)),
+        3000,
+        0,
+        4,
+        4,
+        (LeaderboardTable("input", "acc/input/pc20", (), {}),),
+    )
+    data = ReportInput(
+        settings=settings,
+        results=results,
+        claims=claims(results),
+        product=product,
+        wall_seconds=60.0,
+        busy_seconds=100.0,
+        cpu_seconds=90.0,
+        generated="now",
+    )
     make_figures(results, settings=settings, out_dir=out)
     (out / "transfer_report.md").write_text(render_markdown(data), encoding="utf-8")
     return out
@@ -81,8 +95,13 @@ def test_report_renders_every_section(rendered: Path) -> None:
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("report")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=880)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=880,
+    )
     assert proc.returncode == 0, f"exit {proc.returncode}\nstderr:\n{proc.stderr[-4000:]}"
     return out, proc
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from xfer.client.cli import main as cli_main
 from tests.client.server_process import SMALL_CHUNK, CliResult, TokenServer, new_server_process
+from xfer.client.cli import main as cli_main
 
 
 @pytest.fixture(scope="session")
@@ -53,8 +53,9 @@ def new_server(tmp_path: Path) -> Iterator:
     started: list[TokenServer] = []
 
     def make(*, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = (), port: int = 0) -> TokenServer:
-        server = new_server_process(tmp_path / f"server{len(started)}", chunk_size=chunk_size,
-                                    extra_args=extra_args, port=port)
+        server = new_server_process(
+            tmp_path / f"server{len(started)}", chunk_size=chunk_size, extra_args=extra_args, port=port
+        )
         started.append(server)
         return server
 
@@ -67,14 +68,20 @@ def new_server(tmp_path: Path) -> Iterator:
 def run_cli(tmp_path: Path):
     """Runs `xfer` in-process: run_cli(server, *argv, token='client') -> CliResult."""
 
-    def run(server: TokenServer | None, *argv: str, token: str | None = "client",
-            cache_dir: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+    def run(
+        server: TokenServer | None,
+        *argv: str,
+        token: str | None = "client",
+        cache_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> CliResult:
         environ = {"XFER_CACHE": str(cache_dir or tmp_path / "cache")}
         if server is not None:
             environ["XFER_SERVER"] = server.target
             if token is not None:
-                environ["XFER_TOKEN"] = {"client": server.client_token,
-                                         "operator": server.operator_token}.get(token, token)
+                environ["XFER_TOKEN"] = {"client": server.client_token, "operator": server.operator_token}.get(
+                    token, token
+                )
         environ.update(env or {})
         out, err = io.StringIO(), io.StringIO()
         code = cli_main(list(argv), environ=environ, stdout=out, stderr=err)

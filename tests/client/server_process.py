@@ -36,7 +36,7 @@ class TokenServer:
     def data_dir(self) -> Path:
         return self.process.data_dir
 
-    def start(self) -> "TokenServer":
+    def start(self) -> TokenServer:
         """Starts it again after a kill: same data dir, new port unless the port is fixed."""
         self.process.start()
         return self
@@ -49,7 +49,7 @@ class TokenServer:
         """SIGTERM and wait."""
         self.process.stop(timeout=15)
 
-    def restart(self) -> "TokenServer":
+    def restart(self) -> TokenServer:
         self.process.restart()
         return self
 
@@ -60,8 +60,9 @@ class TokenServer:
         return Client(self.target, token=token, cache_dir=cache_dir, **kwargs)
 
 
-def new_server_process(root: Path, *, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = (),
-                       port: int = 0) -> TokenServer:
+def new_server_process(
+    root: Path, *, chunk_size: int = SMALL_CHUNK, extra_args: tuple[str, ...] = (), port: int = 0
+) -> TokenServer:
     """Starts a server under `root` (data dir, token file, log) and returns it running."""
     from xfer.server.auth import add_token
 
@@ -69,9 +70,12 @@ def new_server_process(root: Path, *, chunk_size: int = SMALL_CHUNK, extra_args:
     token_file = root / "tokens.json"
     operator = add_token(token_file, role="operator", name="op")
     client = add_token(token_file, role="client", name="edge")
-    process = ServerProcess(data_dir=root / "data", port=port, log_level="WARNING",
-                            args=("--token-file", str(token_file), "--chunk-size", str(chunk_size), "--grace", "0.5",
-                                  *extra_args))
+    process = ServerProcess(
+        data_dir=root / "data",
+        port=port,
+        log_level="WARNING",
+        args=("--token-file", str(token_file), "--chunk-size", str(chunk_size), "--grace", "0.5", *extra_args),
+    )
     process.start()
     return TokenServer(process=process, token_file=token_file, operator_token=operator, client_token=client)
 

@@ -69,8 +69,9 @@ def test_malformed_digests_never_become_paths(tmp_path):
 def test_refs_are_written_atomically_and_read_back(tmp_path):
     cache = Cache(tmp_path)
     assert cache.read_ref(model="m1", selector="latest") is None
-    ref = CachedRef(model_version="models/m1/versions/3", version=3,
-                    artifacts={"onnx": {"sha256": DIGEST, "size_bytes": 5}})
+    ref = CachedRef(
+        model_version="models/m1/versions/3", version=3, artifacts={"onnx": {"sha256": DIGEST, "size_bytes": 5}}
+    )
     cache.write_ref(model="m1", selector="latest", ref=ref)
     assert cache.read_ref(model="m1", selector="latest") == ref
     # No temp files are left beside it.

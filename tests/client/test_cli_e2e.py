@@ -55,8 +55,7 @@ def test_pull_prints_path_and_json(xfer_server, run_cli, model_dir, tmp_path):
     again = run_cli(xfer_server, "pull", "digits-convnet:1", "--json", cache_dir=cache)
     document = json.loads(again.out)  # stdout holds the JSON document and nothing else
     assert document["cache_hit"] and document["transferred_bytes"] == 0
-    onnx = json.loads(run_cli(xfer_server, "pull", "digits-convnet", "--format", "onnx", "--json",
-                              cache_dir=cache).out)
+    onnx = json.loads(run_cli(xfer_server, "pull", "digits-convnet", "--format", "onnx", "--json", cache_dir=cache).out)
     assert onnx["format"] == "onnx" and Path(onnx["path"]).name == "model.onnx"
     assert hashlib.sha256(Path(onnx["blob_path"]).read_bytes()).hexdigest() == onnx["sha256"]
 
@@ -65,8 +64,9 @@ def test_operator_commands(xfer_server, run_cli, model_dir):
     registered = run_cli(xfer_server, "register", str(model_dir), "--model", "cli-model", token="operator")
     assert registered.code == 0, registered.err
     assert registered.out.startswith("registered cli-model:1")
-    second = json.loads(run_cli(xfer_server, "register", str(model_dir), "--model", "cli-model", "--json",
-                                token="operator").out)
+    second = json.loads(
+        run_cli(xfer_server, "register", str(model_dir), "--model", "cli-model", "--json", token="operator").out
+    )
     assert second["version"] == 2 and "latest" in second["aliases"]
 
     alias = run_cli(xfer_server, "alias", "cli-model:1", "stable", token="operator")
@@ -90,8 +90,16 @@ def test_runs_and_leaderboard(xfer_server, run_cli, tmp_path):
 
     with xfer_server.client(tmp_path) as xfer:
         for i, accuracy in enumerate([0.6, 0.8]):
-            xfer.report(Run(run_id=f"cli-run-{i}", model_version="digits-convnet:1", strategy="full",
-                            metrics={"accuracy": accuracy}, train_examples_pow2=128, device_kind="cpu"))
+            xfer.report(
+                Run(
+                    run_id=f"cli-run-{i}",
+                    model_version="digits-convnet:1",
+                    strategy="full",
+                    metrics={"accuracy": accuracy},
+                    train_examples_pow2=128,
+                    device_kind="cpu",
+                )
+            )
     runs = run_cli(xfer_server, "runs", "--model", "digits-convnet", "--strategy", "full")
     assert runs.code == 0 and runs.out.splitlines()[0].split()[:3] == ["RUN", "VERSION", "STRATEGY"]
     assert "cli-run-0" in runs.out and "cli-run-1" in runs.out
@@ -106,9 +114,21 @@ def test_runs_and_leaderboard(xfer_server, run_cli, tmp_path):
 
 def test_finetune_pulls_adapts_saves_and_reports(xfer_server, run_cli, tmp_path):
     out = tmp_path / "adapted"
-    result = run_cli(xfer_server, "finetune", "digits-convnet:1", "digits:classes=0-4,per_class=10",
-                     "--strategy", "linear-probe", "--epochs", "1", "--out", str(out), "--run-id", "cli-ft-1",
-                     "--json")
+    result = run_cli(
+        xfer_server,
+        "finetune",
+        "digits-convnet:1",
+        "digits:classes=0-4,per_class=10",
+        "--strategy",
+        "linear-probe",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--run-id",
+        "cli-ft-1",
+        "--json",
+    )
     assert result.code == 0, result.err
     document = json.loads(result.out)
     assert document["run"]["run_id"] == "cli-ft-1" and document["run"]["strategy"] == "linear-probe"
@@ -120,8 +140,19 @@ def test_finetune_pulls_adapts_saves_and_reports(xfer_server, run_cli, tmp_path)
 
 def test_fit_head_adapts_the_onnx_artifact_and_reports(xfer_server, run_cli, tmp_path):
     out = tmp_path / "head"
-    result = run_cli(xfer_server, "fit-head", "digits-convnet:1", "digits:classes=0-4,per_class=10",
-                     "--head", "prototype", "--out", str(out), "--run-id", "cli-head-1", "--json")
+    result = run_cli(
+        xfer_server,
+        "fit-head",
+        "digits-convnet:1",
+        "digits:classes=0-4,per_class=10",
+        "--head",
+        "prototype",
+        "--out",
+        str(out),
+        "--run-id",
+        "cli-head-1",
+        "--json",
+    )
     assert result.code == 0, result.err
     document = json.loads(result.out)
     assert document["run"]["strategy"] == "onnx-prototype" and "accuracy" in document["run"]["metrics"]
@@ -146,8 +177,9 @@ def test_errors_are_one_line_with_distinct_exit_codes(xfer_server, run_cli):
 
 def test_real_xfer_subprocess(xfer_server, tmp_path):
     env = cli_env(xfer_server, tmp_path / "cache", xfer_server.client_token)
-    ok = subprocess.run([str(XFER), "pull", "digits-convnet:1", "--json"], env=env, capture_output=True,
-                        text=True, timeout=120)
+    ok = subprocess.run(
+        [str(XFER), "pull", "digits-convnet:1", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["transferred_bytes"] > 0
     assert "\r" not in ok.stderr and "[#" not in ok.stderr  # stderr is not a TTY here: no progress bar

@@ -80,8 +80,10 @@ def test_prune_skips_a_download_in_progress(tmp_path):
     digest = "d" * 64
     cache.partial_path(digest).parent.mkdir(parents=True)
     cache.partial_path(digest).write_bytes(b"in flight")
-    code = ("import sys, time; from xfer.client.cache import Cache; c = Cache(sys.argv[1]); "
-            "l = c.lock(sys.argv[2]); l.__enter__(); print('locked', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from xfer.client.cache import Cache; c = Cache(sys.argv[1]); "
+        "l = c.lock(sys.argv[2]); l.__enter__(); print('locked', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(cache.root), digest], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -121,10 +123,12 @@ def test_server_text_is_escaped_for_terminals():
 
 
 def test_the_cli_imports_no_torch():
-    code = ("import sys, io; from xfer.client.cli import main; "
-            "main(['--help'], stdout=io.StringIO()); main(['cache', 'ls'], stdout=io.StringIO()); "
-            "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'opacus') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, io; from xfer.client.cli import main; "
+        "main(['--help'], stdout=io.StringIO()); main(['cache', 'ls'], stdout=io.StringIO()); "
+        "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'opacus') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     env = {**os.environ, "XFER_CACHE": "/nonexistent-xfer-cache"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 

@@ -40,15 +40,27 @@ def test_run_from_the_finetune_report_fields():
     assert run.device_kind is DeviceKind.CPU and run.train_examples_pow2 == 256
     wire = convert.run_to_pb(run, model_version=run.model_version)
     back = convert.run_from_pb(wire)
-    assert (back.run_id, back.strategy, back.metrics, back.privacy) == (run.run_id, run.strategy, run.metrics,
-                                                                        run.privacy)
+    assert (back.run_id, back.strategy, back.metrics, back.privacy) == (
+        run.run_id,
+        run.strategy,
+        run.metrics,
+        run.privacy,
+    )
     json.dumps(back.to_dict())  # JSON-able for --json
 
 
 def test_card_round_trips_through_the_wire_form():
     model = create_model("convnet", width=8, depth=2)
-    card = card_for_model(model, source_task="digits", dp_epsilon=3.0, dp_delta=1e-5, label_names=tuple("abcdefghij"),
-                          input_mean=(0.5,), input_std=(0.25,), framework_versions={"torch": "2.13.0"})
+    card = card_for_model(
+        model,
+        source_task="digits",
+        dp_epsilon=3.0,
+        dp_delta=1e-5,
+        label_names=tuple("abcdefghij"),
+        input_mean=(0.5,),
+        input_std=(0.25,),
+        framework_versions={"torch": "2.13.0"},
+    )
     assert card_from_proto(card_to_proto(card)) == card
     plain = card_for_model(model)
     back = card_from_proto(card_to_proto(plain))

@@ -53,10 +53,19 @@ def test_messages_keep_the_server_details_and_add_hints():
 
 
 def test_exit_codes_are_distinct_per_kind():
-    kinds = [errors.InvalidArgumentError, errors.NotFoundError, errors.AlreadyExistsError,
-             errors.AuthenticationError, errors.PermissionDeniedError, errors.UnavailableError,
-             errors.DeadlineExceededError, errors.ResourceExhaustedError, errors.DataLossError,
-             errors.UnimplementedError, errors.ServerError]
+    kinds = [
+        errors.InvalidArgumentError,
+        errors.NotFoundError,
+        errors.AlreadyExistsError,
+        errors.AuthenticationError,
+        errors.PermissionDeniedError,
+        errors.UnavailableError,
+        errors.DeadlineExceededError,
+        errors.ResourceExhaustedError,
+        errors.DataLossError,
+        errors.UnimplementedError,
+        errors.ServerError,
+    ]
     codes = [k.exit_code for k in kinds]
     assert len(set(codes)) == len(codes)
     assert all(c not in (0, 1, 2) for c in codes)

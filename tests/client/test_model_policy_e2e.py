@@ -35,17 +35,23 @@ def variant(model_dir: Path, out: Path, *, dp_epsilon: float | None = None, auc:
 
 @pytest.fixture
 def folders(model_dir, tmp_path):
-    return {"plain": variant(model_dir, tmp_path / "plain"),
-            "dp8": variant(model_dir, tmp_path / "dp8", dp_epsilon=8.0, auc=0.55),
-            "dp2-leaky": variant(model_dir, tmp_path / "dp2-leaky", dp_epsilon=2.0, auc=0.7),
-            "dp2-unaudited": variant(model_dir, tmp_path / "dp2-unaudited", dp_epsilon=2.0),
-            "dp2": variant(model_dir, tmp_path / "dp2", dp_epsilon=2.0, auc=0.52)}
+    return {
+        "plain": variant(model_dir, tmp_path / "plain"),
+        "dp8": variant(model_dir, tmp_path / "dp8", dp_epsilon=8.0, auc=0.55),
+        "dp2-leaky": variant(model_dir, tmp_path / "dp2-leaky", dp_epsilon=2.0, auc=0.7),
+        "dp2-unaudited": variant(model_dir, tmp_path / "dp2-unaudited", dp_epsilon=2.0),
+        "dp2": variant(model_dir, tmp_path / "dp2", dp_epsilon=2.0, auc=0.52),
+    }
 
 
 def test_the_server_refuses_to_publish_against_its_policy(new_server, run_cli, folders):
     server = new_server(extra_args=("--max-dp-epsilon", "4", "--require-audit", "--max-mia-auc", "0.6"))
-    expected = {"plain": "max-dp-epsilon", "dp8": "max-dp-epsilon", "dp2-unaudited": "require-audit",
-                "dp2-leaky": "max-mia-auc"}
+    expected = {
+        "plain": "max-dp-epsilon",
+        "dp8": "max-dp-epsilon",
+        "dp2-unaudited": "require-audit",
+        "dp2-leaky": "max-mia-auc",
+    }
     for name, rule in expected.items():
         result = run_cli(server, "register", str(folders[name]), "--model", name, token="operator")
         assert result.code == 16, (name, result.err)
@@ -78,13 +84,16 @@ def test_clients_filter_and_refuse_models_that_miss_their_policy(new_server, run
     refused = run_cli(server, "pull", "dp2-leaky", "--max-mia-auc", "0.6", cache_dir=tmp_path / "c1")
     assert refused.code == 16 and "membership-inference AUC 0.700" in refused.err
     assert not (tmp_path / "c1" / "blobs").exists() or not any((tmp_path / "c1" / "blobs").iterdir())
-    assert run_cli(server, "pull", "dp2", "--max-epsilon", "4", "--max-mia-auc", "0.6",
-                   cache_dir=tmp_path / "c1").code == 0
+    assert (
+        run_cli(server, "pull", "dp2", "--max-epsilon", "4", "--max-mia-auc", "0.6", cache_dir=tmp_path / "c1").code
+        == 0
+    )
     shown = run_cli(server, "show", "dp2")
     assert "rmia-offline" in shown.out and "AUC 0.520" in shown.out
 
-    with Client(server.target, token=server.client_token, cache_dir=tmp_path / "c2",
-                policy=ModelPolicy(max_epsilon=4)) as client:
+    with Client(
+        server.target, token=server.client_token, cache_dir=tmp_path / "c2", policy=ModelPolicy(max_epsilon=4)
+    ) as client:
         with pytest.raises(PolicyError, match="not trained with DP"):
             client.load_torch("plain")
         loaded = client.load_torch("dp2")

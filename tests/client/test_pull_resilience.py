@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.client.server_process import blob_files, cli_env
 from xfer.client.errors import DataLossError, UnavailableError
 from xfer.client.transport import RetryPolicy
-from tests.client.server_process import blob_files, cli_env
 
 
 def sha256(path: Path) -> str:
@@ -97,8 +97,10 @@ def test_two_processes_pulling_at_once_end_with_one_correct_file(xfer_server, mo
     command = [sys.executable, "-m", "xfer.client.cli", "-v", "pull", "digits-convnet:1", "--json"]
     # Hold the digest's lock until both processes say they wait for it: both are provably inside pull.
     with cache.lock(digest):
-        procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+        procs = [
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
         waiting = [threading.Event() for _ in procs]
         logs: list[list[str]] = [[] for _ in procs]
 

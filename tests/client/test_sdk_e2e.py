@@ -53,7 +53,9 @@ def test_list_get_and_card_round_trip(xfer_server, model_dir, tmp_path):
 def test_pull_verifies_caches_and_second_pull_transfers_nothing(xfer_server, model_dir, tmp_path):
     progress: list[tuple[int, int]] = []
     with xfer_server.client(tmp_path / "cache") as xfer:
-        first = xfer.pull("digits-convnet:1", "safetensors", progress=lambda done, total: progress.append((done, total)))
+        first = xfer.pull(
+            "digits-convnet:1", "safetensors", progress=lambda done, total: progress.append((done, total))
+        )
         assert not first.cache_hit and first.resumed_from == 0
         # Many small chunks (the fixture's server streams 16 KiB), reported in order up to the total.
         assert len(progress) > 5 and progress[-1] == (first.size_bytes, first.size_bytes)
@@ -133,10 +135,17 @@ def test_server_rejects_corrupt_upload(xfer_server, model_dir, tmp_path):
 
 
 def test_metrics_report_is_idempotent_and_summarized(xfer_server, tmp_path):
-    run = Run(run_id="sdk-run-1", model_version="digits-convnet:1", strategy="linear-probe",
-              metrics={"accuracy": 0.75, "loss": 0.5}, hyperparameters={"lr": "0.01"},
-              privacy=RunPrivacy(dp=True, epsilon_spent=3.0, delta=1e-5, noise_multiplier=1.0, max_grad_norm=1.0),
-              train_examples_pow2=512, device_kind="cpu", wall_seconds=1.5)
+    run = Run(
+        run_id="sdk-run-1",
+        model_version="digits-convnet:1",
+        strategy="linear-probe",
+        metrics={"accuracy": 0.75, "loss": 0.5},
+        hyperparameters={"lr": "0.01"},
+        privacy=RunPrivacy(dp=True, epsilon_spent=3.0, delta=1e-5, noise_multiplier=1.0, max_grad_norm=1.0),
+        train_examples_pow2=512,
+        device_kind="cpu",
+        wall_seconds=1.5,
+    )
     with xfer_server.client(tmp_path) as xfer:
         first = xfer.report(run)
         assert not first.duplicate and first.run.model_version == "models/digits-convnet/versions/1"
@@ -150,8 +159,15 @@ def test_metrics_report_is_idempotent_and_summarized(xfer_server, tmp_path):
         board = xfer.summarize_runs(metric="accuracy", model="digits-convnet:1")
         assert any(e.strategy == "linear-probe" and e.dp and e.count >= 1 for e in board.entries)
         with pytest.raises(InvalidArgumentError):
-            xfer.report(Run(run_id="sdk-run-2", model_version="digits-convnet:1", strategy="full",
-                            metrics={"Bad Name": 1.0}, train_examples_pow2=512))
+            xfer.report(
+                Run(
+                    run_id="sdk-run-2",
+                    model_version="digits-convnet:1",
+                    strategy="full",
+                    metrics={"Bad Name": 1.0},
+                    train_examples_pow2=512,
+                )
+            )
 
 
 def test_errors_are_typed_and_builtin(xfer_server, tmp_path):
@@ -174,16 +190,23 @@ def test_errors_are_typed_and_builtin(xfer_server, tmp_path):
 def test_unreachable_server_is_a_connection_error(tmp_path):
     from xfer.client import Client
 
-    with Client("127.0.0.1:1", cache_dir=tmp_path,
-                retry=RetryPolicy(max_attempts=2, initial_backoff=0.01)) as xfer:
+    with Client("127.0.0.1:1", cache_dir=tmp_path, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01)) as xfer:
         with pytest.raises(UnavailableError) as info:
             xfer.list_models()
     assert isinstance(info.value, ConnectionError) and "127.0.0.1:1" in str(info.value)
 
 
 def test_tls_and_mutual_tls(new_server, tls_files, model_dir, tmp_path, run_cli):
-    server = new_server(extra_args=("--tls-cert", str(tls_files.server_cert), "--tls-key", str(tls_files.server_key),
-                                    "--tls-client-ca", str(tls_files.ca_cert)))
+    server = new_server(
+        extra_args=(
+            "--tls-cert",
+            str(tls_files.server_cert),
+            "--tls-key",
+            str(tls_files.server_key),
+            "--tls-client-ca",
+            str(tls_files.ca_cert),
+        )
+    )
     mtls = TlsConfig(root_ca=tls_files.ca_cert, client_cert=tls_files.client_cert, client_key=tls_files.client_key)
     with server.client(tmp_path, token="operator", tls=mtls) as op:
         op.register(model_dir, "tls-model")
@@ -195,11 +218,22 @@ def test_tls_and_mutual_tls(new_server, tls_files, model_dir, tmp_path, run_cli)
     with pytest.raises(InvalidArgumentError, match="both"):
         TlsConfig(root_ca=tls_files.ca_cert, client_cert=tls_files.client_cert)
     # The CLI takes the same settings as flags (or XFER_TLS_* variables).
-    ok = run_cli(server, "models", "--tls-ca", str(tls_files.ca_cert), "--tls-cert", str(tls_files.client_cert),
-                 "--tls-key", str(tls_files.client_key))
+    ok = run_cli(
+        server,
+        "models",
+        "--tls-ca",
+        str(tls_files.ca_cert),
+        "--tls-cert",
+        str(tls_files.client_cert),
+        "--tls-key",
+        str(tls_files.client_key),
+    )
     assert ok.code == 0 and "tls-model" in ok.out, ok.err
-    env = {"XFER_TLS_CA": str(tls_files.ca_cert), "XFER_TLS_CERT": str(tls_files.client_cert),
-           "XFER_TLS_KEY": str(tls_files.client_key)}
+    env = {
+        "XFER_TLS_CA": str(tls_files.ca_cert),
+        "XFER_TLS_CERT": str(tls_files.client_cert),
+        "XFER_TLS_KEY": str(tls_files.client_key),
+    }
     assert run_cli(server, "show", "tls-model", env=env).code == 0
     plaintext = run_cli(server, "models", "--timeout", "3")
     assert plaintext.code == 8 and plaintext.err.startswith("xfer: error: server unavailable")

@@ -23,8 +23,10 @@ from xfer.client.errors import SignatureError
 def keys(tmp_path):
     signing.generate_key(tmp_path / "alice", name="alice")
     signing.generate_key(tmp_path / "mallory", name="mallory")
-    return {"alice": (tmp_path / "alice" / "alice.key", tmp_path / "alice" / "alice.pub"),
-            "mallory": (tmp_path / "mallory" / "mallory.key", tmp_path / "mallory" / "mallory.pub")}
+    return {
+        "alice": (tmp_path / "alice" / "alice.key", tmp_path / "alice" / "alice.pub"),
+        "mallory": (tmp_path / "mallory" / "mallory.key", tmp_path / "mallory" / "mallory.pub"),
+    }
 
 
 def nothing_cached(cache: Path) -> bool:
@@ -33,8 +35,9 @@ def nothing_cached(cache: Path) -> bool:
 
 def test_signed_pull_succeeds_and_every_bad_signature_is_refused(new_server, run_cli, model_dir, keys, tmp_path):
     server = new_server()
-    signed = run_cli(server, "register", str(model_dir), "--model", "signed", "--sign-key", str(keys["alice"][0]),
-                     token="operator")
+    signed = run_cli(
+        server, "register", str(model_dir), "--model", "signed", "--sign-key", str(keys["alice"][0]), token="operator"
+    )
     assert signed.code == 0 and "signed by" in signed.out, signed.err
     assert run_cli(server, "register", str(model_dir), "--model", "unsigned", token="operator").code == 0
     trust_alice = {"XFER_TRUSTED_KEYS": str(keys["alice"][1]), "XFER_REQUIRE_SIGNED": "1"}
@@ -58,8 +61,19 @@ def test_signed_pull_succeeds_and_every_bad_signature_is_refused(new_server, run
 
 def test_a_card_changed_after_signing_is_refused(new_server, run_cli, model_dir, keys, tmp_path):
     server = new_server()
-    assert run_cli(server, "register", str(model_dir), "--model", "victim", "--sign-key", str(keys["alice"][0]),
-                   token="operator").code == 0
+    assert (
+        run_cli(
+            server,
+            "register",
+            str(model_dir),
+            "--model",
+            "victim",
+            "--sign-key",
+            str(keys["alice"][0]),
+            token="operator",
+        ).code
+        == 0
+    )
     # A compromised server (or database) rewrites the label names it serves.
     with sqlite3.connect(server.data_dir / "xfer.db") as db:
         (card_json,) = db.execute("SELECT card_json FROM xfer_versions WHERE model_id = 'victim'").fetchone()
@@ -70,8 +84,9 @@ def test_a_card_changed_after_signing_is_refused(new_server, run_cli, model_dir,
     tampered = run_cli(server, "pull", "victim", cache_dir=tmp_path / "cache", env=env)
     assert tampered.code == 17 and "changed after signing" in tampered.err
     assert nothing_cached(tmp_path / "cache") and not (tmp_path / "cache" / "refs").exists()
-    unchecked = run_cli(server, "pull", "victim", cache_dir=tmp_path / "lax",
-                        env={"XFER_TRUSTED_KEYS": str(keys["alice"][1])})
+    unchecked = run_cli(
+        server, "pull", "victim", cache_dir=tmp_path / "lax", env={"XFER_TRUSTED_KEYS": str(keys["alice"][1])}
+    )
     assert unchecked.code == 0  # verification is the client's choice
 
 
@@ -97,6 +112,7 @@ def test_a_non_canonical_signed_card_is_refused_at_upload(new_server, run_cli, m
     card = json.loads((partial / "card.json").read_text())
     card["architecture_config"].pop(next(iter(card["architecture_config"])))  # a field left to its default
     (partial / "card.json").write_text(json.dumps(card))
-    refused = run_cli(server, "register", str(partial), "--model", "partial", "--sign-key", str(keys["alice"][0]),
-                      token="operator")
+    refused = run_cli(
+        server, "register", str(partial), "--model", "partial", "--sign-key", str(keys["alice"][0]), token="operator"
+    )
     assert refused.code == 3 and "not canonical" in refused.err

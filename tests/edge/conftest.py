@@ -45,12 +45,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
     """A real server (full environment) with an operator and a client token: (process, operator, client)."""
     root = tmp_path_factory.mktemp("server")
     tokens = root / "tokens.json"
-    operator = _run("-m", "xfer.server", "tokens", "add", "--role", "operator", "--file", str(tokens),
-                    "--name", "op").strip().splitlines()[-1]
-    client = _run("-m", "xfer.server", "tokens", "add", "--role", "client", "--file", str(tokens),
-                  "--name", "edge").strip().splitlines()[-1]
-    process = ServerProcess(data_dir=root / "data", python=SERVER_PYTHON, log_level="WARNING",
-                            args=("--token-file", str(tokens), "--chunk-size", str(16 * 1024)))
+    operator = (
+        _run("-m", "xfer.server", "tokens", "add", "--role", "operator", "--file", str(tokens), "--name", "op")
+        .strip()
+        .splitlines()[-1]
+    )
+    client = (
+        _run("-m", "xfer.server", "tokens", "add", "--role", "client", "--file", str(tokens), "--name", "edge")
+        .strip()
+        .splitlines()[-1]
+    )
+    process = ServerProcess(
+        data_dir=root / "data",
+        python=SERVER_PYTHON,
+        log_level="WARNING",
+        args=("--token-file", str(tokens), "--chunk-size", str(16 * 1024)),
+    )
     process.start()
     yield process, operator, client
     process.stop()

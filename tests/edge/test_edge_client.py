@@ -37,8 +37,13 @@ def registered(server, source_folder, tmp_path_factory):
 
 def cli(server, *argv: str, cache: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     process, _, client_token = server
-    env = {**os.environ, "XFER_SERVER": process.target, "XFER_TOKEN": client_token, "XFER_CACHE": str(cache),
-           **(extra_env or {})}
+    env = {
+        **os.environ,
+        "XFER_SERVER": process.target,
+        "XFER_TOKEN": client_token,
+        "XFER_CACHE": str(cache),
+        **(extra_env or {}),
+    }
     return subprocess.run([str(XFER), *argv], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -52,8 +57,9 @@ def test_this_environment_has_no_torch_when_it_is_the_edge_install():
 def test_sdk_pulls_verifies_resumes_and_caches(server, registered, source_folder, tmp_path):
     version, public_key = registered
     process, _, client_token = server
-    with Client(process.target, token=client_token, cache_dir=tmp_path, trusted_keys=[public_key],
-                require_signed=True) as xfer:
+    with Client(
+        process.target, token=client_token, cache_dir=tmp_path, trusted_keys=[public_key], require_signed=True
+    ) as xfer:
         assert "edge-mlp" in [m.model for m in xfer.list_models()]
         first = xfer.pull("edge-mlp")
         assert first.transferred_bytes == first.size_bytes and sha256(first.path) == first.sha256
@@ -77,8 +83,9 @@ def test_cli_models_show_pull_and_cache(server, registered, tmp_path):
     assert "edge-mlp" in [m["model"] for m in json.loads(listed.stdout)]
     shown = cli(server, "show", "edge-mlp", cache=tmp_path, extra_env={"XFER_TRUSTED_KEYS": str(registered[1])})
     assert shown.returncode == 0 and "mlp" in shown.stdout and "valid, by trusted key" in shown.stdout
-    pulled = cli(server, "pull", "edge-mlp", "--json", "--require-signed", "--trusted-keys", str(registered[1]),
-                 cache=tmp_path)
+    pulled = cli(
+        server, "pull", "edge-mlp", "--json", "--require-signed", "--trusted-keys", str(registered[1]), cache=tmp_path
+    )
     assert pulled.returncode == 0, pulled.stderr
     assert json.loads(pulled.stdout)["transferred_bytes"] > 0
     assert cli(server, "cache", "verify", cache=tmp_path).returncode == 0

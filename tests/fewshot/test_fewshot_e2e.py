@@ -23,9 +23,29 @@ def test_episodes_from_the_cli_report_means_and_intervals(tmp_path, source_model
             op.register(source_model_dir, "digits-convnet")
         env = {"XFER_SERVER": server.target, "XFER_TOKEN": server.client_token, "XFER_CACHE": str(tmp_path / "c")}
         out, err = io.StringIO(), io.StringIO()
-        code = cli_main(["finetune", "digits-convnet", "digits:classes=5-9", "--episodes", "30", "--ways", "3",
-                         "--shots", "1,5", "--queries", "5", "--out", str(tmp_path / "ep"), "--json",
-                         "--run-id", "ep-1"], environ=env, stdout=out, stderr=err)
+        code = cli_main(
+            [
+                "finetune",
+                "digits-convnet",
+                "digits:classes=5-9",
+                "--episodes",
+                "30",
+                "--ways",
+                "3",
+                "--shots",
+                "1,5",
+                "--queries",
+                "5",
+                "--out",
+                str(tmp_path / "ep"),
+                "--json",
+                "--run-id",
+                "ep-1",
+            ],
+            environ=env,
+            stdout=out,
+            stderr=err,
+        )
         assert code == 0, err.getvalue()
         result = json.loads(out.getvalue())
         metrics = result["run"]["metrics"]
@@ -38,8 +58,12 @@ def test_episodes_from_the_cli_report_means_and_intervals(tmp_path, source_model
             (run,) = client.list_runs(strategy="fewshot")
         assert run.run_id == "ep-1" and run.metrics == metrics
         bad = io.StringIO()
-        code = cli_main(["finetune", "digits-convnet", "digits", "--episodes", "5", "--dp-epsilon", "1"],
-                        environ=env, stdout=io.StringIO(), stderr=bad)
+        code = cli_main(
+            ["finetune", "digits-convnet", "digits", "--episodes", "5", "--dp-epsilon", "1"],
+            environ=env,
+            stdout=io.StringIO(),
+            stderr=bad,
+        )
         assert code != 0 and "--dp-epsilon do not apply" in bad.getvalue()
     finally:
         server.stop()
@@ -51,11 +75,20 @@ def test_finetune_head_uses_a_meta_trained_cards_inner_loop():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 12)
     x = torch.from_numpy((rng.normal(size=(4, 8))[y] * 3 + rng.normal(size=(48, 8))).astype(np.float32))
-    card = ModelCard.from_dict({**_card_dict(model), "training_method": "reptile",
-                                "training_settings": {"ways": "3", "inner_steps": "4", "inner_lr": "0.2"}})
-    report = evaluate_model_episodes(model, x, y, card=card,
-                                     config=EpisodeConfig(episodes=10, ways=3, shots=(2,), queries=3,
-                                                          heads=("prototype", "finetune")))
+    card = ModelCard.from_dict(
+        {
+            **_card_dict(model),
+            "training_method": "reptile",
+            "training_settings": {"ways": "3", "inner_steps": "4", "inner_lr": "0.2"},
+        }
+    )
+    report = evaluate_model_episodes(
+        model,
+        x,
+        y,
+        card=card,
+        config=EpisodeConfig(episodes=10, ways=3, shots=(2,), queries=3, heads=("prototype", "finetune")),
+    )
     assert report.score("finetune", 2).mean > 0.5 and report.score("prototype", 2).mean > 0.5
 
 

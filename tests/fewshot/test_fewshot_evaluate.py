@@ -63,9 +63,12 @@ def test_heads_score_the_same_episodes_and_a_seed_repeats_them():
         calls.append(tuple(episode.query))
         return prototype_logits(x[episode.support], episode.support_y, x[episode.query], 4)
 
-    report = evaluate_episodes(x, y, config=EpisodeConfig(episodes=30, ways=4, shots=(1,), queries=3, seed=0,
-                                                          heads=("prototype", "finetune")),
-                               episode_heads={"finetune": spy})
+    report = evaluate_episodes(
+        x,
+        y,
+        config=EpisodeConfig(episodes=30, ways=4, shots=(1,), queries=3, seed=0, heads=("prototype", "finetune")),
+        episode_heads={"finetune": spy},
+    )
     # The spy computed the prototype head itself on the episodes it was given: same draws, same accuracies.
     assert (report.score("finetune", 1).accuracies == report.score("prototype", 1).accuracies).all()
     again = evaluate_episodes(x, y, config=config)
@@ -86,8 +89,7 @@ def test_bad_settings_and_data_say_what_to_change():
     with pytest.raises(FewShotError, match="NaN"):
         bad = x.copy()
         bad[:] = np.nan
-        evaluate_episodes(bad, y, config=EpisodeConfig(episodes=2, ways=2, shots=(1,), queries=2,
-                                                       heads=("logreg",)))
+        evaluate_episodes(bad, y, config=EpisodeConfig(episodes=2, ways=2, shots=(1,), queries=2, heads=("logreg",)))
 
 
 def test_the_report_carries_means_intervals_settings_and_the_size_bucket_only():
@@ -95,7 +97,8 @@ def test_the_report_carries_means_intervals_settings_and_the_size_bucket_only():
     report = evaluate_episodes(x, y, config=EpisodeConfig(episodes=20, ways=5, shots=(1, 5), queries=4))
     run = FewShotOutcome(report=report, dataset_id="d").to_run(run_id="r", model_version="models/m/versions/1")
     assert run.train_examples_pow2 == 256 and run.strategy == "fewshot" and not run.privacy.dp
-    assert set(run.metrics) == {f"fewshot/{h}/5way{k}shot{s}" for h in ("prototype", "logreg") for k in (1, 5)
-                                for s in ("", "/ci95")}
+    assert set(run.metrics) == {
+        f"fewshot/{h}/5way{k}shot{s}" for h in ("prototype", "logreg") for k in (1, 5) for s in ("", "/ci95")
+    }
     assert all(round(v, 3) == v for v in run.metrics.values())
     assert "200" not in str(run.hyperparameters)

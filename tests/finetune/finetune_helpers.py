@@ -30,4 +30,6 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def changed(before: dict[str, torch.Tensor], after: torch.nn.Module) -> set[str]:
     """Names of parameters that are not bit-identical to `before`."""
-    return {name for name, p in after.named_parameters() if name in before and not torch.equal(before[name], p.detach())}
+    return {
+        name for name, p in after.named_parameters() if name in before and not torch.equal(before[name], p.detach())
+    }

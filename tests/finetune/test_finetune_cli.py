@@ -15,9 +15,23 @@ def test_refused_budget_exits_14_and_a_fitting_run_is_reported(tmp_path, source_
         with server.client(tmp_path / "op-cache", token="operator") as operator:
             operator.register(source_model_dir, "digits-convnet")
         env = {"XFER_SERVER": server.target, "XFER_TOKEN": server.client_token, "XFER_CACHE": str(tmp_path / "cache")}
-        common = ["finetune", "digits-convnet", "digits:shift=blur,per_class=5", "--strategy", "linear-probe",
-                  "--steps", "6", "--device", "cpu", "--out", str(tmp_path / "out"), "--privacy-budget", "2",
-                  "--accountant", "rdp"]
+        common = [
+            "finetune",
+            "digits-convnet",
+            "digits:shift=blur,per_class=5",
+            "--strategy",
+            "linear-probe",
+            "--steps",
+            "6",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--privacy-budget",
+            "2",
+            "--accountant",
+            "rdp",
+        ]
         out, err = io.StringIO(), io.StringIO()
         code = main([*common, "--dp-epsilon", "3"], environ=env, stdout=out, stderr=err)
         assert code == EXIT_CODES["privacy_budget"] == 14, err.getvalue()

@@ -142,26 +142,30 @@ def test_fashion_mnist_missing_says_how_to_install(card28, monkeypatch):
 
     monkeypatch.setattr(fashion, "DEFAULT_DIR", fashion.Path("/nonexistent/fashion"))
     monkeypatch.setattr(fashion.load_fashion, "__kwdefaults__", {"root": fashion.DEFAULT_DIR})
-    with pytest.raises(DataError, match="Fashion-MNIST is not installed: install the Debian package "
-                                        "dataset-fashion-mnist"):
+    with pytest.raises(
+        DataError, match="Fashion-MNIST is not installed: install the Debian package dataset-fashion-mnist"
+    ):
         load_target("fashion-mnist", card=card28)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("digits:shift=sideways", "unknown digits shift 'sideways'; valid: none, gaussian-noise"),
-    ("digits:colour=red", "unknown option"),
-    ("digits:per_class=0", "per_class must be a positive integer"),
-    ("digits:classes=3", "at least two classes"),
-    ("digits:classes=a-b", "cannot read classes"),
-    ("digits:severity=9", "severities are 1"),
-    ("digits:split=train", "valid splits are source, target, all"),
-    ("digits:unlabeled=yes", "'unlabeled' is a flag"),
-    ("digits:per_class=5,unlabeled", "few-label mode already keeps the rest"),
-    ("digits:per_class=500", "a class has only"),
-    ("nope/missing.npz", "does not exist"),
-    ("imagenet:classes=1-3", "not a built-in data set"),
-    ("", "empty data spec"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("digits:shift=sideways", "unknown digits shift 'sideways'; valid: none, gaussian-noise"),
+        ("digits:colour=red", "unknown option"),
+        ("digits:per_class=0", "per_class must be a positive integer"),
+        ("digits:classes=3", "at least two classes"),
+        ("digits:classes=a-b", "cannot read classes"),
+        ("digits:severity=9", "severities are 1"),
+        ("digits:split=train", "valid splits are source, target, all"),
+        ("digits:unlabeled=yes", "'unlabeled' is a flag"),
+        ("digits:per_class=5,unlabeled", "few-label mode already keeps the rest"),
+        ("digits:per_class=500", "a class has only"),
+        ("nope/missing.npz", "does not exist"),
+        ("imagenet:classes=1-3", "not a built-in data set"),
+        ("", "empty data spec"),
+    ],
+)
 def test_bad_specs(session_card, spec, message):
     with pytest.raises(DataError, match=message):
         load_target(spec, card=session_card)
@@ -321,17 +325,20 @@ def test_image_folder(tmp_path, session_card):
     assert target.dataset_id.startswith("folder-")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("shape", r"wrong shape: examples have shape \[5\]"),
-    ("one_class", "only one class"),
-    ("nan", "NaN or infinite features in 1 example"),
-    ("negative", "labels out of range"),
-    ("too_big", "labels out of range: found 7 but only 3 label_names"),
-    ("float_labels", "labels must be integers"),
-    ("length", "x has 60 examples but y has 59"),
-    ("missing_x", "needs an array 'x'"),
-    ("options", r"unknown option\(s\) \['label'\]"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("shape", r"wrong shape: examples have shape \[5\]"),
+        ("one_class", "only one class"),
+        ("nan", "NaN or infinite features in 1 example"),
+        ("negative", "labels out of range"),
+        ("too_big", "labels out of range: found 7 but only 3 label_names"),
+        ("float_labels", "labels must be integers"),
+        ("length", "x has 60 examples but y has 59"),
+        ("missing_x", "needs an array 'x'"),
+        ("options", r"unknown option\(s\) \['label'\]"),
+    ],
+)
 def test_malformed_npz(tmp_path, mlp_card, case, message):
     x, y = blobs()
     extra = {}
@@ -385,8 +392,11 @@ def test_unsupported_file(tmp_path, session_card):
 
 def test_spec_parsing(tmp_path):
     assert parse_spec("digits:shift=blur,classes=1,3").options == {"shift": "blur", "classes": "1,3"}
-    assert parse_spec("fashion-mnist:classes=1,3,unlabeled,severity=2").options == \
-        {"classes": "1,3", "unlabeled": "", "severity": "2"}
+    assert parse_spec("fashion-mnist:classes=1,3,unlabeled,severity=2").options == {
+        "classes": "1,3",
+        "unlabeled": "",
+        "severity": "2",
+    }
     np.savez(tmp_path / "a:b.npz", x=np.zeros((3, 2)))
     assert parse_spec(str(tmp_path / "a:b.npz")).path == str(tmp_path / "a:b.npz")  # a ':' in a path
     assert parse_spec(str(tmp_path / "a:b.npz") + ":unlabeled").unlabeled

@@ -6,7 +6,6 @@ import json
 import multiprocessing
 
 import pytest
-
 from finetune_helpers import cfg
 
 from xfer.client.finetune.errors import PrivacyBudgetExceededError
@@ -69,12 +68,24 @@ def test_finetune_refuses_an_over_budget_run_before_training(tmp_path, model, ca
     ledger = PrivacyLedger.in_cache(tmp_path)
     ledger.charge("digits-target", epsilon=2.5, delta=1e-5, budget=3.0)
     with pytest.raises(PrivacyBudgetExceededError, match="only 0.5 of 3 is left"):
-        finetune(model, train=small_blur.train, card=card, label_names=small_blur.label_names, ledger=ledger,
-                 dataset_id="digits-target",
-                 config=cfg(strategy="linear-probe", steps=6, privacy=PrivacyConfig(epsilon=3.0, accountant="rdp")))
-    result = finetune(model, train=small_blur.train, card=card, label_names=small_blur.label_names, ledger=ledger,
-                      dataset_id="digits-target",
-                      config=cfg(strategy="linear-probe", steps=6, privacy=PrivacyConfig(epsilon=0.4, accountant="rdp")))
+        finetune(
+            model,
+            train=small_blur.train,
+            card=card,
+            label_names=small_blur.label_names,
+            ledger=ledger,
+            dataset_id="digits-target",
+            config=cfg(strategy="linear-probe", steps=6, privacy=PrivacyConfig(epsilon=3.0, accountant="rdp")),
+        )
+    result = finetune(
+        model,
+        train=small_blur.train,
+        card=card,
+        label_names=small_blur.label_names,
+        ledger=ledger,
+        dataset_id="digits-target",
+        config=cfg(strategy="linear-probe", steps=6, privacy=PrivacyConfig(epsilon=0.4, accountant="rdp")),
+    )
     # The reservation was settled to the accountant's figure.
     assert ledger.status("digits-target").spent == pytest.approx(2.5 + result.privacy.epsilon_spent)
 
@@ -92,7 +103,9 @@ def test_the_config_and_ledger_layer_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import xfer.client.finetune.ledger, xfer.client.finetune.config, "
-            "xfer.client.finetune.budget, xfer.client.finetune.report, xfer.client.finetune.options; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; import xfer.client.finetune.ledger, xfer.client.finetune.config, "
+        "xfer.client.finetune.budget, xfer.client.finetune.report, xfer.client.finetune.options; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0

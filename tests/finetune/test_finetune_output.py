@@ -30,27 +30,52 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_add_arguments_declares_every_flag():
     args = parse("digits")
-    for flag in ("strategy", "lr", "steps", "epochs", "batch_size", "eval_every", "search", "folds", "trials",
-                 "dp_epsilon", "dp_delta", "max_grad_norm", "accountant", "ghost_clipping", "privacy_budget",
-                 "dataset_id", "device", "seed", "out", "schedule", "weight_decay", "patience", "reinit_head"):
+    for flag in (
+        "strategy",
+        "lr",
+        "steps",
+        "epochs",
+        "batch_size",
+        "eval_every",
+        "search",
+        "folds",
+        "trials",
+        "dp_epsilon",
+        "dp_delta",
+        "max_grad_norm",
+        "accountant",
+        "ghost_clipping",
+        "privacy_budget",
+        "dataset_id",
+        "device",
+        "seed",
+        "out",
+        "schedule",
+        "weight_decay",
+        "patience",
+        "reinit_head",
+    ):
         assert hasattr(args, flag), flag
 
 
 def test_flags_become_one_frozen_config():
-    config = command.config_from_args(parse("digits", "--steps", "30", "--dp-epsilon", "2", "--privacy-budget", "8",
-                                            "--device", "cpu"))
+    config = command.config_from_args(
+        parse("digits", "--steps", "30", "--dp-epsilon", "2", "--privacy-budget", "8", "--device", "cpu")
+    )
     assert isinstance(config, FinetuneConfig) and config.steps == 30 and config.privacy.budget == 8
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.steps = 3  # type: ignore[misc]
-    searched = command.config_from_args(parse("digits", "--search", "--strategy", "linear-probe,full", "--lr",
-                                              "1e-2,1e-3", "--folds", "4"))
+    searched = command.config_from_args(
+        parse("digits", "--search", "--strategy", "linear-probe,full", "--lr", "1e-2,1e-3", "--folds", "4")
+    )
     assert searched.search.strategies == ("linear-probe", "full") and searched.search.lrs == (1e-2, 1e-3)
     assert command.config_from_args(parse("digits", "--search")).search.strategies == ("linear-probe", "lp-ft")
 
 
 def test_run_writes_outputs_and_report(tmp_path, model, card, capsys):
-    args = parse("digits:classes=5-9", "--strategy", "lp-ft", "--steps", "6", "--device", "cpu",
-                 "--out", str(tmp_path / "out"))
+    args = parse(
+        "digits:classes=5-9", "--strategy", "lp-ft", "--steps", "6", "--device", "cpu", "--out", str(tmp_path / "out")
+    )
     outcome = command.run(args, model=model, card=card, cache_dir=tmp_path / "cache", progress=True)
     printed = capsys.readouterr().out
     assert "step" in printed and "test accuracy" in printed
@@ -60,8 +85,9 @@ def test_run_writes_outputs_and_report(tmp_path, model, card, capsys):
     validate_card(new_card)
     assert new_card.num_classes == 5 and new_card.label_names == ("5", "6", "7", "8", "9")
     reloaded = load_safetensors(model_from_card(new_card), paths.weights).eval()
-    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(),
-                                                  outcome.result.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), outcome.result.model.state_dict().values())
+    )
     assert check_parity(reloaded, paths.onnx).ok
     session = ort.InferenceSession(str(paths.onnx), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logits", "features"]
@@ -94,11 +120,25 @@ def test_run_parses_into_the_wire_message(tmp_path, model, card):
     pb = pytest.importorskip("xfer.v1.metrics_service_pb2")
     from xfer.client.convert import run_to_pb
 
-    args = parse("digits:shift=blur,per_class=10", "--strategy", "linear-probe", "--steps", "4",
-                 "--device", "cpu", "--dp-epsilon", "2", "--accountant", "rdp", "--out", str(tmp_path / "o"))
+    args = parse(
+        "digits:shift=blur,per_class=10",
+        "--strategy",
+        "linear-probe",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+        "--dp-epsilon",
+        "2",
+        "--accountant",
+        "rdp",
+        "--out",
+        str(tmp_path / "o"),
+    )
     outcome = command.run(args, model=model, card=card, cache_dir=tmp_path / "cache", progress=False)
-    message = run_to_pb(outcome.to_run(run_id="r", model_version="models/m/versions/1"),
-                        model_version="models/m/versions/1")
+    message = run_to_pb(
+        outcome.to_run(run_id="r", model_version="models/m/versions/1"), model_version="models/m/versions/1"
+    )
     assert isinstance(message, pb.Run)
     assert message.privacy.dp and 0 < message.privacy.epsilon_spent <= 2.0 + 1e-6
     assert message.privacy.noise_multiplier > 0 and message.privacy.max_grad_norm == 1.0
@@ -110,11 +150,17 @@ def test_run_refuses_bad_flag_combinations(tmp_path, model, card):
     from xfer.client.finetune.errors import FinetuneError, SearchError
 
     with pytest.raises(FinetuneError, match="need --dp-epsilon"):
-        command.run(parse("digits", "--privacy-budget", "3"), model=model, card=card, cache_dir=tmp_path,
-                    progress=False)
+        command.run(
+            parse("digits", "--privacy-budget", "3"), model=model, card=card, cache_dir=tmp_path, progress=False
+        )
     with pytest.raises(SearchError, match="need --search"):
-        command.run(parse("digits", "--strategy", "full,linear-probe"), model=model, card=card,
-                    cache_dir=tmp_path, progress=False)
+        command.run(
+            parse("digits", "--strategy", "full,linear-probe"),
+            model=model,
+            card=card,
+            cache_dir=tmp_path,
+            progress=False,
+        )
 
 
 def test_pow2():
@@ -122,8 +168,22 @@ def test_pow2():
 
 
 def test_run_with_search_prints_the_cv_table(tmp_path, model, card, capsys):
-    args = parse("digits:shift=blur,per_class=10", "--search", "--strategy", "linear-probe,lp-ft", "--lr", "1e-2",
-                 "--folds", "2", "--steps", "4", "--device", "cpu", "--out", str(tmp_path / "o"))
+    args = parse(
+        "digits:shift=blur,per_class=10",
+        "--search",
+        "--strategy",
+        "linear-probe,lp-ft",
+        "--lr",
+        "1e-2",
+        "--folds",
+        "2",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "o"),
+    )
     outcome = command.run(args, model=model, card=card, cache_dir=tmp_path / "cache", progress=True)
     printed = capsys.readouterr().out
     assert "mean acc" in printed and "linear-probe" in printed and "lp-ft" in printed and "best:" in printed

@@ -24,8 +24,14 @@ from xfer.client.finetune.trainer import finetune
 def dp_run(model, card, data, *, seed=0, strategy="full", steps=6, **privacy):
     # One (ε, δ, q, steps) for most tests: the σ solve is cached and shared across them.
     config = PrivacyConfig(**{"epsilon": 3.0, "accountant": "rdp", **privacy})
-    return finetune(model, train=data.train, val=None, card=card, label_names=data.label_names,
-                    config=cfg(strategy=strategy, steps=steps, batch_size=64, privacy=config, seed=seed))
+    return finetune(
+        model,
+        train=data.train,
+        val=None,
+        card=card,
+        label_names=data.label_names,
+        config=cfg(strategy=strategy, steps=steps, batch_size=64, privacy=config, seed=seed),
+    )
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
@@ -108,15 +114,24 @@ def test_unreachable_epsilon_is_a_clear_error(monkeypatch):
 
 
 def _plan(noise: float, clip: float) -> DPPlan:
-    return DPPlan(noise_multiplier=noise, sample_rate=0.25, steps=1, delta=1e-5, target_epsilon=1.0,
-                  max_grad_norm=clip, accountant="rdp", ghost_clipping=False, expected_batch=8)
+    return DPPlan(
+        noise_multiplier=noise,
+        sample_rate=0.25,
+        steps=1,
+        delta=1e-5,
+        target_epsilon=1.0,
+        max_grad_norm=clip,
+        accountant="rdp",
+        ghost_clipping=False,
+        expected_batch=8,
+    )
 
 
 def _per_example_grads(model, x, y):
     grads = []
     for i in range(len(y)):
         model.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
     return grads
 
@@ -128,8 +143,9 @@ def test_dp_step_clips_each_example_and_adds_noise(model, small_blur):
     reference = _per_example_grads(model, x, y)
     norms = [math.sqrt(sum(float(g.pow(2).sum()) for g in grads.values())) for grads in reference]
     assert min(norms) > clip  # so clipping really bites
-    clipped_sum = {n: sum(g[n] * min(1.0, clip / (norm + 1e-6)) for g, norm in zip(reference, norms))
-                   for n in reference[0]}
+    clipped_sum = {
+        n: sum(g[n] * min(1.0, clip / (norm + 1e-6)) for g, norm in zip(reference, norms)) for n in reference[0]
+    }
     for grads, norm in zip(reference, norms):
         scaled = math.sqrt(sum(float((g * min(1.0, clip / (norm + 1e-6))).pow(2).sum()) for g in grads.values()))
         assert scaled <= clip + 1e-6
@@ -141,7 +157,7 @@ def test_dp_step_clips_each_example_and_adds_noise(model, small_blur):
         dp_opt.zero_grad()
         crit(net(x), y).backward()
         # Opacus' own per-sample gradients agree with the per-example loop.
-        for (name, p) in model.named_parameters():
+        for name, p in model.named_parameters():
             assert torch.allclose(p.grad_sample[0], reference[0][name], atol=1e-5)
         dp_opt.pre_step()
         out = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
@@ -175,8 +191,13 @@ def test_frozen_blocks_stay_frozen_and_are_not_privatised(model, card, small_blu
 
     def spy(self, module, optimizer, criterion):
         out = original(self, module, optimizer, criterion)
-        hooked.append({type(m).__name__ + ":" + n for n, m in module.named_modules()
-                       if any(p.requires_grad for p in m.parameters(recurse=False))})
+        hooked.append(
+            {
+                type(m).__name__ + ":" + n
+                for n, m in module.named_modules()
+                if any(p.requires_grad for p in m.parameters(recurse=False))
+            }
+        )
         trainable = {id(p) for g in optimizer.param_groups for p in g["params"]}
         assert trainable == {id(p) for p in module.head.parameters()}
         return out

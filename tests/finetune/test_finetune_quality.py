@@ -26,8 +26,14 @@ def test_adaptation_recovers_a_rotated_target(pretrained):
     model, card = pretrained
     target = load_target("digits:shift=rotate", card=card, seed=0)
     before = evaluate(model, target.test.x, target.test.y, label_names=target.label_names).accuracy
-    result = finetune(model, train=target.train, val=target.val, card=card, label_names=target.label_names,
-                      config=FinetuneConfig(strategy="lp-ft", device="cpu"))
+    result = finetune(
+        model,
+        train=target.train,
+        val=target.val,
+        card=card,
+        label_names=target.label_names,
+        config=FinetuneConfig(strategy="lp-ft", device="cpu"),
+    )
     after = evaluate(result.model, target.test.x, target.test.y, label_names=target.label_names).accuracy
     assert before < 0.4 and after > 0.85
 
@@ -36,8 +42,14 @@ def test_adaptation_recovers_a_rotated_target(pretrained):
 def test_private_linear_probe_on_unseen_classes(pretrained):
     model, card = pretrained
     target = load_target("digits:classes=5-9", card=card, seed=0)
-    result = finetune(model, train=target.train, val=target.val, card=card, label_names=target.label_names,
-                      config=FinetuneConfig(strategy="linear-probe", device="cpu", privacy=PrivacyConfig(epsilon=2.0)))
+    result = finetune(
+        model,
+        train=target.train,
+        val=target.val,
+        card=card,
+        label_names=target.label_names,
+        config=FinetuneConfig(strategy="linear-probe", device="cpu", privacy=PrivacyConfig(epsilon=2.0)),
+    )
     assert result.head_reset and result.privacy.epsilon_spent <= 2.0 + 1e-6
     assert evaluate(result.model, target.test.x, target.test.y, label_names=target.label_names).accuracy > 0.8
 

@@ -49,8 +49,14 @@ def fraction_fits(value: float, *, denominator: int, grid: float | None) -> bool
     return any(quantize(c / denominator, grid) == value for c in range(max(0, low), min(denominator, high) + 1))
 
 
-def consistent_sizes(run: Run, *, config: FinetuneConfig, candidates: range,
-                     held_out: Callable[[int], Iterable[int]] = held_out_sizes, exact: bool = False) -> set[int]:
+def consistent_sizes(
+    run: Run,
+    *,
+    config: FinetuneConfig,
+    candidates: range,
+    held_out: Callable[[int], Iterable[int]] = held_out_sizes,
+    exact: bool = False,
+) -> set[int]:
     """Every n for which each field of `run` is what the engine would have reported.
 
     `held_out(n)`: the test-split sizes the operator thinks possible next to n; `exact`: the report's
@@ -63,10 +69,17 @@ def consistent_sizes(run: Run, *, config: FinetuneConfig, candidates: range,
     for n in candidates:
         if pow2_at_least(n) != run.train_examples_pow2:
             continue
-        budget = plan_budget(n=n, config=config.replace(lr=float(h["lr"])), strategy_lr=strategy.default_lr,
-                             strategy_clip=strategy.dp_clip)
-        if (h["steps"], h["batch_size"], h["eval_every"]) != (str(budget.steps), str(budget.batch_size),
-                                                              str(budget.eval_every)):
+        budget = plan_budget(
+            n=n,
+            config=config.replace(lr=float(h["lr"])),
+            strategy_lr=strategy.default_lr,
+            strategy_clip=strategy.dp_clip,
+        )
+        if (h["steps"], h["batch_size"], h["eval_every"]) != (
+            str(budget.steps),
+            str(budget.batch_size),
+            str(budget.eval_every),
+        ):
             continue
         if run.privacy.dp:
             if budget not in privacy_fits:
@@ -77,8 +90,9 @@ def consistent_sizes(run: Run, *, config: FinetuneConfig, candidates: range,
         tied = exact or grid == fraction_grid(run.train_examples_pow2)  # else: a few-label test split
         if tied and not any(fraction_fits(run.metrics["accuracy"], denominator=m, grid=grid) for m in held_out(n)):
             continue
-        if "cv/accuracy" in run.metrics and not fraction_fits(run.metrics["cv/accuracy"], denominator=n,
-                                                              grid=training_fraction_grid(run.train_examples_pow2)):
+        if "cv/accuracy" in run.metrics and not fraction_fits(
+            run.metrics["cv/accuracy"], denominator=n, grid=training_fraction_grid(run.train_examples_pow2)
+        ):
             continue
         out.add(n)
     return out
@@ -86,17 +100,28 @@ def consistent_sizes(run: Run, *, config: FinetuneConfig, candidates: range,
 
 def _privacy_fits(run: Run, *, config: FinetuneConfig, budget) -> bool:
     assert config.privacy is not None
-    if run.privacy.delta != default_delta(budget.bucket) \
-            or run.hyperparameters["dp_sample_rate"] != f"{budget.sample_rate:g}":
+    if (
+        run.privacy.delta != default_delta(budget.bucket)
+        or run.hyperparameters["dp_sample_rate"] != f"{budget.sample_rate:g}"
+    ):
         return False
     plan = plan_dp(config.privacy, budget=budget)
     if plan.noise_multiplier != run.privacy.noise_multiplier:
         return False
     # Early stopping ends a run at an evaluation: ε spent must match one of those step counts.
     taken = range(budget.eval_every, budget.steps + budget.eval_every, budget.eval_every)
-    return any(math.isclose(epsilon_of([(plan.noise_multiplier, plan.sample_rate, min(t, budget.steps))],
-                                       delta=plan.delta, accountant=plan.accountant),
-                            run.privacy.epsilon_spent, rel_tol=1e-9) for t in taken)
+    return any(
+        math.isclose(
+            epsilon_of(
+                [(plan.noise_multiplier, plan.sample_rate, min(t, budget.steps))],
+                delta=plan.delta,
+                accountant=plan.accountant,
+            ),
+            run.privacy.epsilon_spent,
+            rel_tol=1e-9,
+        )
+        for t in taken
+    )
 
 
 def bucket_of(run: Run) -> set[int]:
@@ -109,8 +134,9 @@ def dp_report(session_card):
     from finetune_helpers import tiny_model
 
     target = load_target("digits:classes=5-9", card=session_card, seed=0)  # all labels: a validation split
-    config = cfg(strategy="linear-probe", steps=6, eval_every=2, patience=1,
-                 privacy=PrivacyConfig(epsilon=3.0, accountant="rdp"))  # the σ the privacy tests solve too
+    config = cfg(
+        strategy="linear-probe", steps=6, eval_every=2, patience=1, privacy=PrivacyConfig(epsilon=3.0, accountant="rdp")
+    )  # the σ the privacy tests solve too
     outcome = adapt(tiny_model(), target=target, config=config, card=session_card)
     return outcome, outcome.to_run(run_id="r", model_version="m"), config
 
@@ -174,8 +200,11 @@ def test_a_private_search_report_carries_no_training_statistic(session_card):
     from finetune_helpers import tiny_model
 
     target = load_target("digits:shift=blur,per_class=10", card=session_card, seed=0)
-    config = cfg(steps=2, privacy=PrivacyConfig(epsilon=4.0, accountant="rdp"),
-                 search=SearchConfig(strategies=("linear-probe",), lrs=(1e-2, 3e-2), trials=2))
+    config = cfg(
+        steps=2,
+        privacy=PrivacyConfig(epsilon=4.0, accountant="rdp"),
+        search=SearchConfig(strategies=("linear-probe",), lrs=(1e-2, 3e-2), trials=2),
+    )
     outcome = adapt(tiny_model(), target=target, config=config, card=session_card)
     run = outcome.to_run(run_id="r", model_version="m")
     assert outcome.search is not None and outcome.search.private
@@ -184,5 +213,7 @@ def test_a_private_search_report_carries_no_training_statistic(session_card):
     assert "search_trials" not in run.hyperparameters and run.hyperparameters["seed"] == "0"
     assert run.wall_seconds == 0.0
     assert run.hyperparameters["search_grid"] == "linear-probe@0.01;linear-probe@0.03"
-    assert run.privacy.epsilon_spent == pytest.approx(outcome.search.selection.epsilon) and \
-        run.privacy.epsilon_spent <= 4.0 + 1e-9
+    assert (
+        run.privacy.epsilon_spent == pytest.approx(outcome.search.selection.epsilon)
+        and run.privacy.epsilon_spent <= 4.0 + 1e-9
+    )

@@ -49,10 +49,18 @@ def test_search_never_touches_test_or_validation_data_of_the_folds(model, card, 
 
     monkeypatch.setattr(search_mod, "finetune", spy)
     test_index = set(small_blur.test.index.tolist())
-    config = cfg(steps=4, batch_size=32, search=SearchConfig(strategies=("linear-probe", "full"), lrs=(1e-3, 1e-2),
-                                                             folds=3))
-    result = search(model, train=small_blur.train, val=small_blur.val, test=small_blur.test, config=config,
-                    card=card, label_names=small_blur.label_names)
+    config = cfg(
+        steps=4, batch_size=32, search=SearchConfig(strategies=("linear-probe", "full"), lrs=(1e-3, 1e-2), folds=3)
+    )
+    result = search(
+        model,
+        train=small_blur.train,
+        val=small_blur.val,
+        test=small_blur.test,
+        config=config,
+        card=card,
+        label_names=small_blur.label_names,
+    )
     # Every fold run, plus the final run (and its validation split, unless few-label mode has none).
     assert len(seen_train) == 2 * 2 * 3 + 1 + (small_blur.val is not None)
     for used in seen_train:
@@ -75,8 +83,9 @@ def test_few_label_search_folds_come_out_of_the_labels(model, card, session_card
 
     few = load_target("digits:shift=blur,per_class=3", card=session_card, seed=0)
     config = cfg(steps=3, search=SearchConfig(strategies=("linear-probe",), lrs=(1e-2,), folds=3))
-    result = search(model, train=few.train, val=None, test=few.test, config=config, card=card,
-                    label_names=few.label_names)
+    result = search(
+        model, train=few.train, val=None, test=few.test, config=config, card=card, label_names=few.label_names
+    )
     assert {len(f.val) for f in result.folds} == {10}  # 30 labels, 3 folds
     assert result.final.val_metrics is None and result.final.train_examples == 30
     # Fold runs use the budget of the whole training set (same bucket, same steps).
@@ -84,8 +93,13 @@ def test_few_label_search_folds_come_out_of_the_labels(model, card, session_card
 
 
 def test_default_lr_grid(model, card, small_blur):
-    result = search(model, train=small_blur.train, card=card, label_names=small_blur.label_names,
-                    config=cfg(steps=2, batch_size=64, search=SearchConfig(strategies=("linear-probe",), folds=2)))
+    result = search(
+        model,
+        train=small_blur.train,
+        card=card,
+        label_names=small_blur.label_names,
+        config=cfg(steps=2, batch_size=64, search=SearchConfig(strategies=("linear-probe",), folds=2)),
+    )
     assert [r.lr for r in result.rows] == pytest.approx([3e-3, 1e-2, 3e-2])
 
 
@@ -95,7 +109,9 @@ def test_truncated_negative_binomial():
             gamma = tnb_gamma(mean, shape)
             assert tnb_mean(gamma, shape) == pytest.approx(mean, rel=1e-6)
             p = tnb_pmf(4000, gamma=gamma, shape=shape)
-            assert p.sum() == pytest.approx(1.0) and float(np.dot(np.arange(1, 4001), p)) == pytest.approx(mean, rel=1e-3)
+            assert p.sum() == pytest.approx(1.0) and float(np.dot(np.arange(1, 4001), p)) == pytest.approx(
+                mean, rel=1e-3
+            )
     assert tnb_gamma(4.0, 1.0) == pytest.approx(0.25)  # geometric: E[K] = 1/γ
     rng = np.random.default_rng(0)
     draws = [sample_trials(rng, mean=5.0, shape=0.0) for _ in range(4000)]
@@ -139,17 +155,36 @@ def test_holdout_assignment_is_per_example():
 
 def test_private_search_is_charged_as_a_whole_or_refused(tmp_path, model, card, small_blur):
     ledger = PrivacyLedger.in_cache(tmp_path)
-    config = cfg(steps=4, batch_size=32,
-                 privacy=PrivacyConfig(epsilon=3.0, accountant="rdp", budget=2.0),
-                 search=SearchConfig(strategies=("linear-probe",), lrs=(1e-2, 3e-2), trials=2))
+    config = cfg(
+        steps=4,
+        batch_size=32,
+        privacy=PrivacyConfig(epsilon=3.0, accountant="rdp", budget=2.0),
+        search=SearchConfig(strategies=("linear-probe",), lrs=(1e-2, 3e-2), trials=2),
+    )
     with pytest.raises(PrivacyBudgetExceededError, match="privacy budget exceeded"):
-        search(model, train=small_blur.train, test=small_blur.test, config=config, card=card,
-               label_names=small_blur.label_names, ledger=ledger, dataset_id="d")
+        search(
+            model,
+            train=small_blur.train,
+            test=small_blur.test,
+            config=config,
+            card=card,
+            label_names=small_blur.label_names,
+            ledger=ledger,
+            dataset_id="d",
+        )
     assert ledger.status("d").spent == 0  # refused before anything trained
 
     config = config.replace(privacy=PrivacyConfig(epsilon=3.0, accountant="rdp", budget=10.0))
-    result = search(model, train=small_blur.train, test=small_blur.test, config=config, card=card,
-                    label_names=small_blur.label_names, ledger=ledger, dataset_id="d")
+    result = search(
+        model,
+        train=small_blur.train,
+        test=small_blur.test,
+        config=config,
+        card=card,
+        label_names=small_blur.label_names,
+        ledger=ledger,
+        dataset_id="d",
+    )
     assert result.private and result.epsilon_total == pytest.approx(result.selection.epsilon)
     assert result.epsilon_total <= 3.0 + 1e-9
     assert ledger.status("d").spent == pytest.approx(result.epsilon_total)

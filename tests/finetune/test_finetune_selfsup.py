@@ -9,8 +9,7 @@ from finetune_helpers import cfg, changed, snapshot, tiny_model
 from xfer.client.finetune.config import FinetuneConfig, PrivacyConfig, SelfPretrainConfig
 from xfer.client.finetune.errors import FinetuneError, PrivacyError
 from xfer.client.finetune.pipeline import adapt
-from xfer.client.finetune.selfsup import (Contrastive, MaskedReconstruction, pretext_pool, self_pretrain,
-                                          split_privacy)
+from xfer.client.finetune.selfsup import Contrastive, MaskedReconstruction, pretext_pool, self_pretrain, split_privacy
 from xfer.client.finetune.trainer import finetune
 
 
@@ -49,8 +48,9 @@ def test_self_pretraining_trains_a_copy_of_the_body_only_and_lowers_its_loss(blu
     model = tiny_model()
     before = snapshot(model)
     pool = pretext_pool(blur)
-    result = self_pretrain(model, data=pool, config=SelfPretrainConfig(steps=60, objective=objective, lr=3e-3),
-                           device="cpu", seed=0)
+    result = self_pretrain(
+        model, data=pool, config=SelfPretrainConfig(steps=60, objective=objective, lr=3e-3), device="cpu", seed=0
+    )
     assert result.steps_applied == 60 and result.bucket >= len(pool) > result.bucket // 2
     assert not changed(before, model)  # the pulled model is untouched
     moved = changed(before, result.model)
@@ -64,16 +64,23 @@ def test_self_pretraining_trains_a_copy_of_the_body_only_and_lowers_its_loss(blu
 def test_masked_self_pretraining_runs_under_dp_and_leaves_the_rest_of_epsilon(small_blur):
     privacy = PrivacyConfig(epsilon=4.0)
     pool = pretext_pool(small_blur)
-    result = self_pretrain(tiny_model(), data=pool, privacy=privacy, device="cpu", seed=0,
-                           config=SelfPretrainConfig(steps=20, objective="masked", epsilon_share=0.25))
+    result = self_pretrain(
+        tiny_model(),
+        data=pool,
+        privacy=privacy,
+        device="cpu",
+        seed=0,
+        config=SelfPretrainConfig(steps=20, objective="masked", epsilon_share=0.25),
+    )
     assert result.privacy is not None and 0 < result.privacy.epsilon_spent <= 1.0 + 1e-6
     assert result.finetune_privacy is not None and result.finetune_privacy.epsilon == pytest.approx(3.0)
     assert result.finetune_privacy.delta == pytest.approx(result.privacy.delta)
     first, rest = split_privacy(PrivacyConfig(epsilon=2.0, delta=1e-5), share=0.5, bucket=1024)
     assert (first.epsilon, rest.epsilon, first.delta, rest.delta) == (1.0, 1.0, 5e-6, 5e-6)
     with pytest.raises(PrivacyError, match="use 'masked'"):
-        self_pretrain(tiny_model(), data=pool, privacy=privacy, config=SelfPretrainConfig(steps=2,
-                                                                                         objective="contrastive"))
+        self_pretrain(
+            tiny_model(), data=pool, privacy=privacy, config=SelfPretrainConfig(steps=2, objective="contrastive")
+        )
     with pytest.raises(PrivacyError, match="couples the examples"):
         FinetuneConfig(privacy=privacy, self_pretrain=SelfPretrainConfig(steps=2, objective="contrastive"))
 
@@ -100,8 +107,12 @@ def test_adapt_self_pretrains_then_fine_tunes_and_reports_the_settings(small_blu
 
 
 def test_adapt_under_dp_counts_both_parts_of_epsilon(small_blur, card):
-    config = cfg(strategy="linear-probe", steps=10, privacy=PrivacyConfig(epsilon=4.0),
-                 self_pretrain=SelfPretrainConfig(steps=5, epsilon_share=0.5))
+    config = cfg(
+        strategy="linear-probe",
+        steps=10,
+        privacy=PrivacyConfig(epsilon=4.0),
+        self_pretrain=SelfPretrainConfig(steps=5, epsilon_share=0.5),
+    )
     outcome = adapt(tiny_model(), target=small_blur, config=config, card=card)
     run = outcome.to_run(run_id="r", model_version="models/m/versions/1")
     spent = outcome.pretext.privacy.epsilon_spent + outcome.result.privacy.epsilon_spent

@@ -39,13 +39,31 @@ def test_linear_probe_with_a_new_label_set_trains_standardised_but_never_under_d
     model = tiny_model()
     card = card_for_model(model, label_names=tuple("abcdefghij"), input_mean=(0.3,), input_std=(0.4,))
     data = load_target("digits:classes=5-9,per_class=10", card=card, seed=0)
-    plain = finetune(model, train=data.train, val=None, card=card, label_names=data.label_names,
-                     config=cfg(strategy="linear-probe", steps=20))
+    plain = finetune(
+        model,
+        train=data.train,
+        val=None,
+        card=card,
+        label_names=data.label_names,
+        config=cfg(strategy="linear-probe", steps=20),
+    )
     assert plain.hyperparameters["head_features"] == "standardized" and plain.head_reset
     assert type(plain.model.head_layer) is nn.Linear and plain.model.num_classes == 5
-    private = finetune(model, train=data.train, val=None, card=card, label_names=data.label_names,
-                       config=cfg(strategy="linear-probe", steps=20, privacy=PrivacyConfig(epsilon=4.0)))
+    private = finetune(
+        model,
+        train=data.train,
+        val=None,
+        card=card,
+        label_names=data.label_names,
+        config=cfg(strategy="linear-probe", steps=20, privacy=PrivacyConfig(epsilon=4.0)),
+    )
     assert "head_features" not in private.hyperparameters
-    kept = finetune(model, train=data.train, val=None, card=card, label_names=data.label_names,
-                    config=cfg(strategy="lp-ft", steps=20))
+    kept = finetune(
+        model,
+        train=data.train,
+        val=None,
+        card=card,
+        label_names=data.label_names,
+        config=cfg(strategy="lp-ft", steps=20),
+    )
     assert "head_features" not in kept.hyperparameters

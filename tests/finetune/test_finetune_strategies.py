@@ -7,13 +7,13 @@ import torch
 from finetune_helpers import cfg, changed, snapshot
 
 from xfer.client.finetune import strategies as S
+from xfer.client.finetune.data import load_target
 from xfer.client.finetune.errors import (
     DuplicateStrategyError,
     FinetuneError,
     StrategyError,
     UnknownStrategyError,
 )
-from xfer.client.finetune.data import load_target
 from xfer.client.finetune.trainer import finetune
 
 
@@ -26,13 +26,30 @@ def block_params(model) -> dict[str, set[str]]:
 
 
 def run(model, card, data, strategy, *, steps=8, lr=None, **kw):
-    return finetune(model, train=data.train, val=None, card=card, label_names=data.label_names,
-                    config=cfg(strategy=strategy, steps=steps, lr=lr, batch_size=64, **kw))
+    return finetune(
+        model,
+        train=data.train,
+        val=None,
+        card=card,
+        label_names=data.label_names,
+        config=cfg(strategy=strategy, steps=steps, lr=lr, batch_size=64, **kw),
+    )
 
 
 def test_registry_lists_all_strategies():
-    assert S.list_strategies() == ["full", "linear-probe", "lp-ft", "discriminative", "gradual-unfreeze",
-                                   "surgical:<block>", "surgical:auto", "tent", "shot", "aad", "nrc"]
+    assert S.list_strategies() == [
+        "full",
+        "linear-probe",
+        "lp-ft",
+        "discriminative",
+        "gradual-unfreeze",
+        "surgical:<block>",
+        "surgical:auto",
+        "tent",
+        "shot",
+        "aad",
+        "nrc",
+    ]
     assert isinstance(S.get_strategy("surgical:block1"), S.Surgical)
     assert isinstance(S.get_strategy("surgical:auto"), S.AutoRGN)
 
@@ -116,8 +133,7 @@ def test_lp_ft_probes_then_tunes_everything(model, card, blur):
 def test_discriminative_divides_lr_per_block_toward_input(model, card, blur):
     result = run(model, card, blur, "discriminative", steps=1, lr=1e-2)
     lrs = {g.name: g.lr for g in result.groups}
-    assert lrs == pytest.approx({"head": 1e-2, "block2": 1e-2 / 2.6, "block1": 1e-2 / 2.6**2,
-                                 "stem": 1e-2 / 2.6**3})
+    assert lrs == pytest.approx({"head": 1e-2, "block2": 1e-2 / 2.6, "block1": 1e-2 / 2.6**2, "stem": 1e-2 / 2.6**3})
 
 
 def test_gradual_unfreeze_adds_one_block_per_stage(model, card, blur):
@@ -125,12 +141,16 @@ def test_gradual_unfreeze_adds_one_block_per_stage(model, card, blur):
     stages = {}
     for g in result.groups:
         stages.setdefault(g.phase, set()).add(g.name)
-    assert stages == {"unfreeze-1": {"head"}, "unfreeze-2": {"head", "block2"},
-                      "unfreeze-3": {"head", "block2", "block1"},
-                      "unfreeze-4": {"head", "block2", "block1", "stem"}}
+    assert stages == {
+        "unfreeze-1": {"head"},
+        "unfreeze-2": {"head", "block2"},
+        "unfreeze-3": {"head", "block2", "block1"},
+        "unfreeze-4": {"head", "block2", "block1", "stem"},
+    }
     # Equal stages of steps // blocks; the last stage takes the rest.
-    assert [r.phase for r in result.history] == ["unfreeze-1"] * 2 + ["unfreeze-2"] * 2 + ["unfreeze-3"] * 2 + \
-        ["unfreeze-4"] * 3
+    assert [r.phase for r in result.history] == ["unfreeze-1"] * 2 + ["unfreeze-2"] * 2 + ["unfreeze-3"] * 2 + [
+        "unfreeze-4"
+    ] * 3
 
 
 def test_surgical_also_trains_a_reinitialised_head(model, card, session_card):
@@ -149,15 +169,22 @@ def test_surgical_also_trains_a_reinitialised_head(model, card, session_card):
 def test_auto_rgn_weights_match_direct_computation(model, card, blur):
     """The first step's LR scales are ‖g‖/‖θ‖ / max of that step's own gradient, and that step applies them."""
     batch = blur.train.subset(range(32))
-    result = finetune(model, train=batch, card=card, label_names=blur.label_names,
-                      config=cfg(strategy=S.AutoRGN(), steps=1, batch_size=32, lr=1e-3))
+    result = finetune(
+        model,
+        train=batch,
+        card=card,
+        label_names=blur.label_names,
+        config=cfg(strategy=S.AutoRGN(), steps=1, batch_size=32, lr=1e-3),
+    )
     direct_model = model
     direct_model.zero_grad()
     loss = torch.nn.functional.cross_entropy(direct_model(batch.x), batch.y)
     loss.backward()
     # ‖g‖/‖θ‖, with the documented RMS floor for tensors initialised at zero (GroupNorm biases here).
-    rgn = {n: float(p.grad.norm() / max(float(p.detach().norm()), S.RGN_RMS_FLOOR * p.numel() ** 0.5))
-           for n, p in direct_model.named_parameters()}
+    rgn = {
+        n: float(p.grad.norm() / max(float(p.detach().norm()), S.RGN_RMS_FLOOR * p.numel() ** 0.5))
+        for n, p in direct_model.named_parameters()
+    }
     assert any(float(p.detach().norm()) == 0 for p in direct_model.parameters())  # the floor is exercised
     top = max(rgn.values())
     expected = {n: r / top for n, r in rgn.items()}
@@ -182,8 +209,14 @@ def test_auto_rgn_trains_on_tiny_data(model, card, session_card):
     """Issue: with n <= 2 x batch every step used to be a measurement, so nothing trained."""
     few = load_target("digits:shift=invert,per_class=2", card=session_card, seed=0)  # 20 examples
     before = snapshot(model)
-    result = finetune(model, train=few.train, val=None, card=card, label_names=few.label_names,
-                      config=cfg(strategy="surgical:auto", steps=4, batch_size=64))
+    result = finetune(
+        model,
+        train=few.train,
+        val=None,
+        card=card,
+        label_names=few.label_names,
+        config=cfg(strategy="surgical:auto", steps=4, batch_size=64),
+    )
     assert result.steps_applied == 4
     assert changed(before, result.model) == set(before)
 
@@ -197,8 +230,9 @@ class _NoSteps(S.Strategy):
 
 def test_zero_optimizer_steps_is_an_error_not_a_result(model, card, blur):
     with pytest.raises(FinetuneError, match="applied no optimizer step"):
-        finetune(model, train=blur.train, card=card, label_names=blur.label_names,
-                 config=cfg(strategy=_NoSteps(), steps=5))
+        finetune(
+            model, train=blur.train, card=card, label_names=blur.label_names, config=cfg(strategy=_NoSteps(), steps=5)
+        )
 
 
 def test_rgn_helpers():

@@ -19,8 +19,14 @@ from xfer.client.finetune.trainer import finetune, needs_head_reset
 def test_head_reset_when_the_label_set_differs(model, card, session_card):
     five = load_target("digits:classes=5-9", card=session_card)
     assert needs_head_reset(model, label_names=five.label_names, card=card)
-    result = finetune(model, train=five.train, val=five.val, config=cfg(strategy="linear-probe", steps=5), card=card,
-                      label_names=five.label_names)
+    result = finetune(
+        model,
+        train=five.train,
+        val=five.val,
+        config=cfg(strategy="linear-probe", steps=5),
+        card=card,
+        label_names=five.label_names,
+    )
     assert result.head_reset and result.model.num_classes == 5
     assert result.model.config.num_classes == 5
     assert model.num_classes == 10  # the source is untouched
@@ -34,8 +40,13 @@ def test_head_reset_on_same_count_but_other_labels(model, card):
 
 def test_head_reset_on_request(model, card, blur):
     before = snapshot(model)
-    result = finetune(model, train=blur.train, config=cfg(strategy="surgical:block1", steps=2, reinit_head=True,
-                                                          lr=1e-9), card=card, label_names=blur.label_names)
+    result = finetune(
+        model,
+        train=blur.train,
+        config=cfg(strategy="surgical:block1", steps=2, reinit_head=True, lr=1e-9),
+        card=card,
+        label_names=blur.label_names,
+    )
     assert result.head_reset
     assert not torch.equal(result.model.head.weight, before["head.weight"])
 
@@ -72,16 +83,27 @@ def test_the_budget_is_steps_with_a_floor_and_depends_only_on_the_bucket():
 
 
 def test_runs_exactly_the_step_budget(model, card, blur):
-    result = finetune(model, train=blur.train, config=cfg(strategy="lp-ft", steps=13, batch_size=32), card=card,
-                      label_names=blur.label_names)
+    result = finetune(
+        model,
+        train=blur.train,
+        config=cfg(strategy="lp-ft", steps=13, batch_size=32),
+        card=card,
+        label_names=blur.label_names,
+    )
     assert result.steps_applied == 13 and result.hyperparameters["steps"] == "13"
     assert result.history[-1].step == 13
 
 
 def test_keeps_the_best_checkpoint_and_stops_early(model, card, blur):
     # A huge LR diverges after the first evaluations; the best (lowest validation loss) one is kept.
-    result = finetune(model, train=blur.train, val=blur.val, card=card, label_names=blur.label_names,
-                      config=cfg(strategy="full", steps=200, eval_every=10, lr=5.0, patience=2, schedule="constant"))
+    result = finetune(
+        model,
+        train=blur.train,
+        val=blur.val,
+        card=card,
+        label_names=blur.label_names,
+        config=cfg(strategy="full", steps=200, eval_every=10, lr=5.0, patience=2, schedule="constant"),
+    )
     losses = [r.val_loss for r in result.history]
     best = min(range(len(losses)), key=losses.__getitem__)
     assert result.best_step == result.history[best].step
@@ -92,13 +114,15 @@ def test_keeps_the_best_checkpoint_and_stops_early(model, card, blur):
 
 def test_few_label_mode_without_validation_keeps_the_last_step(model, card, session_card):
     few = load_target("digits:shift=blur,per_class=3", card=session_card, seed=0)
-    result = finetune(model, train=few.train, val=None, config=cfg(strategy="lp-ft", steps=10), card=card,
-                      label_names=few.label_names)
+    result = finetune(
+        model, train=few.train, val=None, config=cfg(strategy="lp-ft", steps=10), card=card, label_names=few.label_names
+    )
     assert result.val_metrics is None and result.best_step == 10
     assert all(r.val_loss is None for r in result.history)
     with pytest.raises(FinetuneError, match="patience .* needs a validation split"):
-        finetune(model, train=few.train, val=None, config=cfg(steps=4, patience=2), card=card,
-                 label_names=few.label_names)
+        finetune(
+            model, train=few.train, val=None, config=cfg(steps=4, patience=2), card=card, label_names=few.label_names
+        )
 
 
 def test_repeatable_on_cpu_and_seed_matters(model, card, blur):
@@ -111,9 +135,14 @@ def test_repeatable_on_cpu_and_seed_matters(model, card, blur):
 
 
 def test_learning_actually_happens(model, card, blur):
-    result = finetune(model, train=blur.train, val=blur.val, config=cfg(strategy="full", steps=60, lr=3e-3,
-                                                                        eval_every=20), card=card,
-                      label_names=blur.label_names)
+    result = finetune(
+        model,
+        train=blur.train,
+        val=blur.val,
+        config=cfg(strategy="full", steps=60, lr=3e-3, eval_every=20),
+        card=card,
+        label_names=blur.label_names,
+    )
     assert result.history[-1].train_loss < result.history[0].train_loss
     assert result.val_metrics.accuracy > 0.3  # 10 classes: chance is 0.1
 
@@ -145,7 +174,7 @@ def test_schedules():
     values = [slanted_triangular(t, 100) for t in range(100)]
     peak = values.index(max(values))
     assert peak == 10 and max(values) == pytest.approx(1.0) and values[0] == pytest.approx(1 / 32)
-    assert values[-1] < 0.05 and all(a <= b for a, b in itertools.pairwise(values[:peak + 1]))
+    assert values[-1] < 0.05 and all(a <= b for a, b in itertools.pairwise(values[: peak + 1]))
     assert constant(5, 10) == 1.0 and get_schedule("cosine") is cosine
 
 
@@ -158,7 +187,11 @@ def test_schedule_drives_the_lr(model, card, blur, monkeypatch):
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
-    finetune(model, train=blur.train, config=cfg(strategy="linear-probe", steps=12, lr=0.1,
-                                                 schedule="slanted-triangular"), card=card,
-             label_names=blur.label_names)
+    finetune(
+        model,
+        train=blur.train,
+        config=cfg(strategy="linear-probe", steps=12, lr=0.1, schedule="slanted-triangular"),
+        card=card,
+        label_names=blur.label_names,
+    )
     assert seen == pytest.approx([0.1 * slanted_triangular(t, 12) for t in range(12)])

@@ -26,8 +26,14 @@ def unlabelled(session_card) -> TargetData:
 
 
 def run(model, card, data, strategy, **fields):
-    return adapt_source_free(model, train=data.train, val=data.val, card=card, label_names=data.label_names,
-                             config=cfg(strategy=strategy, **{"steps": 6, "batch_size": 32, **fields}))
+    return adapt_source_free(
+        model,
+        train=data.train,
+        val=data.val,
+        card=card,
+        label_names=data.label_names,
+        config=cfg(strategy=strategy, **{"steps": 6, "batch_size": 32, **fields}),
+    )
 
 
 def test_unlabelled_spec_hides_train_and_val_labels(unlabelled):
@@ -45,11 +51,14 @@ def test_tent_trains_only_normalisation_affines(model, card, unlabelled):
     assert result.steps_applied == 6 and result.hyperparameters["labels"] == "none"
 
 
-@pytest.mark.parametrize("arch, config, kinds", [
-    ("convnet", {"width": 8, "depth": 2}, {"GroupNorm"}),
-    ("vit_tiny", {"image_size": 8, "patch_size": 4, "dim": 16, "depth": 1, "heads": 2}, {"LayerNorm"}),
-    ("efficientnet_lite", {"image_size": 32, "num_classes": 3}, {"ChannelAffine"}),
-])
+@pytest.mark.parametrize(
+    "arch, config, kinds",
+    [
+        ("convnet", {"width": 8, "depth": 2}, {"GroupNorm"}),
+        ("vit_tiny", {"image_size": 8, "patch_size": 4, "dim": 16, "depth": 1, "heads": 2}, {"LayerNorm"}),
+        ("efficientnet_lite", {"image_size": 32, "num_classes": 3}, {"ChannelAffine"}),
+    ],
+)
 def test_normalisation_affines_per_architecture(arch, config, kinds):
     model = create_model(arch, **config)
     found = normalisation_affines(model)
@@ -83,9 +92,11 @@ def test_tent_resets_to_the_source_every_reset_every_steps(model, card, unlabell
     reset = adapt_source_free(model, train=unlabelled.train, card=card, config=cfg(**base))
     assert reset.label_free["resets"] == 1
     # After the reset at step 4 the last two steps start again from the source weights.
-    never = adapt_source_free(model, train=unlabelled.train, card=card,
-                              config=cfg(**{**base, "strategy": Tent(reset_every=None)}))
+    never = adapt_source_free(
+        model, train=unlabelled.train, card=card, config=cfg(**{**base, "strategy": Tent(reset_every=None)})
+    )
     assert never.label_free["resets"] == 0
+
     def drift(adapted):
         return sum(float((p - q).detach().abs().sum()) for p, q in zip(adapted.parameters(), model.parameters()))
 
@@ -153,10 +164,16 @@ def test_dp_is_refused_for_losses_that_are_not_per_example(model, card, unlabell
 def test_tent_runs_under_dp_with_the_ledger(model, card, unlabelled, tmp_path):
     ledger = PrivacyLedger(tmp_path / "ledger.json")
     before = snapshot(model)
-    result = adapt_source_free(model, train=unlabelled.train, val=unlabelled.val, card=card,
-                               label_names=unlabelled.label_names, ledger=ledger, dataset_id="digits-target",
-                               config=cfg(strategy="tent", steps=4, privacy=PrivacyConfig(epsilon=3.0,
-                                                                                          accountant="rdp")))
+    result = adapt_source_free(
+        model,
+        train=unlabelled.train,
+        val=unlabelled.val,
+        card=card,
+        label_names=unlabelled.label_names,
+        ledger=ledger,
+        dataset_id="digits-target",
+        config=cfg(strategy="tent", steps=4, privacy=PrivacyConfig(epsilon=3.0, accountant="rdp")),
+    )
     assert result.privacy is not None and 0 < result.privacy.epsilon_spent <= 3.0 + 1e-9
     assert result.privacy.steps == 4
     assert ledger.status("digits-target").spent == pytest.approx(result.privacy.epsilon_spent)
@@ -171,14 +188,26 @@ def test_ghost_clipping_is_refused_for_tent(model, card, unlabelled):
 @pytest.mark.parametrize("strategy", ["lp-ft", "linear-probe", "full"])
 def test_supervised_strategies_on_unlabelled_data_name_the_source_free_ones(model, card, unlabelled, strategy):
     with pytest.raises(DataError) as info:
-        finetune(model, train=unlabelled.train, val=unlabelled.val, card=card, label_names=unlabelled.label_names,
-                 config=cfg(strategy=strategy, steps=2))
+        finetune(
+            model,
+            train=unlabelled.train,
+            val=unlabelled.val,
+            card=card,
+            label_names=unlabelled.label_names,
+            config=cfg(strategy=strategy, steps=2),
+        )
     assert all(name in str(info.value) for name in SOURCE_FREE) and strategy in str(info.value)
 
 
 def test_finetune_dispatches_source_free_strategies(model, card, unlabelled):
-    result = finetune(model, train=unlabelled.train, val=unlabelled.val, card=card,
-                      label_names=unlabelled.label_names, config=cfg(strategy="shot", steps=3, batch_size=32))
+    result = finetune(
+        model,
+        train=unlabelled.train,
+        val=unlabelled.val,
+        card=card,
+        label_names=unlabelled.label_names,
+        config=cfg(strategy="shot", steps=3, batch_size=32),
+    )
     assert result.strategy == "shot" and result.steps_applied == 3 and result.val_metrics is None
 
 
@@ -186,10 +215,12 @@ def test_labels_given_to_a_source_free_run_are_never_read(model, card, session_c
     labelled = load_target("digits:shift=blur", card=session_card, seed=0)
     wrong = TensorData(labelled.train.x, torch.full_like(labelled.train.y, 10_000), labelled.train.index)
     wrong_val = TensorData(labelled.val.x, torch.full_like(labelled.val.y, -3), labelled.val.index)
-    a = adapt_source_free(model, train=labelled.train, val=labelled.val, card=card,
-                          config=cfg(strategy="shot", steps=4, batch_size=32))
-    b = adapt_source_free(model, train=wrong, val=wrong_val, card=card,
-                          config=cfg(strategy="shot", steps=4, batch_size=32))
+    a = adapt_source_free(
+        model, train=labelled.train, val=labelled.val, card=card, config=cfg(strategy="shot", steps=4, batch_size=32)
+    )
+    b = adapt_source_free(
+        model, train=wrong, val=wrong_val, card=card, config=cfg(strategy="shot", steps=4, batch_size=32)
+    )
     for (name, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
         assert torch.equal(p, q), name
     assert a.label_free == b.label_free
@@ -198,11 +229,11 @@ def test_labels_given_to_a_source_free_run_are_never_read(model, card, session_c
 def test_source_free_keeps_the_source_classes(model, card, session_card):
     other = load_target("digits:classes=5-9,unlabeled", card=session_card, seed=0)
     with pytest.raises(DataError, match="share the source's classes"):
-        adapt_source_free(model, train=other.train, card=card, label_names=other.label_names,
-                          config=cfg(strategy="shot", steps=2))
+        adapt_source_free(
+            model, train=other.train, card=card, label_names=other.label_names, config=cfg(strategy="shot", steps=2)
+        )
     with pytest.raises(StrategyError, match="reinit-head"):
-        adapt_source_free(model, train=other.train, card=card, config=cfg(strategy="shot", steps=2,
-                                                                          reinit_head=True))
+        adapt_source_free(model, train=other.train, card=card, config=cfg(strategy="shot", steps=2, reinit_head=True))
 
 
 def test_checkpoint_is_the_best_label_free_score(model, card, unlabelled):
@@ -234,13 +265,20 @@ def test_every_source_free_strategy_is_registered():
 def test_source_free_converges_on_the_tiny_task(card, session_card):
     """A weak source (trained on clean digits) gains accuracy on blurred digits from SHOT, without labels."""
     clean = load_target("digits", card=session_card, seed=0)
-    source = finetune(tiny_model(), train=clean.train, val=clean.val, card=card, label_names=clean.label_names,
-                      config=cfg(strategy="full", steps=150, lr=3e-3)).model
+    source = finetune(
+        tiny_model(),
+        train=clean.train,
+        val=clean.val,
+        card=card,
+        label_names=clean.label_names,
+        config=cfg(strategy="full", steps=150, lr=3e-3),
+    ).model
     target = load_target("digits:shift=blur,severity=5,unlabeled", card=session_card, seed=0)
     from xfer.client.finetune.metrics import evaluate
 
     before = evaluate(source, target.test.x, target.test.y, label_names=target.label_names).accuracy
-    after = adapt_source_free(source, train=target.train, val=target.val, card=card,
-                              config=cfg(strategy="shot", steps=100)).model
+    after = adapt_source_free(
+        source, train=target.train, val=target.val, card=card, config=cfg(strategy="shot", steps=100)
+    ).model
     gained = evaluate(after, target.test.x, target.test.y, label_names=target.label_names).accuracy
     assert gained > before

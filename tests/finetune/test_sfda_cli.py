@@ -37,16 +37,48 @@ def test_unlabelled_adaptation_from_the_cli(tmp_path, source_model_dir):
         # Images without labels: an .npz with only `x`.
         np.savez(tmp_path / "unlabelled.npz", x=np.random.default_rng(0).random((60, 8, 8)).astype(np.float32))
         out, err = io.StringIO(), io.StringIO()
-        code = main(["finetune", "digits-convnet", str(tmp_path / "unlabelled.npz"), "--strategy", "shot", "--steps",
-                     "4", "--device", "cpu", "--out", str(tmp_path / "out"), "--run-id", "shot-1"],
-                    environ=env, stdout=out, stderr=err)
+        code = main(
+            [
+                "finetune",
+                "digits-convnet",
+                str(tmp_path / "unlabelled.npz"),
+                "--strategy",
+                "shot",
+                "--steps",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "out"),
+                "--run-id",
+                "shot-1",
+            ],
+            environ=env,
+            stdout=out,
+            stderr=err,
+        )
         assert code == 0, err.getvalue()
         assert "no labelled test split" in out.getvalue() and (tmp_path / "out" / "model.onnx").exists()
 
         # A built-in spec with hidden labels keeps its test labels for scoring only.
-        code = main(["finetune", "digits-convnet", "digits:shift=blur,unlabeled", "--strategy", "tent", "--device",
-                     "cpu", "--out", str(tmp_path / "out2"), "--run-id", "tent-1"], environ=env, stdout=out,
-                    stderr=err)
+        code = main(
+            [
+                "finetune",
+                "digits-convnet",
+                "digits:shift=blur,unlabeled",
+                "--strategy",
+                "tent",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "out2"),
+                "--run-id",
+                "tent-1",
+            ],
+            environ=env,
+            stdout=out,
+            stderr=err,
+        )
         assert code == 0, err.getvalue()
         with server.client(tmp_path / "op-cache", token="operator") as operator:
             runs = {r.run_id: r for r in operator.list_runs(model="digits-convnet")}
@@ -62,9 +94,23 @@ def test_unlabelled_adaptation_from_the_cli(tmp_path, source_model_dir):
             (["--strategy", "lp-ft"], "tent, shot, aad, nrc"),
         ):
             err = io.StringIO()
-            code = main(["finetune", "digits-convnet", "digits:shift=blur,unlabeled", *argv, "--steps", "2",
-                         "--device", "cpu", "--out", str(tmp_path / "refused")], environ=env, stdout=io.StringIO(),
-                        stderr=err)
+            code = main(
+                [
+                    "finetune",
+                    "digits-convnet",
+                    "digits:shift=blur,unlabeled",
+                    *argv,
+                    "--steps",
+                    "2",
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(tmp_path / "refused"),
+                ],
+                environ=env,
+                stdout=io.StringIO(),
+                stderr=err,
+            )
             assert code == EXIT_CODES["invalid_argument"] == 3, err.getvalue()
             assert reason in err.getvalue() and err.getvalue().startswith("xfer: error:")
         with server.client(tmp_path / "op-cache", token="operator") as operator:

@@ -32,7 +32,7 @@ def test_tent_entropy_is_a_mean_of_per_example_entropies():
     whole = logits.clone().requires_grad_(True)
     tent_loss(whole).backward()
     for i in range(6):
-        one = logits[i:i + 1].clone().requires_grad_(True)
+        one = logits[i : i + 1].clone().requires_grad_(True)
         tent_loss(one).backward()
         assert torch.allclose(whole.grad[i] * 6, one.grad[0], atol=1e-6)
 
@@ -48,7 +48,8 @@ def test_information_maximization_extremes():
     confident = torch.eye(k).repeat(2, 1)
     best = information_maximization(confident)
     assert best.entropy.item() == pytest.approx(0.0, abs=1e-3) and best.diversity.item() == pytest.approx(
-        math.log(k), abs=1e-3)
+        math.log(k), abs=1e-3
+    )
     # Collapsed onto one class: confident but not diverse, so IM is worse than the optimum.
     collapsed = information_maximization(torch.eye(k)[[0] * 10])
     assert collapsed.loss.item() > best.loss.item() + 1.0
@@ -64,7 +65,8 @@ def test_shot_loss_is_im_plus_weighted_cross_entropy():
     expected = 0.3 * F.cross_entropy(logits, labels) + entropy - torch.sum(-mean * torch.log(mean + 1e-5))
     assert shot_loss(logits, labels, cls_weight=0.3).item() == pytest.approx(expected.item(), abs=1e-6)
     assert shot_loss(logits, labels, cls_weight=0.0).item() == pytest.approx(
-        (expected - 0.3 * F.cross_entropy(logits, labels)).item(), abs=1e-6)
+        (expected - 0.3 * F.cross_entropy(logits, labels)).item(), abs=1e-6
+    )
 
 
 def _reference_obtain_label(features: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -133,7 +135,7 @@ def test_aad_loss_has_the_references_gradient():
     dot_neg = ((softmax_out @ softmax_out.T) * mask).sum(-1)
     (loss + torch.mean(dot_neg) * alpha).backward()
     assert torch.allclose(ours, logits.grad, atol=1e-6)
-    assert aad_alpha(0.0) == 1.0 and aad_alpha(1.0) == pytest.approx(11.0 ** -5)
+    assert aad_alpha(0.0) == 1.0 and aad_alpha(1.0) == pytest.approx(11.0**-5)
 
 
 def test_nrc_loss_has_the_references_gradient():

@@ -86,16 +86,29 @@ def test_selection_never_sees_labels(model, card, session_card):
     g = torch.Generator().manual_seed(1)
     variants = {
         "true": (labelled.train, labelled.val),
-        "permuted": (_relabelled(labelled.train, labelled.train.y[torch.randperm(len(labelled.train), generator=g)]),
-                     _relabelled(labelled.val, labelled.val.y[torch.randperm(len(labelled.val), generator=g)])),
+        "permuted": (
+            _relabelled(labelled.train, labelled.train.y[torch.randperm(len(labelled.train), generator=g)]),
+            _relabelled(labelled.val, labelled.val.y[torch.randperm(len(labelled.val), generator=g)]),
+        ),
         "none": (labelled.train.without_labels(), labelled.val.without_labels()),
     }
     found = {}
     for name, (train, val) in variants.items():
-        found[name] = select_source_free(model, train=train, val=val, test=labelled.test, card=card,
-                                         label_names=labelled.label_names,
-                                         config=cfg(strategy="shot", steps=6, batch_size=32, eval_every=2,
-                                                    search=SearchConfig(strategies=("shot",), lrs=(1e-4, 3e-3))))
+        found[name] = select_source_free(
+            model,
+            train=train,
+            val=val,
+            test=labelled.test,
+            card=card,
+            label_names=labelled.label_names,
+            config=cfg(
+                strategy="shot",
+                steps=6,
+                batch_size=32,
+                eval_every=2,
+                search=SearchConfig(strategies=("shot",), lrs=(1e-4, 3e-3)),
+            ),
+        )
     rows = {name: [(r.strategy, r.lr, r.value, r.step) for r in f.rows] for name, f in found.items()}
     assert rows["true"] == rows["permuted"] == rows["none"]
     picked = {name: (f.best.lr, f.best.step) for name, f in found.items()}
@@ -108,9 +121,15 @@ def test_selection_never_sees_labels(model, card, session_card):
 
 
 def test_selection_picks_the_best_criterion_over_lr_and_steps(model, card, unlabelled):
-    found = select_source_free(model, train=unlabelled.train, val=unlabelled.val, test=unlabelled.test, card=card,
-                               label_names=unlabelled.label_names,
-                               config=cfg(steps=6, batch_size=32, eval_every=3, search=GRID))
+    found = select_source_free(
+        model,
+        train=unlabelled.train,
+        val=unlabelled.val,
+        test=unlabelled.test,
+        card=card,
+        label_names=unlabelled.label_names,
+        config=cfg(steps=6, batch_size=32, eval_every=3, search=GRID),
+    )
     assert [(r.strategy, r.lr) for r in found.rows] == [(s, lr) for s in ("tent", "shot") for lr in (1e-4, 1e-3)]
     assert found.best.value == max(r.value for r in found.rows)
     assert found.final.hyperparameters["lr"] == f"{found.best.lr:g}"
@@ -120,14 +139,18 @@ def test_selection_picks_the_best_criterion_over_lr_and_steps(model, card, unlab
 
 def test_selection_refuses_dp_mixed_grids_and_missing_validation(model, card, unlabelled):
     with pytest.raises(PrivacyError, match="add up over the grid"):
-        select_source_free(model, train=unlabelled.train, val=unlabelled.val, card=card,
-                           config=cfg(steps=2, search=GRID, privacy=PrivacyConfig(epsilon=1.0)))
+        select_source_free(
+            model,
+            train=unlabelled.train,
+            val=unlabelled.val,
+            card=card,
+            config=cfg(steps=2, search=GRID, privacy=PrivacyConfig(epsilon=1.0)),
+        )
     with pytest.raises(SearchError, match="validation split"):
         select_source_free(model, train=unlabelled.train, val=None, card=card, config=cfg(steps=2, search=GRID))
     target = dataclasses.replace(unlabelled)
     with pytest.raises(SearchError, match="cannot mix"):
-        adapt(model, target=target, card=card,
-              config=cfg(steps=2, search=SearchConfig(strategies=("shot", "lp-ft"))))
+        adapt(model, target=target, card=card, config=cfg(steps=2, search=SearchConfig(strategies=("shot", "lp-ft"))))
 
 
 def test_supervised_search_on_unlabelled_data_names_the_source_free_strategies(model, card, unlabelled):
@@ -136,8 +159,13 @@ def test_supervised_search_on_unlabelled_data_names_the_source_free_strategies(m
 
 
 def test_adapt_reports_what_it_can_without_labels(model, card, unlabelled, tmp_path):
-    outcome = adapt(model, target=unlabelled, card=card, out_dir=tmp_path / "out",
-                    config=cfg(strategy="shot", steps=6, batch_size=32))
+    outcome = adapt(
+        model,
+        target=unlabelled,
+        card=card,
+        out_dir=tmp_path / "out",
+        config=cfg(strategy="shot", steps=6, batch_size=32),
+    )
     run = outcome.to_run(run_id="sfda-1", model_version="digits-convnet:1")
     n = len(unlabelled.train)
     assert run.train_examples_pow2 == 1 << (n - 1).bit_length()
@@ -169,8 +197,12 @@ def test_adapt_without_any_labels_reports_no_accuracy(model, card, tmp_path):
 
 
 def test_label_free_search_through_adapt(model, card, unlabelled):
-    outcome = adapt(model, target=unlabelled, card=card,
-                    config=cfg(steps=4, batch_size=32, search=SearchConfig(strategies=("shot",), lrs=(1e-4, 1e-3))))
+    outcome = adapt(
+        model,
+        target=unlabelled,
+        card=card,
+        config=cfg(steps=4, batch_size=32, search=SearchConfig(strategies=("shot",), lrs=(1e-4, 1e-3))),
+    )
     assert isinstance(outcome.search, LabelFreeSearch)
     hyper = outcome.hyperparameters()
     assert hyper["search"] == "label-free" and hyper["search_criterion"] == "im"

@@ -31,8 +31,14 @@ def test_memorised_members_are_found_and_an_untrained_model_leaks_nothing():
     recipe = FitConfig(epochs=60, batch_size=32, lr=1e-2, seed=0)
     torch.manual_seed(0)
     trained = fit(make_mlp(), *members, recipe).model
-    attacks = audit_membership(model=trained, make_model=make_mlp, members=members, non_members=non_members,
-                               fit_config=recipe, config=AuditConfig(reference_pairs=1))
+    attacks = audit_membership(
+        model=trained,
+        make_model=make_mlp,
+        members=members,
+        non_members=non_members,
+        fit_config=recipe,
+        config=AuditConfig(reference_pairs=1),
+    )
     by_name = {a.attack: a for a in attacks}
     assert set(by_name) == {"loss-threshold", "rmia-offline"}
     assert by_name["loss-threshold"].auc > 0.9 and by_name["rmia-offline"].auc > 0.9
@@ -40,19 +46,37 @@ def test_memorised_members_are_found_and_an_untrained_model_leaks_nothing():
     assert all(a.members == 120 and a.non_members == 120 for a in attacks)
 
     torch.manual_seed(1)
-    blank = audit_membership(model=make_mlp(), make_model=make_mlp, members=members, non_members=non_members,
-                             fit_config=recipe, config=AuditConfig(reference_pairs=0))
+    blank = audit_membership(
+        model=make_mlp(),
+        make_model=make_mlp,
+        members=members,
+        non_members=non_members,
+        fit_config=recipe,
+        config=AuditConfig(reference_pairs=0),
+    )
     assert len(blank) == 1 and blank[0].auc_low < 0.5 < blank[0].auc_high
 
 
 def test_max_members_subsamples_and_too_few_examples_are_refused():
     members, non_members = random_data(50, 0), random_data(20, 1)
-    attacks = audit_membership(model=make_mlp(), make_model=make_mlp, members=members, non_members=non_members,
-                               fit_config=FitConfig(epochs=1), config=AuditConfig(reference_pairs=0, max_members=10))
+    attacks = audit_membership(
+        model=make_mlp(),
+        make_model=make_mlp,
+        members=members,
+        non_members=non_members,
+        fit_config=FitConfig(epochs=1),
+        config=AuditConfig(reference_pairs=0, max_members=10),
+    )
     assert attacks[0].members == 10
     with pytest.raises(ValueError, match="at least 2"):
-        audit_membership(model=make_mlp(), make_model=make_mlp, members=random_data(1, 0), non_members=non_members,
-                         fit_config=FitConfig(epochs=1), config=AuditConfig(reference_pairs=0))
+        audit_membership(
+            model=make_mlp(),
+            make_model=make_mlp,
+            members=random_data(1, 0),
+            non_members=non_members,
+            fit_config=FitConfig(epochs=1),
+            config=AuditConfig(reference_pairs=0),
+        )
 
 
 def test_the_canary_audit_never_exceeds_the_claimed_epsilon_on_dp_training():
@@ -74,8 +98,25 @@ def test_the_canary_audit_needs_dp():
 def test_train_with_audit_writes_the_audit_into_the_card(tmp_path):
     from xfer.models.train import main
 
-    assert main(["--data", "digits", "--out", str(tmp_path), "--epochs", "2", "--max-examples", "300", "--audit",
-                 "--audit-reference-pairs", "0", "--json"]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                "digits",
+                "--out",
+                str(tmp_path),
+                "--epochs",
+                "2",
+                "--max-examples",
+                "300",
+                "--audit",
+                "--audit-reference-pairs",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     card = ModelCard.from_dict(json.loads((tmp_path / "card.json").read_text()))
     validate_card(card)
     assert card.audit is not None and card.audit.dp is None
@@ -96,15 +137,30 @@ def test_standalone_audit_of_a_folder_from_data_specs(tmp_path, capsys):
     for name, (x, y) in {"in": members, "out": non_members}.items():
         np.savez(tmp_path / f"{name}.npz", x=x.numpy(), y=y.numpy(), label_names=np.array(["a", "b", "c", "d"]))
     before = json.loads((tmp_path / "m" / "card.json").read_text())
-    code = main([str(tmp_path / "m"), "--members", str(tmp_path / "in.npz"), "--non-members",
-                 str(tmp_path / "out.npz"), "--epochs", "40", "--batch-size", "16", "--lr", "1e-2", "--json"])
+    code = main(
+        [
+            str(tmp_path / "m"),
+            "--members",
+            str(tmp_path / "in.npz"),
+            "--non-members",
+            str(tmp_path / "out.npz"),
+            "--epochs",
+            "40",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-2",
+            "--json",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     printed = json.loads(capsys.readouterr().out)
     after = json.loads((tmp_path / "m" / "card.json").read_text())
     assert after["audit"] == printed and after["artifacts"] == before["artifacts"]
     assert printed["attacks"][0]["auc"] > 0.8 and printed["attacks"][1]["reference_models"] == 2
-    bad = main([str(tmp_path / "m"), "--members", str(tmp_path / "missing.npz"), "--non-members",
-                str(tmp_path / "out.npz")])
+    bad = main(
+        [str(tmp_path / "m"), "--members", str(tmp_path / "missing.npz"), "--non-members", str(tmp_path / "out.npz")]
+    )
     assert bad != 0
 
 
@@ -114,8 +170,9 @@ def test_train_audit_lower_bound_never_exceeds_the_accountants_epsilon(tmp_path,
     """The product's own DP training (models.train, Opacus, PRV accountant) with --audit, on real images."""
     from xfer.models.train import train_source_model
 
-    result = train_source_model(out_dir=tmp_path, data="digits", epochs=5, seed=0, dp_epsilon=epsilon,
-                                audit=AuditConfig(reference_pairs=1))
+    result = train_source_model(
+        out_dir=tmp_path, data="digits", epochs=5, seed=0, dp_epsilon=epsilon, audit=AuditConfig(reference_pairs=1)
+    )
     dp = result.card.audit.dp
     assert dp is not None and dp.claimed_epsilon == pytest.approx(epsilon, rel=0.05)
     assert 0 <= dp.epsilon_lower_bound <= dp.claimed_epsilon

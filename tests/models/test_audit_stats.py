@@ -46,8 +46,10 @@ def test_tpr_at_fpr_never_exceeds_the_fpr_on_non_members():
         point = stats.tpr_at_fpr(members, non_members, fpr=fpr)
         assert point.achieved_fpr <= fpr
         assert point.tpr.low <= point.tpr.value <= point.tpr.high
-    assert stats.tpr_at_fpr(members, non_members, fpr=0.1).tpr.value > stats.tpr_at_fpr(
-        members, non_members, fpr=0.001).tpr.value
+    assert (
+        stats.tpr_at_fpr(members, non_members, fpr=0.1).tpr.value
+        > stats.tpr_at_fpr(members, non_members, fpr=0.001).tpr.value
+    )
 
 
 def test_perfect_separation_and_blind_guessing():
@@ -85,12 +87,19 @@ def _reference_p_value(m, r, v, eps, delta):
     return min(beta + alpha * delta * 2 * m, 1)
 
 
-@pytest.mark.parametrize(("m", "r", "v", "eps", "delta"), [
-    (1000, 100, 80, 1.0, 1e-5), (1000, 100, 80, 2.0, 0.0), (200, 50, 50, 4.0, 1e-3), (100, 10, 3, 0.5, 1e-5),
-])
+@pytest.mark.parametrize(
+    ("m", "r", "v", "eps", "delta"),
+    [
+        (1000, 100, 80, 1.0, 1e-5),
+        (1000, 100, 80, 2.0, 0.0),
+        (200, 50, 50, 4.0, 1e-3),
+        (100, 10, 3, 0.5, 1e-5),
+    ],
+)
 def test_p_value_is_the_papers_algorithm(m, r, v, eps, delta):
     assert one_run.p_value(m=m, r=r, v=v, epsilon=eps, delta=delta) == pytest.approx(
-        _reference_p_value(m, r, v, eps, delta), rel=1e-9, abs=1e-15)
+        _reference_p_value(m, r, v, eps, delta), rel=1e-9, abs=1e-15
+    )
 
 
 def test_the_delta_term_only_lowers_the_bound():

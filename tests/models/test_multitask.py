@@ -13,8 +13,15 @@ from xfer import models
 from xfer.models.card import ModelCard, TaskHead, validate_card
 from xfer.models.card_proto import card_from_proto, card_to_proto
 from xfer.models.errors import InvalidCardError
-from xfer.models.multitask import (MultiHeadNet, attach_task_heads, multitask_loss, parse_tasks, select_head,
-                                   task_targets, used_classes)
+from xfer.models.multitask import (
+    MultiHeadNet,
+    attach_task_heads,
+    multitask_loss,
+    parse_tasks,
+    select_head,
+    task_targets,
+    used_classes,
+)
 from xfer.models.train import train_source_model
 from xfer.models.weights import load_safetensors, model_from_card, save_safetensors, tensor_specs
 
@@ -33,19 +40,22 @@ def test_parse_tasks_reads_lists_groups_labels_and_weights():
     assert used_classes(tasks) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("items=0-4", "at least two tasks"),
-    ("Items=0-4;b=1,2", "must match"),
-    ("a=0-4;a=1,2", "names must differ"),
-    ("a=0-4;b=1", "at least two"),
-    ("a=0-4;b=1,1", "appears twice"),
-    ("a=0-4;b=0,1|1,2", "appears twice"),
-    ("a=0-4;b=3,12", "classes must be 0-9"),
-    ("a=0-4;b=1,2@heavy", "not a number"),
-    ("a=0-4;b=1,2@-1", ">= 0"),
-    ("a=0-4@0;b=1,2@0", "weight 0"),
-    ("a=0-4;b", "NAME=CLASSES"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("items=0-4", "at least two tasks"),
+        ("Items=0-4;b=1,2", "must match"),
+        ("a=0-4;a=1,2", "names must differ"),
+        ("a=0-4;b=1", "at least two"),
+        ("a=0-4;b=1,1", "appears twice"),
+        ("a=0-4;b=0,1|1,2", "appears twice"),
+        ("a=0-4;b=3,12", "classes must be 0-9"),
+        ("a=0-4;b=1,2@heavy", "not a number"),
+        ("a=0-4;b=1,2@-1", ">= 0"),
+        ("a=0-4@0;b=1,2@0", "weight 0"),
+        ("a=0-4;b", "NAME=CLASSES"),
+    ],
+)
 def test_parse_tasks_says_what_is_wrong(text, message):
     with pytest.raises(ValueError, match=message):
         parse_tasks(text, label_names=NAMES)
@@ -62,23 +72,26 @@ def test_multitask_loss_is_the_weighted_sum_of_task_losses_when_every_task_label
     logits = torch.randn(6, 5)
     targets = torch.tensor([[0, 1], [1, 0], [2, 1], [0, 0], [1, 1], [2, 0]])
     got = multitask_loss(logits, targets, sizes=[3, 2], weights=[1.0, 0.25])
-    want = (torch.nn.functional.cross_entropy(logits[:, :3], targets[:, 0])
-            + 0.25 * torch.nn.functional.cross_entropy(logits[:, 3:], targets[:, 1]))
+    want = torch.nn.functional.cross_entropy(logits[:, :3], targets[:, 0]) + 0.25 * torch.nn.functional.cross_entropy(
+        logits[:, 3:], targets[:, 1]
+    )
     torch.testing.assert_close(got, want)
     # An unlabelled task contributes nothing for that example.
     masked = targets.clone()
     masked[0, 1] = -1
     per_example = torch.nn.functional.cross_entropy(logits[0:1, 3:], targets[0:1, 1], reduction="sum")
-    torch.testing.assert_close(multitask_loss(logits, masked, sizes=[3, 2], weights=[1.0, 0.25]),
-                               got - 0.25 * per_example / 6)
+    torch.testing.assert_close(
+        multitask_loss(logits, masked, sizes=[3, 2], weights=[1.0, 0.25]), got - 0.25 * per_example / 6
+    )
 
 
 @pytest.fixture
 def multitask_card():
     model = models.create_model("convnet", width=8, depth=2, num_classes=3)
     heads = (TaskHead("items", 3, ("a", "b", "c")), TaskHead("coarse", 2, ("x", "y"), 0.5))
-    return models.card_for_model(model, label_names=("a", "b", "c"), tasks=heads, training_method="multitask",
-                                 training_settings={"epochs": "1"})
+    return models.card_for_model(
+        model, label_names=("a", "b", "c"), tasks=heads, training_method="multitask", training_settings={"epochs": "1"}
+    )
 
 
 def test_card_with_heads_round_trips_through_json_and_the_wire(multitask_card):
@@ -91,17 +104,20 @@ def test_card_with_heads_round_trips_through_json_and_the_wire(multitask_card):
         multitask_card.task("fine")
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"tasks": (TaskHead("items", 3, ("a", "b", "c")),)}, "2 to 16"),
-    ({"tasks": (TaskHead("items", 3, ("a", "b", "c")), TaskHead("items", 2))}, "distinct"),
-    ({"tasks": (TaskHead("items", 3, ("a", "b", "c")), TaskHead("Bad.name", 2))}, "must match"),
-    ({"tasks": (TaskHead("items", 3, ("a", "b", "c")), TaskHead("one", 1))}, ">= 2"),
-    ({"tasks": (TaskHead("items", 3, ("a", "b", "c")), TaskHead("w", 2, (), float("nan")))}, "loss_weight"),
-    ({"tasks": (TaskHead("items", 4), TaskHead("w", 2))}, "first task head"),
-    ({"training_method": "Meta Learning"}, "training_method"),
-    ({"training_method": "", "training_settings": {"ways": "5"}}, "need a training_method"),
-    ({"training_settings": {"Bad Key": "1"}}, "key"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tasks": (TaskHead("items", 3, ("a", "b", "c")),)}, "2 to 16"),
+        ({"tasks": (TaskHead("items", 3, ("a", "b", "c")), TaskHead("items", 2))}, "distinct"),
+        ({"tasks": (TaskHead("items", 3, ("a", "b", "c")), TaskHead("Bad.name", 2))}, "must match"),
+        ({"tasks": (TaskHead("items", 3, ("a", "b", "c")), TaskHead("one", 1))}, ">= 2"),
+        ({"tasks": (TaskHead("items", 3, ("a", "b", "c")), TaskHead("w", 2, (), float("nan")))}, "loss_weight"),
+        ({"tasks": (TaskHead("items", 4), TaskHead("w", 2))}, "first task head"),
+        ({"training_method": "Meta Learning"}, "training_method"),
+        ({"training_method": "", "training_settings": {"ways": "5"}}, "need a training_method"),
+        ({"training_settings": {"Bad Key": "1"}}, "key"),
+    ],
+)
 def test_card_checks_heads_and_training(multitask_card, change, message):
     with pytest.raises(InvalidCardError, match=message):
         validate_card(dataclasses.replace(multitask_card, **change))
@@ -154,8 +170,14 @@ def test_select_head_gives_a_plain_model_and_leaves_the_source_alone(multitask_c
 
 
 def test_training_with_tasks_writes_every_head_to_card_and_weights(tmp_path):
-    result = train_source_model(out_dir=tmp_path, arch="convnet", config={"width": 8, "depth": 2}, epochs=2, seed=0,
-                                tasks="items=0-4;parity=even:0,2,4,6,8|odd:1,3,5,7,9@0.5")
+    result = train_source_model(
+        out_dir=tmp_path,
+        arch="convnet",
+        config={"width": 8, "depth": 2},
+        epochs=2,
+        seed=0,
+        tasks="items=0-4;parity=even:0,2,4,6,8|odd:1,3,5,7,9@0.5",
+    )
     card = ModelCard.from_dict(json.loads((tmp_path / "card.json").read_text()))
     assert card.training_method == "multitask" and [t.name for t in card.tasks] == ["items", "parity"]
     assert card.tasks[1].loss_weight == 0.5 and card.label_names == ("0", "1", "2", "3", "4")
@@ -169,8 +191,7 @@ def test_training_with_tasks_writes_every_head_to_card_and_weights(tmp_path):
 
 
 def test_multitask_training_runs_under_dp(tmp_path):
-    result = train_source_model(out_dir=tmp_path, arch="mlp", epochs=1, dp_epsilon=4.0, seed=0,
-                                tasks="a=0-4;b=5-9")
+    result = train_source_model(out_dir=tmp_path, arch="mlp", epochs=1, dp_epsilon=4.0, seed=0, tasks="a=0-4;b=5-9")
     assert 0 < result.dp_epsilon <= 4.0 + 1e-6
     assert result.card.private and len(result.card.tasks) == 2
 

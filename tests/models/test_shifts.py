@@ -10,7 +10,7 @@ from xfer.models.shifts import INPUT_SHIFTS, SEVERITIES, apply_shift
 def images(n=20, size=28, channels=1, seed=0) -> ImageSet:
     rng = np.random.default_rng(seed)
     x = np.zeros((n, channels, size, size), dtype=np.float32)
-    x[:, :, size // 4: 3 * size // 4, size // 3: 2 * size // 3] = 1.0  # a bar, like a stroke
+    x[:, :, size // 4 : 3 * size // 4, size // 3 : 2 * size // 3] = 1.0  # a bar, like a stroke
     x = np.clip(x + rng.uniform(0, 0.1, x.shape), 0, 1).astype(np.float32)
     return ImageSet(x, np.arange(n) % 4, ("a", "b", "c", "d"), np.arange(n))
 

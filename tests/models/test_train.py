@@ -3,16 +3,17 @@ import json
 import onnxruntime as ort
 import pytest
 
+from xfer.models import fashion
 from xfer.models.card import ModelCard, validate_card
 from xfer.models.files import sha256_file
-from xfer.models import fashion
 from xfer.models.train import arch_config, main, train_source_model
 from xfer.models.weights import load_safetensors, model_from_card
 
 
 def test_train_writes_three_consistent_files(tmp_path):
-    result = train_source_model(out_dir=tmp_path, arch="convnet", config={"width": 8, "depth": 2},
-                                classes=[0, 1, 2, 3, 4], epochs=3, seed=1)
+    result = train_source_model(
+        out_dir=tmp_path, arch="convnet", config={"width": 8, "depth": 2}, classes=[0, 1, 2, 3, 4], epochs=3, seed=1
+    )
     card_file = json.loads((tmp_path / "card.json").read_text())
     card = ModelCard.from_dict(card_file)
     validate_card(card)
@@ -48,8 +49,7 @@ def test_every_architecture_trains_under_dp(tmp_path):
 
 
 def test_trains_on_28x28_data_sets(tmp_path):
-    result = train_source_model(out_dir=tmp_path, data="mnist5k", classes=[0, 1, 2], epochs=6, max_examples=600,
-                                seed=0)
+    result = train_source_model(out_dir=tmp_path, data="mnist5k", classes=[0, 1, 2], epochs=6, max_examples=600, seed=0)
     card = ModelCard.from_dict(json.loads((tmp_path / "card.json").read_text()))
     assert card.input_shape == (1, 28, 28) and card.architecture_config["stem_stride"] == 2
     assert card.label_names == ("0", "1", "2") and card.license == "BSD-3-Clause"
@@ -59,8 +59,23 @@ def test_trains_on_28x28_data_sets(tmp_path):
 
 @pytest.mark.skipif(not fashion.available(), reason=fashion.INSTALL_HINT)
 def test_trains_on_fashion_mnist(tmp_path):
-    assert main(["--data", "fashion-mnist", "--classes", "0-4", "--epochs", "1", "--max-examples", "400",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                "fashion-mnist",
+                "--classes",
+                "0-4",
+                "--epochs",
+                "1",
+                "--max-examples",
+                "400",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     card = ModelCard.from_dict(json.loads((tmp_path / "card.json").read_text()))
     assert card.label_names == fashion.LABEL_NAMES[:5] and card.license == "MIT"
 

@@ -8,8 +8,14 @@ import warnings
 import numpy as np
 import pytest
 
-from xfer.client.onnxhead.accounting import (GaussianAccountant, GaussianRelease, delta_for, epsilon_for, mu_for,
-                                             split_budget)
+from xfer.client.onnxhead.accounting import (
+    GaussianAccountant,
+    GaussianRelease,
+    delta_for,
+    epsilon_for,
+    mu_for,
+    split_budget,
+)
 from xfer.client.onnxhead.errors import HeadPrivacyError
 
 
@@ -83,12 +89,19 @@ def test_split_budget_spends_exactly_the_target():
     assert (1 / noise["a"] ** 2) / (50 / noise["b"] ** 2) == pytest.approx(0.3 / 0.7)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: mu_for(0.0, 1e-5), lambda: mu_for(float("nan"), 1e-5), lambda: mu_for(1.0, 0.0),
-    lambda: mu_for(1.0, 1.5), lambda: epsilon_for(float("nan"), 1e-5), lambda: GaussianRelease("x", 0.0),
-    lambda: GaussianRelease("x", 1.0, repetitions=0),
-    lambda: split_budget(epsilon=1.0, delta=1e-5, shares={"a": (0.5, 1)}),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: mu_for(0.0, 1e-5),
+        lambda: mu_for(float("nan"), 1e-5),
+        lambda: mu_for(1.0, 0.0),
+        lambda: mu_for(1.0, 1.5),
+        lambda: epsilon_for(float("nan"), 1e-5),
+        lambda: GaussianRelease("x", 0.0),
+        lambda: GaussianRelease("x", 1.0, repetitions=0),
+        lambda: split_budget(epsilon=1.0, delta=1e-5, shares={"a": (0.5, 1)}),
+    ],
+)
 def test_bad_privacy_parameters_raise_clear_errors(call):
     with pytest.raises(HeadPrivacyError):
         call()

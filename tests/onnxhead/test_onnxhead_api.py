@@ -21,8 +21,16 @@ from xfer.models.card import ModelCard, validate_card
 @pytest.mark.parametrize("strategy", ["logreg", "onnx-prototype"])
 def test_fit_writes_a_verified_model_card_and_metrics(convnet_source, digits_59, tmp_path, strategy):
     d = digits_59
-    result = fit_head(convnet_source.onnx, train=d.train, val=d.val, test=d.test, strategy=strategy,
-                      label_names=d.label_names, card=convnet_source.card, out_dir=tmp_path)
+    result = fit_head(
+        convnet_source.onnx,
+        train=d.train,
+        val=d.val,
+        test=d.test,
+        strategy=strategy,
+        label_names=d.label_names,
+        card=convnet_source.card,
+        out_dir=tmp_path,
+    )
     assert result.strategy in ("onnx-logreg", "onnx-prototype")
     assert result.test_metrics.accuracy > 0.6  # five classes: chance is 0.2
     assert result.verification.ok and result.surgery.removed_initializers == 2
@@ -43,8 +51,7 @@ def test_fit_writes_a_verified_model_card_and_metrics(convnet_source, digits_59,
 def test_objects_with_x_and_y_and_plain_tuples_give_the_same_head(convnet_source, digits_59):
     d = digits_59
     a = fit_head(convnet_source.onnx, train=d.train, strategy="prototype", config=HeadConfig(scale=5.0))
-    b = fit_head(convnet_source.onnx, train=(d.train.x, d.train.y), strategy="prototype",
-                 config=HeadConfig(scale=5.0))
+    b = fit_head(convnet_source.onnx, train=(d.train.x, d.train.y), strategy="prototype", config=HeadConfig(scale=5.0))
     np.testing.assert_array_equal(a.head.weight, b.head.weight)
     assert a.outputs is None and a.test_metrics is None
     with pytest.raises(HeadDataError, match="nothing to report"):
@@ -70,9 +77,17 @@ def test_label_problems_are_clear_errors(convnet_source, digits_59):
 def test_private_fit_charges_and_settles_the_shared_ledger(convnet_source, digits_59, tmp_path):
     d = digits_59
     ledger = PrivacyLedger(tmp_path / "ledger.json")
-    result = fit_head(convnet_source.onnx, train=d.train, test=d.test, strategy="logreg", label_names=d.label_names,
-                      privacy=PrivacyConfig(epsilon=2.0), ledger=ledger, dataset_id="digits-target",
-                      privacy_budget=3.0)
+    result = fit_head(
+        convnet_source.onnx,
+        train=d.train,
+        test=d.test,
+        strategy="logreg",
+        label_names=d.label_names,
+        privacy=PrivacyConfig(epsilon=2.0),
+        ledger=ledger,
+        dataset_id="digits-target",
+        privacy_budget=3.0,
+    )
     assert result.privacy.epsilon_spent == pytest.approx(2.0, rel=1e-9)
     assert result.privacy.delta == 1e-5 and result.privacy.max_grad_norm == 1.0
     names = [r.name for r in result.privacy.releases]
@@ -83,20 +98,33 @@ def test_private_fit_charges_and_settles_the_shared_ledger(convnet_source, digit
     assert run.privacy.dp and run.privacy.epsilon_spent == pytest.approx(2.0, rel=1e-9)
     # A second run would pass the budget: refused before the model is even opened.
     with pytest.raises(PrivacyBudgetExceededError):
-        fit_head(tmp_path / "no-such-model.onnx", train=d.train, strategy="prototype", privacy=PrivacyConfig(1.5),
-                 ledger=ledger, dataset_id="digits-target", out_dir=tmp_path / "out")
+        fit_head(
+            tmp_path / "no-such-model.onnx",
+            train=d.train,
+            strategy="prototype",
+            privacy=PrivacyConfig(1.5),
+            ledger=ledger,
+            dataset_id="digits-target",
+            out_dir=tmp_path / "out",
+        )
     assert not (tmp_path / "out").exists()
     assert ledger.status("digits-target").spent == pytest.approx(2.0, rel=1e-9)
 
 
 def test_a_fit_that_takes_no_step_is_an_error(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Mul", ["input", "zero"], ["features"]),
-         helper.make_node("Identity", ["features"], ["logits"])], "dead",
+        [
+            helper.make_node("Mul", ["input", "zero"], ["features"]),
+            helper.make_node("Identity", ["features"], ["logits"]),
+        ],
+        "dead",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4]),
-         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
-        initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4]),
+        ],
+        initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
     path = tmp_path / "dead.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)

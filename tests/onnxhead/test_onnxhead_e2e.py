@@ -39,7 +39,7 @@ def test_pull_fit_head_and_report_like_any_other_run(server, tmp_path):
         stored = {r.strategy: r for r in client.list_runs(model="digits-convnet")}
         board = client.summarize_runs(metric="accuracy", model="digits-convnet")
     assert set(stored) == {"onnx-logreg", "onnx-prototype"}
-    for head, (outcome, run) in outcomes.items():
+    for head, (_outcome, run) in outcomes.items():
         back = stored[f"onnx-{head}"]
         assert back.metrics == run.metrics and back.train_examples_pow2 == 128
         assert back.hyperparameters == run.hyperparameters

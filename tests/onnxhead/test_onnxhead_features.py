@@ -27,8 +27,11 @@ def test_memory_mapped_examples_are_read_in_batches(convnet_source, examples, tm
     path = tmp_path / "x.npy"
     np.save(path, examples.astype(np.float64))  # any float dtype is converted batch by batch
     mapped = np.load(path, mmap_mode="r")
-    np.testing.assert_allclose(extract_features(convnet_source.onnx, mapped, batch_size=8),
-                               extract_features(convnet_source.onnx, examples), rtol=1e-6)
+    np.testing.assert_allclose(
+        extract_features(convnet_source.onnx, mapped, batch_size=8),
+        extract_features(convnet_source.onnx, examples),
+        rtol=1e-6,
+    )
 
 
 def test_a_model_with_a_fixed_batch_size_gets_padded_batches(mlp_source, tmp_path):
@@ -58,9 +61,12 @@ def test_wrong_shapes_nan_and_empty_inputs_are_clear_errors(convnet_source):
 
 
 def test_a_model_without_features_is_refused(tmp_path):
-    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+    )
     path = tmp_path / "no-features.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(OnnxModelError, match="features"):
@@ -74,9 +80,13 @@ def test_non_finite_features_are_reported(tmp_path):
     # features = log(input): a negative input gives NaN features.
     graph = helper.make_graph(
         [helper.make_node("Log", ["input"], ["features"]), helper.make_node("Identity", ["features"], ["logits"])],
-        "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
-         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3])])
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 3]),
+        ],
+    )
     path = tmp_path / "log.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     with pytest.raises(HeadDataError, match="NaN or infinite features"):

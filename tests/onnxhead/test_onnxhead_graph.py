@@ -17,10 +17,14 @@ def _heads(dim: int, k: int, seed: int = 0) -> dict[str, LinearHead]:
     rng = np.random.default_rng(seed)
     return {
         "linear": LinearHead(rng.normal(size=(k, dim)), rng.normal(size=k)),
-        "cosine": LinearHead(rng.normal(size=(k, dim)), np.zeros(k),
-                             steps=(L2Normalize(), Center(rng.normal(size=dim) * 0.1), L2Normalize())),
-        "euclidean": LinearHead(rng.normal(size=(k, dim)), rng.normal(size=k),
-                                steps=(L2Normalize(), Center(rng.normal(size=dim) * 0.1))),
+        "cosine": LinearHead(
+            rng.normal(size=(k, dim)),
+            np.zeros(k),
+            steps=(L2Normalize(), Center(rng.normal(size=dim) * 0.1), L2Normalize()),
+        ),
+        "euclidean": LinearHead(
+            rng.normal(size=(k, dim)), rng.normal(size=k), steps=(L2Normalize(), Center(rng.normal(size=dim) * 0.1))
+        ),
     }
 
 
@@ -74,19 +78,30 @@ def test_opset_18_models_get_reduce_l2_with_axes_as_input(mlp_source, tmp_path):
     reduce = next(n for n in new.graph.node if n.op_type == "ReduceL2")
     assert len(reduce.input) == 2 and not any(a.name == "axes" for a in reduce.attribute)
     x = np.random.default_rng(3).normal(size=(5, 64)).astype(np.float32)
-    write_model(new, tmp_path / "m18.onnx",
-                check=lambda tmp: verify_head(tmp, head, x=x, features=extract_features(mlp_source.onnx, x)))
+    write_model(
+        new,
+        tmp_path / "m18.onnx",
+        check=lambda tmp: verify_head(tmp, head, x=x, features=extract_features(mlp_source.onnx, x)),
+    )
 
 
 def test_double_precision_features_get_a_double_head(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["features"]),
-         helper.make_node("Gemm", ["features", "w", "b"], ["logits"], transB=1)], "g",
+        [
+            helper.make_node("Relu", ["input"], ["features"]),
+            helper.make_node("Gemm", ["features", "w", "b"], ["logits"], transB=1),
+        ],
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.DOUBLE, ["batch", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["batch", 2]),
-         helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["batch", 3])],
-        initializer=[onnx.numpy_helper.from_array(np.ones((2, 3)), "w"),
-                     onnx.numpy_helper.from_array(np.zeros(2), "b")])
+        [
+            helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["batch", 2]),
+            helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["batch", 3]),
+        ],
+        initializer=[
+            onnx.numpy_helper.from_array(np.ones((2, 3)), "w"),
+            onnx.numpy_helper.from_array(np.zeros(2), "b"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     head = _heads(3, 4)["euclidean"]
     new, _ = replace_head(model, head)
@@ -132,10 +147,14 @@ def test_models_without_the_expected_outputs_are_refused(convnet_source):
 
 def test_a_node_computing_logits_and_kept_tensors_is_refused():
     graph = helper.make_graph(
-        [helper.make_node("Split", ["input"], ["features", "logits"], axis=1, num_outputs=2)], "g",
+        [helper.make_node("Split", ["input"], ["features", "logits"], axis=1, num_outputs=2)],
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
-         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 2])])
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 2]),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     with pytest.raises(OnnxModelError, match="cannot be replaced"):
         replace_head(model, _heads(2, 3)["linear"])

@@ -8,8 +8,16 @@ from onnxhead_helpers import blobs
 
 from xfer.client.onnxhead.head import softmax
 from xfer.client.onnxhead.lbfgs import minimize_lbfgs
-from xfer.client.onnxhead.logreg import (DEFAULT_L2, L2_GRID, Standardizer, fit_logreg, fit_multinomial, objective,
-                                         select_l2, stratified_folds)
+from xfer.client.onnxhead.logreg import (
+    DEFAULT_L2,
+    L2_GRID,
+    Standardizer,
+    fit_logreg,
+    fit_multinomial,
+    objective,
+    select_l2,
+    stratified_folds,
+)
 
 
 def test_lbfgs_minimises_rosenbrock():
@@ -29,9 +37,16 @@ def test_gradient_matches_finite_differences():
     theta = np.random.default_rng(0).normal(size=3 * 7)
     _, grad = objective(theta, xt=xt, y=y, num_classes=3, l2=0.1)
     eps = 1e-6
-    numeric = np.array([(objective(theta + eps * e, xt=xt, y=y, num_classes=3, l2=0.1)[0]
-                         - objective(theta - eps * e, xt=xt, y=y, num_classes=3, l2=0.1)[0]) / (2 * eps)
-                        for e in np.eye(len(theta))])
+    numeric = np.array(
+        [
+            (
+                objective(theta + eps * e, xt=xt, y=y, num_classes=3, l2=0.1)[0]
+                - objective(theta - eps * e, xt=xt, y=y, num_classes=3, l2=0.1)[0]
+            )
+            / (2 * eps)
+            for e in np.eye(len(theta))
+        ]
+    )
     np.testing.assert_allclose(grad, numeric, atol=1e-7)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import argparse, importlib.abc, json, sys
     from pathlib import Path
 
@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent('''
     leaked = sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED)
     assert not leaked, leaked
     print(json.dumps(results))
-''')
+""")
 
 
 def test_fit_head_runs_without_torch_opacus_or_scikit_learn(convnet_source, tmp_path):
@@ -69,10 +69,19 @@ def test_fit_head_runs_without_torch_opacus_or_scikit_learn(convnet_source, tmp_
     data = select_classes(load_pool("target"), [5, 6, 7, 8, 9])
     npz = tmp_path / "data.npz"
     np.savez(npz, x=data.x, y=data.y, label_names=np.array(data.label_names))
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(convnet_source.onnx), str(npz), str(tmp_path)],
-                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(convnet_source.onnx), str(npz), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = __import__("json").loads(done.stdout.strip().splitlines()[-1])
-    assert [(s, dp) for s, dp, _ in results] == [("onnx-logreg", False), ("onnx-logreg", True),
-                                                ("onnx-prototype", False), ("onnx-prototype", True)]
+    assert [(s, dp) for s, dp, _ in results] == [
+        ("onnx-logreg", False),
+        ("onnx-logreg", True),
+        ("onnx-prototype", False),
+        ("onnx-prototype", True),
+    ]
     assert all(0.0 <= acc <= 1.0 for _, _, acc in results)

@@ -8,8 +8,14 @@ from onnxhead_helpers import blobs
 
 from xfer.client.onnxhead.accounting import GaussianAccountant, split_budget
 from xfer.client.onnxhead.errors import HeadPrivacyError
-from xfer.client.onnxhead.private import (NoisyGDConfig, PrivacyConfig, clipped_gradient_sum, default_delta,
-                                          private_logreg, private_prototype)
+from xfer.client.onnxhead.private import (
+    NoisyGDConfig,
+    PrivacyConfig,
+    clipped_gradient_sum,
+    default_delta,
+    private_logreg,
+    private_prototype,
+)
 from xfer.client.onnxhead.stats import class_stats, counts_share, privatise, unit_features
 
 
@@ -73,11 +79,29 @@ def test_epsilon_spent_is_the_target_and_large_epsilon_recovers_the_clean_fit(he
         acc = GaussianAccountant()
         config = PrivacyConfig(epsilon=epsilon, noise_seed=3)
         if head == "prototype":
-            fitted = private_prototype(u, y, num_classes=3, metric="cosine", scale=None, val=None, epsilon=epsilon,
-                                       delta=1e-5, config=config, accountant=acc).head
+            fitted = private_prototype(
+                u,
+                y,
+                num_classes=3,
+                metric="cosine",
+                scale=None,
+                val=None,
+                epsilon=epsilon,
+                delta=1e-5,
+                config=config,
+                accountant=acc,
+            ).head
         else:
-            fitted = private_logreg(u, y, num_classes=3, gd=NoisyGDConfig(steps=50), epsilon=epsilon, delta=1e-5,
-                                    config=config, accountant=acc)
+            fitted = private_logreg(
+                u,
+                y,
+                num_classes=3,
+                gd=NoisyGDConfig(steps=50),
+                epsilon=epsilon,
+                delta=1e-5,
+                config=config,
+                accountant=acc,
+            )
         assert acc.epsilon(1e-5) == pytest.approx(epsilon, rel=1e-9)
         assert fitted.is_finite()
         results[epsilon] = np.mean(fitted.logits(f).argmax(axis=1) == y)
@@ -89,16 +113,32 @@ def test_noise_is_fresh_unless_a_seed_is_given():
     u = unit_features(f)
 
     def fit(seed):
-        return private_prototype(u, y, num_classes=2, metric="euclidean", scale=1.0, val=None, epsilon=1.0,
-                                 delta=1e-5, config=PrivacyConfig(epsilon=1.0, noise_seed=seed),
-                                 accountant=GaussianAccountant()).head.weight
+        return private_prototype(
+            u,
+            y,
+            num_classes=2,
+            metric="euclidean",
+            scale=1.0,
+            val=None,
+            epsilon=1.0,
+            delta=1e-5,
+            config=PrivacyConfig(epsilon=1.0, noise_seed=seed),
+            accountant=GaussianAccountant(),
+        ).head.weight
 
     assert not np.array_equal(fit(None), fit(None))
     assert np.array_equal(fit(5), fit(5))
 
 
-@pytest.mark.parametrize("kwargs", [{"epsilon": 0.0}, {"epsilon": float("inf")}, {"epsilon": 1.0, "delta": 1.0},
-                                    {"epsilon": 1.0, "max_grad_norm": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"epsilon": 0.0},
+        {"epsilon": float("inf")},
+        {"epsilon": 1.0, "delta": 1.0},
+        {"epsilon": 1.0, "max_grad_norm": 0.0},
+    ],
+)
 def test_bad_privacy_configs_raise(kwargs):
     with pytest.raises(HeadPrivacyError):
         PrivacyConfig(**kwargs)

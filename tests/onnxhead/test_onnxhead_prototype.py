@@ -35,8 +35,11 @@ def test_head_logits_follow_their_definition(metric):
     head = fit_prototype(stats=stats, metric=metric, scale=7.0, private=False).head
     z = test / np.linalg.norm(test, axis=1, keepdims=True) - m
     if metric == "cosine":
-        want = 7.0 * (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (
-            centred / np.linalg.norm(centred, axis=1, keepdims=True)).T
+        want = (
+            7.0
+            * (z / np.linalg.norm(z, axis=1, keepdims=True))
+            @ (centred / np.linalg.norm(centred, axis=1, keepdims=True)).T
+        )
     else:
         sq = ((z[:, None, :] - centred[None]) ** 2).sum(axis=2)
         want = -3.5 * sq + 3.5 * (z**2).sum(axis=1, keepdims=True)  # the class-independent term is dropped

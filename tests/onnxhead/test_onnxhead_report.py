@@ -20,6 +20,7 @@ def consistent_sizes(value: float, *, step: float, sizes: range) -> list[int]:
 
     Only the k nearest value·m can round to it, so a few candidates per m are enough.
     """
+
     def fits(m: int) -> bool:
         near = math.floor(value * m)
         return any(round_to_step(k / m, step) == value for k in range(max(0, near - 2), min(m, near + 3) + 1))
@@ -66,10 +67,16 @@ def test_two_private_runs_in_one_bucket_report_the_same_privacy_and_size(convnet
     reports = []
     for n in (260, 277):  # both in the bucket (256, 512]
         rows = np.arange(n)
-        result = fit_head(convnet_source.onnx, train=(d.train.x[rows], d.train.y[rows]), test=d.test,
-                          strategy="logreg", privacy=PrivacyConfig(epsilon=3.0, noise_seed=1))
-        reports.append(result.to_run(run_id=f"r{n}", model_version="models/m/versions/1",
-                                     min_eval_examples=d.min_eval_examples))
+        result = fit_head(
+            convnet_source.onnx,
+            train=(d.train.x[rows], d.train.y[rows]),
+            test=d.test,
+            strategy="logreg",
+            privacy=PrivacyConfig(epsilon=3.0, noise_seed=1),
+        )
+        reports.append(
+            result.to_run(run_id=f"r{n}", model_version="models/m/versions/1", min_eval_examples=d.min_eval_examples)
+        )
     a, b = reports
     assert a.privacy == b.privacy and a.train_examples_pow2 == b.train_examples_pow2 == 512
     assert a.hyperparameters == b.hyperparameters

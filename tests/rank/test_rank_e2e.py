@@ -29,8 +29,9 @@ def random_source_dir(tmp_path: Path, source_model_dir: Path) -> Path:
     return out
 
 
-def test_rank_pulls_only_onnx_ranks_the_trained_source_first_and_reports_scores(tmp_path, source_model_dir,
-                                                                                random_source_dir):
+def test_rank_pulls_only_onnx_ranks_the_trained_source_first_and_reports_scores(
+    tmp_path, source_model_dir, random_source_dir
+):
     server = new_server_process(tmp_path / "server")
     try:
         with server.client(tmp_path / "op-cache", token="operator") as op:
@@ -45,8 +46,9 @@ def test_rank_pulls_only_onnx_ranks_the_trained_source_first_and_reports_scores(
             out, err = io.StringIO(), io.StringIO()
             return cli_main(list(argv), environ=env, stdout=out, stderr=err), out.getvalue(), err.getvalue()
 
-        code, out, err = xfer("rank", "digits:classes=5-9", "--models", "scratch,trained", "--json",
-                              "--run-id", "rk-e2e")
+        code, out, err = xfer(
+            "rank", "digits:classes=5-9", "--models", "scratch,trained", "--json", "--run-id", "rk-e2e"
+        )
         assert code == 0, err
         result = json.loads(out)
         assert [r["ref"] for r in result["ranking"]] == ["trained", "scratch"]

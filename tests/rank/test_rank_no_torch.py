@@ -12,7 +12,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys
     from pathlib import Path
 
@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent('''
     data = load_training_split(npz, card=card, seed=0)
     score = score_features(FeatureExtractor(onnx_path)(data.x), data.y)
     print(json.dumps({"logme": score.logme, "knn": score.knn_accuracy, "n": score.examples}))
-''')
+""")
 
 
 def test_scores_come_from_onnx_features_without_torch(tmp_path, source_model_dir):
@@ -47,8 +47,13 @@ def test_scores_come_from_onnx_features_without_torch(tmp_path, source_model_dir
     y = np.repeat(np.arange(3), 20)
     x[y == 1, :, :4] += 1.0  # something for the features to find
     np.savez(tmp_path / "data.npz", x=x, y=y)
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(source_model_dir / "model.onnx"),
-                           str(tmp_path / "data.npz")], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(source_model_dir / "model.onnx"), str(tmp_path / "data.npz")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["n"] == 36 and np.isfinite(result["logme"]) and 0 <= result["knn"] <= 1  # 60% of 60 train

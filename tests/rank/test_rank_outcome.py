@@ -11,11 +11,19 @@ from xfer.client.rank.scores import SourceScore, ranking, score_features
 
 
 def _outcome(by: str = "logme", examples: int = 300) -> RankOutcome:
-    scores = {"a": SourceScore(logme=-0.61234, knn_accuracy=0.9012, examples=examples, feature_dim=32, k=5),
-              "b": SourceScore(logme=-0.41234, knn_accuracy=0.7712, examples=examples, feature_dim=16, k=5),
-              "c": SourceScore(logme=-0.91234, knn_accuracy=0.8512, examples=examples, feature_dim=64, k=5)}
-    return RankOutcome(candidates=tuple(Candidate(ref=r, model_version=f"models/{r}/versions/1", score=s, seconds=1.234)
-                                        for r, s in scores.items()), by=by, data="x.npz", seed=0)
+    scores = {
+        "a": SourceScore(logme=-0.61234, knn_accuracy=0.9012, examples=examples, feature_dim=32, k=5),
+        "b": SourceScore(logme=-0.41234, knn_accuracy=0.7712, examples=examples, feature_dim=16, k=5),
+        "c": SourceScore(logme=-0.91234, knn_accuracy=0.8512, examples=examples, feature_dim=64, k=5),
+    }
+    return RankOutcome(
+        candidates=tuple(
+            Candidate(ref=r, model_version=f"models/{r}/versions/1", score=s, seconds=1.234) for r, s in scores.items()
+        ),
+        by=by,
+        data="x.npz",
+        seed=0,
+    )
 
 
 def test_ranking_by_either_criterion():

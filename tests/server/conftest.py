@@ -8,13 +8,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from server_testkit import Stubs
 
 from xfer.server.app import RunningServer, create_server
 from xfer.server.auth import add_token
 from xfer.server.config import ServerConfig
 from xfer.server.process import ServerProcess
 from xfer.server.sandbox import Sandbox
-from server_testkit import Stubs
 
 
 @dataclasses.dataclass(frozen=True)

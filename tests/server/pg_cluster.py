@@ -38,8 +38,23 @@ class PgCluster:
         if self._as_root:
             os.chmod(self.root, 0o755)
             shutil.chown(self.data, "nobody")
-        init = subprocess.run([*self._prefix, str(bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
-                               "xfer", "-E", "UTF8", "--no-sync"], capture_output=True, text=True)
+        init = subprocess.run(
+            [
+                *self._prefix,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "xfer",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if init.returncode != 0:
             pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
         self.port = free_port()
@@ -48,14 +63,30 @@ class PgCluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://xfer@127.0.0.1:{self.port}/{database}"
 
-    def start(self) -> "PgCluster":
+    def start(self) -> PgCluster:
         import psycopg
 
         log = open(self.root / "postgres.log", "a")
-        self._proc = subprocess.Popen([*self._prefix, str(self._bin / "postgres"), "-D", str(self.data), "-p",
-                                       str(self.port), "-k", str(self.data), "-c", "listen_addresses=127.0.0.1",
-                                       "-c", "fsync=off", "-c", "synchronous_commit=off"],
-                                      stdout=log, stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+            [
+                *self._prefix,
+                str(self._bin / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.data),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -63,7 +94,7 @@ class PgCluster:
                 return self
             except psycopg.OperationalError:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((self.root / "postgres.log").read_text()[-500:])
+                    raise RuntimeError((self.root / "postgres.log").read_text()[-500:]) from None
                 time.sleep(0.2)
 
     def create_database(self, name: str) -> str:

@@ -12,8 +12,9 @@ import grpc
 
 from xfer.models.card import ModelCard
 from xfer.server.convert import card_to_proto
-from xfer.v1 import model_pb2, registry_service_pb2 as rs, registry_service_pb2_grpc, transfer_service_pb2 as ts
-from xfer.v1 import transfer_service_pb2_grpc
+from xfer.v1 import model_pb2, registry_service_pb2_grpc, transfer_service_pb2_grpc
+from xfer.v1 import registry_service_pb2 as rs
+from xfer.v1 import transfer_service_pb2 as ts
 
 SAFETENSORS = model_pb2.ARTIFACT_FORMAT_SAFETENSORS
 ONNX = model_pb2.ARTIFACT_FORMAT_ONNX
@@ -43,19 +44,29 @@ class Artifact:
     declared_size: int | None = None
 
 
-def upload_requests(*, parent: str, card: ModelCard | model_pb2.ModelCard, artifacts: list[Artifact],
-                    chunk_size: int = 64 * 1024) -> Iterator[rs.CreateModelVersionRequest]:
+def upload_requests(
+    *, parent: str, card: ModelCard | model_pb2.ModelCard, artifacts: list[Artifact], chunk_size: int = 64 * 1024
+) -> Iterator[rs.CreateModelVersionRequest]:
     """The CreateModelVersion stream: header, then each artifact in chunks."""
     card_proto = card if isinstance(card, model_pb2.ModelCard) else card_to_proto(card)
-    header = rs.CreateModelVersionHeader(parent=parent, card=card_proto, artifacts=[
-        rs.ArtifactDeclaration(format=a.format,
-                               size_bytes=len(a.data) if a.declared_size is None else a.declared_size,
-                               sha256=a.declared_sha256 or sha256_of(a.data))
-        for a in artifacts])
+    header = rs.CreateModelVersionHeader(
+        parent=parent,
+        card=card_proto,
+        artifacts=[
+            rs.ArtifactDeclaration(
+                format=a.format,
+                size_bytes=len(a.data) if a.declared_size is None else a.declared_size,
+                sha256=a.declared_sha256 or sha256_of(a.data),
+            )
+            for a in artifacts
+        ],
+    )
     yield rs.CreateModelVersionRequest(header=header)
     for a in artifacts:
         for start in range(0, len(a.data), chunk_size):
-            yield rs.CreateModelVersionRequest(chunk=rs.ArtifactChunk(format=a.format, data=a.data[start:start + chunk_size]))
+            yield rs.CreateModelVersionRequest(
+                chunk=rs.ArtifactChunk(format=a.format, data=a.data[start : start + chunk_size])
+            )
 
 
 def model_artifacts(model_dir: Path, *, onnx: bool = True) -> list[Artifact]:
@@ -76,15 +87,21 @@ class Stubs:
     token: str | None
 
     @classmethod
-    def on(cls, channel: grpc.Channel, token: str | None = None) -> "Stubs":
-        return cls(channel=channel, registry=registry_service_pb2_grpc.RegistryServiceStub(channel),
-                   transfer=transfer_service_pb2_grpc.TransferServiceStub(channel), token=token)
+    def on(cls, channel: grpc.Channel, token: str | None = None) -> Stubs:
+        return cls(
+            channel=channel,
+            registry=registry_service_pb2_grpc.RegistryServiceStub(channel),
+            transfer=transfer_service_pb2_grpc.TransferServiceStub(channel),
+            token=token,
+        )
 
     @property
     def md(self):
         return bearer(self.token)
 
-    def upload(self, *, model: str, card, artifacts: list[Artifact], chunk_size: int = 64 * 1024) -> model_pb2.ModelVersion:
+    def upload(
+        self, *, model: str, card, artifacts: list[Artifact], chunk_size: int = 64 * 1024
+    ) -> model_pb2.ModelVersion:
         requests = upload_requests(parent=f"models/{model}", card=card, artifacts=artifacts, chunk_size=chunk_size)
         return self.registry.CreateModelVersion(requests, metadata=self.md, timeout=60).model_version
 
@@ -92,13 +109,18 @@ class Stubs:
         return self.upload(model=model, card=load_card(model_dir), artifacts=model_artifacts(model_dir, onnx=onnx))
 
     def get(self, name: str) -> model_pb2.ModelVersion:
-        return self.registry.GetModelVersion(rs.GetModelVersionRequest(name=name), metadata=self.md,
-                                             timeout=10).model_version
+        return self.registry.GetModelVersion(
+            rs.GetModelVersionRequest(name=name), metadata=self.md, timeout=10
+        ).model_version
 
-    def read(self, name: str, fmt: int, *, offset: int = 0, limit: int = 0) -> "ReadResult":
-        responses = list(self.transfer.ReadArtifact(
-            ts.ReadArtifactRequest(name=name, format=fmt, read_offset=offset, read_limit=limit),
-            metadata=self.md, timeout=30))
+    def read(self, name: str, fmt: int, *, offset: int = 0, limit: int = 0) -> ReadResult:
+        responses = list(
+            self.transfer.ReadArtifact(
+                ts.ReadArtifactRequest(name=name, format=fmt, read_offset=offset, read_limit=limit),
+                metadata=self.md,
+                timeout=30,
+            )
+        )
         return ReadResult(first=responses[0], responses=responses, data=b"".join(r.data for r in responses))
 
 
@@ -180,6 +202,7 @@ def onnx_nan_features(model_dir: Path) -> bytes:
         graph.initializer.append(onnx.helper.make_tensor("nan", onnx.TensorProto.FLOAT, [], [float("nan")]))
         graph.node.append(onnx.helper.make_node("Add", [raw, "nan"], ["features"]))
         # logits are computed from the raw features, so they still match.
+
     return _onnx_with(model_dir, edit)
 
 
@@ -189,41 +212,55 @@ def onnx_only_at_batch_4(model_dir: Path, *, control_flow: bool) -> bytes:
     With `control_flow`, an `If` on the batch size (refused as control flow);
     without, the same thing with `Where` (caught by probing several batch sizes).
     """
-    import onnx
     from onnx import TensorProto, helper
 
     def edit(graph):
         raw = _reroute(graph, "logits")
         source = graph.input[0].name
-        graph.initializer.extend([
-            helper.make_tensor("zero_i", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("four", TensorProto.INT64, [], [4]),
-            helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]),
-        ])
-        graph.node.extend([
-            helper.make_node("Shape", [source], ["in_shape"]),
-            helper.make_node("Gather", ["in_shape", "zero_i"], ["batch_1"], axis=0),
-            helper.make_node("Squeeze", ["batch_1"], ["batch"]),
-            helper.make_node("Equal", ["batch", "four"], ["is_four"]),
-        ])
+        graph.initializer.extend(
+            [
+                helper.make_tensor("zero_i", TensorProto.INT64, [1], [0]),
+                helper.make_tensor("four", TensorProto.INT64, [], [4]),
+                helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")]),
+            ]
+        )
+        graph.node.extend(
+            [
+                helper.make_node("Shape", [source], ["in_shape"]),
+                helper.make_node("Gather", ["in_shape", "zero_i"], ["batch_1"], axis=0),
+                helper.make_node("Squeeze", ["batch_1"], ["batch"]),
+                helper.make_node("Equal", ["batch", "four"], ["is_four"]),
+            ]
+        )
         if control_flow:
-            then_graph = helper.make_graph([helper.make_node("Identity", [raw], ["then_out"])], "then", [],
-                                           [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)])
-            else_graph = helper.make_graph([helper.make_node("Mul", [raw, "nan"], ["else_out"])], "else", [],
-                                           [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)])
-            graph.node.append(helper.make_node("If", ["is_four"], ["logits"], then_branch=then_graph,
-                                               else_branch=else_graph))
+            then_graph = helper.make_graph(
+                [helper.make_node("Identity", [raw], ["then_out"])],
+                "then",
+                [],
+                [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, None)],
+            )
+            else_graph = helper.make_graph(
+                [helper.make_node("Mul", [raw, "nan"], ["else_out"])],
+                "else",
+                [],
+                [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)],
+            )
+            graph.node.append(
+                helper.make_node("If", ["is_four"], ["logits"], then_branch=then_graph, else_branch=else_graph)
+            )
         else:
-            graph.node.extend([
-                helper.make_node("Mul", [raw, "nan"], ["poisoned"]),
-                helper.make_node("Where", ["is_four", raw, "poisoned"], ["logits"]),
-            ])
+            graph.node.extend(
+                [
+                    helper.make_node("Mul", [raw, "nan"], ["poisoned"]),
+                    helper.make_node("Where", ["is_four", raw, "poisoned"], ["logits"]),
+                ]
+            )
+
     return _onnx_with(model_dir, edit)
 
 
 def onnx_constant_of_shape(model_dir: Path, *, gib: float = 1.0) -> bytes:
     """A few hundred KB of ONNX that asks onnxruntime for `gib` GiB (ConstantOfShape), feeding the logits."""
-    import onnx
     from onnx import TensorProto, helper
 
     count = int(gib * (1 << 30) // 4)
@@ -231,26 +268,35 @@ def onnx_constant_of_shape(model_dir: Path, *, gib: float = 1.0) -> bytes:
     def edit(graph):
         raw = _reroute(graph, "logits")
         graph.initializer.append(helper.make_tensor("big_shape", TensorProto.INT64, [1], [count]))
-        graph.node.extend([
-            helper.make_node("ConstantOfShape", ["big_shape"], ["big"],
-                             value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
-            helper.make_node("ReduceSum", ["big"], ["big_sum"], keepdims=0),
-            helper.make_node("Add", [raw, "big_sum"], ["logits"]),
-        ])
+        graph.node.extend(
+            [
+                helper.make_node(
+                    "ConstantOfShape",
+                    ["big_shape"],
+                    ["big"],
+                    value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+                ),
+                helper.make_node("ReduceSum", ["big"], ["big_sum"], keepdims=0),
+                helper.make_node("Add", [raw, "big_sum"], ["logits"]),
+            ]
+        )
+
     return _onnx_with(model_dir, edit)
 
 
 def onnx_random(model_dir: Path) -> bytes:
     """Logits plus zero times RandomNormalLike noise: a random operator in the graph."""
-    import onnx
     from onnx import TensorProto, helper
 
     def edit(graph):
         raw = _reroute(graph, "logits")
         graph.initializer.append(helper.make_tensor("zero_f", TensorProto.FLOAT, [], [0.0]))
-        graph.node.extend([
-            helper.make_node("RandomNormalLike", [raw], ["noise"]),
-            helper.make_node("Mul", ["noise", "zero_f"], ["no_noise"]),
-            helper.make_node("Add", [raw, "no_noise"], ["logits"]),
-        ])
+        graph.node.extend(
+            [
+                helper.make_node("RandomNormalLike", [raw], ["noise"]),
+                helper.make_node("Mul", ["noise", "zero_f"], ["no_noise"]),
+                helper.make_node("Add", [raw, "no_noise"], ["logits"]),
+            ]
+        )
+
     return _onnx_with(model_dir, edit)

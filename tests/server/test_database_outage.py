@@ -7,9 +7,9 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from pg_cluster import PgCluster
 from server_testkit import Stubs, rpc_error
+
 from xfer.client.errors import UnavailableError, details_of, from_rpc_error
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]

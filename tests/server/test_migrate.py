@@ -73,8 +73,9 @@ def test_a_database_from_before_migrations_is_adopted_with_its_data(tmp_path: Pa
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE alembic_version"))  # ... and it kept no history
     with engine.begin() as conn:
-        conn.execute(schema.models_table.insert().values(model_id="kept", last_version=3, create_time_us=1,
-                                                         update_time_us=1))
+        conn.execute(
+            schema.models_table.insert().values(model_id="kept", last_version=3, create_time_us=1, update_time_us=1)
+        )
     result = migrate.upgrade(engine)
     assert result.adopted and result.after == migrate.head_revision()
     with engine.connect() as conn:
@@ -97,14 +98,18 @@ def test_migrate_command_then_a_server_that_does_not_migrate(tmp_path: Path) -> 
     with pytest.raises(ServerStartError):
         refused.start()
     assert refused.proc.returncode == 2 and "run `xfer-server migrate`" in refused.log_text()
-    first = subprocess.run([str(XFER_SERVER), "migrate", "--data-dir", str(data)], capture_output=True, text=True,
-                           timeout=120)
+    first = subprocess.run(
+        [str(XFER_SERVER), "migrate", "--data-dir", str(data)], capture_output=True, text=True, timeout=120
+    )
     assert first.returncode == 0 and f"migrated from empty to revision {migrate.head_revision()}" in first.stdout
-    again = subprocess.run([str(XFER_SERVER), "migrate", "--data-dir", str(data)], capture_output=True, text=True,
-                           timeout=120)
+    again = subprocess.run(
+        [str(XFER_SERVER), "migrate", "--data-dir", str(data)], capture_output=True, text=True, timeout=120
+    )
     assert again.returncode == 0 and "already at revision" in again.stdout
-    with ServerProcess(data_dir=data, args=("--no-migrate", "--lazy-sandbox")) as server, \
-            grpc.insecure_channel(server.target) as ch:
+    with (
+        ServerProcess(data_dir=data, args=("--no-migrate", "--lazy-sandbox")) as server,
+        grpc.insecure_channel(server.target) as ch,
+    ):
         assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status == 1
 
 
@@ -113,8 +118,10 @@ def test_replicas_started_at_the_same_moment_on_one_postgresql_all_come_up(tmp_p
     """The issue's race (UniqueViolation pg_type_typname_nsp_index in 3 of 11 rounds), over several rounds."""
     for round_ in range(2):
         url = postgres_server.new_database()
-        replicas = [ServerProcess(data_dir=tmp_path / f"r{round_}-{i}" / "data", args=("--db-url", url, "--lazy-sandbox"))
-                    for i in range(3)]
+        replicas = [
+            ServerProcess(data_dir=tmp_path / f"r{round_}-{i}" / "data", args=("--db-url", url, "--lazy-sandbox"))
+            for i in range(3)
+        ]
         threads = [threading.Thread(target=r.start) for r in replicas]
         for t in threads:
             t.start()
@@ -124,8 +131,10 @@ def test_replicas_started_at_the_same_moment_on_one_postgresql_all_come_up(tmp_p
             for replica in replicas:
                 assert replica.running, replica.log_tail()
                 with grpc.insecure_channel(replica.target) as channel:
-                    assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                                     timeout=10).status == 1
+                    assert (
+                        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                        == 1
+                    )
             assert "UniqueViolation" not in "".join(r.log_text() for r in replicas)
         finally:
             for replica in replicas:

@@ -8,8 +8,8 @@ import urllib.request
 
 import grpc
 import pytest
-
 from server_testkit import SAFETENSORS, Stubs, load_card, model_artifacts, rpc_error, upload_requests
+
 from xfer.server.process import ServerProcess
 from xfer.v1 import registry_service_pb2 as rs
 
@@ -73,11 +73,15 @@ def test_json_logs_carry_the_request_id_on_every_line_of_a_call(tmp_path, source
     with ServerProcess(data_dir=tmp_path / "data", args=("--log-format", "json")) as server:
         with grpc.insecure_channel(server.target) as channel:
             stubs = Stubs.on(channel)
-            requests = upload_requests(parent="models/digits", card=load_card(source_model_dir),
-                                       artifacts=model_artifacts(source_model_dir))
+            requests = upload_requests(
+                parent="models/digits", card=load_card(source_model_dir), artifacts=model_artifacts(source_model_dir)
+            )
             stubs.registry.CreateModelVersion(requests, metadata=[("x-request-id", "upload-1")], timeout=120)
-            err = rpc_error(lambda: stubs.registry.GetModelVersion(
-                rs.GetModelVersionRequest(name="models/nope/versions/1"), timeout=10))
+            err = rpc_error(
+                lambda: stubs.registry.GetModelVersion(
+                    rs.GetModelVersionRequest(name="models/nope/versions/1"), timeout=10
+                )
+            )
         returned_id = dict(err.trailing_metadata())["x-request-id"]
     lines = [json.loads(line) for line in server.log_text().splitlines() if line.startswith("{")]
     assert lines and all({"time", "level", "logger", "message", "request_id"} <= set(line) for line in lines)

@@ -33,8 +33,10 @@ def test_start_restart_keeps_the_data_dir_and_stop_is_graceful(tmp_path: Path) -
         assert b"xfer_database_up 1.0" in body
         engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'xfer.db'}")
         Catalog(engine, page_tokens=PageTokens(b"k" * 32)).create_version(
-            model_id="kept", card=card_for_model(create_model("mlp", in_features=4, hidden=[4], num_classes=2)),
-            artifacts=[])
+            model_id="kept",
+            card=card_for_model(create_model("mlp", in_features=4, hidden=[4], num_classes=2)),
+            artifacts=[],
+        )
         engine.dispose()
         first_pid = server.pid
         server.restart()  # SIGKILL, then start again on the same data dir
@@ -57,4 +59,3 @@ def test_context_manager_stops_the_server(tmp_path: Path) -> None:
     with ServerProcess(data_dir=tmp_path / "data", args=("--lazy-sandbox",)) as server:
         assert _models(server.target) == []
     assert not server.running and server.proc.returncode == 0
-

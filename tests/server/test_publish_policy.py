@@ -48,8 +48,9 @@ def test_nan_never_passes():
     assert refusal(PublishPolicy(max_dp_epsilon=2), nan_card) == "max-dp-epsilon"
 
 
-@pytest.mark.parametrize("kwargs", [{"max_dp_epsilon": 0}, {"max_dp_epsilon": math.inf}, {"max_mia_auc": 0.3},
-                                    {"max_mia_auc": math.nan}])
+@pytest.mark.parametrize(
+    "kwargs", [{"max_dp_epsilon": 0}, {"max_dp_epsilon": math.inf}, {"max_mia_auc": 0.3}, {"max_mia_auc": math.nan}]
+)
 def test_bad_limits_are_refused(kwargs):
     with pytest.raises(ValueError):
         PublishPolicy(**kwargs)

@@ -19,7 +19,9 @@ BUF = REPO / "node_modules" / ".bin" / "buf"
 def _v1_messages():
     pool = descriptor_pool.Default()
     request = message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionRequest"))
-    response = message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse"))
+    response = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.reflection.v1.ServerReflectionResponse")
+    )
     return request, response
 
 
@@ -32,15 +34,32 @@ def test_reflection_lists_and_describes_every_service(open_server, service) -> N
 
         request_cls, response_cls = reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse
     with grpc.insecure_channel(open_server.target) as channel:
-        call = channel.stream_stream(f"/{service}/ServerReflectionInfo",
-                                     request_serializer=request_cls.SerializeToString,
-                                     response_deserializer=response_cls.FromString)
-        replies = list(call(iter([request_cls(list_services=""),
-                                  request_cls(file_containing_symbol="xfer.v1.RegistryService"),
-                                  request_cls(file_containing_symbol=V1_SERVICE_NAME)]), timeout=10))
+        call = channel.stream_stream(
+            f"/{service}/ServerReflectionInfo",
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=response_cls.FromString,
+        )
+        replies = list(
+            call(
+                iter(
+                    [
+                        request_cls(list_services=""),
+                        request_cls(file_containing_symbol="xfer.v1.RegistryService"),
+                        request_cls(file_containing_symbol=V1_SERVICE_NAME),
+                    ]
+                ),
+                timeout=10,
+            )
+        )
     names = {s.name for s in replies[0].list_services_response.service}
-    assert {"xfer.v1.RegistryService", "xfer.v1.TransferService", "xfer.v1.MetricsService", "grpc.health.v1.Health",
-            V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME} <= names
+    assert {
+        "xfer.v1.RegistryService",
+        "xfer.v1.TransferService",
+        "xfer.v1.MetricsService",
+        "grpc.health.v1.Health",
+        V1_SERVICE_NAME,
+        V1ALPHA_SERVICE_NAME,
+    } <= names
     files = []
     for raw in replies[1].file_descriptor_response.file_descriptor_proto:
         proto = descriptor_pb2.FileDescriptorProto()
@@ -55,19 +74,44 @@ def test_reflection_lists_and_describes_every_service(open_server, service) -> N
 @pytest.mark.skipif(not BUF.exists(), reason="buf is not installed (`make lint` installs it with npm)")
 @pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
 def test_buf_curl_lists_methods_with_either_reflection_protocol(open_server, protocol) -> None:
-    result = subprocess.run([str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge",
-                             "--reflect-protocol", protocol, "--list-methods", f"http://{open_server.target}"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            str(BUF),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--reflect-protocol",
+            protocol,
+            "--list-methods",
+            f"http://{open_server.target}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "xfer.v1.TransferService/ReadArtifact" in result.stdout.splitlines()
 
 
 @pytest.mark.skipif(not BUF.exists(), reason="buf is not installed (`make lint` installs it with npm)")
 def test_buf_curl_shows_the_error_details(open_server) -> None:
-    result = subprocess.run([str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--reflect-protocol",
-                             "grpc-v1", "-d", '{"name": "models/digits\\n/versions/1"}',
-                             f"http://{open_server.target}/xfer.v1.RegistryService/GetModelVersion"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            str(BUF),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--reflect-protocol",
+            "grpc-v1",
+            "-d",
+            '{"name": "models/digits\\n/versions/1"}',
+            f"http://{open_server.target}/xfer.v1.RegistryService/GetModelVersion",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert '"code": "invalid_argument"' in result.stderr and '"type": "google.rpc.ErrorInfo"' in result.stderr
-

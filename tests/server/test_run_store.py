@@ -7,7 +7,7 @@ import dataclasses
 import json
 import statistics
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -27,7 +27,7 @@ V1 = "models/digits/versions/1"
 V2 = "models/digits/versions/2"
 V3 = "models/digits/versions/3"
 OTHER = "models/other/versions/1"
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class Versions:

@@ -6,8 +6,8 @@ import math
 
 import grpc
 import pytest
-
 from server_testkit import AioServer
+
 from xfer.server.auth import OpenAuthorizer
 from xfer.server.db import create_engine
 from xfer.server.errors import NotFound
@@ -39,8 +39,10 @@ def stub(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'metrics.db'}")
     upgrade(engine)
     store = RunStore(engine=engine, resolve_version=resolve, page_tokens=PageTokens(b"k" * 32))
-    server = AioServer(lambda s: pb_grpc.add_MetricsServiceServicer_to_server(RunsServicer(store), s),
-                       interceptors=[RpcInterceptor(OpenAuthorizer())])
+    server = AioServer(
+        lambda s: pb_grpc.add_MetricsServiceServicer_to_server(RunsServicer(store), s),
+        interceptors=[RpcInterceptor(OpenAuthorizer())],
+    )
     channel = grpc.insecure_channel(server.target)
     yield pb_grpc.MetricsServiceStub(channel)
     channel.close()
@@ -54,9 +56,7 @@ def make_run(run_id: str = "run-1", **overrides) -> pb.Run:
         model_version=V1,
         strategy=pb.Strategy(name="lp-ft", hyperparameters={"lr": "3e-4"}),
         metrics={"accuracy": 0.875, "loss": 0.3},
-        privacy=pb.RunPrivacy(
-            dp=True, epsilon_spent=2.5, delta=1e-5, noise_multiplier=1.2, max_grad_norm=1.0
-        ),
+        privacy=pb.RunPrivacy(dp=True, epsilon_spent=2.5, delta=1e-5, noise_multiplier=1.2, max_grad_norm=1.0),
         train_examples_pow2=4096,
         device_kind=pb.DEVICE_KIND_CUDA,
         wall_seconds=61.5,
@@ -221,9 +221,7 @@ def test_summarize_runs(stub):
     assert top.std == pytest.approx(0.1)
     assert top.best == 0.9
 
-    low = stub.SummarizeRuns(
-        pb.SummarizeRunsRequest(metric="accuracy", goal=pb.METRIC_GOAL_MINIMIZE), timeout=10
-    )
+    low = stub.SummarizeRuns(pb.SummarizeRunsRequest(metric="accuracy", goal=pb.METRIC_GOAL_MINIMIZE), timeout=10)
     assert [(e.model_version, e.best_run_id) for e in low.entries] == [(V2, "d"), (V1, "a")]
 
     unknown = stub.SummarizeRuns(pb.SummarizeRunsRequest(metric="f1"), timeout=10)

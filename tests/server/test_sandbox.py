@@ -41,8 +41,12 @@ def test_outcomes_are_observed(sandbox: Sandbox) -> None:
     seen: list[tuple[str, str]] = []
     sandbox.run("noop", {}, limits=_limits(), observe=lambda job, outcome, seconds: seen.append((job, outcome)))
     with pytest.raises(ResourceExhausted):
-        sandbox.run("memory_hog", {"bytes": 1024 * MIB}, limits=_limits(),
-                    observe=lambda job, outcome, seconds: seen.append((job, outcome)))
+        sandbox.run(
+            "memory_hog",
+            {"bytes": 1024 * MIB},
+            limits=_limits(),
+            observe=lambda job, outcome, seconds: seen.append((job, outcome)),
+        )
     assert seen == [("noop", "ok"), ("memory_hog", "limit")]
 
 

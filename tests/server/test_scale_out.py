@@ -35,13 +35,13 @@ def _nginx_config(root: Path, *, port: int, upstreams: list[str]) -> list[str]:
     config.write_text(f"""
 worker_processes 1;
 daemon off;
-pid {root / 'nginx.pid'};
-error_log {root / 'balancer.log'} info;
+pid {root / "nginx.pid"};
+error_log {root / "balancer.log"} info;
 events {{ worker_connections 512; }}
 http {{
   access_log off;
   {temp}
-  upstream xfer {{ {' '.join(f'server {u};' for u in upstreams)} }}
+  upstream xfer {{ {" ".join(f"server {u};" for u in upstreams)} }}
   server {{
     listen 127.0.0.1:{port} http2;
     client_max_body_size 0;
@@ -100,16 +100,33 @@ def _write_model(folder: Path) -> Path:
 @pytest.mark.parametrize("balancer", sorted(BALANCERS))
 def test_two_replicas_behind_a_balancer_survive_losing_one_mid_pull(balancer, tmp_path, postgres_server) -> None:
     if shutil.which(balancer) is None:
-        pytest.skip(f"{balancer} is not installed (apt-get install {'nginx-light' if balancer == 'nginx' else balancer})")
+        pytest.skip(
+            f"{balancer} is not installed (apt-get install {'nginx-light' if balancer == 'nginx' else balancer})"
+        )
     url = postgres_server.new_database()
     tokens = tmp_path / "tokens.json"
     operator = add_token(tokens, role="operator", name="op")
     client_token = add_token(tokens, role="client", name="edge")
     volume = tmp_path / "shared-volume"  # one blob volume for both replicas
-    replicas = [ServerProcess(data_dir=volume, log_path=tmp_path / f"replica{i}.log",
-                              args=("--db-url", url, "--token-file", str(tokens), "--chunk-size", "16384",
-                                    "--metrics-port", "0", "--grace", "0.5"))
-                for i in range(2)]
+    replicas = [
+        ServerProcess(
+            data_dir=volume,
+            log_path=tmp_path / f"replica{i}.log",
+            args=(
+                "--db-url",
+                url,
+                "--token-file",
+                str(tokens),
+                "--chunk-size",
+                "16384",
+                "--metrics-port",
+                "0",
+                "--grace",
+                "0.5",
+            ),
+        )
+        for i in range(2)
+    ]
     port = free_port()
     balancer_proc = None
     try:

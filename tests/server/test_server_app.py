@@ -10,10 +10,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from server_testkit import SAFETENSORS, Stubs, rpc_error
 
 from xfer.server.app import SERVICE_NAMES, ConfigError, create_server
 from xfer.server.config import ServerConfig
-from server_testkit import SAFETENSORS, Stubs, rpc_error
 from xfer.v1 import registry_service_pb2 as rs
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,18 +24,25 @@ def test_health_and_reflection_need_no_token(start_server, tokens) -> None:
     with grpc.insecure_channel(running.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", *SERVICE_NAMES):
-            assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert (
+                health.Check(health_pb2.HealthCheckRequest(service=service)).status
+                == health_pb2.HealthCheckResponse.SERVING
+            )
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
-        assert {"xfer.v1.RegistryService", "xfer.v1.TransferService", "xfer.v1.MetricsService",
-                "grpc.health.v1.Health"} <= services
+        assert {
+            "xfer.v1.RegistryService",
+            "xfer.v1.TransferService",
+            "xfer.v1.MetricsService",
+            "grpc.health.v1.Health",
+        } <= services
 
 
 def test_health_turns_not_serving_on_shutdown(start_server) -> None:
     running = start_server()
     channel = grpc.insecure_channel(running.target)
     updates = health_pb2_grpc.HealthStub(channel).Watch(
-        health_pb2.HealthCheckRequest(service="xfer.v1.RegistryService"))
+        health_pb2.HealthCheckRequest(service="xfer.v1.RegistryService")
+    )
     assert next(updates).status == health_pb2.HealthCheckResponse.SERVING
     stopper = threading.Thread(target=running.stop, kwargs={"grace": 2})
     stopper.start()
@@ -109,8 +116,9 @@ def test_message_limits_follow_the_chunk_size(start_server, source_model_dir: Pa
     limit = running.config.message_limit
     with grpc.insecure_channel(running.target) as channel:
         stubs = Stubs.on(channel)
-        requests = iter([rs.CreateModelVersionRequest(chunk=rs.ArtifactChunk(format=SAFETENSORS,
-                                                                              data=b"\0" * (limit + 1)))])
+        requests = iter(
+            [rs.CreateModelVersionRequest(chunk=rs.ArtifactChunk(format=SAFETENSORS, data=b"\0" * (limit + 1)))]
+        )
         err = rpc_error(lambda: stubs.registry.CreateModelVersion(requests, timeout=10))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -135,9 +143,10 @@ def test_memory_does_not_grow_with_artifact_size(start_server, source_model_dir:
     import hashlib
     import os
 
-    from xfer.server.domain import ArtifactFormat, ArtifactRecord
-    from xfer.server.convert import card_to_proto
     from server_testkit import load_card
+
+    from xfer.server.convert import card_to_proto
+    from xfer.server.domain import ArtifactFormat, ArtifactRecord
     from xfer.v1 import transfer_service_pb2 as ts
 
     size = 48 * 1024 * 1024
@@ -149,8 +158,10 @@ def test_memory_does_not_grow_with_artifact_size(start_server, source_model_dir:
         writer.write(block)
     sha = store.commit(writer)
     running.registry._catalog.create_version(
-        model_id="big", card=load_card(source_model_dir),
-        artifacts=[ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=size, sha256=sha)])
+        model_id="big",
+        card=load_card(source_model_dir),
+        artifacts=[ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=size, sha256=sha)],
+    )
     with grpc.insecure_channel(running.target, options=[("grpc.max_receive_message_length", 8 << 20)]) as channel:
         stubs = Stubs.on(channel)
 
@@ -165,12 +176,17 @@ def test_memory_does_not_grow_with_artifact_size(start_server, source_model_dir:
         assert _peak_traced_bytes(read) < 12 * 1024 * 1024
 
         def upload() -> None:
-            header = rs.CreateModelVersionRequest(header=rs.CreateModelVersionHeader(
-                parent="models/big-upload", card=card_to_proto(load_card(source_model_dir)),
-                artifacts=[rs.ArtifactDeclaration(format=SAFETENSORS, size_bytes=size, sha256="0" * 64)]))
+            header = rs.CreateModelVersionRequest(
+                header=rs.CreateModelVersionHeader(
+                    parent="models/big-upload",
+                    card=card_to_proto(load_card(source_model_dir)),
+                    artifacts=[rs.ArtifactDeclaration(format=SAFETENSORS, size_bytes=size, sha256="0" * 64)],
+                )
+            )
             chunk = rs.CreateModelVersionRequest(chunk=rs.ArtifactChunk(format=SAFETENSORS, data=block))
-            err = rpc_error(lambda: stubs.registry.CreateModelVersion(
-                iter([header] + [chunk] * (size // len(block))), timeout=60))
+            err = rpc_error(
+                lambda: stubs.registry.CreateModelVersion(iter([header] + [chunk] * (size // len(block))), timeout=60)
+            )
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "sha256 mismatch" in err.details()
 
         assert _peak_traced_bytes(upload) < 12 * 1024 * 1024

@@ -7,16 +7,35 @@ from pathlib import Path
 
 import pytest
 
-from xfer.server.auth import (CLIENT_METHODS, OpenAuthorizer, Role, TokenAuthorizer, TokenFileError, add_token, hash_token,
-                         is_loopback, load_token_file, parse_token_file, remove_token)
+from xfer.server.auth import (
+    CLIENT_METHODS,
+    OpenAuthorizer,
+    Role,
+    TokenAuthorizer,
+    TokenFileError,
+    add_token,
+    hash_token,
+    is_loopback,
+    load_token_file,
+    parse_token_file,
+    remove_token,
+)
 from xfer.server.errors import PermissionDenied, Unauthenticated
 
 
 def test_both_file_formats(tmp_path: Path) -> None:
     sha = hash_token("secret")
     lines = f"# comment\n\noperator {sha} alice\nclient {hash_token('other')}\n"
-    assert parse_token_file(lines) == parse_token_file(json.dumps({"tokens": [
-        {"role": "operator", "sha256": sha, "name": "alice"}, {"role": "client", "sha256": hash_token("other")}]}))
+    assert parse_token_file(lines) == parse_token_file(
+        json.dumps(
+            {
+                "tokens": [
+                    {"role": "operator", "sha256": sha, "name": "alice"},
+                    {"role": "client", "sha256": hash_token("other")},
+                ]
+            }
+        )
+    )
     with pytest.raises(TokenFileError, match="line 1"):
         parse_token_file("admin " + sha)
     with pytest.raises(TokenFileError, match="64 hex digits"):
@@ -45,8 +64,10 @@ def test_roles(tmp_path: Path) -> None:
     assert OpenAuthorizer().authorize(create, None).role is Role.OPERATOR
     # Per-token limits count by a key unique per token: its name, or its hash for unnamed tokens.
     assert auth.authorize(create, [("authorization", f"Bearer {operator}")]).key == "name:ops"
-    assert auth.authorize("/xfer.v1.RegistryService/ListModels",
-                          [("authorization", f"Bearer {client}")]).key == f"sha256:{hash_token(client)[:16]}"
+    assert (
+        auth.authorize("/xfer.v1.RegistryService/ListModels", [("authorization", f"Bearer {client}")]).key
+        == f"sha256:{hash_token(client)[:16]}"
+    )
 
 
 def test_token_file_is_reloaded_when_it_changes(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from xfer.server.errors import DataLoss, InvalidArgument, ResourceExhausted
 def _put(store: BlobStore, data: bytes) -> str:
     writer = store.writer(max_bytes=1 << 20)
     for start in range(0, len(data), 7):
-        writer.write(data[start:start + 7])
+        writer.write(data[start : start + 7])
     return store.commit(writer)
 
 
@@ -78,8 +78,10 @@ def test_garbage_collection_spares_referenced_and_young_blobs(tmp_path: Path) ->
     store = BlobStore(tmp_path / "blobs")
     keep, drop = _put(store, b"keep"), _put(store, b"drop")
     referenced = {keep}
-    collect = lambda: store.collect_garbage(referenced=lambda: set(referenced),  # noqa: E731
-                                            is_referenced=lambda sha: sha in referenced)
+
+    def collect() -> int:
+        return store.collect_garbage(referenced=lambda: set(referenced), is_referenced=lambda sha: sha in referenced)
+
     assert collect() == 0  # too young
     for sha in (keep, drop):
         _age(store, sha)

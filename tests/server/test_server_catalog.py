@@ -9,19 +9,21 @@ import pytest
 
 from xfer.models import card_for_model, create_model
 from xfer.server.catalog import Catalog
-from xfer.server.migrate import upgrade
-from xfer.server.pagination import PageTokens
 from xfer.server.db import create_engine
 from xfer.server.domain import ArtifactFormat, ArtifactRecord
 from xfer.server.errors import InvalidArgument, NotFound
+from xfer.server.migrate import upgrade
+from xfer.server.pagination import PageTokens
 
 CARD = card_for_model(create_model("mlp", in_features=4, hidden=[8], num_classes=3))
 TOKENS = PageTokens(b"catalog-test-key" * 2)
 
 
 def _artifacts(tag: str) -> list[ArtifactRecord]:
-    return [ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=10, sha256=tag * 64),
-            ArtifactRecord(format=ArtifactFormat.ONNX, size_bytes=20, sha256="f" * 64, derived=True)]
+    return [
+        ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=10, sha256=tag * 64),
+        ArtifactRecord(format=ArtifactFormat.ONNX, size_bytes=20, sha256="f" * 64, derived=True),
+    ]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -39,8 +41,11 @@ def catalog(request, tmp_path: Path):
 
 
 def test_versions_start_at_one_and_are_never_reused(catalog: Catalog) -> None:
-    assert [catalog.create_version(model_id="m", card=CARD, artifacts=_artifacts("a")).version
-            for _ in range(3)] == [1, 2, 3]
+    assert [catalog.create_version(model_id="m", card=CARD, artifacts=_artifacts("a")).version for _ in range(3)] == [
+        1,
+        2,
+        3,
+    ]
     assert catalog.create_version(model_id="other", card=CARD, artifacts=[]).version == 1
     catalog.delete_version(model_id="m", version=3)
     assert catalog.create_version(model_id="m", card=CARD, artifacts=[]).version == 4
@@ -121,8 +126,14 @@ def test_pagination(catalog: Catalog) -> None:
     with pytest.raises(InvalidArgument, match="invalid page_token"):  # a signed but out-of-range cursor
         catalog.list_versions(model_id="a-model", page_token=TOKENS.encode(query="versions:a-model", last=10**30))
     forged = PageTokens(b"not-the-server-key" * 2).encode(query="models", last="a")
-    for bad in ("%%%", "e30", TOKENS.encode(query="models", last=[1]), forged, "x" * 2000,
-                TOKENS.encode(query="versions:a-model", last=10**30)):
+    for bad in (
+        "%%%",
+        "e30",
+        TOKENS.encode(query="models", last=[1]),
+        forged,
+        "x" * 2000,
+        TOKENS.encode(query="versions:a-model", last=10**30),
+    ):
         with pytest.raises(InvalidArgument, match="invalid page_token"):
             catalog.list_models(page_token=bad)
     with pytest.raises(InvalidArgument, match="page_size"):

@@ -17,9 +17,16 @@ from xfer.v1 import model_pb2
 
 
 def test_card_round_trip_and_privacy() -> None:
-    card = card_for_model(create_model("convnet", width=8), input_mean=(0.5,), input_std=(0.25,),
-                          label_names=tuple(str(i) for i in range(10)), dp_epsilon=3.0, dp_delta=1e-5,
-                          framework_versions={"torch": "2.13.0"}, description="d")
+    card = card_for_model(
+        create_model("convnet", width=8),
+        input_mean=(0.5,),
+        input_std=(0.25,),
+        label_names=tuple(str(i) for i in range(10)),
+        dp_epsilon=3.0,
+        dp_delta=1e-5,
+        framework_versions={"torch": "2.13.0"},
+        description="d",
+    )
     proto = convert.card_to_proto(card)
     assert proto.source_privacy.dp and proto.source_privacy.epsilon == 3.0
     back = convert.card_from_proto(proto)
@@ -32,16 +39,31 @@ def test_card_round_trip_and_privacy() -> None:
 
 def test_version_and_model_to_proto() -> None:
     card = card_for_model(create_model("mlp"))
-    now = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
-    record = VersionRecord(model_id="m", version=3, card=card, artifacts=(
-        ArtifactRecord(format=ArtifactFormat.ONNX, size_bytes=5, sha256="a" * 64, derived=True),),
-        aliases=("latest",), create_time=now, deprecated=True, deprecation_message="old")
+    now = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    record = VersionRecord(
+        model_id="m",
+        version=3,
+        card=card,
+        artifacts=(ArtifactRecord(format=ArtifactFormat.ONNX, size_bytes=5, sha256="a" * 64, derived=True),),
+        aliases=("latest",),
+        create_time=now,
+        deprecated=True,
+        deprecation_message="old",
+    )
     proto = convert.version_to_proto(record)
     assert proto.name == "models/m/versions/3" and proto.artifacts[0].format == model_pb2.ARTIFACT_FORMAT_ONNX
-    assert proto.create_time.ToDatetime(tzinfo=dt.timezone.utc) == now and proto.deprecated
-    model = convert.model_to_proto(ModelRecord(model_id="m", latest_version=3, version_count=1,
-                                               aliases={"latest": 3}, latest_card=card, create_time=now,
-                                               update_time=now))
+    assert proto.create_time.ToDatetime(tzinfo=dt.UTC) == now and proto.deprecated
+    model = convert.model_to_proto(
+        ModelRecord(
+            model_id="m",
+            latest_version=3,
+            version_count=1,
+            aliases={"latest": 3},
+            latest_card=card,
+            create_time=now,
+            update_time=now,
+        )
+    )
     assert model.latest_version == "models/m/versions/3" and model.latest_card.architecture == "mlp"
 
 
@@ -52,10 +74,23 @@ def test_formats() -> None:
         convert.format_from_proto(99)
 
 
-@pytest.mark.parametrize("name", ["", "models/", "models/a", "model/ab/versions/1", "models/ab/versions/",
-                                  "models/ab/versions/0", "models/ab/versions/007", "models/ab/versions/-1",
-                                  "models/ab/versions/1/x", "models/../ab/versions/1",
-                                  "models/ab/versions/9223372036854775808", "models/ab/versions/LATEST"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "models/",
+        "models/a",
+        "model/ab/versions/1",
+        "models/ab/versions/",
+        "models/ab/versions/0",
+        "models/ab/versions/007",
+        "models/ab/versions/-1",
+        "models/ab/versions/1/x",
+        "models/../ab/versions/1",
+        "models/ab/versions/9223372036854775808",
+        "models/ab/versions/LATEST",
+    ],
+)
 def test_bad_version_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_version_name(name)
@@ -78,18 +113,32 @@ def test_status_mapping() -> None:
     assert "secret" not in internal.message and "abc" in internal.message
 
 
-@pytest.mark.parametrize("offset,data,first", [
-    (0, b"", True), (0, b"abc", True), (5, b"x" * 200, True), (1 << 40, b"\0" * 70000, False), (7, b"", False),
-    (0, b"y", False),
-])
+@pytest.mark.parametrize(
+    "offset,data,first",
+    [
+        (0, b"", True),
+        (0, b"abc", True),
+        (5, b"x" * 200, True),
+        (1 << 40, b"\0" * 70000, False),
+        (7, b"", False),
+        (0, b"y", False),
+    ],
+)
 def test_hand_encoded_read_responses_equal_the_generated_ones(offset, data, first) -> None:
     import io
 
     from xfer.server.transfer import ArtifactRead, Chunk
     from xfer.v1 import transfer_service_pb2 as ts
 
-    read = ArtifactRead(model_version="models/ab/versions/3", total_size_bytes=123456, sha256="a" * 64,
-                        read_offset=offset, end=offset + len(data), chunk_size=1024, file=io.BytesIO())
+    read = ArtifactRead(
+        model_version="models/ab/versions/3",
+        total_size_bytes=123456,
+        sha256="a" * 64,
+        read_offset=offset,
+        end=offset + len(data),
+        chunk_size=1024,
+        file=io.BytesIO(),
+    )
     chunk = Chunk(offset=offset, data=data) if data else None
     encoded = convert.read_response_bytes(chunk, first=read if first else None)
     expected = ts.ReadArtifactResponse(offset=offset if (data or first) else 0, data=data)

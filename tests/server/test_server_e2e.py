@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from server_testkit import ONNX, SAFETENSORS, Stubs, rpc_error
+
 from xfer.v1 import registry_service_pb2 as rs
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,8 +36,9 @@ def _lifecycle(stubs: Stubs, source_model_dir: Path) -> None:
     assert [m.name for m in models] == ["models/digits"]
     assert models[0].latest_version == "models/digits/versions/2" and models[0].version_count == 2
     assert dict(models[0].aliases) == {"latest": 2}
-    versions = stubs.registry.ListModelVersions(rs.ListModelVersionsRequest(parent="models/digits"),
-                                                metadata=stubs.md).model_versions
+    versions = stubs.registry.ListModelVersions(
+        rs.ListModelVersionsRequest(parent="models/digits"), metadata=stubs.md
+    ).model_versions
     assert [v.version for v in versions] == [2, 1]
 
     assert stubs.get("models/digits/versions/latest").version == 2
@@ -59,8 +60,9 @@ def _lifecycle(stubs: Stubs, source_model_dir: Path) -> None:
     assert hashlib.sha256(onnx.data).hexdigest() == onnx.first.sha256
 
     # Aliases: stable is set and moved; latest follows new versions.
-    stable = stubs.registry.SetAlias(rs.SetAliasRequest(name="models/digits/versions/1", alias="stable"),
-                                     metadata=stubs.md).model_version
+    stable = stubs.registry.SetAlias(
+        rs.SetAliasRequest(name="models/digits/versions/1", alias="stable"), metadata=stubs.md
+    ).model_version
     assert sorted(stable.aliases) == ["stable"]
     assert stubs.get("models/digits/versions/stable").version == 1
     stubs.registry.SetAlias(rs.SetAliasRequest(name="models/digits/versions/2", alias="stable"), metadata=stubs.md)
@@ -71,15 +73,14 @@ def _lifecycle(stubs: Stubs, source_model_dir: Path) -> None:
     assert v3.version == 3 and list(v3.aliases) == ["latest"]
 
     deprecated = stubs.registry.DeprecateModelVersion(
-        rs.DeprecateModelVersionRequest(name="models/digits/versions/1", message="use @stable"),
-        metadata=stubs.md).model_version
+        rs.DeprecateModelVersionRequest(name="models/digits/versions/1", message="use @stable"), metadata=stubs.md
+    ).model_version
     assert deprecated.deprecated and deprecated.deprecation_message == "use @stable"
     assert stubs.get("models/digits/versions/1").deprecated
     assert stubs.read("models/digits/versions/1", SAFETENSORS).data == safetensors  # still readable
 
     # Delete the newest: latest falls back to 2; the number 3 is not reused.
-    stubs.registry.DeleteModelVersion(rs.DeleteModelVersionRequest(name="models/digits/versions/3"),
-                                      metadata=stubs.md)
+    stubs.registry.DeleteModelVersion(rs.DeleteModelVersionRequest(name="models/digits/versions/3"), metadata=stubs.md)
     err = rpc_error(lambda: stubs.get("models/digits/versions/3"))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert stubs.get("models/digits/versions/latest").version == 2
@@ -102,8 +103,9 @@ def test_lifecycle_subprocess(spawn_server, tokens, source_model_dir: Path) -> N
     # Uploads were validated, yet torch and onnxruntime live only in the sandbox's processes.
     maps = Path(f"/proc/{server.pid}/maps").read_text()
     assert "libtorch" not in maps and "onnxruntime" not in maps
-    workers = subprocess.run(["pgrep", "-P", str(server.pid), "-f", "sandbox_worker"], capture_output=True,
-                             text=True).stdout.split()
+    workers = subprocess.run(
+        ["pgrep", "-P", str(server.pid), "-f", "sandbox_worker"], capture_output=True, text=True
+    ).stdout.split()
     assert workers and "libtorch" in Path(f"/proc/{workers[0]}/maps").read_text()
     # Teardown sends SIGTERM and asserts exit code 0.
 
@@ -117,16 +119,23 @@ def test_lifecycle_on_postgresql(start_server, tokens, postgres_url, source_mode
 
 
 def test_run_reports_resolve_aliases_through_the_registry(start_server, tokens, source_model_dir: Path) -> None:
-    from xfer.v1 import metrics_service_pb2 as ms, metrics_service_pb2_grpc
+    from xfer.v1 import metrics_service_pb2 as ms
+    from xfer.v1 import metrics_service_pb2_grpc
 
     running = start_server(token_file=tokens.file)
     with grpc.insecure_channel(running.target) as channel:
         Stubs.on(channel, tokens.operator).register("digits", source_model_dir)
         metrics = metrics_service_pb2_grpc.MetricsServiceStub(channel)
         client_md = [("authorization", f"Bearer {tokens.client}")]
-        run = ms.Run(run_id="run-1", model_version="models/digits/versions/latest",
-                     strategy=ms.Strategy(name="linear-probe"), metrics={"accuracy": 0.9},
-                     train_examples_pow2=256, device_kind=ms.DEVICE_KIND_CPU, wall_seconds=1.5)
+        run = ms.Run(
+            run_id="run-1",
+            model_version="models/digits/versions/latest",
+            strategy=ms.Strategy(name="linear-probe"),
+            metrics={"accuracy": 0.9},
+            train_examples_pow2=256,
+            device_kind=ms.DEVICE_KIND_CPU,
+            wall_seconds=1.5,
+        )
         stored = metrics.ReportRun(ms.ReportRunRequest(run=run), metadata=client_md).run
         assert stored.model_version == "models/digits/versions/1"
         run.model_version = "models/nope/versions/latest"
@@ -143,7 +152,8 @@ def test_concurrent_uploads_get_distinct_versions(start_server, source_model_dir
         stubs = Stubs.on(channel)
         with ThreadPoolExecutor(4) as pool:
             # Half without ONNX, so server-side derivations run concurrently too.
-            versions = list(pool.map(lambda i: stubs.register("busy", source_model_dir, onnx=i % 2 == 0).version,
-                                     range(4)))
+            versions = list(
+                pool.map(lambda i: stubs.register("busy", source_model_dir, onnx=i % 2 == 0).version, range(4))
+            )
         assert sorted(versions) == [1, 2, 3, 4]
         assert stubs.get("models/busy/versions/latest").version == 4

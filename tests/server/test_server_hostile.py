@@ -12,11 +12,20 @@ import grpc
 import onnx
 import pytest
 import torch
+from server_testkit import (
+    ONNX,
+    SAFETENSORS,
+    TORCH,
+    Artifact,
+    Stubs,
+    load_card,
+    model_artifacts,
+    rpc_error,
+    upload_requests,
+)
 
 from xfer.models import create_model
 from xfer.models.weights import save_safetensors
-from server_testkit import (ONNX, SAFETENSORS, TORCH, Artifact, Stubs, load_card, model_artifacts, rpc_error,
-                            upload_requests)
 from xfer.server.convert import card_to_proto as upload_card
 from xfer.v1 import registry_service_pb2 as rs
 
@@ -59,8 +68,11 @@ def test_pickle_that_runs_code_is_rejected_and_never_runs(stubs, source_model_di
     evil = tmp_path / "evil.pt"
     # torch.save pickles the object's __reduce__: loading it would call os.system.
     torch.save({"stem.0.weight": _Evil(os.system, (f"touch {marker}",))}, evil)
-    err = rpc_error(lambda: stubs.upload(model="evil", card=load_card(source_model_dir),
-                                         artifacts=[Artifact(TORCH, evil.read_bytes())]))
+    err = rpc_error(
+        lambda: stubs.upload(
+            model="evil", card=load_card(source_model_dir), artifacts=[Artifact(TORCH, evil.read_bytes())]
+        )
+    )
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "torch.load(weights_only=True)", "posix.system")
     assert "False" not in err.details()  # torch's "retry with weights_only=False" advice is not passed on
     assert not marker.exists()
@@ -70,10 +82,12 @@ def test_pickle_that_runs_code_is_rejected_and_never_runs(stubs, source_model_di
 def test_raw_pickle_that_opens_a_file_is_rejected(stubs, source_model_dir, tmp_path) -> None:
     marker = tmp_path / "pwned-by-open"
     payload = pickle.dumps(_Evil(open, (str(marker), "w")), protocol=2)
-    err = rpc_error(lambda: stubs.upload(model="evil", card=load_card(source_model_dir),
-                                         artifacts=[Artifact(TORCH, payload)]))
-    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "could not be read with torch.load(weights_only=True)",
-                  "GLOBAL io.open")
+    err = rpc_error(
+        lambda: stubs.upload(model="evil", card=load_card(source_model_dir), artifacts=[Artifact(TORCH, payload)])
+    )
+    _assert_error(
+        err, grpc.StatusCode.INVALID_ARGUMENT, "could not be read with torch.load(weights_only=True)", "GLOBAL io.open"
+    )
     assert not marker.exists()
     _nothing_registered(stubs)
 
@@ -84,7 +98,9 @@ def test_torch_state_dict_upload_is_stored_as_safetensors(stubs, source_model_di
     state = load_file(str(source_model_dir / "model.safetensors"))
     pt = tmp_path / "model.pt"
     torch.save(state, pt)
-    version = stubs.upload(model="from-pt", card=load_card(source_model_dir), artifacts=[Artifact(TORCH, pt.read_bytes())])
+    version = stubs.upload(
+        model="from-pt", card=load_card(source_model_dir), artifacts=[Artifact(TORCH, pt.read_bytes())]
+    )
     formats = {a.format: a for a in version.artifacts}
     assert set(formats) == {SAFETENSORS, ONNX} and formats[SAFETENSORS].derived and formats[ONNX].derived
     stored = stubs.read(version.name, SAFETENSORS).data
@@ -95,8 +111,9 @@ def test_torch_state_dict_upload_is_stored_as_safetensors(stubs, source_model_di
 
 def test_safetensors_offsets_past_the_file(stubs, source_model_dir) -> None:
     data = (source_model_dir / "model.safetensors").read_bytes()[:-100]  # header promises 100 more bytes
-    err = rpc_error(lambda: stubs.upload(model="short", card=load_card(source_model_dir),
-                                         artifacts=[Artifact(SAFETENSORS, data)]))
+    err = rpc_error(
+        lambda: stubs.upload(model="short", card=load_card(source_model_dir), artifacts=[Artifact(SAFETENSORS, data)])
+    )
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "invalid safetensors artifact", "data_offsets run to byte")
     _nothing_registered(stubs)
 
@@ -104,8 +121,9 @@ def test_safetensors_offsets_past_the_file(stubs, source_model_dir) -> None:
 def test_safetensors_forged_header_length(stubs, source_model_dir) -> None:
     real = (source_model_dir / "model.safetensors").stat().st_size
     data = struct.pack("<Q", 2**40) + b"{}" + b"\0" * real  # as long as real weights, so only the header is wrong
-    err = rpc_error(lambda: stubs.upload(model="forged", card=load_card(source_model_dir),
-                                         artifacts=[Artifact(SAFETENSORS, data)]))
+    err = rpc_error(
+        lambda: stubs.upload(model="forged", card=load_card(source_model_dir), artifacts=[Artifact(SAFETENSORS, data)])
+    )
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "header claims", "above the limit")
 
 
@@ -118,10 +136,14 @@ def test_tensor_shapes_that_do_not_match_the_architecture(stubs, source_model_di
     state[name] = state[name].t().contiguous()  # same names, same byte count, one shape swapped
     path = tmp_path / "swapped.safetensors"
     save_file(state, str(path))
-    err = rpc_error(lambda: stubs.upload(model="swapped", card=load_card(source_model_dir),
-                                         artifacts=[Artifact(SAFETENSORS, path.read_bytes())]))
-    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, f"tensor '{name}' is F32[{cols}, {rows}]",
-                  f"needs F32[{rows}, {cols}]")
+    err = rpc_error(
+        lambda: stubs.upload(
+            model="swapped", card=load_card(source_model_dir), artifacts=[Artifact(SAFETENSORS, path.read_bytes())]
+        )
+    )
+    _assert_error(
+        err, grpc.StatusCode.INVALID_ARGUMENT, f"tensor '{name}' is F32[{cols}, {rows}]", f"needs F32[{rows}, {cols}]"
+    )
     _nothing_registered(stubs)
 
 
@@ -129,8 +151,11 @@ def test_weights_smaller_than_the_card_says_are_refused_before_upload(stubs, sou
     narrow = create_model("convnet", width=8, groups=4)  # a quarter of the card's parameters
     path = tmp_path / "narrow.safetensors"
     save_safetensors(narrow, path)
-    err = rpc_error(lambda: stubs.upload(model="narrow", card=load_card(source_model_dir),
-                                         artifacts=[Artifact(SAFETENSORS, path.read_bytes())]))
+    err = rpc_error(
+        lambda: stubs.upload(
+            model="narrow", card=load_card(source_model_dir), artifacts=[Artifact(SAFETENSORS, path.read_bytes())]
+        )
+    )
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "the card describes", "declares only")
     _nothing_registered(stubs)
 
@@ -138,8 +163,14 @@ def test_weights_smaller_than_the_card_says_are_refused_before_upload(stubs, sou
 def test_onnx_with_external_data(stubs, source_model_dir, tmp_path) -> None:
     proto = onnx.load(str(source_model_dir / "model.onnx"))
     path = tmp_path / "external.onnx"
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        proto,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     artifacts = model_artifacts(source_model_dir, onnx=False) + [Artifact(ONNX, path.read_bytes())]
     err = rpc_error(lambda: stubs.upload(model="external", card=load_card(source_model_dir), artifacts=artifacts))
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "reference external data")
@@ -150,7 +181,10 @@ def test_onnx_that_disagrees_with_the_weights(stubs, source_model_dir, tmp_path)
     other = create_model("convnet")  # random weights, same architecture
     path = tmp_path / "other.safetensors"
     save_safetensors(other, path)
-    artifacts = [Artifact(SAFETENSORS, path.read_bytes()), Artifact(ONNX, (source_model_dir / "model.onnx").read_bytes())]
+    artifacts = [
+        Artifact(SAFETENSORS, path.read_bytes()),
+        Artifact(ONNX, (source_model_dir / "model.onnx").read_bytes()),
+    ]
     err = rpc_error(lambda: stubs.upload(model="mismatch", card=load_card(source_model_dir), artifacts=artifacts))
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "differ from the uploaded weights", "tolerance 0.0001")
 
@@ -181,16 +215,22 @@ def test_hostile_model_ids(stubs, source_model_dir, model_id) -> None:
 
 
 def test_chunks_before_the_header(stubs, source_model_dir) -> None:
-    requests = list(upload_requests(parent="models/order", card=load_card(source_model_dir),
-                                    artifacts=model_artifacts(source_model_dir)))
+    requests = list(
+        upload_requests(
+            parent="models/order", card=load_card(source_model_dir), artifacts=model_artifacts(source_model_dir)
+        )
+    )
     err = rpc_error(lambda: stubs.registry.CreateModelVersion(iter(requests[1:] + requests[:1]), metadata=stubs.md))
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "first message of CreateModelVersion must be the header")
 
 
 def test_latest_cannot_be_set_by_hand(stubs, source_model_dir) -> None:
     stubs.register("digits", source_model_dir)
-    err = rpc_error(lambda: stubs.registry.SetAlias(rs.SetAliasRequest(name="models/digits/versions/1", alias="latest"),
-                                                    metadata=stubs.md))
+    err = rpc_error(
+        lambda: stubs.registry.SetAlias(
+            rs.SetAliasRequest(name="models/digits/versions/1", alias="latest"), metadata=stubs.md
+        )
+    )
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "owned by the server")
 
 
@@ -247,8 +287,11 @@ def test_client_token_cannot_create_versions(server_and_stubs, tokens, source_mo
     with grpc.insecure_channel(running.target) as channel:
         client = Stubs.on(channel, tokens.client)
         err = rpc_error(lambda: client.register("digits", source_model_dir))
-        _assert_error(err, grpc.StatusCode.PERMISSION_DENIED, "role 'client' may not call "
-                      "/xfer.v1.RegistryService/CreateModelVersion")
+        _assert_error(
+            err,
+            grpc.StatusCode.PERMISSION_DENIED,
+            "role 'client' may not call /xfer.v1.RegistryService/CreateModelVersion",
+        )
         assert list(client.registry.ListModels(rs.ListModelsRequest(), metadata=client.md).models) == []
 
 
@@ -256,8 +299,9 @@ def test_tokens_never_logged(server_and_stubs, tokens, caplog) -> None:
     running, _ = server_and_stubs
     caplog.set_level("DEBUG")
     with grpc.insecure_channel(running.target) as channel:
-        Stubs.on(channel, tokens.operator).registry.ListModels(rs.ListModelsRequest(), metadata=[
-            ("authorization", f"Bearer {tokens.operator}")])
+        Stubs.on(channel, tokens.operator).registry.ListModels(
+            rs.ListModelsRequest(), metadata=[("authorization", f"Bearer {tokens.operator}")]
+        )
         wrong = Stubs.on(channel, "xfer_leaked-secret")
         err = rpc_error(lambda: wrong.registry.ListModels(rs.ListModelsRequest(), metadata=wrong.md))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -268,8 +312,14 @@ def test_tokens_never_logged(server_and_stubs, tokens, caplog) -> None:
 # -- cut-off uploads ---------------------------------------------------------------------
 def test_stream_cut_off_mid_upload(start_server, data_dir, source_model_dir) -> None:
     running = start_server()
-    requests = list(upload_requests(parent="models/cut", card=load_card(source_model_dir),
-                                    artifacts=model_artifacts(source_model_dir), chunk_size=4096))
+    requests = list(
+        upload_requests(
+            parent="models/cut",
+            card=load_card(source_model_dir),
+            artifacts=model_artifacts(source_model_dir),
+            chunk_size=4096,
+        )
+    )
     sent = threading.Event()
     release = threading.Event()
 
@@ -333,11 +383,14 @@ def test_tls(start_server, tls_files) -> None:
 
 
 def test_mutual_tls(start_server, tls_files) -> None:
-    running = start_server(tls_cert=tls_files.server_cert, tls_key=tls_files.server_key,
-                           tls_client_ca=tls_files.ca_cert)
-    with_cert = grpc.ssl_channel_credentials(root_certificates=tls_files.ca_cert.read_bytes(),
-                                             private_key=tls_files.client_key.read_bytes(),
-                                             certificate_chain=tls_files.client_cert.read_bytes())
+    running = start_server(
+        tls_cert=tls_files.server_cert, tls_key=tls_files.server_key, tls_client_ca=tls_files.ca_cert
+    )
+    with_cert = grpc.ssl_channel_credentials(
+        root_certificates=tls_files.ca_cert.read_bytes(),
+        private_key=tls_files.client_key.read_bytes(),
+        certificate_chain=tls_files.client_cert.read_bytes(),
+    )
     with grpc.secure_channel(running.target, with_cert) as channel:
         assert list(Stubs.on(channel).registry.ListModels(rs.ListModelsRequest(), timeout=10).models) == []
     without_cert = grpc.ssl_channel_credentials(root_certificates=tls_files.ca_cert.read_bytes())
@@ -355,8 +408,10 @@ def _details(err: grpc.RpcError):
 
 
 def _upload_onnx(stubs: Stubs, source_model_dir, model: str, onnx_bytes: bytes) -> grpc.RpcError:
-    artifacts = [Artifact(SAFETENSORS, (source_model_dir / "model.safetensors").read_bytes()),
-                 Artifact(ONNX, onnx_bytes)]
+    artifacts = [
+        Artifact(SAFETENSORS, (source_model_dir / "model.safetensors").read_bytes()),
+        Artifact(ONNX, onnx_bytes),
+    ]
     return rpc_error(lambda: stubs.upload(model=model, card=load_card(source_model_dir), artifacts=artifacts))
 
 
@@ -380,8 +435,12 @@ def test_onnx_that_behaves_only_at_batch_4_with_an_if_is_refused(stubs, source_m
 def test_onnx_that_behaves_only_at_batch_4_without_control_flow_is_refused(stubs, source_model_dir) -> None:
     from server_testkit import onnx_only_at_batch_4
 
-    err = _upload_onnx(stubs, source_model_dir, "batch-four", onnx_only_at_batch_4(source_model_dir, control_flow=False))
-    _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "output 'logits' is not finite", "on a probe input of shape [1,")
+    err = _upload_onnx(
+        stubs, source_model_dir, "batch-four", onnx_only_at_batch_4(source_model_dir, control_flow=False)
+    )
+    _assert_error(
+        err, grpc.StatusCode.INVALID_ARGUMENT, "output 'logits' is not finite", "on a probe input of shape [1,"
+    )
     _nothing_registered(stubs)
 
 
@@ -421,11 +480,16 @@ def test_card_for_a_gibibyte_model_is_refused_before_any_artifact_byte(stubs, so
     from xfer.models import card_for_model, create_model
 
     card = card_for_model(create_model("mlp", in_features=64, hidden=[8, 8], num_classes=10))
-    card = card.__class__(**{**card.__dict__, "architecture_config": {**card.architecture_config,
-                                                                      "hidden": [16384, 16384]}})
-    header = rs.CreateModelVersionRequest(header=rs.CreateModelVersionHeader(
-        parent="models/huge", card=upload_card(card), artifacts=[
-            rs.ArtifactDeclaration(format=SAFETENSORS, size_bytes=400 * 1024 * 1024, sha256="a" * 64)]))
+    card = card.__class__(
+        **{**card.__dict__, "architecture_config": {**card.architecture_config, "hidden": [16384, 16384]}}
+    )
+    header = rs.CreateModelVersionRequest(
+        header=rs.CreateModelVersionHeader(
+            parent="models/huge",
+            card=upload_card(card),
+            artifacts=[rs.ArtifactDeclaration(format=SAFETENSORS, size_bytes=400 * 1024 * 1024, sha256="a" * 64)],
+        )
+    )
     hold = threading.Event()
 
     def header_then_wait():
@@ -444,8 +508,11 @@ def test_card_for_a_gibibyte_model_is_refused_before_any_artifact_byte(stubs, so
 @pytest.mark.parametrize("alias", ["stable\n", "stable\r\n", "stable ", "\nstable", "stäble", "stable\x00"])
 def test_alias_with_a_trailing_newline_or_other_junk_is_refused(stubs, source_model_dir, alias) -> None:
     stubs.register("digits", source_model_dir)
-    err = rpc_error(lambda: stubs.registry.SetAlias(rs.SetAliasRequest(name="models/digits/versions/1", alias=alias),
-                                                    metadata=stubs.md))
+    err = rpc_error(
+        lambda: stubs.registry.SetAlias(
+            rs.SetAliasRequest(name="models/digits/versions/1", alias=alias), metadata=stubs.md
+        )
+    )
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "invalid alias")
     assert _details(err).reason == "INVALID_NAME" and _details(err).field_violations[0][0] == "alias"
     assert stubs.get("models/digits/versions/1").aliases == ["latest"]
@@ -467,9 +534,12 @@ def test_forged_page_token_with_a_huge_offset_is_invalid_argument(stubs, source_
     stubs.register("digits", source_model_dir)
     body = base64.urlsafe_b64encode(json.dumps({"q": "x", "k": 10**30}).encode()).decode().rstrip("=")
     for token in (body, f"{body}.AAAAAAAAAAAAAAAAAAAAAA", "e30"):
-        for call in (lambda: stubs.registry.ListModels(rs.ListModelsRequest(page_token=token), metadata=stubs.md),
-                     lambda: stubs.registry.ListModelVersions(rs.ListModelVersionsRequest(
-                         parent="models/digits", page_token=token), metadata=stubs.md)):
+        for call in (
+            lambda token=token: stubs.registry.ListModels(rs.ListModelsRequest(page_token=token), metadata=stubs.md),
+            lambda token=token: stubs.registry.ListModelVersions(
+                rs.ListModelVersionsRequest(parent="models/digits", page_token=token), metadata=stubs.md
+            ),
+        ):
             err = rpc_error(call)
             _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
             assert _details(err).reason == "INVALID_PAGE_TOKEN"
@@ -479,15 +549,22 @@ def test_safetensors_header_nested_100000_deep_is_invalid_argument(stubs, source
     raw = b"[" * 100_000 + b"]" * 100_000
     real = (source_model_dir / "model.safetensors").stat().st_size
     data = struct.pack("<Q", len(raw)) + raw + b"\0" * max(0, real - len(raw))
-    err = rpc_error(lambda: stubs.upload(model="deep", card=load_card(source_model_dir),
-                                         artifacts=[Artifact(SAFETENSORS, data)]))
+    err = rpc_error(
+        lambda: stubs.upload(model="deep", card=load_card(source_model_dir), artifacts=[Artifact(SAFETENSORS, data)])
+    )
     _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "nests JSON too deeply")
     _nothing_registered(stubs)
 
 
-@pytest.mark.parametrize("field,value", [("description", "clear\x1b[2J\x1b[Hscreen"), ("source_task", "ding\x07"),
-                                         ("license", "MIT\x00"), ("label_names", tuple(f"c{i}" if i else "\x1b[31mred"
-                                                                                       for i in range(10)))])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("description", "clear\x1b[2J\x1b[Hscreen"),
+        ("source_task", "ding\x07"),
+        ("license", "MIT\x00"),
+        ("label_names", tuple(f"c{i}" if i else "\x1b[31mred" for i in range(10))),
+    ],
+)
 def test_card_text_with_control_characters_is_refused(stubs, source_model_dir, field, value) -> None:
     card = load_card(source_model_dir)
     card = card.__class__(**{**card.__dict__, field: value})
@@ -500,8 +577,11 @@ def test_card_text_with_control_characters_is_refused(stubs, source_model_dir, f
 def test_deprecation_message_with_control_characters_is_refused(stubs, source_model_dir) -> None:
     stubs.register("digits", source_model_dir)
     for message in ("\x1b]52;c;ZXZpbA==\x07", "nul\x00"):
-        err = rpc_error(lambda: stubs.registry.DeprecateModelVersion(rs.DeprecateModelVersionRequest(
-            name="models/digits/versions/1", message=message), metadata=stubs.md))
+        err = rpc_error(
+            lambda message=message: stubs.registry.DeprecateModelVersion(
+                rs.DeprecateModelVersionRequest(name="models/digits/versions/1", message=message), metadata=stubs.md
+            )
+        )
         _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "control character")
     assert not stubs.get("models/digits/versions/1").deprecated
 
@@ -518,8 +598,14 @@ def test_dp_false_with_an_epsilon_is_a_contradiction(stubs, source_model_dir) ->
 def _run(**overrides):
     from xfer.v1 import metrics_service_pb2 as ms
 
-    run = ms.Run(run_id="r1", model_version="models/digits/versions/1", strategy=ms.Strategy(name="full"),
-                 metrics={"accuracy": 0.5}, train_examples_pow2=64, device_kind=ms.DEVICE_KIND_CPU)
+    run = ms.Run(
+        run_id="r1",
+        model_version="models/digits/versions/1",
+        strategy=ms.Strategy(name="full"),
+        metrics={"accuracy": 0.5},
+        train_examples_pow2=64,
+        device_kind=ms.DEVICE_KIND_CPU,
+    )
     for key, value in overrides.items():
         if key == "metric":
             run.metrics[value] = 0.1
@@ -532,12 +618,18 @@ def _run(**overrides):
     return run
 
 
-@pytest.mark.parametrize("overrides,field", [
-    (dict(run_id="r1\n"), "run.run_id"), (dict(metric="acc\n"), "run.metrics"),
-    (dict(strategy="full\n"), "run.strategy.name"), (dict(hyperparameter=("lr\n", "1")), "run.strategy.hyperparameters"),
-    (dict(hyperparameter=("lr", "1\x00")), "run.strategy.hyperparameters[lr]"),
-    (dict(model_version="models/digits/versions/1\n"), "run.model_version"),
-], ids=["run-id", "metric", "strategy", "hyperparameter-name", "hyperparameter-nul", "model-version"])
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        (dict(run_id="r1\n"), "run.run_id"),
+        (dict(metric="acc\n"), "run.metrics"),
+        (dict(strategy="full\n"), "run.strategy.name"),
+        (dict(hyperparameter=("lr\n", "1")), "run.strategy.hyperparameters"),
+        (dict(hyperparameter=("lr", "1\x00")), "run.strategy.hyperparameters[lr]"),
+        (dict(model_version="models/digits/versions/1\n"), "run.model_version"),
+    ],
+    ids=["run-id", "metric", "strategy", "hyperparameter-name", "hyperparameter-nul", "model-version"],
+)
 def test_run_report_names_with_trailing_newlines_are_refused(server_and_stubs, overrides, field) -> None:
     from xfer.v1 import metrics_service_pb2 as ms
     from xfer.v1 import metrics_service_pb2_grpc as msg
@@ -550,8 +642,9 @@ def test_run_report_names_with_trailing_newlines_are_refused(server_and_stubs, o
 
 
 @pytest.mark.postgres
-def test_nul_characters_and_forged_tokens_on_postgresql_are_invalid_argument(start_server, tokens, postgres_url,
-                                                                             source_model_dir) -> None:
+def test_nul_characters_and_forged_tokens_on_postgresql_are_invalid_argument(
+    start_server, tokens, postgres_url, source_model_dir
+) -> None:
     """PostgreSQL refuses NUL in text and BIGINT overflows: both must be the caller's error, not INTERNAL."""
     from xfer.v1 import metrics_service_pb2 as ms
     from xfer.v1 import metrics_service_pb2_grpc as msg
@@ -564,17 +657,26 @@ def test_nul_characters_and_forged_tokens_on_postgresql_are_invalid_argument(sta
         card = card.__class__(**{**card.__dict__, "description": "nul\x00here"})
         err = rpc_error(lambda: stubs.upload(model="nul", card=card, artifacts=model_artifacts(source_model_dir)))
         _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "control character U+0000")
-        err = rpc_error(lambda: stubs.registry.DeprecateModelVersion(rs.DeprecateModelVersionRequest(
-            name="models/digits/versions/1", message="a\x00b"), metadata=stubs.md))
+        err = rpc_error(
+            lambda: stubs.registry.DeprecateModelVersion(
+                rs.DeprecateModelVersionRequest(name="models/digits/versions/1", message="a\x00b"), metadata=stubs.md
+            )
+        )
         _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "control character")
         runs = msg.MetricsServiceStub(channel)
-        err = rpc_error(lambda: runs.ReportRun(ms.ReportRunRequest(run=_run(hyperparameter=("lr", "1\x00"))),
-                                               metadata=stubs.md))
+        err = rpc_error(
+            lambda: runs.ReportRun(ms.ReportRunRequest(run=_run(hyperparameter=("lr", "1\x00"))), metadata=stubs.md)
+        )
         _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "control characters")
-        for token in ("eyJxIjoieCIsImsiOjEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMH0",
-                      running.registry.catalog._tokens.encode(query="versions:digits", last=10**30)):
-            err = rpc_error(lambda: stubs.registry.ListModelVersions(rs.ListModelVersionsRequest(
-                parent="models/digits", page_token=token), metadata=stubs.md))
+        for token in (
+            "eyJxIjoieCIsImsiOjEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMH0",
+            running.registry.catalog._tokens.encode(query="versions:digits", last=10**30),
+        ):
+            err = rpc_error(
+                lambda token=token: stubs.registry.ListModelVersions(
+                    rs.ListModelVersionsRequest(parent="models/digits", page_token=token), metadata=stubs.md
+                )
+            )
             _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
         err = rpc_error(lambda: runs.ListRuns(ms.ListRunsRequest(page_token=token), metadata=stubs.md))
         _assert_error(err, grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")

@@ -26,17 +26,27 @@ def test_sigint_stops_cleanly(spawn_server) -> None:
 
 
 def test_non_loopback_without_tokens_exits_2(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "xfer.server", "--host", "0.0.0.0", "--port", "0",
-                             "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "xfer.server", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "refusing to listen on '0.0.0.0' without authentication" in result.stderr
 
 
 def test_data_dir_from_environment(tmp_path: Path) -> None:
     env_dir = tmp_path / "from-env"
-    proc = subprocess.Popen([sys.executable, "-m", "xfer.server", "--port", "0"], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={"XFER_DATA_DIR": str(env_dir), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xfer.server", "--port", "0"],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={"XFER_DATA_DIR": str(env_dir), "PATH": "/usr/bin:/bin"},
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("xfer-server listening on 127.0.0.1:")

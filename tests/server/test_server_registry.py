@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from server_testkit import load_card
 
 from xfer.server.blobs import BlobStore
 from xfer.server.catalog import Catalog
@@ -15,7 +16,6 @@ from xfer.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from xfer.server.migrate import upgrade
 from xfer.server.pagination import PageTokens
 from xfer.server.registry import Registry, RegistryLimits
-from server_testkit import load_card
 
 ST = ArtifactFormat.SAFETENSORS
 
@@ -25,17 +25,23 @@ def registry(tmp_path: Path, sandbox):
     engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     upgrade(engine)
     catalog = Catalog(engine, page_tokens=PageTokens(b"registry-test-key" * 2))
-    yield Registry(catalog=catalog, blobs=BlobStore(tmp_path / "blobs"), limits=RegistryLimits(max_artifact_bytes=10**7),
-                   sandbox=sandbox)
+    yield Registry(
+        catalog=catalog,
+        blobs=BlobStore(tmp_path / "blobs"),
+        limits=RegistryLimits(max_artifact_bytes=10**7),
+        sandbox=sandbox,
+    )
     engine.dispose()
 
 
 def _stream(model_dir: Path, *, model: str = "digits", chunk: int = 1000, declare=None):
     data = (model_dir / "model.safetensors").read_bytes()
-    declaration = declare or ArtifactDeclaration(format=ST, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    declaration = declare or ArtifactDeclaration(
+        format=ST, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
     yield UploadHeader(parent=f"models/{model}", card=load_card(model_dir), artifacts=(declaration,))
     for start in range(0, len(data), chunk):
-        yield UploadChunk(format=ST, data=data[start:start + chunk])
+        yield UploadChunk(format=ST, data=data[start : start + chunk])
 
 
 def _temp_files(registry: Registry) -> list[Path]:
@@ -69,15 +75,21 @@ def test_a_stream_that_breaks_leaves_nothing(registry: Registry, source_model_di
     assert registry.list_models().items == ()
 
 
-@pytest.mark.parametrize("mutate,error,message", [
-    (lambda msgs: msgs[:1] + msgs[:1] + msgs[1:], InvalidArgument, "second header"),
-    (lambda msgs: msgs[:-1], InvalidArgument, "ended after"),
-    (lambda msgs: msgs + msgs[-1:], InvalidArgument, "longer than its declared"),
-    (lambda msgs: msgs[:1] + [UploadChunk(format=ArtifactFormat.ONNX, data=b"x")], InvalidArgument,
-     "declared only"),
-    (lambda msgs: msgs[1:], InvalidArgument, "must be the header"),
-    (lambda msgs: [], InvalidArgument, "must be the header"),
-])
+@pytest.mark.parametrize(
+    "mutate,error,message",
+    [
+        (lambda msgs: msgs[:1] + msgs[:1] + msgs[1:], InvalidArgument, "second header"),
+        (lambda msgs: msgs[:-1], InvalidArgument, "ended after"),
+        (lambda msgs: msgs + msgs[-1:], InvalidArgument, "longer than its declared"),
+        (
+            lambda msgs: msgs[:1] + [UploadChunk(format=ArtifactFormat.ONNX, data=b"x")],
+            InvalidArgument,
+            "declared only",
+        ),
+        (lambda msgs: msgs[1:], InvalidArgument, "must be the header"),
+        (lambda msgs: [], InvalidArgument, "must be the header"),
+    ],
+)
 def test_stream_rules(registry: Registry, source_model_dir: Path, mutate, error, message) -> None:
     messages = mutate(list(_stream(source_model_dir)))
     with pytest.raises(error, match=message):
@@ -94,10 +106,13 @@ def test_declaration_rules(registry: Registry, source_model_dir: Path) -> None:
     with pytest.raises(InvalidArgument, match="same artifact format twice"):
         registry.create_version(declare(good, good))
     with pytest.raises(InvalidArgument, match="exactly one weights artifact"):
-        registry.create_version(declare(ArtifactDeclaration(format=ArtifactFormat.ONNX, size_bytes=10, sha256="a" * 64)))
+        registry.create_version(
+            declare(ArtifactDeclaration(format=ArtifactFormat.ONNX, size_bytes=10, sha256="a" * 64))
+        )
     with pytest.raises(InvalidArgument, match="exactly one weights artifact"):
-        registry.create_version(declare(good, ArtifactDeclaration(format=ArtifactFormat.TORCH_STATE_DICT,
-                                                                  size_bytes=10, sha256="a" * 64)))
+        registry.create_version(
+            declare(good, ArtifactDeclaration(format=ArtifactFormat.TORCH_STATE_DICT, size_bytes=10, sha256="a" * 64))
+        )
     with pytest.raises(InvalidArgument, match="64 lower-case hex digits"):
         registry.create_version(declare(ArtifactDeclaration(format=ST, size_bytes=10, sha256="A" * 64)))
     with pytest.raises(InvalidArgument, match="must be positive"):
@@ -134,11 +149,18 @@ def test_an_oversized_card_is_refused_before_any_artifact_byte(registry: Registr
 
     small = create_model("mlp", in_features=64, hidden=[8], num_classes=10)
     card = card_for_model(small)
-    card = type(card)(**{**card.__dict__, "architecture_config": {**card.architecture_config,
-                                                                  "hidden": [16384, 16384]},
-                         "blocks": ("stem", "block1", "head")})
-    header = UploadHeader(parent="models/huge", card=card, artifacts=(
-        ArtifactDeclaration(format=ST, size_bytes=5 * 10**6, sha256="a" * 64),))
+    card = type(card)(
+        **{
+            **card.__dict__,
+            "architecture_config": {**card.architecture_config, "hidden": [16384, 16384]},
+            "blocks": ("stem", "block1", "head"),
+        }
+    )
+    header = UploadHeader(
+        parent="models/huge",
+        card=card,
+        artifacts=(ArtifactDeclaration(format=ST, size_bytes=5 * 10**6, sha256="a" * 64),),
+    )
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ResourceExhausted, match="269,680,650 parameters") as caught:
         registry.begin_upload(header)
@@ -148,8 +170,11 @@ def test_an_oversized_card_is_refused_before_any_artifact_byte(registry: Registr
 
 
 def test_a_card_larger_than_its_declared_weights_is_refused(registry: Registry, source_model_dir: Path) -> None:
-    header = UploadHeader(parent="models/digits", card=load_card(source_model_dir), artifacts=(
-        ArtifactDeclaration(format=ST, size_bytes=1000, sha256="a" * 64),))
+    header = UploadHeader(
+        parent="models/digits",
+        card=load_card(source_model_dir),
+        artifacts=(ArtifactDeclaration(format=ST, size_bytes=1000, sha256="a" * 64),),
+    )
     with pytest.raises(InvalidArgument, match="declares only 1,000 bytes") as caught:
         registry.begin_upload(header)
     assert caught.value.reason == "SIZE_MISMATCH"

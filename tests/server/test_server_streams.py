@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from server_testkit import SAFETENSORS, Stubs, bearer, load_card, rpc_error
+
 from xfer.client.errors import TooManyStreamsError, details_of, from_rpc_error
 from xfer.server.app import READ_METHOD, RunningServer
 from xfer.server.convert import card_to_proto
@@ -46,8 +46,11 @@ def _register_big_blob(running: RunningServer, source_model_dir: Path) -> str:
     for _ in range(BIG // MIB):
         writer.write(block)
     sha = store.commit(writer)
-    running.registry.catalog.create_version(model_id="big", card=load_card(source_model_dir), artifacts=[
-        ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=BIG, sha256=sha)])
+    running.registry.catalog.create_version(
+        model_id="big",
+        card=load_card(source_model_dir),
+        artifacts=[ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=BIG, sha256=sha)],
+    )
     return sha
 
 
@@ -76,8 +79,9 @@ time.sleep(600)  # never reads
 
 
 def _stalled_readers(target: str, token: str, count: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_READERS, target, token, str(count)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STALLED_READERS, target, token, str(count)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "opened"
     return proc
 
@@ -91,8 +95,9 @@ def _health_ms(channel: grpc.Channel) -> float:
 
 def _pull_sha(stubs: Stubs) -> str:
     digest = hashlib.sha256()
-    for response in stubs.transfer.ReadArtifact(ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS),
-                                                metadata=stubs.md, timeout=60):
+    for response in stubs.transfer.ReadArtifact(
+        ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS), metadata=stubs.md, timeout=60
+    ):
         digest.update(response.data)
     return digest.hexdigest()
 
@@ -127,9 +132,17 @@ def test_twenty_stalled_uploads_do_not_freeze_anyone_else(start_server, tokens, 
     running = start_server(token_file=tokens.file, max_workers=4, max_uploads_per_token=32, max_uploads=32)
     card = card_to_proto(load_card(source_model_dir))
     data = (source_model_dir / "model.safetensors").read_bytes()
-    header = rs.CreateModelVersionRequest(header=rs.CreateModelVersionHeader(parent="models/stalled", card=card,
-                                          artifacts=[rs.ArtifactDeclaration(format=SAFETENSORS, size_bytes=len(data),
-                                                                            sha256=hashlib.sha256(data).hexdigest())]))
+    header = rs.CreateModelVersionRequest(
+        header=rs.CreateModelVersionHeader(
+            parent="models/stalled",
+            card=card,
+            artifacts=[
+                rs.ArtifactDeclaration(
+                    format=SAFETENSORS, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+                )
+            ],
+        )
+    )
     release = threading.Event()
     outcomes: list[grpc.StatusCode] = []
 
@@ -168,8 +181,9 @@ def test_a_stalled_reader_is_ended_and_frees_its_slot(start_server, tokens, sour
     _register_big_blob(running, source_model_dir)
     with grpc.insecure_channel(running.target, options=STALLING) as channel:
         stubs = Stubs.on(channel, tokens.client)
-        stalled = stubs.transfer.ReadArtifact(ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS),
-                                              metadata=stubs.md, timeout=60)
+        stalled = stubs.transfer.ReadArtifact(
+            ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS), metadata=stubs.md, timeout=60
+        )
         _wait_for(lambda: _active(running, READ_METHOD) == 1)
         _wait_for(lambda: _active(running, READ_METHOD) == 0, timeout=30)  # ended by the server, slot freed
         assert len(_pull_sha(stubs)) == 64  # the same token may read again (its one slot is free)
@@ -181,10 +195,17 @@ def test_a_stalled_reader_is_ended_and_frees_its_slot(start_server, tokens, sour
 def test_a_stalled_upload_is_ended_and_leaves_nothing(start_server, tokens, source_model_dir) -> None:
     running = start_server(token_file=tokens.file, stall_timeout_s=1.0)
     data = (source_model_dir / "model.safetensors").read_bytes()
-    header = rs.CreateModelVersionRequest(header=rs.CreateModelVersionHeader(
-        parent="models/slow", card=card_to_proto(load_card(source_model_dir)),
-        artifacts=[rs.ArtifactDeclaration(format=SAFETENSORS, size_bytes=len(data),
-                                          sha256=hashlib.sha256(data).hexdigest())]))
+    header = rs.CreateModelVersionRequest(
+        header=rs.CreateModelVersionHeader(
+            parent="models/slow",
+            card=card_to_proto(load_card(source_model_dir)),
+            artifacts=[
+                rs.ArtifactDeclaration(
+                    format=SAFETENSORS, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+                )
+            ],
+        )
+    )
     release = threading.Event()
 
     def requests():
@@ -194,8 +215,11 @@ def test_a_stalled_upload_is_ended_and_leaves_nothing(start_server, tokens, sour
 
     with grpc.insecure_channel(running.target) as channel:
         try:
-            err = rpc_error(lambda: Stubs.on(channel).registry.CreateModelVersion(
-                requests(), metadata=bearer(tokens.operator), timeout=30))
+            err = rpc_error(
+                lambda: Stubs.on(channel).registry.CreateModelVersion(
+                    requests(), metadata=bearer(tokens.operator), timeout=30
+                )
+            )
         finally:
             release.set()
     assert err.code() == grpc.StatusCode.UNAVAILABLE and "no upload data arrived for 1 s" in err.details()
@@ -204,14 +228,17 @@ def test_a_stalled_upload_is_ended_and_leaves_nothing(start_server, tokens, sour
     assert running.registry.list_models().items == ()
 
 
-def test_per_token_stream_limit_is_resource_exhausted_with_a_retry_hint(start_server, tokens,
-                                                                         source_model_dir) -> None:
+def test_per_token_stream_limit_is_resource_exhausted_with_a_retry_hint(start_server, tokens, source_model_dir) -> None:
     running = start_server(token_file=tokens.file, max_reads_per_token=2)
     sha = _register_big_blob(running, source_model_dir)
     with grpc.insecure_channel(running.target, options=STALLING) as channel:
         client, operator = Stubs.on(channel, tokens.client), Stubs.on(channel, tokens.operator)
-        held = [client.transfer.ReadArtifact(ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS),
-                                             metadata=client.md, timeout=60) for _ in range(2)]
+        held = [
+            client.transfer.ReadArtifact(
+                ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS), metadata=client.md, timeout=60
+            )
+            for _ in range(2)
+        ]
         _wait_for(lambda: _active(running, READ_METHOD) == 2)
         err = rpc_error(lambda: _pull_sha(client))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "already has 2 artifact reads open" in err.details()
@@ -230,24 +257,29 @@ def test_server_wide_stream_limit(start_server, tokens, source_model_dir) -> Non
     _register_big_blob(running, source_model_dir)
     with grpc.insecure_channel(running.target, options=STALLING) as channel:
         client, operator = Stubs.on(channel, tokens.client), Stubs.on(channel, tokens.operator)
-        held = client.transfer.ReadArtifact(ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS),
-                                            metadata=client.md, timeout=60)
+        held = client.transfer.ReadArtifact(
+            ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS), metadata=client.md, timeout=60
+        )
         _wait_for(lambda: _active(running, READ_METHOD) == 1)
         err = rpc_error(lambda: _pull_sha(operator))
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the server has 1 artifact reads open" in err.details()
+        assert (
+            err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the server has 1 artifact reads open" in err.details()
+        )
         held.cancel()
 
 
-def test_connections_are_recycled_at_their_maximum_age_and_a_pull_resumes(start_server, tokens, source_model_dir,
-                                                                          tmp_path, caplog) -> None:
+def test_connections_are_recycled_at_their_maximum_age_and_a_pull_resumes(
+    start_server, tokens, source_model_dir, tmp_path, caplog
+) -> None:
     """A connection older than max_connection_age is closed (after its grace); a slow pull on it resumes."""
     import logging
 
     from xfer.client import Client, RetryPolicy
 
     caplog.set_level(logging.INFO, logger="xfer.client.download")
-    running = start_server(token_file=tokens.file, max_connection_age_s=1.0, max_connection_age_grace_s=1.0,
-                           chunk_size=256 * 1024)
+    running = start_server(
+        token_file=tokens.file, max_connection_age_s=1.0, max_connection_age_grace_s=1.0, chunk_size=256 * 1024
+    )
     sha = _register_big_blob(running, source_model_dir)
 
     def slowly(done: int, total: int) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import onnx
 import pytest
+import server_testkit
 import torch
 
 from xfer.models import card_for_model, create_model
 from xfer.models.weights import save_safetensors
-import server_testkit
 from xfer.server import validate
 from xfer.server.errors import InvalidArgument
 
@@ -29,22 +29,32 @@ def test_parses_a_real_file(tmp_path: Path) -> None:
     header = validate.parse_safetensors_header(tmp_path / "m.safetensors")
     assert header.metadata == {"k": "v"}
     assert {n: (t.dtype, t.shape) for n, t in header.tensors.items()} == {
-        n: spec for n, spec in __import__("xfer.models.weights", fromlist=["x"]).tensor_specs(model).items()}
+        n: spec for n, spec in __import__("xfer.models.weights", fromlist=["x"]).tensor_specs(model).items()
+    }
 
 
-@pytest.mark.parametrize("header,data,message", [
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "run to byte 8"),
-    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, "needs 8"),
-    ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
-    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "non-negative"),
-    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-      "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}}, b"\0" * 6, "overlaps"),
-    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "unused bytes"),
-    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, "trailing bytes"),
-    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4, "begin <= end"),
-    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": 1}}, b"\0" * 4, "exactly the keys"),
-    ({"__metadata__": {"a": 1}}, b"", "__metadata__"),
-])
+@pytest.mark.parametrize(
+    "header,data,message",
+    [
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, "run to byte 8"),
+        ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4, "needs 8"),
+        ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
+        ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, b"\0" * 8, "non-negative"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]},
+            },
+            b"\0" * 6,
+            "overlaps",
+        ),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "unused bytes"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, "trailing bytes"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4, "begin <= end"),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": 1}}, b"\0" * 4, "exactly the keys"),
+        ({"__metadata__": {"a": 1}}, b"", "__metadata__"),
+    ],
+)
 def test_rejects_malformed_headers(tmp_path: Path, header: dict, data: bytes, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         validate.parse_safetensors_header(_write(tmp_path / "x.safetensors", header, data))
@@ -70,11 +80,17 @@ def test_rejects_forged_lengths_and_duplicates(tmp_path: Path) -> None:
         validate.parse_safetensors_header(path)
 
 
-@pytest.mark.parametrize("field,value", [
-    ("description", "fine\x1b[2Jwiped"), ("description", "bell\x07"), ("source_task", "nul\x00"),
-    ("license", "MIT\nsecond line"), ("label_names", ("zero", "\u202eevil")),
-    ("framework_versions", {"torch": "2.13\x1b]0;title\x07"}),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("description", "fine\x1b[2Jwiped"),
+        ("description", "bell\x07"),
+        ("source_task", "nul\x00"),
+        ("license", "MIT\nsecond line"),
+        ("label_names", ("zero", "\u202eevil")),
+        ("framework_versions", {"torch": "2.13\x1b]0;title\x07"}),
+    ],
+)
 def test_card_text_with_control_characters_is_refused(field: str, value) -> None:
     card = card_for_model(create_model("mlp", in_features=4, hidden=[8], num_classes=2))
     hostile = card.__class__(**{**card.__dict__, field: value})
@@ -132,8 +148,9 @@ def test_state_dict_conversion(tmp_path: Path) -> None:
 
 
 def _weights(source_model_dir: Path):
-    from xfer.models.weights import load_safetensors, model_from_card
     from server_testkit import load_card
+
+    from xfer.models.weights import load_safetensors, model_from_card
 
     return load_safetensors(model_from_card(load_card(source_model_dir)), source_model_dir / "model.safetensors")
 
@@ -145,12 +162,16 @@ def test_probe_plan_covers_many_batch_sizes_with_fresh_seeds() -> None:
     assert {p.distribution for p in first} == {"normal", "uniform"}
 
 
-@pytest.mark.parametrize("builder,message", [
-    (lambda d: server_testkit.onnx_nan_features(d), "output 'features' is not finite"),
-    (lambda d: server_testkit.onnx_only_at_batch_4(d, control_flow=False), "output 'logits' is not finite"),
-    (lambda d: server_testkit.onnx_only_at_batch_4(d, control_flow=True), "contains \\['If'\\]"),
-    (lambda d: server_testkit.onnx_random(d), "RandomNormalLike"),
-], ids=["nan-features", "batch-4-where", "batch-4-if", "random-op"])
+@pytest.mark.parametrize(
+    "builder,message",
+    [
+        (lambda d: server_testkit.onnx_nan_features(d), "output 'features' is not finite"),
+        (lambda d: server_testkit.onnx_only_at_batch_4(d, control_flow=False), "output 'logits' is not finite"),
+        (lambda d: server_testkit.onnx_only_at_batch_4(d, control_flow=True), "contains \\['If'\\]"),
+        (lambda d: server_testkit.onnx_random(d), "RandomNormalLike"),
+    ],
+    ids=["nan-features", "batch-4-where", "batch-4-if", "random-op"],
+)
 def test_onnx_that_only_looks_right_is_refused(tmp_path: Path, source_model_dir: Path, builder, message) -> None:
     path = tmp_path / "hostile.onnx"
     path.write_bytes(builder(source_model_dir))
@@ -161,8 +182,9 @@ def test_onnx_that_only_looks_right_is_refused(tmp_path: Path, source_model_dir:
 def test_the_old_single_probe_would_have_passed_the_batch_4_graph(tmp_path: Path, source_model_dir: Path) -> None:
     """The trick works against one batch of 4: the test above is not vacuous."""
     graph = server_testkit.onnx_only_at_batch_4(source_model_dir, control_flow=False)
-    worst = validate.probe_parity(_weights(source_model_dir), graph,
-                                  probes=[validate.Probe(batch=4, seed=1, distribution="normal")])
+    worst = validate.probe_parity(
+        _weights(source_model_dir), graph, probes=[validate.Probe(batch=4, seed=1, distribution="normal")]
+    )
     assert worst <= validate.PARITY_ATOL
 
 

@@ -6,8 +6,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from server_testkit import Stubs, load_card, model_artifacts, rpc_error
 
-from server_testkit import Stubs, model_artifacts, load_card, rpc_error
 from xfer.client import errors as client_errors
 from xfer.server import rpc_status as server_rpc_status
 from xfer.server.errors import FieldViolation, Reason, Status
@@ -42,11 +42,14 @@ def stubs(start_server, tokens, source_model_dir):
         yield stubs
 
 
-@pytest.mark.parametrize("name,reason,typed", [
-    ("models/nope/versions/1", "MODEL_NOT_FOUND", client_errors.ModelNotFoundError),
-    ("models/digits/versions/9", "VERSION_NOT_FOUND", client_errors.VersionNotFoundError),
-    ("models/digits/versions/stable", "ALIAS_NOT_FOUND", client_errors.AliasNotFoundError),
-])
+@pytest.mark.parametrize(
+    "name,reason,typed",
+    [
+        ("models/nope/versions/1", "MODEL_NOT_FOUND", client_errors.ModelNotFoundError),
+        ("models/digits/versions/9", "VERSION_NOT_FOUND", client_errors.VersionNotFoundError),
+        ("models/digits/versions/stable", "ALIAS_NOT_FOUND", client_errors.AliasNotFoundError),
+    ],
+)
 def test_not_found_reasons(stubs, name, reason, typed) -> None:
     err = rpc_error(lambda: stubs.get(name))
     assert err.code() == grpc.StatusCode.NOT_FOUND
@@ -69,8 +72,9 @@ def test_digest_mismatch_has_a_reason_a_field_and_the_digests(stubs, source_mode
 
 
 def test_bad_request_names_the_field(stubs) -> None:
-    err = rpc_error(lambda: stubs.registry.ListModelVersions(rs.ListModelVersionsRequest(parent="models/Bad"),
-                                                             metadata=stubs.md))
+    err = rpc_error(
+        lambda: stubs.registry.ListModelVersions(rs.ListModelVersionsRequest(parent="models/Bad"), metadata=stubs.md)
+    )
     details = _google_details(err)
     assert details["ErrorInfo"].reason == "INVALID_NAME"
     assert details["BadRequest"].field_violations[0].field == "parent"
@@ -80,18 +84,29 @@ def test_bad_request_names_the_field(stubs) -> None:
 
 def test_run_reports_say_which_field_and_conflicts_are_typed(stubs) -> None:
     runs = msg.MetricsServiceStub(stubs.channel)
-    run = ms.Run(run_id="r1", model_version="models/digits/versions/1", strategy=ms.Strategy(name="full"),
-                 metrics={"accuracy": 0.5}, train_examples_pow2=64, device_kind=ms.DEVICE_KIND_CPU)
+    run = ms.Run(
+        run_id="r1",
+        model_version="models/digits/versions/1",
+        strategy=ms.Strategy(name="full"),
+        metrics={"accuracy": 0.5},
+        train_examples_pow2=64,
+        device_kind=ms.DEVICE_KIND_CPU,
+    )
     bad = ms.Run()
     bad.CopyFrom(run)
     bad.metrics["acc\n"] = 0.1
     err = rpc_error(lambda: runs.ReportRun(ms.ReportRunRequest(run=bad), metadata=stubs.md))
     details = _google_details(err)
-    assert details["ErrorInfo"].reason == "INVALID_REPORT" and details["BadRequest"].field_violations[0].field == "run.metrics"
+    assert (
+        details["ErrorInfo"].reason == "INVALID_REPORT"
+        and details["BadRequest"].field_violations[0].field == "run.metrics"
+    )
     runs.ReportRun(ms.ReportRunRequest(run=run), metadata=stubs.md)
     run.wall_seconds = 3.0
     err = rpc_error(lambda: runs.ReportRun(ms.ReportRunRequest(run=run), metadata=stubs.md))
-    assert err.code() == grpc.StatusCode.ALREADY_EXISTS and _google_details(err)["ErrorInfo"].reason == "RUN_ID_CONFLICT"
+    assert (
+        err.code() == grpc.StatusCode.ALREADY_EXISTS and _google_details(err)["ErrorInfo"].reason == "RUN_ID_CONFLICT"
+    )
     assert isinstance(client_errors.from_rpc_error(err), client_errors.AlreadyExistsError)
 
 
@@ -100,8 +115,12 @@ def test_auth_reasons(start_server, tokens) -> None:
     with grpc.insecure_channel(running.target) as channel:
         missing = rpc_error(lambda: Stubs.on(channel).get("models/x/versions/1"))
         wrong = rpc_error(lambda: Stubs.on(channel, "xfer_wrong").get("models/x/versions/1"))
-        role = rpc_error(lambda: Stubs.on(channel, tokens.client).registry.DeleteModelVersion(
-            rs.DeleteModelVersionRequest(name="models/x/versions/1"), metadata=[("authorization", f"Bearer {tokens.client}")]))
+        role = rpc_error(
+            lambda: Stubs.on(channel, tokens.client).registry.DeleteModelVersion(
+                rs.DeleteModelVersionRequest(name="models/x/versions/1"),
+                metadata=[("authorization", f"Bearer {tokens.client}")],
+            )
+        )
     assert _google_details(missing)["ErrorInfo"].reason == "TOKEN_MISSING"
     assert _google_details(wrong)["ErrorInfo"].reason == "TOKEN_INVALID"
     assert _google_details(role)["ErrorInfo"].reason == "ROLE_FORBIDDEN"
@@ -112,18 +131,31 @@ def test_every_reply_carries_a_request_id(stubs) -> None:
     err = rpc_error(lambda: stubs.get("models/nope/versions/1"))
     ids = [v for k, v in err.trailing_metadata() if k == "x-request-id"]
     assert len(ids) == 1 and len(ids[0]) == 16
-    _, call = stubs.registry.GetModelVersion.with_call(rs.GetModelVersionRequest(name="models/digits/versions/1"),
-                                                       metadata=[*stubs.md, ("x-request-id", "trace-42")])
+    _, call = stubs.registry.GetModelVersion.with_call(
+        rs.GetModelVersionRequest(name="models/digits/versions/1"), metadata=[*stubs.md, ("x-request-id", "trace-42")]
+    )
     assert ("x-request-id", "trace-42") in list(call.trailing_metadata())  # a caller's own id is kept
 
 
 def test_status_proto_has_error_info_bad_request_and_retry_info() -> None:
-    status = Status(code=grpc.StatusCode.UNAVAILABLE, message="m", reason=Reason.DATABASE_UNAVAILABLE, expected=True,
-                    metadata={"k": "v"}, field_violations=(FieldViolation("f", "d"),), retry_after=1.5)
+    status = Status(
+        code=grpc.StatusCode.UNAVAILABLE,
+        message="m",
+        reason=Reason.DATABASE_UNAVAILABLE,
+        expected=True,
+        metadata={"k": "v"},
+        field_violations=(FieldViolation("f", "d"),),
+        retry_after=1.5,
+    )
     proto = server_rpc_status.status_proto(status)
     parsed = client_errors.parse_status_details(proto.SerializeToString())
-    assert parsed == client_errors.StatusDetails(reason="DATABASE_UNAVAILABLE", domain="xfer.v1", metadata={"k": "v"},
-                                                 field_violations=(("f", "d"),), retry_after=1.5)
+    assert parsed == client_errors.StatusDetails(
+        reason="DATABASE_UNAVAILABLE",
+        domain="xfer.v1",
+        metadata={"k": "v"},
+        field_violations=(("f", "d"),),
+        retry_after=1.5,
+    )
     assert client_errors.parse_status_details(b"\xff\xff garbage") == client_errors.StatusDetails()
 
 

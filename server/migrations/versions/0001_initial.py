@@ -29,8 +29,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "xfer_versions",
-        sa.Column("model_id", sa.String(63), sa.ForeignKey("xfer_models.model_id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column(
+            "model_id", sa.String(63), sa.ForeignKey("xfer_models.model_id", ondelete="CASCADE"), primary_key=True
+        ),
         sa.Column("version", sa.BigInteger, primary_key=True),
         sa.Column("card_json", sa.Text, nullable=False),
         sa.Column("create_time_us", sa.BigInteger, nullable=False),
@@ -45,8 +46,9 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("size_bytes", sa.BigInteger, nullable=False),
         sa.Column("derived", sa.Boolean, nullable=False, server_default=sa.false()),
-        sa.ForeignKeyConstraint(["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"],
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"], ondelete="CASCADE"
+        ),
     )
     op.create_index("ix_xfer_artifacts_sha256", "xfer_artifacts", ["sha256"])
     op.create_table(
@@ -54,8 +56,9 @@ def upgrade() -> None:
         sa.Column("model_id", sa.String(63), primary_key=True),
         sa.Column("alias", sa.String(32), primary_key=True),
         sa.Column("version", sa.BigInteger, nullable=False),
-        sa.ForeignKeyConstraint(["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"],
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["model_id", "version"], ["xfer_versions.model_id", "xfer_versions.version"], ondelete="CASCADE"
+        ),
     )
     op.create_table(
         "xfer_runs",
@@ -80,8 +83,7 @@ def upgrade() -> None:
     op.create_index("ix_xfer_runs_version_newest", "xfer_runs", ["model_version", "create_us", "run_id"])
     op.create_table(
         "xfer_run_metrics",
-        sa.Column("run_id", sa.String(128), sa.ForeignKey("xfer_runs.run_id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column("run_id", sa.String(128), sa.ForeignKey("xfer_runs.run_id", ondelete="CASCADE"), primary_key=True),
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("value", sa.Double, nullable=False),
     )
@@ -89,6 +91,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("xfer_run_metrics", "xfer_runs", "xfer_aliases", "xfer_artifacts", "xfer_versions",
-                  "xfer_models"):
+    for table in ("xfer_run_metrics", "xfer_runs", "xfer_aliases", "xfer_artifacts", "xfer_versions", "xfer_models"):
         op.drop_table(table)
