@@ -50,8 +50,9 @@ lint: $(BUF) $(GEN)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy client server models protos/xfer/errors.py protos/xfer/names.py
 
+# Most tests wait on real servers and subprocesses: parallel workers pay off even on 2 cores (5.7 instead of 9 min).
 test: $(GEN) data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4
 	$(MAKE) --no-print-directory test-edge
 
 # The edge client as a device installs it: a second environment with the base install only (no torch,
@@ -68,7 +69,7 @@ test-edge: $(GEN) $(EDGE)/.installed
 	    --rootdir=tests/edge --confcutdir=tests/edge tests/edge
 
 test-all: $(GEN) data
-	$(PY) -m pytest -q -m 'not gpu'
+	$(PY) -m pytest -q -n auto --maxprocesses=4 -m 'not gpu'
 
 demo: $(GEN) data
 	$(PY) -m xfer.client.demo
