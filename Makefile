@@ -11,7 +11,7 @@ BUF    := node_modules/.bin/buf
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 APT_FASHION := DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1
 
-.PHONY: all venv proto data lint test test-edge test-all demo serve migrate report report-sfda bench bench-serve gpu-check clean
+.PHONY: all venv proto data lint test test-edge test-all demo serve migrate report report-sfda report-audit report-playbook report-all bench bench-serve gpu-check clean
 
 all: test
 
@@ -87,6 +87,17 @@ report: $(GEN) data
 # Source-free adaptation (TENT, SHOT, AaD, NRC) on unlabelled real data, LR chosen label-free (~15 min of CPU).
 report-sfda: $(GEN) data
 	$(PY) bench/report_sfda.py
+
+# What the weights reveal: membership inference and one-run DP audits of Fashion-MNIST sources (~20 min).
+report-audit: $(GEN) data
+	$(PY) bench/report_audit.py --seeds 3 --examples 600 --epochs 20 --jobs 2
+
+# Few-shot episodes of meta-learned sources, self-pretraining, ranking sources before pulling (~25 min).
+report-playbook: $(GEN) data
+	$(PY) bench/report_playbook.py --seeds 3
+
+# Every report (about 1.5 hours on 2 cores).
+report-all: report report-sfda report-audit report-playbook
 
 bench: $(GEN)
 	$(PY) bench/pull.py
