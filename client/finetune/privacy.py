@@ -41,7 +41,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from xfer.client.finetune.budget import Budget
 from xfer.client.finetune.config import ACCOUNTANTS, PrivacyConfig
-from xfer.client.finetune.errors import PrivacyError
+from xfer.client.finetune.errors import FinetuneError, PrivacyError
+from xfer.client.finetune.ledger import LedgerEntry, PrivacyLedger
 
 log = logging.getLogger(__name__)
 
@@ -308,3 +309,55 @@ class PrivacyReport:
     accountant: str
     target_epsilon: float
     ghost_clipping: bool
+
+
+@dataclasses.dataclass
+class AccountedRun:
+    """A DP run and, when a ledger is kept, the ε reserved for it before the first step."""
+
+    plan: DPPlan
+    run: PrivateRun
+    entry: LedgerEntry | None = None
+
+    @classmethod
+    def start(
+        cls,
+        privacy: PrivacyConfig,
+        *,
+        budget: Budget,
+        n: int,
+        seed: int,
+        device: torch.device,
+        ledger: PrivacyLedger | None,
+        dataset_id: str | None,
+        note: str,
+        noise_multiplier: float | None = None,
+    ) -> AccountedRun:
+        """Plans the run and reserves its target ε; kept in full if training fails midway (part may be spent)."""
+        plan = plan_dp(privacy, budget=budget, noise_multiplier=noise_multiplier)
+        accounted = cls(plan, PrivateRun(plan, n=n, seed=seed, device=device))
+        if ledger is not None:
+            if not dataset_id:
+                raise FinetuneError("a privacy ledger needs the dataset_id to charge")
+            accounted.entry = ledger.charge(
+                dataset_id, epsilon=plan.target_epsilon, delta=plan.delta, budget=privacy.budget, note=note
+            )
+        return accounted
+
+    def finish(self, *, ledger: PrivacyLedger | None, dataset_id: str | None) -> PrivacyReport:
+        """What the run spent; the ledger's reservation is settled to it."""
+        spent = self.run.epsilon_spent()
+        plan = self.plan
+        if ledger is not None and self.entry is not None and dataset_id:
+            ledger.settle(dataset_id, self.entry.entry_id, epsilon=spent, delta=plan.delta)
+        return PrivacyReport(
+            spent,
+            plan.delta,
+            plan.noise_multiplier,
+            plan.max_grad_norm,
+            plan.sample_rate,
+            self.run.steps_taken,
+            plan.accountant,
+            plan.target_epsilon,
+            plan.ghost_clipping,
+        )

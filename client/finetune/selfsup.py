@@ -51,7 +51,12 @@ from xfer.client.finetune.data import TargetData, TensorData
 from xfer.client.finetune.devices import resolve_device, seed_everything, to_device
 from xfer.client.finetune.errors import DataError, FinetuneError, PrivacyError
 from xfer.client.finetune.ledger import PrivacyLedger
-from xfer.client.finetune.privacy import PrivacyReport, PrivateRun, default_delta, make_compatible, plan_dp
+from xfer.client.finetune.privacy import (
+    AccountedRun,
+    PrivacyReport,
+    default_delta,
+    make_compatible,
+)
 from xfer.client.finetune.schedules import cosine
 from xfer.models.base import XferModel
 
@@ -289,19 +294,21 @@ def self_pretrain(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed + 104_729)
     x = to_device(data.x, setup)
-    run = plan = entry = None
+    accounted = run = None
     net: nn.Module = wrapper
-    if sp_privacy is not None and privacy is not None:
-        plan = plan_dp(sp_privacy, budget=budget)
-        run = PrivateRun(plan, n=n, seed=seed, device=setup.device)
-        if ledger is not None and dataset_id:
-            entry = ledger.charge(
-                dataset_id,
-                epsilon=plan.target_epsilon,
-                delta=plan.delta,
-                budget=privacy.budget,
-                note=f"self-pretrain {config.objective}",
-            )
+    if sp_privacy is not None:
+        # sp_privacy keeps the caller's budget (split_privacy), so the ledger checks the same total.
+        accounted = AccountedRun.start(
+            sp_privacy,
+            budget=budget,
+            n=n,
+            seed=seed,
+            device=setup.device,
+            ledger=ledger,
+            dataset_id=dataset_id,
+            note=f"self-pretrain {config.objective}",
+        )
+        run = accounted.run
         net, optimizer, _ = run.wrap(wrapper, optimizer, nn.MSELoss())
     losses: list[float] = []
     applied = 0
@@ -347,22 +354,7 @@ def self_pretrain(
             p.requires_grad_(True)
     if applied == 0:
         raise FinetuneError("self-pretraining applied no optimizer step; raise the step budget or the batch size")
-    report = None
-    if run is not None and plan is not None:
-        spent = run.epsilon_spent()
-        report = PrivacyReport(
-            spent,
-            plan.delta,
-            plan.noise_multiplier,
-            plan.max_grad_norm,
-            plan.sample_rate,
-            run.steps_taken,
-            plan.accountant,
-            plan.target_epsilon,
-            False,
-        )
-        if ledger is not None and entry is not None and dataset_id:
-            ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=plan.delta)
+    report = accounted.finish(ledger=ledger, dataset_id=dataset_id) if accounted is not None else None
     work.cpu().eval()
     tenth = max(1, len(losses) // 10)
     curve = tuple(sum(losses[i : i + tenth]) / len(losses[i : i + tenth]) for i in range(0, len(losses), tenth))

@@ -47,7 +47,7 @@ from xfer.client.finetune.errors import (
 )
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.metrics import predict_logits
-from xfer.client.finetune.privacy import PrivacyReport, PrivateRun, make_compatible, plan_dp
+from xfer.client.finetune.privacy import AccountedRun, PrivateRun, make_compatible
 from xfer.client.finetune.schedules import get_schedule
 from xfer.client.finetune.sfda_criteria import score_all
 from xfer.client.finetune.sfda_strategies import SOURCE_FREE, Objective, SourceFreeStrategy
@@ -194,21 +194,19 @@ def adapt_source_free(
     xv = to_device(val_u.x, setup) if val_u is not None else None
     objective = strat.objective(model=work, x=x, num_classes=work.num_classes, seed=config.seed)
 
-    run = dp_plan = entry = None
-    privacy = config.privacy
-    if privacy is not None:
-        dp_plan = plan_dp(privacy, budget=budget)
-        run = PrivateRun(dp_plan, n=n, seed=config.seed, device=setup.device)
-        if ledger is not None:
-            if not dataset_id:
-                raise FinetuneError("a privacy ledger needs the dataset_id to charge")
-            entry = ledger.charge(
-                dataset_id,
-                epsilon=dp_plan.target_epsilon,
-                delta=dp_plan.delta,
-                budget=privacy.budget,
-                note=f"finetune {strat.label}",
-            )
+    accounted = None
+    if config.privacy is not None:
+        accounted = AccountedRun.start(
+            config.privacy,
+            budget=budget,
+            n=n,
+            seed=config.seed,
+            device=setup.device,
+            ledger=ledger,
+            dataset_id=dataset_id,
+            note=f"finetune {strat.label}",
+        )
+    run = accounted.run if accounted is not None else None
 
     loop = _Loop(
         work=work,
@@ -252,22 +250,9 @@ def adapt_source_free(
 
     report = None
     history: list[tuple[float, float, int]] = []
-    if run is not None and dp_plan is not None:
-        history = run.history()
-        spent = run.epsilon_spent()
-        report = PrivacyReport(
-            spent,
-            dp_plan.delta,
-            dp_plan.noise_multiplier,
-            dp_plan.max_grad_norm,
-            dp_plan.sample_rate,
-            run.steps_taken,
-            dp_plan.accountant,
-            dp_plan.target_epsilon,
-            dp_plan.ghost_clipping,
-        )
-        if ledger is not None and entry is not None and dataset_id:
-            ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=dp_plan.delta)
+    if accounted is not None:
+        history = accounted.run.history()
+        report = accounted.finish(ledger=ledger, dataset_id=dataset_id)
 
     hyper = {
         "lr": f"{budget.lr:g}",

@@ -30,7 +30,7 @@ from xfer.client.finetune.devices import DeviceSetup, autocast, resolve_device, 
 from xfer.client.finetune.errors import DataError, FinetuneError, StrategyError
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate
-from xfer.client.finetune.privacy import DPPlan, PrivacyReport, PrivateRun, make_compatible, plan_dp
+from xfer.client.finetune.privacy import AccountedRun, PrivacyReport, PrivateRun, make_compatible
 from xfer.client.finetune.schedules import get_schedule
 from xfer.client.finetune.sfda_strategies import SourceFreeStrategy
 from xfer.client.finetune.standardize import fold_head, standardize_head
@@ -228,23 +228,20 @@ def finetune(
         xv, yv = to_device(val.x, setup), to_device(y_val, setup)
 
     run: PrivateRun | None = None
-    dp_plan: DPPlan | None = None
-    entry = None
-    privacy = config.privacy
-    if privacy is not None:
-        dp_plan = plan_dp(privacy, budget=budget, noise_multiplier=noise_multiplier)
-        run = PrivateRun(dp_plan, n=n, seed=config.seed, device=setup.device)
-        if ledger is not None:
-            if not dataset_id:
-                raise FinetuneError("a privacy ledger needs the dataset_id to charge")
-            # Reserved up front and kept in full if training fails midway: part of it may be spent.
-            entry = ledger.charge(
-                dataset_id,
-                epsilon=dp_plan.target_epsilon,
-                delta=dp_plan.delta,
-                budget=privacy.budget,
-                note=f"finetune {strat.label}",
-            )
+    accounted: AccountedRun | None = None
+    if config.privacy is not None:
+        accounted = AccountedRun.start(
+            config.privacy,
+            budget=budget,
+            n=n,
+            seed=config.seed,
+            device=setup.device,
+            ledger=ledger,
+            dataset_id=dataset_id,
+            note=f"finetune {strat.label}",
+            noise_multiplier=noise_multiplier,
+        )
+        run, dp_plan = accounted.run, accounted.plan
         log.info(
             "DP-SGD: noise multiplier %.3f, sample rate %.4f, %d steps, delta %.2e",
             dp_plan.noise_multiplier,
@@ -296,22 +293,9 @@ def finetune(
 
     report = None
     history: list[tuple[float, float, int]] = []
-    if run is not None and dp_plan is not None:
-        history = run.history()
-        spent = run.epsilon_spent()
-        report = PrivacyReport(
-            spent,
-            dp_plan.delta,
-            dp_plan.noise_multiplier,
-            dp_plan.max_grad_norm,
-            dp_plan.sample_rate,
-            run.steps_taken,
-            dp_plan.accountant,
-            dp_plan.target_epsilon,
-            dp_plan.ghost_clipping,
-        )
-        if ledger is not None and entry is not None and dataset_id:
-            ledger.settle(dataset_id, entry.entry_id, epsilon=spent, delta=dp_plan.delta)
+    if accounted is not None:
+        history = accounted.run.history()
+        report = accounted.finish(ledger=ledger, dataset_id=dataset_id)
 
     val_metrics = None
     if val is not None and y_val is not None:
