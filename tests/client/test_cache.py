@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import multiprocessing
@@ -57,6 +58,39 @@ def test_reopened_partial_resumes_with_the_right_hash(tmp_path):
     assert second.offset == 123_457
     second.write(DATA[123_457:])
     assert second.commit(size_bytes=len(DATA)).read_bytes() == DATA
+
+
+def _write_past_a_file_size_limit(root: str, queue) -> None:
+    # Child process: the kernel refuses writes past RLIMIT_FSIZE with EFBIG (SIGXFSZ ignored).
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+    data = bytes(range(256)) * 1200  # this process re-imported the module: DATA is not the parent's
+    digest = hashlib.sha256(data).hexdigest()
+    cache = Cache(Path(root))
+    partial = cache.open_partial(digest)
+    try:
+        for start in range(0, len(data), 50_000):
+            partial.write(data[start : start + 50_000])
+        partial.commit(size_bytes=len(data))
+        queue.put("committed")
+    except OSError as exc:
+        queue.put(f"OSError {exc.errno}")
+    queue.put((cache.has_blob(digest), cache.partial_path(digest).stat().st_size))
+
+
+def test_a_failed_write_reaches_the_caller_and_nothing_is_committed(tmp_path):
+    # The writer thread hits the error; the pull's thread must see it, not a verified blob.
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_write_past_a_file_size_limit, args=(str(tmp_path), queue))
+    child.start()
+    outcome, (has_blob, partial_size) = queue.get(timeout=60), queue.get(timeout=60)
+    child.join(60)
+    assert outcome == f"OSError {errno.EFBIG}"
+    assert has_blob is False and partial_size == 100_000  # what was written stays for a resume
 
 
 def test_malformed_digests_never_become_paths(tmp_path):
