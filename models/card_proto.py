@@ -7,6 +7,7 @@ it came from.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -148,7 +149,8 @@ def audit_to_proto(audit: PrivacyAudit) -> model_pb2.PrivacyAudit:
 def card_to_proto(card: ModelCard) -> model_pb2.ModelCard:
     """The wire form of a card (its architecture config becomes a Struct)."""
     config = struct_pb2.Struct()
-    config.update(card.to_dict()["architecture_config"])
+    # Through JSON, as to_dict() would do it (tuples become lists), without converting the whole card.
+    config.update(json.loads(json.dumps(card.architecture_config)))
     return model_pb2.ModelCard(
         architecture=card.architecture,
         architecture_config=config,

@@ -36,6 +36,21 @@ from xfer.server.schema import aliases_table, artifacts_table, models_table, ver
 
 logger = logging.getLogger(__name__)
 
+# The statements of the most frequent call (one version, for GetModelVersion and every ReadArtifact),
+# built once: constructing a select per call cost SQLAlchemy about three times what executing it does.
+_M, _V = sa.bindparam("model_id"), sa.bindparam("version")
+_VERSION_ROW = sa.select(versions_table).where(versions_table.c.model_id == _M, versions_table.c.version == _V)
+_VERSION_ARTIFACTS = (
+    sa.select(artifacts_table)
+    .where(artifacts_table.c.model_id == _M, artifacts_table.c.version == _V)
+    .order_by(artifacts_table.c.format)
+)
+_VERSION_ALIASES = sa.select(aliases_table.c.alias).where(aliases_table.c.model_id == _M, aliases_table.c.version == _V)
+_LATEST_NUMBER = sa.select(sa.func.max(versions_table.c.version)).where(versions_table.c.model_id == _M)
+_ALIAS_NUMBER = sa.select(aliases_table.c.version).where(
+    aliases_table.c.model_id == _M, aliases_table.c.alias == sa.bindparam("alias")
+)
+
 
 def _now_us() -> int:
     return int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
@@ -188,7 +203,8 @@ class Catalog:
     def get_version(self, *, model_id: str, version: int | None = None, alias: str | None = None) -> VersionRecord:
         """A version by number or alias (`latest` = newest); NotFound names what was missing."""
         with self._engine.connect() as conn:
-            number = self._resolve(conn, model_id, version=version, alias=alias)
+            # A number needs no resolving: loading its row is the existence check.
+            number = version if version is not None else self._resolve(conn, model_id, version=None, alias=alias)
             return self._load_version(conn, model_id, number)
 
     def resolve(self, *, model_id: str, version: int | None = None, alias: str | None = None) -> int:
@@ -283,15 +299,9 @@ class Catalog:
             self._require_version(conn, model_id, version)
             return version
         if alias == LATEST:
-            number = conn.execute(
-                sa.select(sa.func.max(versions_table.c.version)).where(versions_table.c.model_id == model_id)
-            ).scalar()
+            number = conn.execute(_LATEST_NUMBER, {"model_id": model_id}).scalar()
         else:
-            number = conn.execute(
-                sa.select(aliases_table.c.version).where(
-                    aliases_table.c.model_id == model_id, aliases_table.c.alias == alias
-                )
-            ).scalar()
+            number = conn.execute(_ALIAS_NUMBER, {"model_id": model_id, "alias": alias}).scalar()
         if number is None:
             if not self._model_exists(conn, model_id):
                 raise model_not_found(model_id)
@@ -329,14 +339,7 @@ class Catalog:
                 .where(artifacts_table.c.model_id == model_id, artifacts_table.c.version.in_(versions))
                 .order_by(artifacts_table.c.version, artifacts_table.c.format)
             ):
-                found[int(a.version)].append(
-                    ArtifactRecord(
-                        format=ArtifactFormat(a.format),
-                        size_bytes=int(a.size_bytes),
-                        sha256=a.sha256,
-                        derived=bool(a.derived),
-                    )
-                )
+                found[int(a.version)].append(_artifact_record(a))
         return {v: tuple(items) for v, items in found.items()}
 
     def _load_versions(self, conn: sa.Connection, model_id: str, rows: Sequence[sa.Row]) -> tuple[VersionRecord, ...]:
@@ -347,27 +350,28 @@ class Catalog:
         artifacts = self._artifacts_of(conn, model_id, numbers)
         aliases = self._aliases_by_model(conn, [model_id])[model_id]
         return tuple(
-            VersionRecord(
-                model_id=model_id,
-                version=int(row.version),
-                card=ModelCard.from_dict(json.loads(row.card_json)),
+            _version_record(
+                model_id,
+                row,
                 artifacts=artifacts[int(row.version)],
-                aliases=tuple(sorted(a for a, v in aliases.items() if v == int(row.version))),
-                create_time=_time(row.create_time_us),
-                deprecated=bool(row.deprecated),
-                deprecation_message=row.deprecation_message,
-                signatures=tuple(_signature_from_json(d) for d in json.loads(row.signatures_json)),
+                aliases=[a for a, v in aliases.items() if v == int(row.version)],
             )
             for row in rows
         )
 
     def _load_version(self, conn: sa.Connection, model_id: str, version: int) -> VersionRecord:
-        row = conn.execute(
-            sa.select(versions_table).where(versions_table.c.model_id == model_id, versions_table.c.version == version)
-        ).first()
+        """One version, in four prebuilt statements."""
+        key = {"model_id": model_id, "version": version}
+        row = conn.execute(_VERSION_ROW, key).first()
         if row is None:
+            if not self._model_exists(conn, model_id):
+                raise model_not_found(model_id)
             raise version_not_found(model_id, version)
-        return self._load_versions(conn, model_id, [row])[0]
+        aliases = list(conn.execute(_VERSION_ALIASES, key).scalars())
+        if conn.execute(_LATEST_NUMBER, key).scalar() == version:
+            aliases.append(LATEST)
+        artifacts = tuple(_artifact_record(a) for a in conn.execute(_VERSION_ARTIFACTS, key))
+        return _version_record(model_id, row, artifacts=artifacts, aliases=aliases)
 
     def _load_models(self, conn: sa.Connection, rows: Sequence[sa.Row]) -> tuple[ModelRecord, ...]:
         """Records of model rows: counts, aliases and latest cards in a fixed number of statements."""
@@ -403,6 +407,28 @@ class Catalog:
             )
             for row in rows
         )
+
+
+def _artifact_record(row: sa.Row) -> ArtifactRecord:
+    return ArtifactRecord(
+        format=ArtifactFormat(row.format), size_bytes=int(row.size_bytes), sha256=row.sha256, derived=bool(row.derived)
+    )
+
+
+def _version_record(
+    model_id: str, row: sa.Row, *, artifacts: tuple[ArtifactRecord, ...], aliases: Iterable[str]
+) -> VersionRecord:
+    return VersionRecord(
+        model_id=model_id,
+        version=int(row.version),
+        card=ModelCard.from_dict(json.loads(row.card_json)),
+        artifacts=artifacts,
+        aliases=tuple(sorted(aliases)),
+        create_time=_time(row.create_time_us),
+        deprecated=bool(row.deprecated),
+        deprecation_message=row.deprecation_message,
+        signatures=tuple(_signature_from_json(d) for d in json.loads(row.signatures_json)),
+    )
 
 
 def _signature_json(signature: Signature) -> dict[str, str]:
