@@ -37,6 +37,8 @@ from xfer.v1 import transfer_service_pb2 as transfer_pb2
 
 log = logging.getLogger(__name__)
 
+#: Largest HTTP/2 frame this client accepts (SETTINGS_MAX_FRAME_SIZE; HTTP/2's default is 16 KiB).
+HTTP2_MAX_FRAME_BYTES = 1 << 20
 #: Largest message the client accepts; the server's ReadArtifact chunks are far smaller.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -245,6 +247,9 @@ class Transport:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Let the server send a whole 1 MiB chunk in one HTTP/2 DATA frame instead of 64 of 16 KiB:
+            # 10-15% less client CPU per pulled MiB and as much more throughput (bench/serve_load.py).
+            ("grpc.http2.max_frame_size", HTTP2_MAX_FRAME_BYTES),
             # Reconnect soon after an outage (gRPC's default first wait is 1 s, growing to 120 s),
             # so that retries find the server once it is back.
             ("grpc.initial_reconnect_backoff_ms", 200),

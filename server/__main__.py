@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA for client certificates: turns on mutual TLS")
     parser.add_argument("--chunk-size", type=int, default=MIB, help="ReadArtifact chunk size in bytes (default 1 MiB)")
+    parser.add_argument(
+        "--chunk-cache-mb",
+        type=int,
+        default=defaults.chunk_cache_bytes // MIB,
+        help="memory for recently read chunks, shared by all pulls of a model (default %(default)s; 0: off)",
+    )
     parser.add_argument("--max-artifact-mb", type=int, default=512, help="largest accepted artifact (default 512)")
     parser.add_argument(
         "--max-workers",
@@ -219,6 +225,7 @@ def serve_main(argv: Sequence[str]) -> int:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             chunk_size=args.chunk_size,
+            chunk_cache_bytes=args.chunk_cache_mb * MIB,
             max_artifact_bytes=args.max_artifact_mb * MIB,
             max_workers=args.max_workers,
             grace_seconds=args.grace,

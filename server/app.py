@@ -29,7 +29,8 @@ from xfer.server import db, migrate, reflection
 from xfer.server.auth import OpenAuthorizer, TokenAuthorizer, is_loopback, server_credentials
 from xfer.server.blobs import BlobStore
 from xfer.server.catalog import Catalog
-from xfer.server.config import ServerConfig
+from xfer.server.chunk_cache import ChunkCache
+from xfer.server.config import MIB, ServerConfig
 from xfer.server.interceptors import UPLOAD_METHOD, Authorizer, RpcInterceptor
 from xfer.server.limits import StreamLimiter
 from xfer.server.observability import ServerMetrics
@@ -199,6 +200,8 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", config.message_limit),
         ("grpc.max_send_message_length", config.message_limit),
+        # Uploads may arrive in DATA frames of up to 1 MiB rather than 16 KiB (fewer frames to parse).
+        ("grpc.http2.max_frame_size", MIB),
         # Without this, a second server on the same fixed port would bind silently and share traffic.
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", config.max_streams_per_connection),
@@ -309,6 +312,7 @@ async def _start(
                     registry,
                     chunk_size=config.chunk_size,
                     stall_timeout=config.stall_timeout_s,
+                    chunks=ChunkCache(config.chunk_cache_bytes, on_lookup=metrics.observe_chunk_lookup),
                     metrics=metrics,
                     reads=reads,
                 )

@@ -29,6 +29,8 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     #: Size of ReadArtifact chunks; also sizes the gRPC message limits.
     chunk_size: int = MIB
+    #: Memory for chunks read recently, shared by every stream of the same blob (server/chunk_cache.py); 0: none.
+    chunk_cache_bytes: int = 64 * MIB
     max_artifact_bytes: int = 512 * MIB
     #: Threads for blocking work (database, file reads); streams wait for clients without holding one.
     max_workers: int = 16
@@ -97,6 +99,8 @@ class ServerConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not 4096 <= self.chunk_size <= 64 * MIB:
             raise ValueError(f"chunk_size must be between 4 KiB and 64 MiB, got {self.chunk_size}")
+        if self.chunk_cache_bytes < 0:
+            raise ValueError(f"chunk_cache_bytes must not be negative, got {self.chunk_cache_bytes}")
         if self.max_artifact_bytes <= 0:
             raise ValueError(f"max_artifact_bytes must be positive, got {self.max_artifact_bytes}")
         positive = (

@@ -117,6 +117,12 @@ class ServerMetrics:
         self.bytes_served = Counter(
             "xfer_artifact_bytes_served", "Artifact bytes sent by ReadArtifact, by format", ["format"], registry=r
         )
+        self.chunk_cache_lookups = Counter(
+            "xfer_chunk_cache_lookups",
+            "ReadArtifact chunks looked up in the shared chunk cache, by result (hit, miss)",
+            ["result"],
+            registry=r,
+        )
         self.bytes_received = Counter(
             "xfer_upload_bytes_received", "Artifact bytes received by CreateModelVersion", registry=r
         )
@@ -132,6 +138,10 @@ class ServerMetrics:
         )
         self.database_up = Gauge("xfer_database_up", "1 while the catalog database answers, else 0", registry=r)
         self._http: Any = None
+
+    def observe_chunk_lookup(self, hit: bool) -> None:
+        """Records one chunk cache lookup."""
+        self.chunk_cache_lookups.labels(result="hit" if hit else "miss").inc()
 
     def observe_validation(self, job: str, outcome: str, seconds: float) -> None:
         """Records one sandboxed validation job."""

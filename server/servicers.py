@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from xfer.server import convert
+from xfer.server.chunk_cache import ChunkCache
 from xfer.server.domain import UploadHeader
 from xfer.server.errors import InvalidArgument, Reason, Unavailable
 from xfer.server.observability import ServerMetrics
 from xfer.server.registry import Registry
 from xfer.server.run_store import RunStore
-from xfer.server.transfer import ChunkSizer, open_read
+from xfer.server.transfer import ArtifactRead, Chunk, ChunkSizer, open_read
 from xfer.v1 import metrics_service_pb2 as ms
 from xfer.v1 import metrics_service_pb2_grpc, registry_service_pb2_grpc, transfer_service_pb2
 from xfer.v1 import registry_service_pb2 as rs
@@ -132,10 +132,11 @@ class RegistryServicer(registry_service_pb2_grpc.RegistryServiceServicer):
 
 
 class TransferServicer:
-    """xfer.v1.TransferService: ReadArtifact streams blob bytes in fixed-size chunks, one read ahead.
+    """xfer.v1.TransferService: ReadArtifact streams blob bytes in growing chunks, one read ahead.
 
     Registered with `transfer_handler`, whose serializer passes the
     pre-encoded chunk responses (convert.read_response_bytes) through.
+    Chunks after the first come through `chunks`, shared by every stream.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class TransferServicer:
         *,
         chunk_size: int,
         stall_timeout: float,
+        chunks: ChunkCache,
         metrics: ServerMetrics | None = None,
         reads: concurrent.futures.Executor | None = None,
     ) -> None:
@@ -152,6 +154,7 @@ class TransferServicer:
         self._registry = registry
         self._chunk_size = chunk_size
         self._stall_timeout = stall_timeout
+        self._chunks = chunks
         self._metrics = metrics
         self._reads = reads
 
@@ -175,34 +178,47 @@ class TransferServicer:
             # Headers go on their own (they are not flow-controlled), so that when a write to a client that
             # stopped reading is abandoned, the status that follows is not refused as a second header batch.
             await context.send_initial_metadata(())
-            loop = asyncio.get_running_loop()
-            chunk = await loop.run_in_executor(self._reads, read.next_chunk, sizer.size)
+            # The first response also announces size, digest and version: it is this stream's own.
+            span = read.next_span(sizer.size)
+            chunk = None if span is None else await self._run_read(read.chunk_reader(*span))
             message = convert.read_response_bytes(chunk, first=read)
             while True:
-                # The next chunk is read from disk while this one waits for the client.
-                if chunk is not None:
-                    ahead = loop.run_in_executor(self._reads, read.next_chunk, sizer.next_size)
+                length = 0 if span is None else span[1]
+                read.advance(length)
+                span = read.next_span(sizer.next_size)
+                if span is not None:
+                    # The next chunk is read (or found) while this one waits for the client.
+                    ahead = asyncio.ensure_future(self._shared_message(read, span))
                 await write_message(context, message, stall_timeout=self._stall_timeout)
                 sizer.taken()
-                if served is not None and chunk is not None:
-                    served.inc(len(chunk.data))
+                if served is not None:
+                    served.inc(length)
                 if ahead is None:
                     break
-                chunk, ahead = await ahead, None
-                if chunk is None:
-                    break
-                message = convert.read_response_bytes(chunk)
+                message, ahead = await ahead, None
         finally:
-            await _settle(ahead)
+            if ahead is not None:
+                # Reads run on their own file descriptors, so the file can close without waiting for this one.
+                ahead.cancel()
+                ahead.add_done_callback(_retrieve)
             read.close()
 
+    async def _run_read(self, reader: Callable[[], Chunk]) -> Chunk:
+        return await asyncio.get_running_loop().run_in_executor(self._reads, reader)
 
-async def _settle(pending: asyncio.Future | None) -> None:
-    """Waits for a read-ahead still running in a thread, so the file is not closed under it."""
-    if pending is None:
-        return
-    with contextlib.suppress(BaseException):
-        await asyncio.shield(pending)
+    async def _encoded(self, reader: Callable[[], Chunk]) -> bytes:
+        return convert.read_response_bytes(await self._run_read(reader))
+
+    async def _shared_message(self, read: ArtifactRead, span: tuple[int, int]) -> bytes:
+        """The encoded response of the chunk at `span`, read once for every stream that wants it."""
+        # chunk_reader duplicates the descriptor when called: here, on the loop's thread, while `read` is open.
+        return await self._chunks.get_or_read((read.sha256, *span), lambda: self._encoded(read.chunk_reader(*span)))
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Done-callback of an abandoned read-ahead: its outcome concerns nobody, so it is not logged as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 def transfer_handler(servicer: TransferServicer) -> grpc.GenericRpcHandler:

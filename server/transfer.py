@@ -1,7 +1,7 @@
 """Domain logic of ReadArtifact: resolve, bound-check, and read a blob in chunks that grow to the configured size.
 
 `open_read` does the blocking part (catalog lookup, opening and, once per
-process, hashing the blob); `ArtifactRead.next_chunk` reads one chunk with
+process, hashing the blob); `ArtifactRead.chunk_reader` reads one chunk with
 `os.pread`, so the asyncio servicer can run each read in a worker thread and
 wait for the client between chunks without holding one.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import BinaryIO
 
 from xfer.server.domain import ArtifactFormat
@@ -84,29 +84,38 @@ class ArtifactRead:
         """Bytes still to send."""
         return self._end - self._next
 
-    def next_chunk(self, size: int | None = None) -> Chunk | None:
-        """The next chunk of at most `size` bytes (default: the chunk size), one pread; None at the end."""
+    def next_span(self, size: int) -> tuple[int, int] | None:
+        """(offset, length) of the next chunk, at most `size` and the chunk size; None at the end."""
         if self._next >= self._end:
             return None
-        size = self._chunk_size if size is None else min(size, self._chunk_size)
-        data = os.pread(self._file.fileno(), min(size, self._end - self._next), self._next)
-        if not data:
-            raise DataLoss(
-                "the stored artifact ended early while being read; ask the operator to re-upload it",
-                reason=Reason.BLOB_CORRUPT,
-            )
-        chunk = Chunk(offset=self._next, data=data)
-        self._next += len(data)
-        return chunk
+        return self._next, min(size, self._chunk_size, self._end - self._next)
 
-    @property
-    def chunks(self) -> Iterator[Chunk]:
-        """The remaining chunks, lazily (closes the file at the end)."""
-        try:
-            while (chunk := self.next_chunk()) is not None:
-                yield chunk
-        finally:
-            self.close()
+    def advance(self, length: int) -> None:
+        """Counts `length` more bytes as sent."""
+        self._next += length
+
+    def chunk_reader(self, offset: int, length: int) -> Callable[[], Chunk]:
+        """A blocking read of `length` bytes at `offset`, for a worker thread.
+
+        It reads through its own duplicate of the file descriptor, taken here
+        on the caller's thread: other streams may wait for this read (see
+        chunk_cache), and it must stay valid when this stream ends first.
+        """
+        fd = os.dup(self._file.fileno())
+
+        def read() -> Chunk:
+            try:
+                data = os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+            if len(data) != length:
+                raise DataLoss(
+                    "the stored artifact ended early while being read; ask the operator to re-upload it",
+                    reason=Reason.BLOB_CORRUPT,
+                )
+            return Chunk(offset=offset, data=data)
+
+        return read
 
     def close(self) -> None:
         """Closes the blob file (safe to call twice)."""

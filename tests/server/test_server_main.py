@@ -54,3 +54,15 @@ def test_data_dir_from_environment(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_a_negative_chunk_cache_exits_2_and_says_which_flag(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(tmp_path), "--chunk-cache-mb", "-1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "chunk_cache_bytes must not be negative" in result.stderr
