@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 # The statements of the most frequent call (one version, for GetModelVersion and every ReadArtifact),
 # built once: constructing a select per call cost SQLAlchemy about three times what executing it does.
-_M, _V = sa.bindparam("model_id"), sa.bindparam("version")
+_M: sa.BindParameter[str] = sa.bindparam("model_id")
+_V: sa.BindParameter[int] = sa.bindparam("version")
 _VERSION_ROW = sa.select(versions_table).where(versions_table.c.model_id == _M, versions_table.c.version == _V)
 _VERSION_ARTIFACTS = (
     sa.select(artifacts_table)
