@@ -10,6 +10,9 @@ sha256. The rules, and why:
 * an UNAVAILABLE mid-stream keeps the bytes received and resumes from them
   after a backoff; the attempt counter restarts whenever bytes arrived, so
   a flaky but progressing link still finishes;
+* RESOURCE_EXHAUSTED STREAM_LIMIT (no pull slot free for this token or on
+  the server) is retried like UNAVAILABLE, after the server's RetryInfo
+  delay, so a fleet larger than the server's caps queues instead of failing;
 * a partial longer than the artifact (OUT_OF_RANGE) or a digest mismatch
   at the end discards the partial and restarts from zero, once: a second
   mismatch means the server sends bad bytes and retrying cannot help;
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from xfer.client.cache import Cache, PartialDownload
 from xfer.client.domain import ArtifactFormat
-from xfer.client.errors import DataLossError, IntegrityError, OutOfRangeError, UnavailableError
+from xfer.client.errors import DataLossError, IntegrityError, OutOfRangeError, TooManyStreamsError, UnavailableError
 from xfer.client.transport import RetryPolicy, Transport
 
 log = logging.getLogger(__name__)
@@ -152,11 +155,14 @@ def _download(
                 f"nothing was cached ({exc}). Ask the operator to re-register it.",
                 code=exc.code,
             ) from None
-        except UnavailableError:
+        except (UnavailableError, TooManyStreamsError) as exc:
             partial.flush()
             failures = 0 if transferred > received_before else failures + 1
             if failures >= retry.max_attempts:
                 raise
-            delay = retry.delay(failures)
-            log.info("connection lost at byte %d; resuming in %.2fs", partial.offset, delay)
+            delay = retry.delay(failures, server_hint=exc.retry_after)
+            if isinstance(exc, TooManyStreamsError):
+                log.info("the server has no pull slot free (%s); trying again in %.2fs", exc, delay)
+            else:
+                log.info("connection lost at byte %d; resuming in %.2fs", partial.offset, delay)
             time.sleep(delay)

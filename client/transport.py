@@ -93,10 +93,13 @@ _IDEMPOTENT = {
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter, on UNAVAILABLE only (gRPC's A6 proposal).
+    """Exponential backoff with jitter, on UNAVAILABLE (gRPC's A6 proposal); a pull also waits out a full server.
 
     Unary calls retry through gRPC's service config, which allows at most 5
-    attempts; `max_attempts` above that applies to resuming a pull only.
+    attempts; `max_attempts` above that applies to pulls only. A pull retries
+    UNAVAILABLE and RESOURCE_EXHAUSTED with reason STREAM_LIMIT (its token or
+    the server has as many pulls open as allowed), waiting as long as the
+    server's RetryInfo says when it says.
     """
 
     max_attempts: int = 5
@@ -127,8 +130,15 @@ class RetryPolicy:
             return json.dumps({"methodConfig": []})
         return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (0-based)."""
+    def delay(self, attempt: int, *, server_hint: float | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (0-based).
+
+        `server_hint` is the server's RetryInfo delay: the wait is at least
+        that, plus up to half of it again, so clients told the same delay
+        do not all come back at the same moment.
+        """
+        if server_hint is not None and server_hint > 0:
+            return server_hint * random.uniform(1.0, 1.5)
         ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
         # Full jitter spreads the retries of many clients hit by the same outage.
         return random.uniform(0, ceiling)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.client.server_process import blob_files, cli_env
-from xfer.client.errors import DataLossError, UnavailableError
+from xfer.client.errors import DataLossError, TooManyStreamsError, UnavailableError
 from xfer.client.transport import RetryPolicy
 
 
@@ -186,3 +186,45 @@ def test_a_cached_reference_still_loads_while_the_server_is_down(new_server, mod
             xfer.pull("offline-model", "onnx")  # never pulled: needs the server
         with pytest.raises(UnavailableError):
             xfer.pull("offline-model:2")
+
+
+def _hold_a_pull_slot(server, version_name: str):
+    """Opens a ReadArtifact with the client token and never reads it: the stream stays open, holding a slot."""
+    import grpc
+
+    from xfer.v1 import transfer_service_pb2 as ts
+    from xfer.v1 import transfer_service_pb2_grpc as tsg
+
+    # No BDP probing: the window stays small, so the 4.5 MB artifact cannot all be sent and the stream waits.
+    channel = grpc.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)])
+    call = tsg.TransferServiceStub(channel).ReadArtifact(
+        ts.ReadArtifactRequest(name=version_name, format=1),  # SAFETENSORS
+        metadata=(("authorization", f"Bearer {server.client_token}"),),
+        timeout=120,
+    )
+    return channel, call
+
+
+def test_a_pull_waits_out_a_full_server_as_its_retry_hint_says(new_server, big_model_dir, tmp_path, caplog):
+    server = new_server(extra_args=("--max-reads-per-token", "1"))
+    with server.client(tmp_path / "op", token="operator") as op:
+        version = op.register(big_model_dir, "queued-model")
+    channel, held = _hold_a_pull_slot(server, version.name)
+    try:
+        with server.client(tmp_path / "refused", retry=RetryPolicy(max_attempts=1)) as xfer:
+            with pytest.raises(TooManyStreamsError) as refused:
+                xfer.pull("queued-model")
+        assert refused.value.retry_after == 2.0 and refused.value.reason == "STREAM_LIMIT"
+
+        threading.Timer(1.0, held.cancel).start()  # the slot frees while the next pull waits
+        with caplog.at_level("INFO", logger="xfer.client.download"):
+            with server.client(tmp_path / "queued") as xfer:
+                result = xfer.pull("queued-model")
+    finally:
+        held.cancel()
+        channel.close()
+    assert sha256(result.blob_path) == sha256(big_model_dir / "model.safetensors")
+    waits = [r.getMessage() for r in caplog.records if "no pull slot free" in r.getMessage()]
+    assert waits, "the pull never met the full server"
+    # The RetryInfo delay (2 s) is honoured, with up to half of it again as jitter.
+    assert all(2.0 <= float(w.rsplit("again in ", 1)[1].rstrip("s")) <= 3.0 for w in waits)

@@ -89,3 +89,11 @@ def test_service_config_is_grpc_shaped():
     assert json.loads(RetryPolicy(max_attempts=1).service_config()) == {"methodConfig": []}
     with pytest.raises(InvalidArgumentError):
         RetryPolicy(initial_backoff=0)
+
+
+def test_a_server_retry_hint_is_a_floor_with_jitter_above_it():
+    policy = RetryPolicy(max_backoff=0.5)
+    waits = [policy.delay(0, server_hint=2.0) for _ in range(200)]
+    assert all(2.0 <= w <= 3.0 for w in waits) and max(waits) - min(waits) > 0.2
+    assert all(0 <= policy.delay(9) <= 0.5 for _ in range(50))  # without a hint: the capped backoff
+    assert all(0 <= policy.delay(0, server_hint=0.0) <= 0.1 for _ in range(50))
