@@ -14,7 +14,9 @@ an MLP whose safetensors file is about --size-mb, then measures:
    over a few processes, the same for both contenders. Client caches live
    on tmpfs (/dev/shm) when there is one, so both sides measure the
    transfer, not this machine's disk;
-2. GetModelVersion latency p50/p99 while the 64 clients pull;
+2. GetModelVersion latency p50/p99 while the 64 clients pull, and while
+   64 raw-socket clients load the same two CPUs (the server idle): what the
+   shared machine alone costs a call;
 3. health Check and GetModelVersion latency p50/p99 with 200 stalled
    readers (ReadArtifact streams opened by a client that never reads and
    never grows its flow-control window), and the server's RSS growth;
@@ -29,6 +31,7 @@ each contender's best of --repeat runs counts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import math
 import multiprocessing
@@ -44,6 +47,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +186,33 @@ def _make_model(folder: Path, *, size_mb: float) -> int:
     return (folder / "model.safetensors").stat().st_size
 
 
+@contextlib.contextmanager
+def _probing(target: str, ref: str, cache_dir: Path, *, out: list[float] | None) -> Iterator[None]:
+    """While the block runs, a thread calls GetModelVersion every 10 ms and appends its latency to `out`."""
+    if out is None:
+        yield
+        return
+    from xfer.client import Client
+
+    stop = threading.Event()
+
+    def sample() -> None:
+        with Client(target, cache_dir=cache_dir) as xfer:
+            while not stop.is_set():
+                began = time.perf_counter()
+                xfer.get(ref)
+                out.append((time.perf_counter() - began) * 1000)
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _percentiles(samples_ms: list[float]) -> tuple[float, float]:
     ordered = sorted(samples_ms)
     p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
@@ -278,38 +309,26 @@ def main(argv: list[str] | None = None) -> int:
 
         concurrency = (1, 8) if args.quick else (1, 8, 64)
         rows = []
-        probe_ms: list[float] = []
+        probe_ms: list[float] = []  # GetModelVersion while the xfer clients pull
+        socket_probe_ms: list[float] = []  # ... while as many raw-socket clients load the same CPUs
         for clients in concurrency:
             runs = {"socket": [], "sdk": []}
+            loaded = clients == max(concurrency)
             for _ in range(args.repeat):
-                runs["socket"].append(_run_clients("socket", clients, {"port": port, "size": size}, expected_sha=sha))
-                stop = threading.Event()
-                samples: list[float] = []
-                probe = None
-                if clients == max(concurrency):
-
-                    def sample_get(out: list[float] = samples, stop: threading.Event = stop) -> None:
-                        with Client(server.target, cache_dir=workdir / "probe-cache") as xfer:
-                            while not stop.is_set():
-                                began = time.perf_counter()
-                                xfer.get(version.ref)
-                                out.append((time.perf_counter() - began) * 1000)
-                                time.sleep(0.01)
-
-                    probe = threading.Thread(target=sample_get)
-                    probe.start()
-                runs["sdk"].append(
-                    _run_clients(
-                        "sdk",
-                        clients,
-                        {"target": server.target, "ref": version.ref, "cache_root": str(cache_root)},
-                        expected_sha=sha,
+                probe = (server.target, version.ref, workdir / "probe-cache")
+                with _probing(*probe, out=socket_probe_ms if loaded else None):
+                    runs["socket"].append(
+                        _run_clients("socket", clients, {"port": port, "size": size}, expected_sha=sha)
                     )
-                )
-                stop.set()
-                if probe is not None:
-                    probe.join()
-                    probe_ms += samples
+                with _probing(*probe, out=probe_ms if loaded else None):
+                    runs["sdk"].append(
+                        _run_clients(
+                            "sdk",
+                            clients,
+                            {"target": server.target, "ref": version.ref, "cache_root": str(cache_root)},
+                            expected_sha=sha,
+                        )
+                    )
             total = clients * size / MIB
             base, sdk = total / min(runs["socket"]), total / min(runs["sdk"])
             typical = statistics.median(runs["socket"]) / statistics.median(runs["sdk"])
@@ -380,12 +399,13 @@ def main(argv: list[str] | None = None) -> int:
             target = TARGET_SINGLE if clients == 1 else TARGET_AGGREGATE if clients == 64 else None
             verdict = f">= {target}  {ok(ratio >= target)}" if target else ""
             print(f"{clients:>8} {base:>12.1f} {sdk:>12.1f} {ratio:>7.2f} {typical:>7.2f}  {verdict}")
-        if probe_ms:
-            p50, p99 = _percentiles(probe_ms)
-            print(
-                f"\nGetModelVersion while {max(concurrency)} clients pull: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-                f"({len(probe_ms)} calls)"
-            )
+        p50, p99 = _percentiles(probe_ms)
+        s50, s99 = _percentiles(socket_probe_ms)
+        print(
+            f"\nGetModelVersion while {max(concurrency)} clients pull: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"({len(probe_ms)} calls); while {max(concurrency)} raw-socket clients load the same CPUs and the "
+            f"server idles: p50 {s50:.1f} ms, p99 {s99:.1f} ms ({len(socket_probe_ms)} calls)"
+        )
         h50, h99 = _percentiles(health_ms)
         g50, g99 = _percentiles(get_ms)
         print(
