@@ -1,32 +1,19 @@
-"""Evaluation: accuracy, macro-F1, loss, expected calibration error, per-class accuracy."""
+"""Evaluation of torch models: batched logits, then the scores of `xfer.client.onnxhead.metrics`.
+
+One definition of accuracy, macro-F1, loss, expected calibration error and
+per-class accuracy serves the torch trainer and the torch-free ONNX head
+alike (in numpy, float64), so the two are scored the same way.
+"""
 
 from __future__ import annotations
-
-import dataclasses
-from typing import Any
 
 import torch
 from torch import nn
 
-ECE_BINS = 15
+from xfer.client.onnxhead import metrics as scores
+from xfer.client.onnxhead.metrics import ECE_BINS, Metrics
 
-
-@dataclasses.dataclass(frozen=True)
-class Metrics:
-    accuracy: float
-    macro_f1: float
-    loss: float
-    ece: float
-    per_class_accuracy: dict[str, float]
-    examples: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict (what metrics.json holds)."""
-        return dataclasses.asdict(self)
-
-    def scalars(self) -> dict[str, float]:
-        """The scalar metrics, named as the metrics report expects."""
-        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss, "ece": self.ece}
+__all__ = ["ECE_BINS", "Metrics", "evaluate", "expected_calibration_error", "metrics_from_logits", "predict_logits"]
 
 
 @torch.no_grad()
@@ -43,52 +30,13 @@ def predict_logits(
 
 
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, *, bins: int = ECE_BINS) -> float:
-    """ECE: Σ_bins (|bin|/n)·|accuracy − mean confidence|, equal-width confidence bins."""
-    confidence, predicted = probs.max(dim=1)
-    correct = (predicted == y).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    # Bin b holds confidences in (edges[b], edges[b+1]]; confidence is never 0 for a softmax.
-    which = torch.bucketize(confidence, edges[1:-1], right=False)
-    ece = torch.zeros(())
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.float().mean() * (correct[mask].mean() - confidence[mask].mean()).abs()
-    return float(ece)
-
-
-def macro_f1(predicted: torch.Tensor, y: torch.Tensor, *, num_classes: int) -> float:
-    """Unweighted mean F1 over the classes that occur in `y` or the predictions."""
-    scores = []
-    for c in range(num_classes):
-        tp = int(((predicted == c) & (y == c)).sum())
-        fp = int(((predicted == c) & (y != c)).sum())
-        fn = int(((predicted != c) & (y == c)).sum())
-        if tp + fp + fn == 0:
-            continue
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(sum(scores) / len(scores)) if scores else 0.0
+    """ECE of class probabilities (see `scores.expected_calibration_error`)."""
+    return scores.expected_calibration_error(probs.detach().double().cpu().numpy(), y.cpu().numpy(), bins=bins)
 
 
 def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, *, label_names: tuple[str, ...]) -> Metrics:
     """All metrics from logits and true labels."""
-    y = y.cpu()
-    logits = logits.float().cpu()
-    k = len(label_names)
-    predicted = logits.argmax(dim=1)
-    per_class = {}
-    for c, name in enumerate(label_names):
-        mask = y == c
-        if mask.any():
-            per_class[name] = float((predicted[mask] == c).float().mean())
-    return Metrics(
-        accuracy=float((predicted == y).float().mean()),
-        macro_f1=macro_f1(predicted, y, num_classes=k),
-        loss=float(nn.functional.cross_entropy(logits, y)),
-        ece=expected_calibration_error(logits.softmax(dim=1), y),
-        per_class_accuracy=per_class,
-        examples=len(y),
-    )
+    return scores.metrics_from_logits(logits.detach().float().cpu().numpy(), y.cpu().numpy(), label_names=label_names)
 
 
 def evaluate(

@@ -1,7 +1,8 @@
 """Evaluation in numpy: accuracy, macro-F1, loss, expected calibration error, per-class accuracy.
 
-The definitions match `xfer.client.finetune.metrics` (which needs torch), so
-a torch-free head and a torch probe are scored the same way.
+The one definition of these scores: `xfer.client.finetune.metrics` scores
+torch models through it, so a torch-free head and a torch probe are scored
+the same way.
 """
 
 from __future__ import annotations
