@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Largest HTTP/2 frame this client accepts (SETTINGS_MAX_FRAME_SIZE; HTTP/2's default is 16 KiB).
 HTTP2_MAX_FRAME_BYTES = 1 << 20
+#: Longest RetryInfo delay a client honours: a broken or hostile server cannot park it for hours.
+MAX_SERVER_HINT_S = 60.0
 #: Largest message the client accepts; the server's ReadArtifact chunks are far smaller.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -134,11 +136,12 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number `attempt` (0-based).
 
         `server_hint` is the server's RetryInfo delay: the wait is at least
-        that, plus up to half of it again, so clients told the same delay
-        do not all come back at the same moment.
+        that (up to MAX_SERVER_HINT_S, whatever a server says), plus up to
+        half of it again, so clients told the same delay do not all come
+        back at the same moment.
         """
         if server_hint is not None and server_hint > 0:
-            return server_hint * random.uniform(1.0, 1.5)
+            return min(server_hint, MAX_SERVER_HINT_S) * random.uniform(1.0, 1.5)
         ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
         # Full jitter spreads the retries of many clients hit by the same outage.
         return random.uniform(0, ceiling)

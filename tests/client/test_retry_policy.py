@@ -97,3 +97,4 @@ def test_a_server_retry_hint_is_a_floor_with_jitter_above_it():
     assert all(2.0 <= w <= 3.0 for w in waits) and max(waits) - min(waits) > 0.2
     assert all(0 <= policy.delay(9) <= 0.5 for _ in range(50))  # without a hint: the capped backoff
     assert all(0 <= policy.delay(0, server_hint=0.0) <= 0.1 for _ in range(50))
+    assert all(60.0 <= policy.delay(0, server_hint=1e9) <= 90.0 for _ in range(50))  # a server cannot park us
