@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import grpc
@@ -155,3 +156,24 @@ def test_a_second_pull_is_served_from_the_cache_byte_for_byte(start_server, sour
     # A resumed read asks for other ranges: still the right bytes.
     assert pull(read_offset=777_777) == data[777_777:]
     assert pull(read_offset=100, read_limit=200_000) == data[100:200_100]
+
+
+def test_pulls_cancelled_mid_stream_leave_no_descriptor_behind(start_server, source_model_dir: Path) -> None:
+    # Each chunk read takes its own duplicate descriptor; an abandoned read-ahead must still close it.
+    running = start_server(chunk_size=64 * 1024)
+    _store_artifact(running, source_model_dir, "churned", os.urandom(2 * 1024 * 1024))
+    open_descriptors = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    with grpc.insecure_channel(running.target) as channel:
+        stub = Stubs.on(channel).transfer
+        list(stub.ReadArtifact(ts.ReadArtifactRequest(name="models/churned/versions/1", format=1)))
+        before = open_descriptors()
+        for i in range(200):
+            call = stub.ReadArtifact(ts.ReadArtifactRequest(name="models/churned/versions/1", format=1))
+            responses = iter(call)
+            for _ in range(i % 4):
+                next(responses)
+            call.cancel()
+        deadline = time.monotonic() + 30
+        while open_descriptors() > before + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert open_descriptors() <= before + 2
