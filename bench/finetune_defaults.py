@@ -106,8 +106,10 @@ def _run(jobs: list[Job], sources: dict[str, Path], workers: int) -> dict[Job, f
     return results
 
 
-def table_defaults(sources: dict[str, Path], *, seeds: int, workers: int, targets: list[str]) -> str:
-    jobs = [Job(t, s, few, seed) for t in targets for s in STRATEGIES for few in (True, False) for seed in range(seeds)]
+def table_defaults(
+    sources: dict[str, Path], *, seeds: int, workers: int, targets: list[str], strategies: list[str]
+) -> str:
+    jobs = [Job(t, s, few, seed) for t in targets for s in strategies for few in (True, False) for seed in range(seeds)]
     results = _run(jobs, sources, workers)
     head = (
         "| strategy | "
@@ -115,7 +117,7 @@ def table_defaults(sources: dict[str, Path], *, seeds: int, workers: int, target
         + " |"
     )
     lines = [head, "|" + " --- |" * (1 + 2 * len(targets))]
-    for s in STRATEGIES:
+    for s in strategies:
         cells = [
             _cell([results[Job(t, s, few, seed)] for seed in range(seeds)]) for t in targets for few in (True, False)
         ]
@@ -183,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epsilon", type=float, default=2.0)
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="rows of the defaults table")
     parser.add_argument("--sources", type=Path, default=None, help="folder to keep the trained sources in")
     args = parser.parse_args(argv)
     root = args.sources or Path(tempfile.mkdtemp(prefix="xfer-sources-"))
     sources = _sources(root)
     started = time.perf_counter()
     if args.table == "defaults":
-        print(table_defaults(sources, seeds=args.seeds, workers=args.workers, targets=args.targets.split(",")))
+        targets, strategies = args.targets.split(","), args.strategies.split(",")
+        print(table_defaults(sources, seeds=args.seeds, workers=args.workers, targets=targets, strategies=strategies))
     elif args.table == "dp":
         print(table_dp(sources, seeds=args.seeds, workers=args.workers, epsilon=args.epsilon))
     else:
