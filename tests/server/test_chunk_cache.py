@@ -173,7 +173,9 @@ def test_pulls_cancelled_mid_stream_leave_no_descriptor_behind(start_server, sou
             for _ in range(i % 4):
                 next(responses)
             call.cancel()
+        # A leak would be at least one descriptor per stream (200); gRPC, SQLite and the sandbox may
+        # open a few of their own meanwhile.
         deadline = time.monotonic() + 30
-        while open_descriptors() > before + 2 and time.monotonic() < deadline:
+        while open_descriptors() > before + 20 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert open_descriptors() <= before + 2
+        assert open_descriptors() <= before + 20
