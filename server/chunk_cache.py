@@ -34,8 +34,7 @@ class ChunkCache:
         self.max_bytes = max_bytes
         self._on_lookup = on_lookup
         self._entries: collections.OrderedDict[ChunkKey, asyncio.Future[bytes]] = collections.OrderedDict()
-        self._sizes: dict[ChunkKey, int] = {}
-        self._bytes = 0
+        self._bytes = 0  # the sum of the kept keys' lengths
 
     @property
     def size_bytes(self) -> int:
@@ -62,7 +61,6 @@ class ChunkCache:
 
     def _keep(self, key: ChunkKey, entry: asyncio.Future[bytes]) -> None:
         self._entries[key] = entry
-        self._sizes[key] = key[2]
         self._bytes += key[2]
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
@@ -73,4 +71,4 @@ class ChunkCache:
 
     def _drop(self, key: ChunkKey) -> None:
         del self._entries[key]
-        self._bytes -= self._sizes.pop(key)
+        self._bytes -= key[2]

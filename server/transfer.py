@@ -79,11 +79,6 @@ class ArtifactRead:
         self._chunk_size = chunk_size
         self._file = file
 
-    @property
-    def remaining(self) -> int:
-        """Bytes still to send."""
-        return self._end - self._next
-
     def next_span(self, size: int) -> tuple[int, int] | None:
         """(offset, length) of the next chunk, at most `size` and the chunk size; None at the end."""
         if self._next >= self._end:
