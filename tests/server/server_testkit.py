@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import grpc
@@ -28,6 +28,27 @@ def sha256_of(data: bytes) -> str:
 def load_card(model_dir: Path) -> ModelCard:
     """The ModelCard in a models.train output folder."""
     return ModelCard.from_dict(json.loads((Path(model_dir) / "card.json").read_text()))
+
+
+def store_artifact(running, model_dir: Path, model_id: str, blocks: Iterable[bytes], *, size: int) -> str:
+    """Puts the bytes of `blocks` straight into storage as the SAFETENSORS artifact of `models/{model_id}/versions/1`.
+
+    No upload and no validation: for tests of streaming, which need large or
+    random artifacts. Returns the sha256.
+    """
+    from xfer.server.domain import ArtifactFormat, ArtifactRecord
+
+    store = running.registry.blobs
+    writer = store.writer(max_bytes=size)
+    for block in blocks:
+        writer.write(block)
+    sha = store.commit(writer)
+    running.registry.catalog.create_version(
+        model_id=model_id,
+        card=load_card(model_dir),
+        artifacts=[ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=size, sha256=sha)],
+    )
+    return sha
 
 
 def bearer(token: str | None) -> list[tuple[str, str]] | None:

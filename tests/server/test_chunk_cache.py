@@ -10,10 +10,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from server_testkit import Stubs, load_card
+from server_testkit import Stubs, store_artifact
 
 from xfer.server.chunk_cache import ChunkCache
-from xfer.server.domain import ArtifactFormat, ArtifactRecord
 from xfer.v1 import transfer_service_pb2 as ts
 
 
@@ -124,23 +123,10 @@ def test_a_negative_bound_is_refused() -> None:
         ChunkCache(-1)
 
 
-def _store_artifact(running, source_model_dir: Path, model_id: str, data: bytes) -> str:
-    store = running.registry.blobs
-    writer = store.writer(max_bytes=len(data))
-    writer.write(data)
-    sha = store.commit(writer)
-    running.registry._catalog.create_version(
-        model_id=model_id,
-        card=load_card(source_model_dir),
-        artifacts=[ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=len(data), sha256=sha)],
-    )
-    return sha
-
-
 def test_a_second_pull_is_served_from_the_cache_byte_for_byte(start_server, source_model_dir: Path) -> None:
     running = start_server(chunk_size=64 * 1024, chunk_cache_bytes=8 * 1024 * 1024)
     data = os.urandom(3 * 1024 * 1024 + 12_345)
-    sha = _store_artifact(running, source_model_dir, "cached", data)
+    sha = store_artifact(running, source_model_dir, "cached", [data], size=len(data))
     lookups = running.metrics.registry.get_sample_value
 
     def pull(**request) -> bytes:
@@ -161,7 +147,7 @@ def test_a_second_pull_is_served_from_the_cache_byte_for_byte(start_server, sour
 def test_pulls_cancelled_mid_stream_leave_no_descriptor_behind(start_server, source_model_dir: Path) -> None:
     # Each chunk read takes its own duplicate descriptor; an abandoned read-ahead must still close it.
     running = start_server(chunk_size=64 * 1024)
-    _store_artifact(running, source_model_dir, "churned", os.urandom(2 * 1024 * 1024))
+    store_artifact(running, source_model_dir, "churned", [os.urandom(2 * 1024 * 1024)], size=2 * 1024 * 1024)
     open_descriptors = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
     with grpc.insecure_channel(running.target) as channel:
         stub = Stubs.on(channel).transfer

@@ -144,26 +144,16 @@ def test_memory_does_not_grow_with_artifact_size(start_server, source_model_dir:
     import hashlib
     import os
 
-    from server_testkit import load_card
+    from server_testkit import load_card, store_artifact
 
     from xfer.server.convert import card_to_proto
-    from xfer.server.domain import ArtifactFormat, ArtifactRecord
     from xfer.v1 import transfer_service_pb2 as ts
 
     size = 48 * 1024 * 1024
     cache_bytes = 8 * 1024 * 1024
     running = start_server(chunk_cache_bytes=cache_bytes)
-    store = running.registry.blobs
-    writer = store.writer(max_bytes=size)
     block = os.urandom(1024 * 1024)
-    for _ in range(size // len(block)):
-        writer.write(block)
-    sha = store.commit(writer)
-    running.registry._catalog.create_version(
-        model_id="big",
-        card=load_card(source_model_dir),
-        artifacts=[ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=size, sha256=sha)],
-    )
+    sha = store_artifact(running, source_model_dir, "big", (block for _ in range(size // len(block))), size=size)
     with grpc.insecure_channel(running.target, options=[("grpc.max_receive_message_length", 8 << 20)]) as channel:
         stubs = Stubs.on(channel)
 
@@ -192,4 +182,6 @@ def test_memory_does_not_grow_with_artifact_size(start_server, source_model_dir:
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "sha256 mismatch" in err.details()
 
         assert _peak_traced_bytes(upload) < 12 * 1024 * 1024
-        assert [p for p in store.root.iterdir() if p.is_file()] == []  # the rejected upload's temp file is gone
+        assert [
+            p for p in running.registry.blobs.root.iterdir() if p.is_file()
+        ] == []  # the rejected upload's temp file is gone

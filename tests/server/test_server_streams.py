@@ -18,12 +18,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_testkit import SAFETENSORS, Stubs, bearer, load_card, rpc_error
+from server_testkit import SAFETENSORS, Stubs, bearer, load_card, rpc_error, store_artifact
 
 from xfer.client.errors import TooManyStreamsError, details_of, from_rpc_error
 from xfer.server.app import READ_METHOD, RunningServer
 from xfer.server.convert import card_to_proto
-from xfer.server.domain import ArtifactFormat, ArtifactRecord
 from xfer.server.interceptors import UPLOAD_METHOD
 from xfer.v1 import registry_service_pb2 as rs
 from xfer.v1 import transfer_service_pb2 as ts
@@ -40,18 +39,8 @@ VERSION = "models/big/versions/1"
 
 def _register_big_blob(running: RunningServer, source_model_dir: Path) -> str:
     """A 32 MiB artifact put straight into storage (no validation needed to test streaming); returns its sha256."""
-    store = running.registry.blobs
-    writer = store.writer(max_bytes=BIG)
     block = os.urandom(MIB)
-    for _ in range(BIG // MIB):
-        writer.write(block)
-    sha = store.commit(writer)
-    running.registry.catalog.create_version(
-        model_id="big",
-        card=load_card(source_model_dir),
-        artifacts=[ArtifactRecord(format=ArtifactFormat.SAFETENSORS, size_bytes=BIG, sha256=sha)],
-    )
-    return sha
+    return store_artifact(running, source_model_dir, "big", (block for _ in range(BIG // MIB)), size=BIG)
 
 
 def _active(running: RunningServer, method: str) -> float:
