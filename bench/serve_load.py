@@ -22,6 +22,11 @@ an MLP whose safetensors file is about --size-mb, then measures:
    never grows its flow-control window), and the server's RSS growth;
 4. ReportRun calls per second from 32 threads.
 
+With the throughput it prints where the CPU went: ms per MiB pulled in the
+client processes and in the servers, beside what sha256 alone costs here.
+When the clients saturate the CPUs, the ratio can be no better than the
+baseline's CPU per MiB over xfer's.
+
 Targets (issue 11): single-client verified pull >= 0.8 of raw socket +
 sha256; 64-client aggregate >= 0.7 of the baseline; health p99 < 100 ms
 with 200 stalled readers. Loopback throughput on a shared machine is noisy:
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import math
 import multiprocessing
@@ -108,15 +114,38 @@ def _client_worker(kind: str, threads: int, args: dict, start, results) -> None:
     pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
     for thread in pool:
         thread.start()
+    start.wait()
+    cpu_at_start = time.process_time()
     for thread in pool:
         thread.join()
+    results.put(("cpu", time.process_time() - cpu_at_start, None))
     for client, cache in clients:
         client.close()
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def _run_clients(kind: str, clients: int, args: dict, *, expected_sha: str) -> float:
-    """Seconds from the first client starting to the last finishing (each verifies the digest)."""
+@dataclasses.dataclass(frozen=True)
+class PullRun:
+    """One timed run of a contender: wall seconds, and CPU seconds its clients and its server spent."""
+
+    seconds: float
+    client_cpu: float
+    server_cpu: float
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_clients(kind: str, clients: int, args: dict, *, expected_sha: str, server_pids: tuple[int, ...]) -> PullRun:
+    """Times `clients` concurrent pulls, from the first client starting to the last finishing (each
+    verifies the digest), and the CPU that the client processes and the servers spent meanwhile.
+
+    Both servers count in both contenders' runs: the idle one costs next to nothing, and the
+    GetModelVersion probe, which runs during both, is charged to each alike."""
     ctx = multiprocessing.get_context("spawn")  # never fork a process that holds gRPC channels
     processes = min(clients, 4)
     per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
@@ -125,12 +154,19 @@ def _run_clients(kind: str, clients: int, args: dict, *, expected_sha: str) -> f
     for worker in workers:
         worker.start()
     time.sleep(3.0 if kind == "sdk" else 0.5)  # imports and connections done before the clock starts
+    server_cpu = sum(map(_cpu_seconds, server_pids))
     start.set()
-    outcomes = [results.get(timeout=900) for _ in range(clients)]
+    messages = [results.get(timeout=900) for _ in range(clients + len(workers))]
+    server_cpu = sum(map(_cpu_seconds, server_pids)) - server_cpu
     for worker in workers:
         worker.join()
+    outcomes = [m for m in messages if m[0] != "cpu"]
     assert all(sha == expected_sha for _, _, sha in outcomes), "a pull returned the wrong bytes"
-    return max(end for _, end, _ in outcomes) - min(began for began, _, _ in outcomes)
+    return PullRun(
+        seconds=max(end for _, end, _ in outcomes) - min(began for began, _, _ in outcomes),
+        client_cpu=sum(m[1] for m in messages if m[0] == "cpu"),
+        server_cpu=server_cpu,
+    )
 
 
 # -- raw-socket baseline server ---------------------------------------------------------------
@@ -228,6 +264,25 @@ def _latencies(call, *, count: int) -> list[float]:
     return out
 
 
+def _cpu_per_mib(runs: list[PullRun], mib: float) -> tuple[float, float]:
+    """Median CPU ms per MiB of the clients and of the server over `runs`, each of which moved `mib`."""
+    return (
+        statistics.median(run.client_cpu for run in runs) * 1000 / mib,
+        statistics.median(run.server_cpu for run in runs) * 1000 / mib,
+    )
+
+
+def _sha256_ms_per_mib(path: Path) -> float:
+    """CPU ms that hashlib's sha256 alone takes per MiB here: the floor of every verified pull."""
+    data = path.read_bytes()
+    best = math.inf
+    for _ in range(3):  # the least disturbed of three
+        began = time.process_time()
+        hashlib.sha256(data).digest()
+        best = min(best, time.process_time() - began)
+    return best * 1000 / (len(data) / MIB)
+
+
 def _rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
@@ -306,19 +361,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{server.pid}, client caches in {cache_root}; {os.cpu_count()} CPUs"
         )
         socket_server, port = _start_socket_server(blob, workdir)
+        hash_ms = _sha256_ms_per_mib(blob)
+        servers = (socket_server.pid, server.pid)
 
         concurrency = (1, 8) if args.quick else (1, 8, 64)
         rows = []
         probe_ms: list[float] = []  # GetModelVersion while the xfer clients pull
         socket_probe_ms: list[float] = []  # ... while as many raw-socket clients load the same CPUs
+        cpu_rows: list[tuple[int, tuple[float, float], tuple[float, float]]] = []
         for clients in concurrency:
-            runs = {"socket": [], "sdk": []}
+            runs: dict[str, list[PullRun]] = {"socket": [], "sdk": []}
             loaded = clients == max(concurrency)
             for _ in range(args.repeat):
                 probe = (server.target, version.ref, workdir / "probe-cache")
                 with _probing(*probe, out=socket_probe_ms if loaded else None):
                     runs["socket"].append(
-                        _run_clients("socket", clients, {"port": port, "size": size}, expected_sha=sha)
+                        _run_clients(
+                            "socket",
+                            clients,
+                            {"port": port, "size": size},
+                            expected_sha=sha,
+                            server_pids=servers,
+                        )
                     )
                 with _probing(*probe, out=probe_ms if loaded else None):
                     runs["sdk"].append(
@@ -327,12 +391,15 @@ def main(argv: list[str] | None = None) -> int:
                             clients,
                             {"target": server.target, "ref": version.ref, "cache_root": str(cache_root)},
                             expected_sha=sha,
+                            server_pids=servers,
                         )
                     )
             total = clients * size / MIB
-            base, sdk = total / min(runs["socket"]), total / min(runs["sdk"])
-            typical = statistics.median(runs["socket"]) / statistics.median(runs["sdk"])
+            seconds = {kind: [run.seconds for run in kind_runs] for kind, kind_runs in runs.items()}
+            base, sdk = total / min(seconds["socket"]), total / min(seconds["sdk"])
+            typical = statistics.median(seconds["socket"]) / statistics.median(seconds["sdk"])
             rows.append((clients, base, sdk, sdk / base, typical))
+            cpu_rows.append((clients, _cpu_per_mib(runs["socket"], total), _cpu_per_mib(runs["sdk"], total)))
 
         with Client(server.target, cache_dir=workdir / "probe-cache") as xfer:
             import grpc
@@ -399,6 +466,14 @@ def main(argv: list[str] | None = None) -> int:
             target = TARGET_SINGLE if clients == 1 else TARGET_AGGREGATE if clients == 64 else None
             verdict = f">= {target}  {ok(ratio >= target)}" if target else ""
             print(f"{clients:>8} {base:>12.1f} {sdk:>12.1f} {ratio:>7.2f} {typical:>7.2f}  {verdict}")
+        print(
+            f"\nCPU ms per MiB pulled, median over runs (clients + server; {os.cpu_count()} CPUs shared by both; "
+            f"sha256 alone: {hash_ms:.2f} ms/MiB)"
+        )
+        print(f"{'clients':>8} {'raw socket':>18} {'xfer pull':>18} {'xfer extra':>11}")
+        for clients, (base_c, base_s), (sdk_c, sdk_s) in cpu_rows:
+            extra = sdk_c + sdk_s - base_c - base_s
+            print(f"{clients:>8} {base_c:>8.2f} + {base_s:<7.2f} {sdk_c:>8.2f} + {sdk_s:<7.2f} {extra:>+11.2f}")
         p50, p99 = _percentiles(probe_ms)
         s50, s99 = _percentiles(socket_probe_ms)
         print(
