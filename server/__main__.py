@@ -13,18 +13,46 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from xfer.server.config import MIB, ServerConfig
 
 logger = logging.getLogger("xfer.server")
 
 COMMANDS = ("serve", "migrate", "tokens")
+
+
+def _number(parse: Callable[[str], float], *, low: float, high: float | None = None, above: bool = False) -> Any:
+    """An argparse type: a finite `parse`d number >= `low` (> `low` if `above`) and <= `high`.
+
+    Checked here, so that a bad value is reported against its flag, in the
+    flag's own unit, before ServerConfig (which guards library callers) sees it.
+    """
+    what = "an integer" if parse is int else "a finite number"
+    bound = f"more than {low:g}" if above else f"at least {low:g}" if high is None else f"from {low:g} to {high:.0f}"
+
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"must be {what} {bound}, got {text}")
+        return value
+
+    return convert
+
+
+PORT = _number(int, low=0, high=65535)
+POSITIVE_INT = _number(int, low=0, above=True)
+POSITIVE_SECONDS = _number(float, low=0, above=True)
 
 
 def _storage_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,26 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anything else needs --token-file)"
     )
-    parser.add_argument("--port", type=int, default=50051, help="port (default 50051; 0 picks a free one)")
+    parser.add_argument("--port", type=PORT, default=50051, help="port (default 50051; 0 picks a free one)")
     parser.add_argument("--token-file", type=Path, help="bearer tokens (see `xfer-server tokens --help`)")
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument("--tls-client-ca", type=Path, help="CA for client certificates: turns on mutual TLS")
-    parser.add_argument("--chunk-size", type=int, default=MIB, help="ReadArtifact chunk size in bytes (default 1 MiB)")
+    parser.add_argument(
+        "--chunk-size",
+        type=_number(int, low=4096, high=64 * MIB),
+        default=MIB,
+        help="ReadArtifact chunk size in bytes (default 1 MiB)",
+    )
     parser.add_argument(
         "--chunk-cache-mb",
-        type=int,
+        type=_number(int, low=0),
         default=defaults.chunk_cache_bytes // MIB,
         help="memory for recently read chunks, shared by all pulls of a model (default %(default)s; 0: off)",
     )
-    parser.add_argument("--max-artifact-mb", type=int, default=512, help="largest accepted artifact (default 512)")
+    parser.add_argument(
+        "--max-artifact-mb", type=POSITIVE_INT, default=512, help="largest accepted artifact (default 512)"
+    )
     parser.add_argument(
         "--max-workers",
-        type=int,
+        type=POSITIVE_INT,
         default=defaults.max_workers,
         help=f"threads for blocking work (database, disk) (default {defaults.max_workers})",
     )
-    parser.add_argument("--grace", type=float, default=5.0, help="seconds in-flight RPCs get on shutdown")
+    parser.add_argument(
+        "--grace", type=_number(float, low=0), default=5.0, help="seconds in-flight RPCs get on shutdown"
+    )
     parser.add_argument(
         "--no-migrate",
         dest="migrate",
@@ -89,39 +126,41 @@ def build_parser() -> argparse.ArgumentParser:
     limits = parser.add_argument_group("what one client can hold")
     limits.add_argument(
         "--stall-timeout",
-        type=float,
+        type=POSITIVE_SECONDS,
         default=defaults.stall_timeout_s,
         help="seconds a stream may make no progress before it is ended (default %(default)s)",
     )
-    limits.add_argument("--max-reads-per-token", type=int, default=defaults.max_reads_per_token)
-    limits.add_argument("--max-reads", type=int, default=defaults.max_reads, help="concurrent ReadArtifact streams")
-    limits.add_argument("--max-uploads-per-token", type=int, default=defaults.max_uploads_per_token)
+    limits.add_argument("--max-reads-per-token", type=POSITIVE_INT, default=defaults.max_reads_per_token)
     limits.add_argument(
-        "--max-uploads", type=int, default=defaults.max_uploads, help="concurrent CreateModelVersion streams"
+        "--max-reads", type=POSITIVE_INT, default=defaults.max_reads, help="concurrent ReadArtifact streams"
+    )
+    limits.add_argument("--max-uploads-per-token", type=POSITIVE_INT, default=defaults.max_uploads_per_token)
+    limits.add_argument(
+        "--max-uploads", type=POSITIVE_INT, default=defaults.max_uploads, help="concurrent CreateModelVersion streams"
     )
     limits.add_argument(
         "--max-connection-age",
-        type=float,
+        type=POSITIVE_SECONDS,
         default=defaults.max_connection_age_s,
         help="seconds before a connection is closed (clients reconnect; default %(default)s)",
     )
     validation = parser.add_argument_group("validation sandbox")
     validation.add_argument(
         "--validation-workers",
-        type=int,
+        type=POSITIVE_INT,
         default=defaults.validation_workers,
         help="uploads validated at once (default %(default)s)",
     )
     validation.add_argument(
         "--validation-memory-mb",
-        type=int,
+        type=POSITIVE_INT,
         default=defaults.validation_memory_bytes // MIB,
         help="memory a validation may use beyond 4x the bytes it checks (default %(default)s)",
     )
-    validation.add_argument("--validation-cpu-seconds", type=int, default=defaults.validation_cpu_seconds)
+    validation.add_argument("--validation-cpu-seconds", type=POSITIVE_INT, default=defaults.validation_cpu_seconds)
     validation.add_argument(
         "--validation-timeout",
-        type=float,
+        type=POSITIVE_SECONDS,
         default=defaults.validation_timeout_s,
         help="wall-clock seconds per validation (default %(default)s)",
     )
@@ -132,17 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the sandbox worker (which imports torch) at the first upload, not at start-up",
     )
     ops = parser.add_argument_group("operations")
-    ops.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (0 picks one)")
+    ops.add_argument("--metrics-port", type=PORT, help="serve Prometheus /metrics on this port (0 picks one)")
     ops.add_argument("--metrics-host", help="address of the metrics endpoint (default: --host)")
     ops.add_argument(
         "--health-interval",
-        type=float,
+        type=POSITIVE_SECONDS,
         default=defaults.health_interval_s,
         help="seconds between database checks behind health (default %(default)s)",
     )
     ops.add_argument(
         "--gc-interval",
-        type=float,
+        type=POSITIVE_SECONDS,
         default=defaults.gc_interval_s,
         help="seconds between blob garbage collections (default %(default)s)",
     )

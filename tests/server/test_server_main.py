@@ -65,7 +65,38 @@ def test_a_negative_chunk_cache_exits_2_and_says_which_flag(tmp_path: Path) -> N
         timeout=60,
     )
     assert result.returncode == 2
-    assert "chunk_cache_bytes must not be negative" in result.stderr
+    assert "argument --chunk-cache-mb: must be an integer at least 0, got -1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--port", "70000", "must be an integer from 0 to 65535, got 70000"),
+        ("--metrics-port", "-1", "must be an integer from 0 to 65535, got -1"),
+        ("--chunk-size", "10", "must be an integer from 4096 to 67108864, got 10"),
+        ("--max-reads", "0", "must be an integer more than 0, got 0"),
+        ("--max-workers", "1.5", "expected an integer more than 0, got '1.5'"),
+        ("--validation-memory-mb", "-5", "must be an integer more than 0, got -5"),
+        ("--stall-timeout", "nan", "must be a finite number more than 0, got nan"),
+        ("--health-interval", "inf", "must be a finite number more than 0, got inf"),
+        ("--grace", "-1", "must be a finite number at least 0, got -1"),
+    ],
+)
+def test_a_bad_number_is_reported_against_its_flag(flag: str, value: str, message: str, capsys) -> None:
+    from xfer.server.__main__ import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([flag, value])
+    assert exited.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_flag_bounds_admit_the_defaults_and_the_edges() -> None:
+    from xfer.server.__main__ import build_parser
+
+    args = build_parser().parse_args(["--port", "0", "--chunk-size", "4096", "--chunk-cache-mb", "0", "--grace", "0"])
+    assert (args.port, args.chunk_size, args.chunk_cache_mb, args.grace) == (0, 4096, 0, 0.0)
+    assert build_parser().parse_args([]).port == 50051
 
 
 def test_a_short_open_file_limit_is_raised_or_reported(tmp_path: Path) -> None:
