@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import logging
 from collections.abc import Mapping
 
@@ -175,6 +176,8 @@ class Unavailable(RequestError):
 INTERNAL_MESSAGE = "internal server error; the server log has the details (search for request id {request_id})"
 #: Seconds a client should wait before retrying when the database is unreachable.
 DATABASE_RETRY_AFTER = 1.0
+#: Seconds a caller should wait when the server is at its open-file limit.
+FILE_LIMIT_RETRY_AFTER = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,6 +231,24 @@ def _database_status(exc: BaseException) -> Status | None:
     return None
 
 
+def _file_limit_status(exc: BaseException) -> Status | None:
+    """RESOURCE_EXHAUSTED (STREAM_LIMIT, with a retry hint) when the process ran out of file descriptors.
+
+    Each open stream holds descriptors; running out means too many streams at
+    once for this server's limit, which clients wait out like a stream cap.
+    """
+    if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+        return None
+    logger.warning("out of file descriptors (%s): raise the open-file limit or lower --max-reads/--max-uploads", exc)
+    return Status(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+        reason=Reason.STREAM_LIMIT,
+        expected=True,
+        message="the server has too many files open right now (its open-file limit); retry shortly",
+        retry_after=FILE_LIMIT_RETRY_AFTER,
+    )
+
+
 def status_for(exc: BaseException, *, request_id: str = "-") -> Status:
     """The ONE mapping from an exception raised by server code to a gRPC status."""
     if isinstance(exc, RequestError):
@@ -246,9 +267,9 @@ def status_for(exc: BaseException, *, request_id: str = "-") -> Status:
         return Status(
             code=grpc.StatusCode.INVALID_ARGUMENT, message=str(exc), reason=Reason.INVALID_CARD, expected=True
         )
-    database = _database_status(exc)
-    if database is not None:
-        return database
+    known = _database_status(exc) or _file_limit_status(exc)
+    if known is not None:
+        return known
     return Status(
         code=grpc.StatusCode.INTERNAL,
         message=INTERNAL_MESSAGE.format(request_id=request_id),

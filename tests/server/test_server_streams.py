@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -255,6 +256,39 @@ def test_server_wide_stream_limit(start_server, tokens, source_model_dir) -> Non
             err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the server has 1 artifact reads open" in err.details()
         )
         held.cancel()
+
+
+def test_a_server_out_of_file_descriptors_answers_stream_limit_not_internal(start_server, source_model_dir) -> None:
+    # Each held stream keeps its blob open; with the open-file limit just above what the server uses,
+    # new streams run out of descriptors (opening the blob, or duplicating it for a chunk read).
+    running = start_server(max_reads=1000, max_reads_per_token=1000, chunk_size=64 * 1024)
+    sha = _register_big_blob(running, source_model_dir)
+    request = ts.ReadArtifactRequest(name=VERSION, format=SAFETENSORS, read_limit=1024 * 1024)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held, refused = [], []
+    with grpc.insecure_channel(running.target, options=STALLING) as channel:
+        stub = Stubs.on(channel).transfer
+        assert len(b"".join(r.data for r in stub.ReadArtifact(request))) == 1024 * 1024  # connected, blob verified
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+        try:
+            for _ in range(40):
+                call = stub.ReadArtifact(request, timeout=60)
+                try:
+                    next(call)
+                    held.append(call)
+                except grpc.RpcError as exc:
+                    refused.append(exc)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            for call in held:
+                call.cancel()
+        assert held and refused, (len(held), len(refused))
+        assert {err.code() for err in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}, refused[0].details()
+        assert all("open-file limit" in err.details() for err in refused)
+        assert details_of(refused[0]).reason == "STREAM_LIMIT" and details_of(refused[0]).retry_after == 2.0
+        assert isinstance(from_rpc_error(refused[0]), TooManyStreamsError)  # so the SDK waits and retries
+        _wait_for(lambda: _active(running, READ_METHOD) == 0)
+        assert _pull_sha(Stubs.on(channel)) == sha  # and the server recovers by itself
 
 
 def test_connections_are_recycled_at_their_maximum_age_and_a_pull_resumes(
