@@ -126,7 +126,7 @@ def _client_worker(kind: str, threads: int, args: dict, start, results) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PullRun:
-    """One timed run of a contender: wall seconds, and CPU seconds its clients and its server spent."""
+    """One timed run of a contender: wall seconds, and the CPU seconds of its clients and of the servers."""
 
     seconds: float
     client_cpu: float
@@ -265,7 +265,7 @@ def _latencies(call, *, count: int) -> list[float]:
 
 
 def _cpu_per_mib(runs: list[PullRun], mib: float) -> tuple[float, float]:
-    """Median CPU ms per MiB of the clients and of the server over `runs`, each of which moved `mib`."""
+    """Median CPU ms per MiB of the clients and of the servers over `runs`, each of which moved `mib`."""
     return (
         statistics.median(run.client_cpu for run in runs) * 1000 / mib,
         statistics.median(run.server_cpu for run in runs) * 1000 / mib,
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f">= {target}  {ok(ratio >= target)}" if target else ""
             print(f"{clients:>8} {base:>12.1f} {sdk:>12.1f} {ratio:>7.2f} {typical:>7.2f}  {verdict}")
         print(
-            f"\nCPU ms per MiB pulled, median over runs (clients + server; {os.cpu_count()} CPUs shared by both; "
+            f"\nCPU ms per MiB pulled, median over runs (clients + servers; {os.cpu_count()} CPUs shared by all; "
             f"sha256 alone: {hash_ms:.2f} ms/MiB)"
         )
         print(f"{'clients':>8} {'raw socket':>18} {'xfer pull':>18} {'xfer extra':>11}")
