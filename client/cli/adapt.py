@@ -57,6 +57,8 @@ def _engine(name: str, extra: str) -> Any:
 def cmd_finetune(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     """`xfer finetune REF DATA ...`"""
     command = _engine("xfer.client.finetune.command", "finetune")
+    if args.episodes is None:
+        command.config_from_args(args)  # a bad flag is reported before any byte is pulled
     client = ctx.client
     bar = ProgressBar(f"pull {args.ref}", stream=io.err)
     try:
@@ -74,6 +76,7 @@ def cmd_finetune(args: argparse.Namespace, io: Io, ctx: Context) -> int:
 def cmd_fit_head(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     """`xfer fit-head REF DATA ...`"""
     _engine("onnxruntime", "onnx")
+    head_command.config_from_args(args)  # a bad flag is reported before any byte is pulled
     client = ctx.client
     bar = ProgressBar(f"pull {args.ref}", stream=io.err)
     try:

@@ -147,6 +147,21 @@ def _privacy(args: argparse.Namespace) -> PrivacyConfig | None:
     return PrivacyConfig(epsilon=args.dp_epsilon, delta=args.dp_delta, max_grad_norm=args.max_grad_norm)
 
 
+def config_from_args(args: argparse.Namespace) -> tuple[HeadConfig, PrivacyConfig | None]:
+    """The validated head and privacy settings of `xfer fit-head` (HeadError/PrivacyError on a bad flag)."""
+    privacy = _privacy(args)
+    config = HeadConfig(
+        l2=args.l2,
+        metric=args.metric,
+        scale=args.scale,
+        dp=NoisyGDConfig(steps=args.dp_steps),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        session=SessionOptions(intra_op_threads=args.threads),
+    )
+    return config, privacy
+
+
 def run(
     args: argparse.Namespace,
     *,
@@ -158,16 +173,7 @@ def run(
 ) -> FitHeadOutcome:
     """Runs `xfer fit-head` on a pulled ONNX model; prints progress to `out` (default stdout) if asked."""
     out = out or sys.stdout
-    privacy = _privacy(args)
-    config = HeadConfig(
-        l2=args.l2,
-        metric=args.metric,
-        scale=args.scale,
-        dp=NoisyGDConfig(steps=args.dp_steps),
-        batch_size=args.batch_size,
-        seed=args.seed,
-        session=SessionOptions(intra_op_threads=args.threads),
-    )
+    config, privacy = config_from_args(args)
     data: HeadData = load_data(args.data, card=card, seed=args.seed, test=args.test)
     dataset_id = args.dataset_id or data.dataset_id
     ledger = PrivacyLedger.in_cache(cache_dir) if privacy is not None else None

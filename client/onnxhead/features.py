@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xfer.client.onnxhead.errors import HeadDataError, OnnxModelError
+from xfer.client.onnxhead.errors import HeadDataError, HeadError, OnnxModelError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ class SessionOptions:
 
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0:
+            raise HeadError(f"threads must be 0 (onnxruntime's choice) or more, got {self.intra_op_threads}")
 
 
 def open_session(model: str | os.PathLike | bytes, *, options: SessionOptions = SessionOptions()) -> Any:

@@ -175,6 +175,33 @@ def test_errors_are_one_line_with_distinct_exit_codes(xfer_server, run_cli):
     assert unknown.code == 2 and "frobnicate" in one_error_line(unknown)
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--steps", "-1", "steps must be a positive finite number, got -1"),
+        ("--lr", "nan", "lr must be a positive finite number, got nan"),
+        ("--dp-epsilon", "inf", "target epsilon must be positive and finite, got inf"),
+    ],
+)
+def test_finetune_reports_a_bad_flag_before_contacting_the_server(run_cli, flag, value, message):
+    # The server address is unreachable: the flag's error must come first, not "server unavailable".
+    result = run_cli(None, "finetune", "digits-convnet:1", "digits", flag, value, env={"XFER_SERVER": "127.0.0.1:1"})
+    assert result.code != 0 and message in one_error_line(result)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--l2", "-1", "l2 must be positive"),
+        ("--dp-epsilon", "nan", "target epsilon must be positive and finite, got nan"),
+        ("--threads", "-3", "threads must be 0 (onnxruntime's choice) or more, got -3"),
+    ],
+)
+def test_fit_head_reports_a_bad_flag_before_contacting_the_server(run_cli, flag, value, message):
+    result = run_cli(None, "fit-head", "digits-convnet:1", "digits", flag, value, env={"XFER_SERVER": "127.0.0.1:1"})
+    assert result.code != 0 and message in one_error_line(result)
+
+
 def test_real_xfer_subprocess(xfer_server, tmp_path):
     env = cli_env(xfer_server, tmp_path / "cache", xfer_server.client_token)
     ok = subprocess.run(
