@@ -107,6 +107,8 @@ class Client:
         require_signed: bool = False,
         policy: ModelPolicy = ModelPolicy(),
     ) -> None:
+        if stream_timeout is not None and not 0 < stream_timeout < float("inf"):  # NaN fails too
+            raise InvalidArgumentError(f"stream_timeout must be a positive number of seconds, got {stream_timeout}")
         self.target = target
         self.cache = Cache(default_cache_dir(os.environ) if cache_dir is None else cache_dir)
         self.retry = retry

@@ -254,6 +254,8 @@ class Transport:
         timeout: float = 30.0,
         retry: RetryPolicy = RetryPolicy(),
     ) -> None:
+        if not 0 < timeout < float("inf"):  # NaN fails too
+            raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout}")
         self.target = target
         self.timeout = timeout
         self.retry = retry

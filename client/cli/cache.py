@@ -117,8 +117,8 @@ def cmd_prune(args: argparse.Namespace, io: Io, ctx: Context) -> int:
     for model in args.model:
         if not is_model_id(model):
             raise InvalidArgumentError(f"--model {model!r} is not a model id")
-    if args.partials_older_than < 0:
-        raise InvalidArgumentError("--partials-older-than must be 0 or more hours")
+    if not 0 <= args.partials_older_than < float("inf"):  # NaN fails too
+        raise InvalidArgumentError(f"--partials-older-than must be 0 or more hours, got {args.partials_older_than}")
     report = prune_cache(
         _cache(ctx), models=tuple(args.model), everything=args.all, partials_older_than=args.partials_older_than * 3600
     )

@@ -98,3 +98,12 @@ def test_a_server_retry_hint_is_a_floor_with_jitter_above_it():
     assert all(0 <= policy.delay(9) <= 0.5 for _ in range(50))  # without a hint: the capped backoff
     assert all(0 <= policy.delay(0, server_hint=0.0) <= 0.1 for _ in range(50))
     assert all(60.0 <= policy.delay(0, server_hint=1e9) <= 90.0 for _ in range(50))  # a server cannot park us
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf")])
+def test_deadlines_must_be_positive_and_finite(tmp_path, bad) -> None:
+    # A NaN or negative deadline would otherwise surface as "the server did not answer in time".
+    with pytest.raises(InvalidArgumentError, match=r"^timeout must be a positive number of seconds"):
+        Client("127.0.0.1:1", cache_dir=tmp_path, timeout=bad)
+    with pytest.raises(InvalidArgumentError, match=r"^stream_timeout must be a positive number of seconds"):
+        Client("127.0.0.1:1", cache_dir=tmp_path, stream_timeout=bad)
