@@ -74,15 +74,16 @@ def rank_candidates(
         raise RankError(f"unknown ranking criterion {by!r}; valid: {', '.join(CRITERIA)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise RankError(f"k must be a whole number >= 1, got {k!r}")
+    if batch_size < 1:
+        raise RankError(f"batch_size must be positive, got {batch_size}")
+    options = SessionOptions(intra_op_threads=threads)  # checked here, before anything is pulled
     found = []
     for ref in candidates_from(",".join(models)):
         started = time.perf_counter()
         pulled = client.pull(ref, "onnx")
         card = pulled.model_version.card
         labelled = load_training_split(data, card=card, seed=seed)
-        extractor = FeatureExtractor(
-            pulled.blob_path, batch_size=batch_size, options=SessionOptions(intra_op_threads=threads)
-        )
+        extractor = FeatureExtractor(pulled.blob_path, batch_size=batch_size, options=options)
         score = score_features(extractor(labelled.x), labelled.y, k=k)
         candidate = Candidate(
             ref=ref,

@@ -202,6 +202,19 @@ def test_fit_head_reports_a_bad_flag_before_contacting_the_server(run_cli, flag,
     assert result.code != 0 and message in one_error_line(result)
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--batch-size", "-1", "batch_size must be positive, got -1"),
+        ("--threads", "-2", "threads must be 0 (onnxruntime's choice) or more, got -2"),
+    ],
+)
+def test_rank_reports_a_bad_flag_before_contacting_the_server(run_cli, flag, value, message):
+    argv = ("rank", "digits", "--models", "aa-model:1,bb-model:1", flag, value)
+    result = run_cli(None, *argv, env={"XFER_SERVER": "127.0.0.1:1"})
+    assert result.code != 0 and message in one_error_line(result)
+
+
 def test_real_xfer_subprocess(xfer_server, tmp_path):
     env = cli_env(xfer_server, tmp_path / "cache", xfer_server.client_token)
     ok = subprocess.run(
