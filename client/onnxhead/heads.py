@@ -55,8 +55,11 @@ class HeadConfig:
             raise HeadError(f"scale must be positive (or None to fit it), got {self.scale}")
         if self.metric not in METRICS:
             raise HeadError(f"unknown prototype metric {self.metric!r}; valid: {', '.join(METRICS)}")
-        if self.folds < 2 or self.max_iter < 1 or self.batch_size < 1 or self.verify_examples < 1:
-            raise HeadError("folds must be at least 2; max_iter, batch_size and verify_examples positive")
+        if self.folds < 2:
+            raise HeadError(f"folds must be at least 2, got {self.folds}")
+        for name in ("max_iter", "batch_size", "verify_examples"):
+            if getattr(self, name) < 1:
+                raise HeadError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -193,6 +193,7 @@ def test_finetune_reports_a_bad_flag_before_contacting_the_server(run_cli, flag,
     ("flag", "value", "message"),
     [
         ("--l2", "-1", "l2 must be positive"),
+        ("--batch-size", "0", "batch_size must be positive, got 0"),
         ("--dp-epsilon", "nan", "target epsilon must be positive and finite, got nan"),
         ("--threads", "-3", "threads must be 0 (onnxruntime's choice) or more, got -3"),
     ],
