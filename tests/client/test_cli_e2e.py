@@ -175,44 +175,28 @@ def test_errors_are_one_line_with_distinct_exit_codes(xfer_server, run_cli):
     assert unknown.code == 2 and "frobnicate" in one_error_line(unknown)
 
 
+FINETUNE = ("finetune", "digits-convnet:1", "digits")
+FIT_HEAD = ("fit-head", "digits-convnet:1", "digits")
+RANK = ("rank", "digits", "--models", "aa-model:1,bb-model:1")
+
+
 @pytest.mark.parametrize(
-    ("flag", "value", "message"),
+    ("command", "flag", "value", "message"),
     [
-        ("--steps", "-1", "steps must be a positive finite number, got -1"),
-        ("--lr", "nan", "lr must be a positive finite number, got nan"),
-        ("--dp-epsilon", "inf", "target epsilon must be positive and finite, got inf"),
+        (FINETUNE, "--steps", "-1", "steps must be a positive finite number, got -1"),
+        (FINETUNE, "--lr", "nan", "lr must be a positive finite number, got nan"),
+        (FINETUNE, "--dp-epsilon", "inf", "target epsilon must be positive and finite, got inf"),
+        (FIT_HEAD, "--l2", "-1", "l2 must be positive"),
+        (FIT_HEAD, "--batch-size", "0", "batch_size must be positive, got 0"),
+        (FIT_HEAD, "--dp-epsilon", "nan", "target epsilon must be positive and finite, got nan"),
+        (FIT_HEAD, "--threads", "-3", "threads must be 0 (onnxruntime's choice) or more, got -3"),
+        (RANK, "--batch-size", "-1", "batch_size must be positive, got -1"),
+        (RANK, "--threads", "-2", "threads must be 0 (onnxruntime's choice) or more, got -2"),
     ],
 )
-def test_finetune_reports_a_bad_flag_before_contacting_the_server(run_cli, flag, value, message):
+def test_a_bad_flag_is_reported_before_contacting_the_server(run_cli, command, flag, value, message):
     # The server address is unreachable: the flag's error must come first, not "server unavailable".
-    result = run_cli(None, "finetune", "digits-convnet:1", "digits", flag, value, env={"XFER_SERVER": "127.0.0.1:1"})
-    assert result.code != 0 and message in one_error_line(result)
-
-
-@pytest.mark.parametrize(
-    ("flag", "value", "message"),
-    [
-        ("--l2", "-1", "l2 must be positive"),
-        ("--batch-size", "0", "batch_size must be positive, got 0"),
-        ("--dp-epsilon", "nan", "target epsilon must be positive and finite, got nan"),
-        ("--threads", "-3", "threads must be 0 (onnxruntime's choice) or more, got -3"),
-    ],
-)
-def test_fit_head_reports_a_bad_flag_before_contacting_the_server(run_cli, flag, value, message):
-    result = run_cli(None, "fit-head", "digits-convnet:1", "digits", flag, value, env={"XFER_SERVER": "127.0.0.1:1"})
-    assert result.code != 0 and message in one_error_line(result)
-
-
-@pytest.mark.parametrize(
-    ("flag", "value", "message"),
-    [
-        ("--batch-size", "-1", "batch_size must be positive, got -1"),
-        ("--threads", "-2", "threads must be 0 (onnxruntime's choice) or more, got -2"),
-    ],
-)
-def test_rank_reports_a_bad_flag_before_contacting_the_server(run_cli, flag, value, message):
-    argv = ("rank", "digits", "--models", "aa-model:1,bb-model:1", flag, value)
-    result = run_cli(None, *argv, env={"XFER_SERVER": "127.0.0.1:1"})
+    result = run_cli(None, *command, flag, value, env={"XFER_SERVER": "127.0.0.1:1"})
     assert result.code != 0 and message in one_error_line(result)
 
 

@@ -25,14 +25,14 @@ def test_sigint_stops_cleanly(spawn_server) -> None:
     assert "shutting down" in server.log_text()
 
 
+def _serve(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m xfer.server --port 0 --data-dir DATA_DIR ARGS`, for refusals that end it at start."""
+    command = [sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(data_dir), *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
 def test_non_loopback_without_tokens_exits_2(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "xfer.server", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _serve(tmp_path, "--host", "0.0.0.0")
     assert result.returncode == 2
     assert "refusing to listen on '0.0.0.0' without authentication" in result.stderr
 
@@ -57,13 +57,7 @@ def test_data_dir_from_environment(tmp_path: Path) -> None:
 
 
 def test_a_negative_chunk_cache_exits_2_and_says_which_flag(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "xfer.server", "--port", "0", "--data-dir", str(tmp_path), "--chunk-cache-mb", "-1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _serve(tmp_path, "--chunk-cache-mb", "-1")
     assert result.returncode == 2
     assert "argument --chunk-cache-mb: must be an integer at least 0, got -1" in result.stderr
 
