@@ -144,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.max_connection_age_s,
         help="seconds before a connection is closed (clients reconnect; default %(default)s)",
     )
+    limits.add_argument(
+        "--max-connections",
+        type=POSITIVE_INT,
+        help="connections accepted at once; more are closed at once (default: what the open-file limit "
+        "leaves after the stream caps)",
+    )
+    limits.add_argument(
+        "--handshake-timeout",
+        type=POSITIVE_SECONDS,
+        default=defaults.handshake_timeout_s,
+        help="seconds a new connection gets to finish its TLS and HTTP/2 handshake (default %(default)s)",
+    )
     validation = parser.add_argument_group("validation sandbox")
     validation.add_argument(
         "--validation-workers",
@@ -246,45 +258,13 @@ def migrate_main(argv: Sequence[str]) -> int:
     return 0
 
 
-#: Descriptors a server needs beyond its streams: database, listening sockets, logs, the sandbox.
-_SPARE_FILES = 128
-
-
-def _raise_open_file_limit(config: ServerConfig) -> None:
-    """Lifts the soft limit on open files to the hard one, as Go's runtime does, and warns if it is short.
-
-    Each read holds a socket, the blob file and, while a chunk is read, a
-    duplicate of it; each upload a socket and a temporary file. At the usual
-    soft limit of 1024, a full server would fail to accept connections.
-    """
-    import resource
-
-    needed = 3 * config.max_reads + 2 * config.max_uploads + _SPARE_FILES
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            logger.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        logger.warning(
-            "the open-file limit is %d, but --max-reads %d and --max-uploads %d may need %d; raise it "
-            "(ulimit -n, or LimitNOFILE= in a systemd unit) or lower those caps",
-            soft,
-            config.max_reads,
-            config.max_uploads,
-            needed,
-        )
-
-
 def serve_main(argv: Sequence[str]) -> int:
     """Runs the server until SIGTERM or SIGINT; exit code 0 after a clean shutdown, 2 on bad config."""
     args = build_parser().parse_args(argv)
     _configure_logging(args)
     # Imported after logging is set up.
     from xfer.server.app import ConfigError, create_server
+    from xfer.server.open_files import raise_open_file_limit
 
     try:
         config = ServerConfig(
@@ -308,6 +288,8 @@ def serve_main(argv: Sequence[str]) -> int:
             max_uploads_per_token=args.max_uploads_per_token,
             max_uploads=args.max_uploads,
             max_connection_age_s=args.max_connection_age,
+            max_connections=args.max_connections,
+            handshake_timeout_s=args.handshake_timeout,
             validation_workers=args.validation_workers,
             validation_memory_bytes=args.validation_memory_mb * MIB,
             validation_cpu_seconds=args.validation_cpu_seconds,
@@ -321,7 +303,7 @@ def serve_main(argv: Sequence[str]) -> int:
             require_audit=args.require_audit,
             max_mia_auc=args.max_mia_auc,
         )
-        _raise_open_file_limit(config)
+        raise_open_file_limit(config)
         running = create_server(config)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"xfer-server: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ from xfer.server.config import MIB, ServerConfig
 from xfer.server.interceptors import UPLOAD_METHOD, Authorizer, RpcInterceptor
 from xfer.server.limits import StreamLimiter
 from xfer.server.observability import ServerMetrics
+from xfer.server.open_files import connection_cap
 from xfer.server.pagination import PageTokens
 from xfer.server.policy import PublishPolicy
 from xfer.server.registry import Registry, RegistryLimits, ValidationLimits
@@ -197,7 +198,7 @@ def _prepare_database(config: ServerConfig, engine: sa.Engine) -> PageTokens:
 
 def _options(config: ServerConfig) -> list[tuple[str, int]]:
     ms = lambda seconds: int(seconds * 1000)  # noqa: E731
-    return [
+    options = [
         ("grpc.max_receive_message_length", config.message_limit),
         ("grpc.max_send_message_length", config.message_limit),
         # Uploads may arrive in DATA frames of up to 1 MiB rather than 16 KiB (fewer frames to parse).
@@ -213,7 +214,12 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", ms(config.max_connection_idle_s)),
         ("grpc.max_connection_age_ms", ms(config.max_connection_age_s)),
         ("grpc.max_connection_age_grace_ms", ms(config.max_connection_age_grace_s)),
+        ("grpc.server_handshake_timeout_ms", ms(config.handshake_timeout_s)),
     ]
+    cap = connection_cap(config)
+    if cap is not None:
+        options.append(("grpc.max_allowed_incoming_connections", cap))
+    return options
 
 
 def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:

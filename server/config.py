@@ -60,6 +60,12 @@ class ServerConfig:
     max_connection_age_s: float = 1800.0
     max_connection_age_grace_s: float = 300.0
     max_connection_idle_s: float = 900.0
+    #: Connections accepted at once; more are closed at accept. None: what the open-file limit leaves after the
+    #: stream caps (server/open_files.py), so that a flood of silent connections cannot use up descriptors.
+    max_connections: int | None = None
+    #: A connection that has not finished its TLS and HTTP/2 handshake (the client's SETTINGS) within this is
+    #: closed (gRPC's own default is 120 s). Generous for a slow link: a handshake takes a few round trips.
+    handshake_timeout_s: float = 20.0
 
     # -- validation sandbox ----------------------------------------------------------------
     validation_workers: int = 2
@@ -120,11 +126,14 @@ class ServerConfig:
             "keepalive_timeout_s",
             "max_connection_age_s",
             "max_connection_idle_s",
+            "handshake_timeout_s",
             "gc_interval_s",
         )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_connections is not None and not self.max_connections > 0:
+            raise ValueError(f"max_connections must be positive, got {self.max_connections}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
         # The policy checks its own numbers (ValueError saying which flag is wrong).

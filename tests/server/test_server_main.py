@@ -74,6 +74,8 @@ def test_a_negative_chunk_cache_exits_2_and_says_which_flag(tmp_path: Path) -> N
         ("--stall-timeout", "nan", "must be a finite number more than 0, got nan"),
         ("--health-interval", "inf", "must be a finite number more than 0, got inf"),
         ("--grace", "-1", "must be a finite number at least 0, got -1"),
+        ("--max-connections", "0", "must be an integer more than 0, got 0"),
+        ("--handshake-timeout", "nan", "must be a finite number more than 0, got nan"),
     ],
 )
 def test_a_bad_number_is_reported_against_its_flag(flag: str, value: str, message: str, capsys) -> None:
@@ -96,16 +98,18 @@ def test_flag_bounds_admit_the_defaults_and_the_edges() -> None:
 def test_a_short_open_file_limit_is_raised_or_reported(tmp_path: Path) -> None:
     # The child starts with a soft limit of 64 (hard limit unchanged): the server lifts it to the hard limit.
     script = (
-        "import resource, sys; from xfer.server.__main__ import _raise_open_file_limit; "
+        "import resource, sys; from xfer.server.open_files import raise_open_file_limit; "
         "from xfer.server.config import ServerConfig; "
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard)); "
-        "_raise_open_file_limit(ServerConfig(data_dir='.')); "
+        "raise_open_file_limit(ServerConfig(data_dir='.')); "
         "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard) or hard == resource.RLIM_INFINITY); "
         "resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)); "  # now it cannot be raised: a warning says so
-        "_raise_open_file_limit(ServerConfig(data_dir='.'))"
+        "raise_open_file_limit(ServerConfig(data_dir='.'))"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
-    assert "the open-file limit is 64, but --max-reads 256 and --max-uploads 16 may need 928" in result.stderr
+    assert "the open-file limit is 64, but --max-reads 256, --max-uploads 16 and 16 connections may need 672" in (
+        result.stderr
+    )

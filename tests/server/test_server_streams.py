@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -316,6 +317,63 @@ def test_connections_are_recycled_at_their_maximum_age_and_a_pull_resumes(
     assert "resuming models/big/versions/1 at byte" in caplog.text  # the connection really was recycled
 
 
+def _closed_by_peer(conn: socket.socket, *, within: float) -> bool:
+    """Reads (and drops) what the server sends, such as its SETTINGS, until it closes the connection."""
+    conn.settimeout(within)
+    try:
+        while conn.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_flood_of_silent_connections_cannot_use_up_the_servers_files(spawn_server) -> None:
+    """200 TCP connections that never send a byte (no TLS, no HTTP/2 preface), from one client.
+
+    Without a cap each held a descriptor for gRPC's default 120 s handshake timeout, and a flood larger
+    than the open-file limit made health checks time out for as long as it lasted. Now the server holds
+    at most --max-connections of them, closes the rest at once and the held ones at the handshake timeout,
+    and calls on a connection opened before the flood go on.
+    """
+    server = spawn_server("--max-connections", "8", "--handshake-timeout", "1", "--lazy-sandbox")
+    host, port = server.target.rsplit(":", 1)
+    files = lambda: len(os.listdir(f"/proc/{server.pid}/fd"))  # noqa: E731
+    with grpc.insecure_channel(server.target) as established:
+        _health_ms(established)
+        before = files()
+        flood = [socket.create_connection((host, int(port))) for _ in range(200)]
+        try:
+            time.sleep(0.3)
+            assert files() <= before + 8, (before, files())
+            assert max(_health_ms(established) for _ in range(10)) < 1000
+            started = time.monotonic()
+            assert all(_closed_by_peer(conn, within=10.0) for conn in flood)
+            assert time.monotonic() - started < 5.0  # closed at the handshake timeout, not gRPC's 120 s
+        finally:
+            for conn in flood:
+                conn.close()
+        assert files() <= before
+    with grpc.insecure_channel(server.target) as fresh:
+        _health_ms(fresh)  # new connections are accepted again
+
+
+def test_the_connection_cap_is_what_the_open_file_limit_leaves_after_the_streams() -> None:
+    from xfer.server.config import ServerConfig
+    from xfer.server.open_files import MIN_CONNECTIONS, connection_cap, open_file_limit, stream_files
+
+    config = ServerConfig(data_dir=Path("."))
+    limit = open_file_limit()
+    assert limit is not None and stream_files(config) == 2 * 256 + 16 + 128
+    assert connection_cap(config) == max(MIN_CONNECTIONS, limit - stream_files(config))
+    assert connection_cap(ServerConfig(data_dir=Path("."), max_connections=5)) == 5
+    assert connection_cap(ServerConfig(data_dir=Path("."), max_reads=10**6)) == MIN_CONNECTIONS
+    with pytest.raises(ValueError, match="max_connections must be positive, got 0"):
+        ServerConfig(data_dir=Path("."), max_connections=0)
+
+
 def test_keepalive_and_connection_limits_are_configured() -> None:
     from xfer.server.app import _options
     from xfer.server.config import ServerConfig
@@ -326,3 +384,6 @@ def test_keepalive_and_connection_limits_are_configured() -> None:
     assert options["grpc.keepalive_time_ms"] == 60_000 and options["grpc.keepalive_timeout_ms"] == 20_000
     assert options["grpc.max_connection_age_ms"] == 1_800_000 and options["grpc.max_connection_age_grace_ms"] == 300_000
     assert options["grpc.max_connection_idle_ms"] == 900_000 and options["grpc.max_concurrent_streams"] == 100
+    assert (
+        options["grpc.server_handshake_timeout_ms"] == 20_000 and options["grpc.max_allowed_incoming_connections"] > 0
+    )
