@@ -11,8 +11,9 @@ sha256. The rules, and why:
   after a backoff; the attempt counter restarts whenever bytes arrived, so
   a flaky but progressing link still finishes;
 * RESOURCE_EXHAUSTED STREAM_LIMIT (no pull slot free for this token or on
-  the server) is retried like UNAVAILABLE, after the server's RetryInfo
-  delay, so a fleet larger than the server's caps queues instead of failing;
+  the server) or RATE_LIMITED (the token is over its call rate) is retried
+  like UNAVAILABLE, after the server's RetryInfo delay, so a fleet larger
+  than the server's caps queues instead of failing;
 * a partial longer than the artifact (OUT_OF_RANGE) or a digest mismatch
   at the end discards the partial and restarts from zero, once: a second
   mismatch means the server sends bad bytes and retrying cannot help;
@@ -30,7 +31,14 @@ from pathlib import Path
 
 from xfer.client.cache import Cache, PartialDownload
 from xfer.client.domain import ArtifactFormat
-from xfer.client.errors import DataLossError, IntegrityError, OutOfRangeError, TooManyStreamsError, UnavailableError
+from xfer.client.errors import (
+    DataLossError,
+    IntegrityError,
+    OutOfRangeError,
+    RateLimitedError,
+    TooManyStreamsError,
+    UnavailableError,
+)
 from xfer.client.transport import RetryPolicy, Transport
 
 log = logging.getLogger(__name__)
@@ -155,7 +163,7 @@ def _download(
                 f"nothing was cached ({exc}). Ask the operator to re-register it.",
                 code=exc.code,
             ) from None
-        except (UnavailableError, TooManyStreamsError) as exc:
+        except (UnavailableError, TooManyStreamsError, RateLimitedError) as exc:
             partial.flush()
             failures = 0 if transferred > received_before else failures + 1
             if failures >= retry.max_attempts:
@@ -163,6 +171,8 @@ def _download(
             delay = retry.delay(failures, server_hint=exc.retry_after)
             if isinstance(exc, TooManyStreamsError):
                 log.info("the server has no pull slot free (%s); trying again in %.2fs", exc, delay)
+            elif isinstance(exc, RateLimitedError):
+                log.info("this token is over the server's call rate (%s); trying again in %.2fs", exc, delay)
             else:
                 log.info("connection lost at byte %d; resuming in %.2fs", partial.offset, delay)
             time.sleep(delay)

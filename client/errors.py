@@ -140,6 +140,10 @@ class TooManyStreamsError(ResourceExhaustedError):
     """The token (or the server) has as many pulls/uploads open as allowed (reason STREAM_LIMIT); retry later."""
 
 
+class RateLimitedError(ResourceExhaustedError):
+    """The token made more calls per second than the server allows (reason RATE_LIMITED); retry after the hint."""
+
+
 class DataLossError(RpcDetails, XferError, IOError):
     """Bytes are corrupt: the server's stored blob, or what arrived here."""
 
@@ -185,6 +189,7 @@ _BY_REASON: dict[str, type[XferError]] = {
     "ARTIFACT_NOT_FOUND": ArtifactNotFoundError,
     "DIGEST_MISMATCH": DigestMismatchError,
     "STREAM_LIMIT": TooManyStreamsError,
+    "RATE_LIMITED": RateLimitedError,
 }
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"

@@ -5,8 +5,10 @@ Every call goes through `_unary` or `read_artifact`, so that each failure is
 mapped to a typed error exactly once (client/errors.py).
 
 Unary calls that are safe to repeat are retried by gRPC itself, through the
-channel's service config (`retryPolicy`: exponential backoff with jitter, on
-UNAVAILABLE only, the code gRPC reserves for "transient, try again").
+channel's service config (`retryPolicy`: on UNAVAILABLE, the code gRPC
+reserves for "transient, try again", with exponential backoff and jitter;
+and on RESOURCE_EXHAUSTED, a token over the server's call rate, after the
+server's `grpc-retry-pushback-ms`).
 Uploads and deletes are never retried. Pulls keep their own loop in
 download.py, because a retried pull must resume at the byte it reached.
 """
@@ -98,9 +100,11 @@ class RetryPolicy:
     """Exponential backoff with jitter, on UNAVAILABLE (gRPC's A6 proposal); a pull also waits out a full server.
 
     Unary calls retry through gRPC's service config, which allows at most 5
-    attempts; `max_attempts` above that applies to pulls only. A pull retries
-    UNAVAILABLE and RESOURCE_EXHAUSTED with reason STREAM_LIMIT (its token or
-    the server has as many pulls open as allowed), waiting as long as the
+    attempts, on UNAVAILABLE and on RESOURCE_EXHAUSTED (a token over its call
+    rate), waiting as long as the server's pushback says; `max_attempts`
+    above 5 applies to pulls only. A pull retries UNAVAILABLE and
+    RESOURCE_EXHAUSTED with reason STREAM_LIMIT (its token or the server has
+    as many pulls open as allowed) or RATE_LIMITED, waiting as long as the
     server's RetryInfo says when it says.
     """
 
@@ -126,7 +130,10 @@ class RetryPolicy:
             "initialBackoff": f"{self.initial_backoff:.3f}s",
             "maxBackoff": f"{self.max_backoff:.3f}s",
             "backoffMultiplier": self.multiplier,
-            "retryableStatusCodes": ["UNAVAILABLE"],
+            # RESOURCE_EXHAUSTED is the answer to a token over its call rate (RATE_LIMITED); the server's
+            # pushback trailer tells gRPC how long to wait. Uploads, the one call that could be refused for
+            # its size, are never retried.
+            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
         }
         if self.max_attempts == 1:
             return json.dumps({"methodConfig": []})

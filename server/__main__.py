@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-uploads", type=POSITIVE_INT, default=defaults.max_uploads, help="concurrent CreateModelVersion streams"
     )
     limits.add_argument(
+        "--max-call-rate",
+        type=_number(float, low=0),
+        default=defaults.max_call_rate,
+        help="calls per second per token, in bursts of up to 4 s worth; 0: no limit (default %(default)s)",
+    )
+    limits.add_argument(
         "--max-connection-age",
         type=POSITIVE_SECONDS,
         default=defaults.max_connection_age_s,
@@ -287,6 +293,7 @@ def serve_main(argv: Sequence[str]) -> int:
             max_reads=args.max_reads,
             max_uploads_per_token=args.max_uploads_per_token,
             max_uploads=args.max_uploads,
+            max_call_rate=args.max_call_rate or None,
             max_connection_age_s=args.max_connection_age,
             max_connections=args.max_connections,
             handshake_timeout_s=args.handshake_timeout,

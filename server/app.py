@@ -32,7 +32,7 @@ from xfer.server.catalog import Catalog
 from xfer.server.chunk_cache import ChunkCache
 from xfer.server.config import MIB, ServerConfig
 from xfer.server.interceptors import UPLOAD_METHOD, Authorizer, RpcInterceptor
-from xfer.server.limits import StreamLimiter
+from xfer.server.limits import CallRateLimiter, StreamLimiter
 from xfer.server.observability import ServerMetrics
 from xfer.server.open_files import connection_cap
 from xfer.server.pagination import PageTokens
@@ -305,9 +305,14 @@ async def _start(
             what="uploads", per_key=config.max_uploads_per_token, total=config.max_uploads, flag="--max-uploads"
         ),
     }
-    server = grpc.aio.server(
-        interceptors=[RpcInterceptor(authorizer, limiters=limiters, metrics=metrics)], options=_options(config)
+    # Rates are per token; an open server (loopback only, no tokens) has none to tell callers apart.
+    call_rate = (
+        CallRateLimiter(rate=config.max_call_rate)
+        if config.max_call_rate is not None and config.token_file is not None
+        else None
     )
+    interceptor = RpcInterceptor(authorizer, limiters=limiters, call_rate=call_rate, metrics=metrics)
+    server = grpc.aio.server(interceptors=[interceptor], options=_options(config))
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, stall_timeout=config.stall_timeout_s, metrics=metrics), server
     )

@@ -48,6 +48,9 @@ class ServerConfig:
     max_reads: int = 256
     max_uploads_per_token: int = 4
     max_uploads: int = 16
+    #: Calls per second one token may make, in bursts of up to 4 s worth (server/limits.py); None: no limit.
+    #: Only with a token file: an open server has no tokens to tell callers apart.
+    max_call_rate: float | None = 50.0
     #: HTTP/2 streams one connection may open at once.
     max_streams_per_connection: int = 100
     #: The server pings an idle connection this often and drops it if no answer comes within the timeout.
@@ -132,6 +135,8 @@ class ServerConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_call_rate is not None and not 0 < self.max_call_rate < float("inf"):
+            raise ValueError(f"max_call_rate must be positive and finite (or None: no limit), got {self.max_call_rate}")
         if self.max_connections is not None and not self.max_connections > 0:
             raise ValueError(f"max_connections must be positive, got {self.max_connections}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
@@ -22,13 +23,15 @@ import grpc.aio
 
 from xfer.server import rpc_status
 from xfer.server.errors import status_for
-from xfer.server.limits import StreamLimiter, StreamSlot
+from xfer.server.limits import CallRateLimiter, StreamLimiter, StreamSlot
 from xfer.server.observability import REQUEST_ID, REQUEST_ID_HEADER, ServerMetrics, request_id_from
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("xfer.server.access")
 
 UPLOAD_METHOD = "/xfer.v1.RegistryService/CreateModelVersion"
+#: gRPC's retry pushback trailer (gRFC A6): milliseconds before the client's next attempt.
+RETRY_PUSHBACK_HEADER = "grpc-retry-pushback-ms"
 
 
 class Authorizer(Protocol):
@@ -58,11 +61,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         authorizer: Authorizer,
         *,
         limiters: Mapping[str, StreamLimiter] | None = None,
+        call_rate: CallRateLimiter | None = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self._authorizer = authorizer
         #: method -> limiter of its concurrent streams, keyed by the caller's token.
         self._limiters = dict(limiters or {})
+        #: The rate of every call that carries a token (health and reflection carry none).
+        self._call_rate = call_rate
         self._metrics = metrics
 
     async def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -131,11 +137,17 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         return call
 
     def _admit(self, call: _Call, metadata: Any) -> None:
-        """Authenticates, then takes a stream slot for limited methods (raising the refusal as a RequestError)."""
+        """Authenticates, spends one call of the token's rate, then takes a stream slot for limited methods
+        (raising a refusal as a RequestError)."""
         principal = self._authorizer.authorize(call.method, metadata)
+        if principal is None:
+            return
+        key = principal.key or principal.name
+        if self._call_rate is not None:
+            self._call_rate.take(key)
         limiter = self._limiters.get(call.method)
-        if limiter is not None and principal is not None:
-            call.slot = limiter.acquire(principal.key or principal.name)
+        if limiter is not None:
+            call.slot = limiter.acquire(key)
             if self._metrics is not None:
                 self._metrics.active_streams.labels(method=call.method).inc()
 
@@ -164,6 +176,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         if self._metrics is not None and call.method == UPLOAD_METHOD:
             self._metrics.upload_rejections.labels(reason=status.reason).inc()
         trailers = (*rpc_status.trailing_metadata(status), (REQUEST_ID_HEADER, call.request_id))
+        if status.retry_after is not None:
+            # gRPC's own retry (the SDK's service config) waits exactly this long instead of its backoff.
+            trailers += ((RETRY_PUSHBACK_HEADER, str(math.ceil(status.retry_after * 1000))),)
         await context.abort(status.code, status.message, trailing_metadata=trailers)
 
     def _end(self, call: _Call) -> None:

@@ -1,19 +1,26 @@
-"""Per-token and server-wide caps on concurrent streams (ReadArtifact, CreateModelVersion).
+"""Per-token limits: concurrent streams (ReadArtifact, CreateModelVersion) and the rate of calls.
 
 Streams are what a slow or hostile client can hold open; each cap turns the
 (N+1)th stream into RESOURCE_EXHAUSTED (reason STREAM_LIMIT) with a retry
 hint, instead of letting one token's streams crowd out everyone else's.
+Calls are what a fast one can send: past its rate, a token's calls get
+RESOURCE_EXHAUSTED (reason RATE_LIMITED) with the wait until it may call again.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 
 from xfer.server.errors import Reason, ResourceExhausted
 
 #: Seconds a refused client should wait before trying again.
 RETRY_AFTER_S = 2.0
+#: A token may burst this many seconds' worth of its call rate at once (after as long a pause).
+CALL_BURST_SECONDS = 4.0
 
 
 class StreamSlot:
@@ -84,3 +91,39 @@ class StreamLimiter:
             self._open[key] -= 1
             if self._open[key] <= 0:
                 del self._open[key]
+
+
+class CallRateLimiter:
+    """At most `rate` calls per second per caller key, in bursts of `burst_seconds` worth (a token bucket per key).
+
+    Keys are token names, so the buckets are as many as the token file has entries.
+    """
+
+    def __init__(
+        self, *, rate: float, burst_seconds: float = CALL_BURST_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not (math.isfinite(rate) and rate > 0 and math.isfinite(burst_seconds) and burst_seconds > 0):
+            raise ValueError(f"call rate limits must be positive and finite, got {rate}/s over {burst_seconds}s")
+        self._rate = rate
+        self._burst = max(1.0, rate * burst_seconds)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, key: str) -> None:
+        """Spends one call of `key`'s budget, or raises ResourceExhausted (RATE_LIMITED) with the wait."""
+        now = self._clock()
+        with self._lock:
+            tokens, at = self._buckets.get(key, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - at) * self._rate)
+            if tokens < 1:
+                self._buckets[key] = (tokens, now)
+                wait = (1 - tokens) / self._rate
+                raise ResourceExhausted(
+                    f"this token made more than {self._rate:g} calls per second; retry in {wait:.2f}s "
+                    f"(the operator sets the rate with --max-call-rate)",
+                    reason=Reason.RATE_LIMITED,
+                    retry_after=wait,
+                    metadata={"limit": f"{self._rate:g}"},
+                )
+            self._buckets[key] = (tokens - 1, now)
