@@ -75,6 +75,7 @@ def test_a_negative_chunk_cache_exits_2_and_says_which_flag(tmp_path: Path) -> N
         ("--health-interval", "inf", "must be a finite number more than 0, got inf"),
         ("--grace", "-1", "must be a finite number at least 0, got -1"),
         ("--max-connections", "0", "must be an integer more than 0, got 0"),
+        ("--max-call-rate", "-1", "must be a finite number at least 0, got -1"),
         ("--handshake-timeout", "nan", "must be a finite number more than 0, got nan"),
     ],
 )
@@ -93,6 +94,7 @@ def test_flag_bounds_admit_the_defaults_and_the_edges() -> None:
     args = build_parser().parse_args(["--port", "0", "--chunk-size", "4096", "--chunk-cache-mb", "0", "--grace", "0"])
     assert (args.port, args.chunk_size, args.chunk_cache_mb, args.grace) == (0, 4096, 0, 0.0)
     assert build_parser().parse_args([]).port == 50051
+    assert build_parser().parse_args(["--max-call-rate", "0"]).max_call_rate == 0.0  # 0: no limit
 
 
 def test_a_short_open_file_limit_is_raised_or_reported(tmp_path: Path) -> None:
