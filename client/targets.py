@@ -31,7 +31,9 @@ e.g. ``fashion-mnist:classes=5-9,per_class=5``, ``mnist5k:shift=invert``,
 
 ``path/to/file.npz[:per_class=K,unlabeled]``
     arrays ``x`` (n, ...), optional ``y`` (n,) integer labels (without ``y``
-    the data is unlabelled), optional ``label_names`` (k,) strings.
+    the data is unlabelled), optional ``label_names`` (k,) strings. For an
+    image model ``x`` holds pixels in [0, 1], or uint8 0..255 (scaled to
+    [0, 1], as image files are read).
 ``path/to/file.csv[:label=column,per_class=K,unlabeled]``
     a header row; the label column (default ``label``; any strings) and
     numeric feature columns. With ``unlabeled`` and no label column, every
@@ -40,8 +42,9 @@ e.g. ``fashion-mnist:classes=5-9,per_class=5``, ``mnist5k:shift=invert``,
     one sub-folder per class holding images; or images directly in the
     folder, which are then unlabelled. Read with Pillow.
 
-Every source is checked (finite features, integer labels in range, at least
-two classes, a shape that fits the card). Images are resized (bilinear) and
+Every source is checked (finite features, integer labels in range, at most
+MAX_CLASSES classes without names, at least two classes, a shape that fits
+the card). Images are resized (bilinear) and
 converted to the card's channels; everything is reshaped to the card's
 ``input_shape``, normalised with its ``input_mean``/``input_std`` and split
 deterministically by seed into stratified train/val/test (60/20/20).
@@ -86,6 +89,9 @@ FRACTIONS = (0.6, 0.2, 0.2)
 UNLABELED_FRACTIONS = (0.8, 0.2)
 #: Train/val/test fractions when the caller brings its own test data.
 NO_TEST_FRACTIONS = (0.8, 0.2, 0.0)
+#: Labels without names are class numbers 0..k-1. A larger k is a mistake (ids, not class numbers), and its
+#: names and head alone would exhaust memory.
+MAX_CLASSES = 100_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 UNLABELED = "unlabeled"
 BUILTIN_OPTIONS = ("split", "classes", "shift", "severity", "per_class", UNLABELED)
@@ -257,7 +263,7 @@ def _positive_int(options: dict[str, str], key: str, *, where: str) -> int:
     return number
 
 
-def _read_npz(spec: DataSpec) -> RawData:
+def _read_npz(spec: DataSpec, *, card: ModelCard) -> RawData:
     try:
         with np.load(spec.path, allow_pickle=False) as archive:
             if "x" not in archive.files:
@@ -282,11 +288,29 @@ def _read_npz(spec: DataSpec) -> RawData:
         if len(y) and y.min() < 0:
             raise DataError(f"{spec.path}: labels out of range: found {int(y.min())}; labels must be 0..k-1")
         if names is None:
-            names = tuple(str(i) for i in range(int(y.max()) + 1 if len(y) else 0))
+            names = numbered_label_names(y, where=spec.path)
         elif len(y) and y.max() >= len(names):
             raise DataError(f"{spec.path}: labels out of range: found {int(y.max())} but only {len(names)} label_names")
+    pixels = is_8bit_image(x, card=card)
     x = x.astype(np.float32, copy=False)
-    return RawData(x, y, names or (), "npz-" + _digest(x, y), images=x.ndim == 4)
+    # Keyed by the values as stored, so the privacy ledger's entries for this file stay its own.
+    ledger_id = "npz-" + _digest(x, y)
+    if pixels:
+        x = x / np.float32(255)
+    return RawData(x, y, names or (), ledger_id, images=x.ndim == 4)
+
+
+def is_8bit_image(x: np.ndarray, *, card: ModelCard | None) -> bool:
+    """True for a uint8 array meant for an image model: pixels 0..255, to be scaled to [0, 1].
+
+    Cards normalise pixels in [0, 1], as image files and the built-in sets are
+    read; raw 0..255 values would reach the model hundreds of standard
+    deviations out and quietly cost accuracy.
+    """
+    if x.dtype != np.uint8 or card is None or len(card.input_shape) != 3:
+        return False
+    log.info("x is 8-bit: read as pixels 0..255 and scaled to [0, 1], as image files are")
+    return True
 
 
 def integer_labels(y: np.ndarray, *, where: str) -> np.ndarray:
@@ -298,6 +322,17 @@ def integer_labels(y: np.ndarray, *, where: str) -> np.ndarray:
             raise DataError(f"{where}: labels must be integers, found non-integer or NaN values")
         return y.astype(np.int64)
     raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+
+
+def numbered_label_names(*labels: np.ndarray | None, where: str) -> tuple[str, ...]:
+    """'0'..'k-1' for integer labels without names, k = the largest label + 1, at most MAX_CLASSES."""
+    top = max((int(y.max()) for y in labels if y is not None and len(y)), default=-1)
+    if top >= MAX_CLASSES:
+        raise DataError(
+            f"{where}: found label {top}, but labels without names are class numbers 0..k-1 with k at most "
+            f"{MAX_CLASSES:,}; renumber the classes from 0, or give label_names with the data"
+        )
+    return tuple(str(i) for i in range(top + 1))
 
 
 def _label_order(values: list[str]) -> list[str]:
@@ -353,6 +388,8 @@ def _read_image(file: Path, *, channels: int) -> np.ndarray:
             array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{file}: not a readable image ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{file}: too large to read safely ({exc}); shrink it first") from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
@@ -414,7 +451,7 @@ def _read(parsed: DataSpec, *, card: ModelCard, seed: int) -> RawData:
     if parsed.kind == "builtin":
         return _read_builtin(parsed, seed=seed)
     if parsed.kind == "npz":
-        return _read_npz(parsed)
+        return _read_npz(parsed, card=card)
     if parsed.kind == "csv":
         return _read_csv(parsed)
     return _read_folder(parsed, input_shape=tuple(card.input_shape))
@@ -709,10 +746,11 @@ def prepare_arrays(
     """In-memory arrays as an ArraySplit (checked, fitted and normalised if a card is given); `y=None`: unlabelled."""
     labels = None if y is None else integer_labels(np.asarray(y), where="y")
     if labels is not None:
-        names = tuple(label_names) if label_names is not None else tuple(str(i) for i in range(int(labels.max()) + 1))
+        names = tuple(label_names) if label_names is not None else numbered_label_names(labels, where="y")
     else:
         names = tuple(label_names or ())
-    array = np.asarray(x, dtype=np.float32)
+    array = np.asarray(x)
+    array = array / np.float32(255) if is_8bit_image(array, card=card) else array.astype(np.float32, copy=False)
     raw = RawData(array, labels, names, "arrays", images=array.ndim == 4)
     xs = check_and_shape(raw, card=card) if card is not None else raw.x
     if card is not None:

@@ -38,6 +38,10 @@ class PrivacyBudgetExceededError(PrivacyError):
     exit_code = EXIT_CODES["privacy_budget"]
 
 
+class DivergedError(FinetuneError, ArithmeticError):
+    """Training left NaN or infinite weights (the learning rate was too high for this model and data)."""
+
+
 class SearchError(FinetuneError, ValueError):
     """A hyperparameter search that cannot run as configured."""
 

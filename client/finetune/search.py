@@ -33,13 +33,14 @@ import numpy as np
 from xfer.client.finetune.budget import plan_budget, size_bucket
 from xfer.client.finetune.config import FinetuneConfig, SearchConfig
 from xfer.client.finetune.data import TensorData
-from xfer.client.finetune.errors import DataError, PrivacyError, SearchError
+from xfer.client.finetune.errors import DataError, DivergedError, PrivacyError, SearchError
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate, predict_logits
 from xfer.client.finetune.privacy import default_delta
 from xfer.client.finetune.selection import SelectionPlan, plan_selection, sample_trials
 from xfer.client.finetune.strategies import get_strategy
 from xfer.client.finetune.trainer import FinetuneResult, finetune
+from xfer.client.targets import numbered_label_names
 from xfer.models.base import XferModel
 from xfer.models.card import ModelCard
 
@@ -167,7 +168,7 @@ def search(
             f"(--search --strategy {','.join(SOURCE_FREE[1:])}: chosen by a label-free criterion)"
         )
     label_names = (
-        tuple(label_names) if label_names is not None else tuple(str(i) for i in range(int(train.y.max()) + 1))
+        tuple(label_names) if label_names is not None else numbered_label_names(train.y.numpy(), where="train")
     )
     grid = _grid(config.search)
     if config.privacy is None:
@@ -212,15 +213,19 @@ def _cross_validate(
     for strategy, lr in grid:
         scores = []
         for k, fold in enumerate(folds):
-            run = finetune(
-                model,
-                train=train.subset(fold.train),
-                val=None,
-                card=card,
-                label_names=label_names,
-                config=fold_config.replace(strategy=strategy, lr=lr, seed=config.seed + k),
-                bucket=bucket,
-            )
+            try:
+                run = finetune(
+                    model,
+                    train=train.subset(fold.train),
+                    val=None,
+                    card=card,
+                    label_names=label_names,
+                    config=fold_config.replace(strategy=strategy, lr=lr, seed=config.seed + k),
+                    bucket=bucket,
+                )
+            except DivergedError:
+                scores.append(0.0)  # a learning rate too high for this data loses, it does not end the search
+                continue
             held_out = train.subset(fold.val)
             scores.append(evaluate(run.model, held_out.x, held_out.y, label_names=label_names).accuracy)
         row = CVRow(strategy, lr, tuple(scores))
@@ -315,24 +320,27 @@ def _private_select(
     try:
         for t in range(trials):
             strategy, lr = grid[int(rng.integers(len(grid)))]
-            run = finetune(
-                model,
-                train=part,
-                val=None,
-                card=card,
-                label_names=label_names,
-                bucket=bucket,
-                noise_multiplier=plan.noise_multiplier,
-                config=trial_config.replace(strategy=strategy, lr=lr, seed=config.seed + t),
-            )
-            correct = int((predict_logits(run.model, out.x).argmax(1) == out.y).sum())
+            try:
+                run: FinetuneResult | None = finetune(
+                    model,
+                    train=part,
+                    val=None,
+                    card=card,
+                    label_names=label_names,
+                    bucket=bucket,
+                    noise_multiplier=plan.noise_multiplier,
+                    config=trial_config.replace(strategy=strategy, lr=lr, seed=config.seed + t),
+                )
+            except DivergedError:
+                run = None  # scored as no correct prediction, through the same noisy comparison
+            correct = 0 if run is None else int((predict_logits(run.model, out.x).argmax(1) == out.y).sum())
             noisy = correct + float(rng.normal(0.0, plan.score_noise))
             # Shown locally as an accuracy; only the comparison between trials (same held-out part) matters.
             row = CVRow(strategy, lr, (noisy / len(out),))
             rows.append(row)
             if on_row is not None:
                 on_row(row)
-            if noisy > best_noisy:
+            if run is not None and noisy > best_noisy:
                 best_noisy, best_run, best_row = noisy, run, row
             else:
                 del run  # only the best trial's model is kept
@@ -341,6 +349,11 @@ def _private_select(
             log.warning("private search interrupted: its full epsilon stays charged")
         raise
     if best_run is None or best_row is None:
+        if rows:
+            raise DivergedError(
+                f"every one of the private search's {len(rows)} trials diverged (NaN or infinite weights); "
+                f"search lower learning rates"
+            )
         raise PrivacyError("the private search ran no trial")
     if ledger is not None and entry is not None and dataset_id:
         ledger.settle(dataset_id, entry.entry_id, epsilon=plan.epsilon, delta=delta)

@@ -27,7 +27,7 @@ from xfer.client.finetune.budget import Budget, plan_budget
 from xfer.client.finetune.config import FinetuneConfig, PrivacyConfig
 from xfer.client.finetune.data import TensorData
 from xfer.client.finetune.devices import DeviceSetup, autocast, resolve_device, seed_everything, to_device
-from xfer.client.finetune.errors import DataError, FinetuneError, StrategyError
+from xfer.client.finetune.errors import DataError, DivergedError, FinetuneError, StrategyError
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate
 from xfer.client.finetune.privacy import AccountedRun, PrivacyReport, PrivateRun, make_compatible
@@ -41,11 +41,15 @@ from xfer.client.finetune.strategies import (
     relative_gradient_norms,
     rgn_lr_scales,
 )
+from xfer.client.targets import numbered_label_names
 from xfer.models.base import XferModel
 from xfer.models.card import ModelCard
 from xfer.models.multitask import select_head
 
 log = logging.getLogger(__name__)
+
+#: Training examples the source model is run on to tell inputs it overflows on from a too-large step.
+DIVERGENCE_SAMPLE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +111,29 @@ def needs_head_reset(model: XferModel, *, label_names: Sequence[str], card: Mode
     if len(label_names) != model.num_classes:
         return True
     return bool(card is not None and card.label_names and tuple(card.label_names) != tuple(label_names))
+
+
+@torch.no_grad()
+def _explain_divergence(source: XferModel, x: torch.Tensor, *, lr: float, strategy: str) -> None:
+    """Raises why training left NaN or infinite weights: inputs the source model overflows on, or the step size."""
+    was_training = source.training
+    source.eval()
+    try:
+        sample = x[:DIVERGENCE_SAMPLE].cpu()
+        outputs = torch.cat([source(sample[i : i + 256]) for i in range(0, len(sample), 256)])
+    finally:
+        source.train(was_training)
+    bad = ~torch.isfinite(outputs).all(dim=1)
+    if bad.any():
+        rows = torch.nonzero(bad).flatten()[:5].tolist()
+        raise DataError(
+            f"the source model's outputs are NaN or infinite on {int(bad.sum())} of the first {len(sample)} "
+            f"training examples (rows {rows}; inputs reach {float(sample.abs().max()):.3g} after the card's "
+            f"normalisation); check their scale: images are pixels in [0, 1]"
+        )
+    raise DivergedError(
+        f"{strategy} diverged: training left NaN or infinite weights at learning rate {lr:g}; lower it (--lr)"
+    )
 
 
 def _labels(data: TensorData, purpose: str, strategy: str) -> torch.Tensor:
@@ -190,10 +217,11 @@ def finetune(
             "patience (early stopping) needs a validation split; without one (few-label mode) "
             "train a fixed step budget, or choose it with a search (k-fold within the labels)"
         )
-    if label_names is None:
-        top = int(y_train.max()) if y_val is None else max(int(y_train.max()), int(y_val.max()))
-        label_names = tuple(str(i) for i in range(top + 1))
-    label_names = tuple(label_names)
+    label_names = (
+        tuple(label_names)
+        if label_names is not None
+        else numbered_label_names(y_train.cpu().numpy(), None if y_val is None else y_val.cpu().numpy(), where="labels")
+    )
     for split, labels in (("training", y_train), ("validation", y_val)):
         if labels is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(label_names)):
             raise DataError(f"{split} labels out of range 0..{len(label_names) - 1} ({len(label_names)} label names)")
@@ -288,6 +316,8 @@ def finetune(
 
     if loop.best_state is not None:
         work.load_state_dict(loop.best_state)
+    if not all(torch.isfinite(t).all() for t in work.state_dict().values() if t.is_floating_point()):
+        _explain_divergence(model, x, lr=budget.lr, strategy=strat.label)
     fold_head(work)
     work.cpu().eval()
 

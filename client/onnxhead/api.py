@@ -30,7 +30,7 @@ import numpy as np
 from xfer.client.domain import DeviceKind, Run, RunPrivacy, pow2_at_least
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.onnxhead.accounting import GaussianAccountant
-from xfer.client.onnxhead.data import integer_labels, own_bucket_floor
+from xfer.client.onnxhead.data import integer_labels, numbered_label_names, own_bucket_floor
 from xfer.client.onnxhead.errors import HeadDataError
 from xfer.client.onnxhead.features import FeatureExtractor
 from xfer.client.onnxhead.graph import (
@@ -186,9 +186,7 @@ def fit_head(
         raise HeadDataError("a privacy ledger or budget needs privacy=PrivacyConfig(epsilon=...)")
     x_train, y_train = _arrays(train, where="train")
     names = (
-        tuple(str(n) for n in label_names)
-        if label_names is not None
-        else tuple(str(i) for i in range(int(y_train.max()) + 1))
+        tuple(str(n) for n in label_names) if label_names is not None else numbered_label_names(y_train, where="train")
     )
     k = len(names)
     if k < 2:

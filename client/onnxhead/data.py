@@ -17,7 +17,13 @@ import numpy as np
 from xfer.client import targets
 from xfer.client.domain import pow2_at_least
 from xfer.client.onnxhead.errors import HeadDataError
-from xfer.client.targets import ArraySplit, integer_labels, prepare_arrays, split_indices  # noqa: F401
+from xfer.client.targets import (  # noqa: F401  (re-exported)
+    ArraySplit,
+    integer_labels,
+    numbered_label_names,
+    prepare_arrays,
+    split_indices,
+)
 from xfer.models.card import ModelCard
 
 

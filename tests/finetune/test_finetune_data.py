@@ -334,6 +334,8 @@ def test_image_folder(tmp_path, session_card):
         ("negative", "labels out of range"),
         ("too_big", "labels out of range: found 7 but only 3 label_names"),
         ("float_labels", "labels must be integers"),
+        # Ids, not class numbers: 10^12 label names would exhaust memory before any check.
+        ("huge_label", "found label 2000000000000, but labels without names are class numbers"),
         ("length", "x has 60 examples but y has 59"),
         ("missing_x", "needs an array 'x'"),
         ("options", r"unknown option\(s\) \['label'\]"),
@@ -356,6 +358,8 @@ def test_malformed_npz(tmp_path, mlp_card, case, message):
         extra["label_names"] = np.array(["a", "b", "c"])
     elif case == "float_labels":
         y = y + 0.5
+    elif case == "huge_label":
+        y = y * 10**12
     elif case == "length":
         y = y[:-1]
     path = tmp_path / "bad.npz"
@@ -366,6 +370,30 @@ def test_malformed_npz(tmp_path, mlp_card, case, message):
     spec = f"{path}:label=y" if case == "options" else str(path)
     with pytest.raises(DataError, match=message):
         load_target(spec, card=mlp_card)
+
+
+def test_8bit_images_in_an_npz_are_pixels_as_in_image_files(tmp_path, session_card, mlp_card):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(30, 8, 8), dtype=np.uint8)
+    y = np.arange(30) % 3
+    as_bytes = load_target(write_npz(tmp_path / "u8.npz", pixels, y), card=session_card)
+    as_fractions = load_target(write_npz(tmp_path / "f.npz", pixels.astype(np.float32) / 255, y), card=session_card)
+    assert torch.allclose(as_bytes.train.x, as_fractions.train.x)
+    # The privacy ledger keys a file by its stored values, as before pixels were scaled.
+    assert as_bytes.dataset_id != as_fractions.dataset_id
+    assert from_arrays(pixels, y, card=session_card).x.max() <= (1 - 0.3) / 0.4 + 1e-6
+    # A model that does not take images reads 8-bit features as the numbers they are.
+    features = rng.integers(0, 256, size=(60, 4), dtype=np.uint8)
+    tabular = load_target(write_npz(tmp_path / "t.npz", features, np.arange(60) % 3), card=mlp_card)
+    assert tabular.train.x.max() > 100
+
+
+def test_an_image_too_large_to_read_safely_is_a_data_error(tmp_path, session_card, monkeypatch):
+    _image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=3)
+    # Pillow refuses images of more than twice MAX_IMAGE_PIXELS (a decompression bomb): these are 16x12.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)
+    with pytest.raises(DataError, match="too large to read safely"):
+        load_target(str(tmp_path / "imgs") + "/", card=session_card)
 
 
 def test_malformed_csv(tmp_path, mlp_card):

@@ -9,7 +9,7 @@ import pytest
 from finetune_helpers import cfg
 
 from xfer.client.finetune.config import PrivacyConfig, SearchConfig
-from xfer.client.finetune.errors import PrivacyBudgetExceededError, SearchError
+from xfer.client.finetune.errors import DivergedError, PrivacyBudgetExceededError, SearchError
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.search import holdout_assignment, kfold, search
 from xfer.client.finetune.selection import (
@@ -101,6 +101,27 @@ def test_default_lr_grid(model, card, small_blur):
         config=cfg(steps=2, batch_size=64, search=SearchConfig(strategies=("linear-probe",), folds=2)),
     )
     assert [r.lr for r in result.rows] == pytest.approx([3e-3, 1e-2, 3e-2])
+
+
+def test_a_learning_rate_that_diverges_loses_the_search_instead_of_ending_it(model, card, small_blur):
+    result = search(
+        model,
+        train=small_blur.train,
+        card=card,
+        label_names=small_blur.label_names,
+        config=cfg(steps=6, search=SearchConfig(strategies=("full",), lrs=(1e30, 1e-3), folds=2)),
+    )
+    assert [r.mean for r in result.rows][0] == 0.0 and result.best.lr == 1e-3
+
+
+def test_a_private_search_whose_every_trial_diverges_says_so(model, card, small_blur):
+    config = cfg(
+        steps=6,
+        privacy=PrivacyConfig(epsilon=3.0, accountant="rdp"),
+        search=SearchConfig(strategies=("full",), lrs=(1e30,), trials=2),
+    )
+    with pytest.raises(DivergedError, match="every one of the private search's [0-9]+ trials diverged"):
+        search(model, train=small_blur.train, config=config, card=card, label_names=small_blur.label_names)
 
 
 def test_truncated_negative_binomial():

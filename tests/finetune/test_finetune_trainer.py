@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -11,7 +12,7 @@ from finetune_helpers import cfg, snapshot
 from xfer.client.finetune.budget import MIN_STEPS, plan_budget, size_bucket
 from xfer.client.finetune.config import FinetuneConfig
 from xfer.client.finetune.data import load_target
-from xfer.client.finetune.errors import DataError, DeviceError, FinetuneError
+from xfer.client.finetune.errors import DataError, DeviceError, DivergedError, FinetuneError
 from xfer.client.finetune.schedules import constant, cosine, get_schedule, slanted_triangular
 from xfer.client.finetune.trainer import finetune, needs_head_reset
 
@@ -123,6 +124,19 @@ def test_few_label_mode_without_validation_keeps_the_last_step(model, card, sess
         finetune(
             model, train=few.train, val=None, config=cfg(steps=4, patience=2), card=card, label_names=few.label_names
         )
+
+
+def test_a_run_that_leaves_nan_weights_is_an_error_naming_the_learning_rate(model, card, session_card):
+    few = load_target("digits:per_class=5", card=session_card, seed=0)
+    with pytest.raises(DivergedError, match="full diverged: .* at learning rate 1e\\+30; lower it"):
+        finetune(model, train=few.train, config=cfg(strategy="full", lr=1e30, steps=20), card=card)
+
+
+def test_inputs_the_source_model_overflows_on_are_a_data_error(model, card, session_card):
+    few = load_target("digits:per_class=5", card=session_card, seed=0)
+    huge = dataclasses.replace(few.train, x=few.train.x * 1e30)
+    with pytest.raises(DataError, match="outputs are NaN or infinite on 50 of the first 50 .* check their scale"):
+        finetune(model, train=huge, config=cfg(strategy="linear-probe", steps=4), card=card)
 
 
 def test_repeatable_on_cpu_and_seed_matters(model, card, blur):

@@ -68,6 +68,8 @@ def test_label_problems_are_clear_errors(convnet_source, digits_59):
         fit_head(convnet_source.onnx, train=(x[y == 0], y[y == 0]))
     with pytest.raises(HeadDataError, match="one label per example"):
         fit_head(convnet_source.onnx, train=(x, y[:-1]))
+    with pytest.raises(ValueError, match="train: found label 40000000000, but labels without names are class numbers"):
+        fit_head(convnet_source.onnx, train=(x, y * 10**10))
     with pytest.raises(UnknownHeadError, match="logreg .*prototype"):
         fit_head(convnet_source.onnx, train=(x, y), strategy="svm")
     with pytest.raises(HeadDataError, match="privacy"):
