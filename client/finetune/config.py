@@ -14,12 +14,20 @@ import math
 
 from xfer.client.finetune.errors import DeviceError, FinetuneError, PrivacyError, SearchError
 from xfer.client.finetune.schedules import SCHEDULES
+from xfer.client.seeds import MAX_SEED, is_seed
 
 ACCOUNTANTS = ("prv", "rdp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 #: Label-free selection criteria of the source-free strategies (implemented in `sfda_criteria`).
 LABEL_FREE_CRITERIA = ("im", "snd", "entropy")
 DEFAULT_CRITERION = "im"
+
+
+#: Training computes in float32: a rate or scale past its range overflows inside torch.
+FLOAT32_MAX = 3.4028234663852886e38
+#: The ε one DP-SGD run may target. Below, the noise drowns any signal and solving for it takes minutes
+#: (Opacus doubles σ from 10); above, the guarantee (e^ε) is void and the PRV accountant overflows.
+MIN_EPSILON, MAX_EPSILON = 0.01, 100.0
 
 
 def _positive(
@@ -31,6 +39,8 @@ def _positive(
         raise error(f"{name} must be a whole number, got {value!r}")
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise error(f"{name} must be a positive finite number, got {value!r}")
+    if not integer and value > FLOAT32_MAX:
+        raise error(f"{name} must be at most {FLOAT32_MAX:.3g} (training computes in float32), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -56,9 +66,11 @@ class PrivacyConfig:
         if (
             isinstance(self.epsilon, bool)
             or not isinstance(self.epsilon, (int, float))
-            or not (math.isfinite(self.epsilon) and self.epsilon > 0)
+            or not MIN_EPSILON <= self.epsilon <= MAX_EPSILON
         ):
-            raise PrivacyError(f"target epsilon must be positive and finite, got {self.epsilon!r}")
+            raise PrivacyError(
+                f"target epsilon must be between {MIN_EPSILON} and {MAX_EPSILON:g}, got {self.epsilon!r}"
+            )
         if self.delta is not None and not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
             raise PrivacyError(f"delta must be in (0, 1), got {self.delta!r}")
         _positive("max_grad_norm", self.max_grad_norm, error=PrivacyError)
@@ -209,8 +221,8 @@ class FinetuneConfig:
         _positive("eval_every", self.eval_every, integer=True)
         if self.device not in DEVICE_CHOICES:
             raise DeviceError(f"unknown device {self.device!r}; valid: {', '.join(DEVICE_CHOICES)}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise FinetuneError(f"seed must be an integer, got {self.seed!r}")
+        if not is_seed(self.seed):
+            raise FinetuneError(f"seed must be a whole number 0..{MAX_SEED}, got {self.seed!r}")
         if self.privacy is not None and not isinstance(self.privacy, PrivacyConfig):
             raise FinetuneError(f"privacy must be a PrivacyConfig or None, got {type(self.privacy).__name__}")
         if self.search is not None and not isinstance(self.search, SearchConfig):

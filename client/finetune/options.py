@@ -20,6 +20,7 @@ from xfer.client.finetune.config import (
     SELF_PRETRAIN_OBJECTIVES,
 )
 from xfer.client.finetune.schedules import SCHEDULES
+from xfer.client.seeds import seed_argument
 
 #: Strategy names for the help text; tests check they equal the engine's registry.
 STRATEGY_HELP = (
@@ -120,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dp-epsilon",
         type=float,
         default=None,
-        help="train with DP-SGD; epsilon of everything released, a whole --search included",
+        help="train with DP-SGD; epsilon (0.01 to 100) of everything released, a whole --search included",
     )
     parser.add_argument(
         "--dp-delta", type=float, default=None, help="DP delta (default min(1e-5, 1/N^1.1) for the size bucket N)"
@@ -207,7 +208,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="finetune head: SGD learning rate (default: the source's inner loop's, else 0.01)",
     )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_argument, default=0)
     parser.add_argument(
         "--out",
         type=pathlib.Path,

@@ -27,6 +27,7 @@ from xfer.client.onnxhead.features import SessionOptions
 from xfer.client.onnxhead.heads import HeadConfig, list_heads
 from xfer.client.onnxhead.private import NoisyGDConfig, PrivacyConfig
 from xfer.client.onnxhead.prototype import METRICS
+from xfer.client.seeds import seed_argument
 from xfer.models.card import ModelCard
 
 
@@ -84,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=256, help="feature extraction batch size")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime CPU threads (0: all)")
-    parser.add_argument("--seed", type=int, default=0, help="data split seed")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="data split seed")
     parser.add_argument(
         "--out",
         type=pathlib.Path,

@@ -19,6 +19,7 @@ from xfer.client.rank.errors import RankError
 from xfer.client.rank.knn import DEFAULT_K
 from xfer.client.rank.outcome import Candidate, RankOutcome
 from xfer.client.rank.scores import CRITERIA, score_features
+from xfer.client.seeds import seed_argument
 
 #: Bound on candidates per call: each one is a pull and a pass over the data.
 MAX_CANDIDATES = 32
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=DEFAULT_K, help=f"neighbours of the k-NN score (default {DEFAULT_K})")
     parser.add_argument("--batch-size", type=int, default=256, help="feature extraction batch size")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime CPU threads (0: all)")
-    parser.add_argument("--seed", type=int, default=0, help="data split seed (as xfer finetune's)")
+    parser.add_argument("--seed", type=seed_argument, default=0, help="data split seed (as xfer finetune's)")
 
 
 def candidates_from(text: str) -> list[str]:

@@ -185,7 +185,12 @@ RANK = ("rank", "digits", "--models", "aa-model:1,bb-model:1")
     [
         (FINETUNE, "--steps", "-1", "steps must be a positive finite number, got -1"),
         (FINETUNE, "--lr", "nan", "lr must be a positive finite number, got nan"),
-        (FINETUNE, "--dp-epsilon", "inf", "target epsilon must be positive and finite, got inf"),
+        (FINETUNE, "--dp-epsilon", "inf", "target epsilon must be between 0.01 and 100, got inf"),
+        (FINETUNE, "--dp-epsilon", "1e-9", "target epsilon must be between 0.01 and 100, got 1e-09"),
+        (FINETUNE, "--lr", "1e300", "lr must be at most 3.4e+38 (training computes in float32), got 1e+300"),
+        (FINETUNE, "--seed", "-5", "a seed is a whole number 0..4294967295, got '-5'"),
+        (FIT_HEAD, "--seed", "99999999999999999999", "a seed is a whole number 0..4294967295"),
+        (RANK, "--seed", "-1", "a seed is a whole number 0..4294967295, got '-1'"),
         (FIT_HEAD, "--l2", "-1", "l2 must be positive"),
         (FIT_HEAD, "--batch-size", "0", "batch_size must be positive, got 0"),
         (FIT_HEAD, "--dp-epsilon", "nan", "target epsilon must be positive and finite, got nan"),

@@ -94,8 +94,9 @@ def test_default_delta_is_a_function_of_the_bucket():
 
 
 def test_invalid_privacy_config():
-    with pytest.raises(PrivacyError, match="epsilon"):
-        PrivacyConfig(epsilon=0)
+    for epsilon in (0, 1e-9, 0.009, 101, 1e9, math.nan, math.inf):
+        with pytest.raises(PrivacyError, match="epsilon must be between 0.01 and 100"):
+            PrivacyConfig(epsilon=epsilon)
     with pytest.raises(PrivacyError, match="accountant"):
         PrivacyConfig(epsilon=1, accountant="gdp-ish")
 
@@ -109,8 +110,8 @@ def test_unreachable_epsilon_is_a_clear_error(monkeypatch):
     # The real search takes ~30 s to give up; the message is what this test is about.
     monkeypatch.setattr(utils, "get_noise_multiplier", refuse)
     budget = Budget(bucket=128, batch_size=64, steps=20, eval_every=2, lr=1e-3, sample_rate=0.5, max_grad_norm=1.0)
-    with pytest.raises(PrivacyError, match="cannot reach epsilon=1e-09.*raise epsilon or train fewer steps"):
-        plan_dp(PrivacyConfig(epsilon=1e-9, delta=1e-5, accountant="rdp"), budget=budget)
+    with pytest.raises(PrivacyError, match="cannot reach epsilon=0.01.*raise epsilon or train fewer steps"):
+        plan_dp(PrivacyConfig(epsilon=0.01, delta=1e-5, accountant="rdp"), budget=budget)
 
 
 def _plan(noise: float, clip: float) -> DPPlan:

@@ -168,6 +168,11 @@ def test_bad_config_fails_before_any_data_is_read():
         FinetuneConfig(steps=10, epochs=2)
     with pytest.raises(FinetuneError, match="lr must be a positive finite"):
         FinetuneConfig(lr=float("nan"))
+    with pytest.raises(FinetuneError, match="lr must be at most 3.4e\\+38"):
+        FinetuneConfig(lr=1e300)
+    for seed in (-1, 2**32, True, 1.5):
+        with pytest.raises(FinetuneError, match="seed must be a whole number 0..4294967295"):
+            FinetuneConfig(seed=seed)
     with pytest.raises(FinetuneError, match="unknown schedule 'linear'; valid: cosine, slanted-triangular"):
         FinetuneConfig(schedule="linear")
     with pytest.raises(DeviceError, match="unknown device 'tpu'"):
