@@ -33,7 +33,8 @@ e.g. ``fashion-mnist:classes=5-9,per_class=5``, ``mnist5k:shift=invert``,
     arrays ``x`` (n, ...), optional ``y`` (n,) integer labels (without ``y``
     the data is unlabelled), optional ``label_names`` (k,) strings. For an
     image model ``x`` holds pixels in [0, 1], or uint8 0..255 (scaled to
-    [0, 1], as image files are read).
+    [0, 1], as image files are read), as (n, C, H, W), channels-last
+    (n, H, W, C) or single-channel (n, H, W).
 ``path/to/file.csv[:label=column,per_class=K,unlabeled]``
     a header row; the label column (default ``label``; any strings) and
     numeric feature columns. With ``unlabeled`` and no label column, every
@@ -297,7 +298,24 @@ def _read_npz(spec: DataSpec, *, card: ModelCard) -> RawData:
     ledger_id = "npz-" + _digest(x, y)
     if pixels:
         x = x / np.float32(255)
-    return RawData(x, y, names or (), ledger_id, images=x.ndim == 4)
+    x, images = as_images(x, card=card)
+    return RawData(x, y, names or (), ledger_id, images=images)
+
+
+def as_images(x: np.ndarray, *, card: ModelCard | None) -> tuple[np.ndarray, bool]:
+    """(x, whether it holds images), with images laid out as the card's image model takes them: (n, C, H, W).
+
+    Channels-last (n, H, W, C) is transposed: reshaping it would scramble the
+    channels. Single-channel (n, H, W) becomes (n, 1, H, W) unless it already
+    holds the card's number of values. Other arrays pass unchanged.
+    """
+    shape = tuple(card.input_shape) if card is not None else ()
+    if len(shape) == 3 and shape[0] in (1, 3):
+        if x.ndim == 4 and x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):
+            return np.ascontiguousarray(x.transpose(0, 3, 1, 2)), True
+        if x.ndim == 3 and math.prod(x.shape[1:]) != math.prod(shape):
+            return x[:, None], True
+    return x, x.ndim == 4
 
 
 def is_8bit_image(x: np.ndarray, *, card: ModelCard | None) -> bool:
@@ -751,7 +769,8 @@ def prepare_arrays(
         names = tuple(label_names or ())
     array = np.asarray(x)
     array = array / np.float32(255) if is_8bit_image(array, card=card) else array.astype(np.float32, copy=False)
-    raw = RawData(array, labels, names, "arrays", images=array.ndim == 4)
+    array, images = as_images(array, card=card)
+    raw = RawData(array, labels, names, "arrays", images=images)
     xs = check_and_shape(raw, card=card) if card is not None else raw.x
     if card is not None:
         xs = normalise(xs, card=card)

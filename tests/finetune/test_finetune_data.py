@@ -388,6 +388,21 @@ def test_8bit_images_in_an_npz_are_pixels_as_in_image_files(tmp_path, session_ca
     assert tabular.train.x.max() > 100
 
 
+def test_image_arrays_may_be_channels_last_or_single_channel(tmp_path, rgb_card):
+    rng = np.random.default_rng(0)
+    nchw = rng.random((30, 3, 20, 20)).astype(np.float32)
+    y = np.arange(30) % 3
+    want = load_target(write_npz(tmp_path / "nchw.npz", nchw, y), card=rgb_card).train.x
+    # Reshaped rather than transposed, channels-last arrays would reach the model scrambled.
+    nhwc = load_target(write_npz(tmp_path / "nhwc.npz", nchw.transpose(0, 2, 3, 1), y), card=rgb_card).train.x
+    assert torch.equal(nhwc, want)
+    grey = load_target(write_npz(tmp_path / "hw.npz", nchw[:, 0], y), card=rgb_card).train.x
+    assert torch.equal(grey, load_target(write_npz(tmp_path / "1hw.npz", nchw[:, :1], y), card=rgb_card).train.x)
+    assert torch.equal(
+        from_arrays(nchw.transpose(0, 2, 3, 1), y, card=rgb_card).x, from_arrays(nchw, y, card=rgb_card).x
+    )
+
+
 def test_an_image_too_large_to_read_safely_is_a_data_error(tmp_path, session_card, monkeypatch):
     _image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=3)
     # Pillow refuses images of more than twice MAX_IMAGE_PIXELS (a decompression bomb): these are 16x12.
