@@ -36,8 +36,8 @@ e.g. ``fashion-mnist:classes=5-9,per_class=5``, ``mnist5k:shift=invert``,
     [0, 1], as image files are read), as (n, C, H, W), channels-last
     (n, H, W, C) or single-channel (n, H, W).
 ``path/to/file.csv[:label=column,per_class=K,unlabeled]``
-    a header row; the label column (default ``label``; any strings) and
-    numeric feature columns. With ``unlabeled`` and no label column, every
+    UTF-8 text separated by commas, semicolons or tabs: a header row; the
+    label column (default ``label``; any strings) and numeric feature columns. With ``unlabeled`` and no label column, every
     column is a feature.
 ``path/to/folder/[:per_class=K,unlabeled]``
     one sub-folder per class holding images; or images directly in the
@@ -69,6 +69,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import logging
 import math
 from collections.abc import Sequence
@@ -93,6 +94,8 @@ NO_TEST_FRACTIONS = (0.8, 0.2, 0.0)
 #: Labels without names are class numbers 0..k-1. A larger k is a mistake (ids, not class numbers), and its
 #: names and head alone would exhaust memory.
 MAX_CLASSES = 100_000
+#: Field separators a CSV may use; the one its header line holds most of wins (ties: the comma).
+CSV_DELIMITERS = (",", ";", "\t")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 UNLABELED = "unlabeled"
 BUILTIN_OPTIONS = ("split", "classes", "shift", "severity", "per_class", UNLABELED)
@@ -363,8 +366,16 @@ def _label_order(values: list[str]) -> list[str]:
 
 def _read_csv(spec: DataSpec) -> RawData:
     label = spec.options.get("label", "label")
-    with open(spec.path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        # utf-8-sig: spreadsheets often start the file with a byte-order mark, which would join the first name.
+        with open(spec.path, newline="", encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{spec.path}: not UTF-8 text ({exc}); save it as UTF-8") from None
+    first_line = text.split("\n", 1)[0]
+    # Comma-separated, or semicolon- or tab-separated as spreadsheets in many locales write it.
+    delimiter = max(CSV_DELIMITERS, key=first_line.count)
+    rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
     if not rows:
         raise DataError(f"{spec.path}: empty CSV file")
     header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
@@ -372,8 +383,9 @@ def _read_csv(spec: DataSpec) -> RawData:
         if spec.unlabeled and "label" not in spec.options:
             col = None  # unlabelled: every column is a feature
         else:
+            shown = header if len(header) <= 8 else [*header[:8], f"... ({len(header)} columns)"]
             raise DataError(
-                f"{spec.path}: no label column {label!r}; columns are {header}. Name it with "
+                f"{spec.path}: no label column {label!r}; columns are {shown}. Name it with "
                 f"{spec.path}:label=<column>, or read the file without labels with {spec.path}:unlabeled"
             )
     else:

@@ -309,6 +309,32 @@ def test_csv_with_named_label_column(tmp_path, mlp_card):
         load_target(str(path), card=mlp_card)
 
 
+@pytest.mark.parametrize(
+    ("delimiter", "encoding"), [(",", "utf-8-sig"), (";", "utf-8"), ("\t", "utf-8"), (";", "utf-8-sig")]
+)
+def test_csv_as_spreadsheets_write_it(tmp_path, mlp_card, delimiter, encoding):
+    x, y = blobs()
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="", encoding=encoding) as f:  # utf-8-sig: a byte-order mark first
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(["label", "f1", "f2", "f3", "f4"])
+        for row, label in zip(x, y):
+            w.writerow(["abc"[label], *row])
+    target = load_target(str(path), card=mlp_card)
+    assert target.label_names == ("a", "b", "c") and target.train.x.shape[1:] == (4,)
+
+
+def test_csv_that_is_not_utf8_or_lacks_the_label_column(tmp_path, mlp_card):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("label,a,b,c,d\ncafé,1,2,3,4\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8 text .*; save it as UTF-8"):
+        load_target(str(path), card=mlp_card)
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join(f"p{i}" for i in range(784)) + "\n" + ",".join("0" * 784) + "\n")
+    with pytest.raises(DataError, match=r"columns are \['p0', .*'p7', '\.\.\. \(784 columns\)'\]\. Name it"):
+        load_target(str(wide), card=mlp_card)
+
+
 def _image_folder(root, *, classes, per_class, size=(16, 12)):
     rng = np.random.default_rng(0)
     for name in classes:
