@@ -96,6 +96,8 @@ NO_TEST_FRACTIONS = (0.8, 0.2, 0.0)
 MAX_CLASSES = 100_000
 #: Field separators a CSV may use; the one its header line holds most of wins (ties: the comma).
 CSV_DELIMITERS = (",", ";", "\t")
+#: Greyscale Pillow modes wider than 8 bits, and the value that is full white in each.
+WIDE_GREY_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 UNLABELED = "unlabeled"
 BUILTIN_OPTIONS = ("split", "classes", "shift", "severity", "per_class", UNLABELED)
@@ -415,7 +417,13 @@ def _read_image(file: Path, *, channels: int) -> np.ndarray:
 
     try:
         with Image.open(file) as img:
-            array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            full_scale = WIDE_GREY_MODES.get(img.mode)
+            if full_scale is not None:
+                # Converted to 8-bit "L", 16-bit values would clip to white and floats in [0, 1] round to black.
+                grey = np.asarray(img, dtype=np.float32) / full_scale
+                array = grey if channels == 1 else np.repeat(grey[..., None], 3, axis=2)
+            else:
+                array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{file}: not a readable image ({exc})") from None
     except Image.DecompressionBombError as exc:
@@ -450,6 +458,11 @@ def _read_folder(spec: DataSpec, *, input_shape: tuple[int, ...]) -> RawData:
     )
     images, labels = [], []
     for label, files in groups:
+        if label is not None and not files:
+            raise DataError(
+                f"{classes[label]}: a class folder without images (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); "
+                f"add some, or remove the folder"
+            )
         for file in files:
             array = _read_image(file, channels=channels)
             # Resized one by one here (sizes may differ); Pillow's bilinear filter antialiases when shrinking.

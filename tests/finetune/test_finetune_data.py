@@ -429,6 +429,27 @@ def test_image_arrays_may_be_channels_last_or_single_channel(tmp_path, rgb_card)
     )
 
 
+def test_16_bit_images_are_read_at_their_depth(tmp_path, session_card):
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, size=(6, 8, 8), dtype=np.uint16)
+    for name, bits in (("deep", deep), ("shallow", (deep // 257).astype(np.uint8))):
+        for label in ("a", "b"):
+            (tmp_path / name / label).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(bits[3 * (label == "b") + i]).save(tmp_path / name / label / f"{i}.png")
+    assert Image.open(tmp_path / "deep" / "a" / "0.png").mode.startswith("I")  # not clipped to 8-bit "L"
+    deep_x = load_target(f"{tmp_path / 'deep'}/", card=session_card, seed=0).train.x
+    shallow_x = load_target(f"{tmp_path / 'shallow'}/", card=session_card, seed=0).train.x
+    assert torch.allclose(deep_x, shallow_x, atol=1 / 255 / 0.4)  # the same picture, to 8-bit precision
+
+
+def test_a_class_folder_without_images_is_named(tmp_path, session_card):
+    _image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=3)
+    (tmp_path / "imgs" / "emu").mkdir()
+    with pytest.raises(DataError, match="imgs/emu: a class folder without images .*add some, or remove the folder"):
+        load_target(str(tmp_path / "imgs") + "/", card=session_card)
+
+
 def test_an_image_too_large_to_read_safely_is_a_data_error(tmp_path, session_card, monkeypatch):
     _image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=3)
     # Pillow refuses images of more than twice MAX_IMAGE_PIXELS (a decompression bomb): these are 16x12.
