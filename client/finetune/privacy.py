@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from xfer.client.dp_delta import default_delta, resolve_delta
 from xfer.client.finetune.budget import Budget
 from xfer.client.finetune.config import ACCOUNTANTS, PrivacyConfig
 from xfer.client.finetune.errors import FinetuneError, PrivacyError
@@ -57,11 +58,6 @@ __all__ = [
     "make_compatible",
     "plan_dp",
 ]
-
-
-def default_delta(bucket: int) -> float:
-    """min(1e-5, 1/N^1.1) for the size bucket N >= n: below 1/n, so no single example can leak outright."""
-    return min(1e-5, 1.0 / bucket**1.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +104,7 @@ def plan_dp(config: PrivacyConfig, *, budget: Budget, noise_multiplier: float | 
     if budget.sample_rate is None or budget.max_grad_norm is None:
         raise PrivacyError("the budget was planned without DP; plan it with a PrivacyConfig in the config")
     rate, steps = budget.sample_rate, budget.steps
-    delta = config.delta if config.delta is not None else default_delta(budget.bucket)
+    delta = resolve_delta(config.delta, bucket=budget.bucket, error=PrivacyError)
     if rate >= 1.0:
         log.warning(
             "batch size %d >= the size bucket (%d): every step sees all data, so DP-SGD gets no "

@@ -30,13 +30,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from xfer.client.dp_delta import resolve_delta
 from xfer.client.finetune.budget import plan_budget, size_bucket
 from xfer.client.finetune.config import FinetuneConfig, SearchConfig
 from xfer.client.finetune.data import TensorData
 from xfer.client.finetune.errors import DataError, DivergedError, PrivacyError, SearchError
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.metrics import Metrics, evaluate, predict_logits
-from xfer.client.finetune.privacy import default_delta
 from xfer.client.finetune.selection import SelectionPlan, plan_selection, sample_trials
 from xfer.client.finetune.strategies import get_strategy
 from xfer.client.finetune.trainer import FinetuneResult, finetune
@@ -266,7 +266,7 @@ def _private_select(
     assert config.search is not None and config.privacy is not None and train.y is not None
     privacy = config.privacy
     bucket = size_bucket(len(train))
-    delta = privacy.delta if privacy.delta is not None else default_delta(bucket)
+    delta = resolve_delta(privacy.delta, bucket=bucket, error=PrivacyError)
     # Every cell trains the same steps at the same rate, so every trial has the same RDP curve.
     budgets = {plan_budget(n=len(train), config=config.replace(strategy=s, lr=lr), strategy_lr=lr) for s, lr in grid}
     shapes = {(b.sample_rate, b.steps) for b in budgets}

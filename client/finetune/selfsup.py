@@ -45,6 +45,7 @@ import warnings
 import torch
 from torch import nn
 
+from xfer.client.dp_delta import resolve_delta
 from xfer.client.finetune.budget import default_batch_size, plan_budget, size_bucket
 from xfer.client.finetune.config import FinetuneConfig, PrivacyConfig, SelfPretrainConfig
 from xfer.client.finetune.data import TargetData, TensorData
@@ -54,7 +55,6 @@ from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.finetune.privacy import (
     AccountedRun,
     PrivacyReport,
-    default_delta,
     make_compatible,
 )
 from xfer.client.finetune.schedules import cosine
@@ -117,7 +117,7 @@ def pretext_pool(target: TargetData) -> TensorData:
 
 def split_privacy(privacy: PrivacyConfig, *, share: float, bucket: int) -> tuple[PrivacyConfig, PrivacyConfig]:
     """(self-pretraining, fine-tuning) configs: ε split by `share`, δ halved (`bucket`: the pool's size bucket)."""
-    delta = privacy.delta if privacy.delta is not None else default_delta(bucket)
+    delta = resolve_delta(privacy.delta, bucket=bucket, error=PrivacyError)
     first = dataclasses.replace(privacy, epsilon=privacy.epsilon * share, delta=delta / 2, ghost_clipping=False)
     rest = dataclasses.replace(privacy, epsilon=privacy.epsilon * (1 - share), delta=delta / 2)
     return first, rest

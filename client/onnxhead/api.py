@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from xfer.client.domain import DeviceKind, Run, RunPrivacy, pow2_at_least
+from xfer.client.dp_delta import resolve_delta
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.onnxhead.accounting import GaussianAccountant
 from xfer.client.onnxhead.data import integer_labels, numbered_label_names, own_bucket_floor
-from xfer.client.onnxhead.errors import HeadDataError
+from xfer.client.onnxhead.errors import HeadDataError, HeadPrivacyError
 from xfer.client.onnxhead.features import FeatureExtractor
 from xfer.client.onnxhead.graph import (
     SurgeryReport,
@@ -45,7 +46,7 @@ from xfer.client.onnxhead.head import LinearHead
 from xfer.client.onnxhead.heads import STRATEGY_PREFIX, FitContext, HeadConfig, get_head
 from xfer.client.onnxhead.metrics import Metrics, metrics_from_logits
 from xfer.client.onnxhead.output import HeadOutputs, head_card, write_outputs
-from xfer.client.onnxhead.private import PrivacyConfig, PrivacyReport, default_delta
+from xfer.client.onnxhead.private import PrivacyConfig, PrivacyReport
 from xfer.client.onnxhead.report import build_run, report_fields
 from xfer.models.card import ModelCard
 
@@ -207,7 +208,7 @@ def fit_head(
     delta = 0.0
     entry = None
     if privacy is not None:
-        delta = privacy.delta if privacy.delta is not None else default_delta(pow2_at_least(n))
+        delta = resolve_delta(privacy.delta, bucket=pow2_at_least(n), error=HeadPrivacyError)
         if ledger is not None:
             dataset_id = dataset_id or _digest(x_train, y_train)
             # Reserve the whole target before the data is read; settled to the accountant's figure below.

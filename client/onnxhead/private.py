@@ -39,9 +39,6 @@ from xfer.client.onnxhead.head import Center, L2Normalize, LinearHead
 from xfer.client.onnxhead.prototype import PrototypeResult, fit_prototype, head_from_prototypes
 from xfer.client.onnxhead.stats import ClassStats, class_stats, counts_share, privatise, prototypes
 
-#: δ never exceeds this, and is at most 1/B^1.1 for a training set in the power-of-two bucket B.
-MAX_DELTA = 1e-5
-
 
 @dataclasses.dataclass(frozen=True)
 class PrivacyConfig:
@@ -59,11 +56,6 @@ class PrivacyConfig:
             raise HeadPrivacyError(f"delta must be in (0, 1), got {self.delta!r}")
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise HeadPrivacyError(f"max_grad_norm must be positive, got {self.max_grad_norm!r}")
-
-
-def default_delta(train_examples_pow2: int) -> float:
-    """min(1e-5, 1/B^1.1) for the bucket B >= n: below 1/n, and revealing nothing finer than B."""
-    return min(MAX_DELTA, 1.0 / max(train_examples_pow2, 1) ** 1.1)
 
 
 @dataclasses.dataclass(frozen=True)

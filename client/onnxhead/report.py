@@ -1,7 +1,7 @@
 """What a head fit may send to the server: nothing that narrows n below its power-of-two bucket.
 
 - the training-set size only as its bucket B = 2^⌈log2 n⌉;
-- δ derived from B (`private.default_delta`), never from n;
+- δ derived from B (`xfer.client.dp_delta.default_delta`), never from n;
 - noise multipliers that depend on ε, δ and fixed knobs only (full-batch
   steps, no ⌈n/batch⌉);
 - hyperparameters as configured, never as chosen on the data (not the λ a

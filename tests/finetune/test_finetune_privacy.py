@@ -93,6 +93,14 @@ def test_default_delta_is_a_function_of_the_bucket():
     assert all(default_delta(size_bucket(n)) <= n**-1.1 for n in range(65537, 131073, 997))
 
 
+def test_a_delta_of_one_over_the_bucket_or_more_is_refused():
+    budget = Budget(bucket=64, batch_size=16, steps=20, eval_every=10, lr=1e-3, sample_rate=0.25, max_grad_norm=1.0)
+    for delta in (0.5, 1 / 64):
+        with pytest.raises(PrivacyError, match=r"delta .* is not below 1/64 .*choose a delta below 0.0156"):
+            plan_dp(PrivacyConfig(epsilon=2.0, delta=delta), budget=budget)
+    assert plan_dp(PrivacyConfig(epsilon=2.0, delta=1e-3, accountant="rdp"), budget=budget).delta == 1e-3
+
+
 def test_invalid_privacy_config():
     for epsilon in (0, 1e-9, 0.009, 101, 1e9, math.nan, math.inf):
         with pytest.raises(PrivacyError, match="epsilon must be between 0.01 and 100"):

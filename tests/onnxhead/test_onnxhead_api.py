@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from xfer.client.finetune.errors import PrivacyBudgetExceededError
 from xfer.client.finetune.ledger import PrivacyLedger
 from xfer.client.onnxhead import HeadConfig, PrivacyConfig, fit_head
-from xfer.client.onnxhead.errors import HeadDataError, HeadError, UnknownHeadError
+from xfer.client.onnxhead.errors import HeadDataError, HeadError, HeadPrivacyError, UnknownHeadError
 from xfer.client.onnxhead.features import open_session
 from xfer.models.card import ModelCard, validate_card
 
@@ -111,6 +111,9 @@ def test_private_fit_charges_and_settles_the_shared_ledger(convnet_source, digit
         )
     assert not (tmp_path / "out").exists()
     assert ledger.status("digits-target").spent == pytest.approx(2.0, rel=1e-9)
+    # A δ of 1/B or more (B: the training set's size rounded up to a power of two) guarantees nothing.
+    with pytest.raises(HeadPrivacyError, match=r"delta 0.5 is not below 1/\d+"):
+        fit_head(convnet_source.onnx, train=d.train, privacy=PrivacyConfig(epsilon=1.0, delta=0.5))
 
 
 def test_a_fit_that_takes_no_step_is_an_error(tmp_path):

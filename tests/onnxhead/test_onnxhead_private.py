@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from onnxhead_helpers import blobs
 
+from xfer.client.dp_delta import default_delta
 from xfer.client.onnxhead.accounting import GaussianAccountant, split_budget
 from xfer.client.onnxhead.errors import HeadPrivacyError
 from xfer.client.onnxhead.private import (
     NoisyGDConfig,
     PrivacyConfig,
     clipped_gradient_sum,
-    default_delta,
     private_logreg,
     private_prototype,
 )
