@@ -48,7 +48,7 @@ from xfer.client.errors import (
 from xfer.client.policy import ModelPolicy
 from xfer.client.refs import ModelRef, parse_ref, validate_alias, validate_model_id
 from xfer.client.transport import RetryPolicy, TlsConfig, Transport, UploadDeclaration
-from xfer.models.card import ModelCard
+from xfer.models.card import ModelCard, validate_card
 from xfer.models.errors import ModelError
 from xfer.models.files import sha256_file
 
@@ -496,9 +496,13 @@ def _read_card(path: Path | None) -> ModelCard:
             f"no {CARD_FILE} found; pass the folder `python -m xfer.models.train` wrote, or the card explicitly"
         )
     try:
-        return ModelCard.from_dict(json.loads(path.read_text()))
+        card = ModelCard.from_dict(json.loads(path.read_text()))
+        validate_card(card)  # the server's own rules, before any byte is uploaded
+        return card
     except json.JSONDecodeError as exc:
         raise InvalidArgumentError(f"{str(path)!r} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgumentError(f"{str(path)!r} is not a model card: its JSON is nested too deeply") from None
     except ModelError as exc:
         raise InvalidArgumentError(f"{str(path)!r}: {exc}") from None
     except OSError as exc:

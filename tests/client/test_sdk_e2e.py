@@ -111,7 +111,7 @@ def test_operator_calls_alias_deprecate_delete(xfer_server, model_dir, tmp_path)
         assert op.get("alias-model").version == 1  # latest moved back
 
 
-def test_register_refuses_bad_input_locally(xfer_server, tmp_path):
+def test_register_refuses_bad_input_locally(xfer_server, model_dir, tmp_path):
     with xfer_server.client(tmp_path, token="operator") as op:
         with pytest.raises(InvalidArgumentError, match="model id"):
             op.register(tmp_path, "Bad_Id")
@@ -119,6 +119,16 @@ def test_register_refuses_bad_input_locally(xfer_server, tmp_path):
             op.register(tmp_path, "empty-model")
         (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
         with pytest.raises(InvalidArgumentError, match="card.json"):
+            op.register(tmp_path, "empty-model")
+        # The card is checked by the server's rules before any byte is uploaded (20 MB used to hit the
+        # server's message limit), and JSON nested past Python's recursion limit is a clear error.
+        card = tmp_path / "card.json"
+        fields = json.loads((model_dir / "card.json").read_text())
+        card.write_text(json.dumps({**fields, "description": "x" * 20_000_000}))
+        with pytest.raises(InvalidArgumentError, match="'description' is longer than 4096 characters"):
+            op.register(tmp_path, "empty-model")
+        card.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+        with pytest.raises(InvalidArgumentError, match="its JSON is nested too deeply"):
             op.register(tmp_path, "empty-model")
 
 
