@@ -329,12 +329,13 @@ class Client:
         policy: ModelPolicy | None = None,
     ) -> LoadedModel:
         """Pulls the safetensors artifact and rebuilds the module from `models/`, loaded strictly, in eval mode."""
-        from xfer.models.weights import load_safetensors, model_from_card
+        from xfer.models.weights import load_safetensors, model_from_card, require_weights_fit
 
         pulled = self.pull(
             ref, ArtifactFormat.SAFETENSORS, progress=progress, require_signed=require_signed, policy=policy
         )
         card = pulled.model_version.card
+        require_weights_fit(card, artifact_bytes=pulled.blob_path.stat().st_size)
         module = load_safetensors(model_from_card(card), pulled.blob_path)
         module.eval()
         return LoadedModel(module=module, card=card, model_version=pulled.model_version, path=pulled.path)

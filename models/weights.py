@@ -7,6 +7,7 @@ not a silently random layer.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -32,6 +33,32 @@ def tensor_specs(model: torch.nn.Module) -> dict[str, tuple[str, tuple[int, ...]
         torch.uint8: "U8",
     }
     return {k: (names[v.dtype], tuple(v.shape)) for k, v in model.state_dict().items()}
+
+
+#: Bytes per element of each safetensors dtype string (an unknown one counts 8, the widest).
+DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "BOOL": 1, "U8": 1}
+
+
+def weights_size(model: torch.nn.Module) -> tuple[int, int]:
+    """(parameters, bytes) of the model's state dict; works on the meta device, so nothing need be allocated."""
+    specs = list(tensor_specs(model).values())
+    numbers = [math.prod(shape) for _, shape in specs]
+    return sum(numbers), sum(n * DTYPE_BYTES.get(dtype, 8) for n, (dtype, _) in zip(numbers, specs))
+
+
+def require_weights_fit(card: ModelCard, *, artifact_bytes: int) -> None:
+    """Raises WeightsMismatchError, before anything is allocated, when the card's weights exceed the artifact.
+
+    The card and the artifact come from the server; a card describing a far
+    larger model than the verified file holds would otherwise be allocated
+    in full before the strict load could refuse it.
+    """
+    with torch.device("meta"):
+        _, needed = weights_size(model_from_card(card))
+    if needed > artifact_bytes:
+        raise WeightsMismatchError(
+            f"the card describes {needed:,} bytes of weights but the safetensors artifact holds {artifact_bytes:,}"
+        )
 
 
 def model_from_card(card: ModelCard) -> XferModel:

@@ -37,8 +37,6 @@ logger = logging.getLogger(__name__)
 list_models()  # imports every built-in architecture now, not in each child
 onnxruntime.set_default_logger_severity(4)
 
-_DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "BOOL": 1, "U8": 1}
-
 
 def _vm_size_bytes() -> int:
     with open("/proc/self/status") as f:
@@ -68,28 +66,19 @@ def card_job(payload: dict[str, Any]) -> dict[str, Any]:
     bytes the weights must hold, so the server can refuse an oversized model
     before any artifact byte arrives.
     """
-    from xfer.models.weights import model_from_card, tensor_specs
+    from xfer.models.weights import model_from_card, weights_size
 
     card = ModelCard.from_dict(payload["card"])
     validate_card(card)
     with torch.device("meta"):
         model = model_from_card(card)
-    specs = tensor_specs(model)
-    numbers = [_count(shape) for _, shape in specs.values()]
-    weight_bytes = sum(n * _DTYPE_BYTES.get(dtype, 8) for n, (dtype, _) in zip(numbers, specs.values()))
+    parameters, weight_bytes = weights_size(model)
     return {
         "config": model.config_dict(),
-        "parameters": sum(numbers),
+        "parameters": parameters,
         "weight_bytes": weight_bytes,
-        "tensors": len(specs),
+        "tensors": len(model.state_dict()),
     }
-
-
-def _count(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def artifacts_job(payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,13 @@ from xfer import models
 from xfer.models.card import ModelCard, validate_card
 from xfer.models.errors import InvalidCardError, WeightsMismatchError
 from xfer.models.export import check_parity, export_onnx
-from xfer.models.weights import load_safetensors, model_from_card, save_safetensors, tensor_specs
+from xfer.models.weights import (
+    load_safetensors,
+    model_from_card,
+    require_weights_fit,
+    save_safetensors,
+    tensor_specs,
+)
 
 
 @pytest.fixture
@@ -83,6 +89,18 @@ def test_loading_weights_of_another_shape_names_the_tensor(tmp_path):
         load_safetensors(models.create_model("convnet", width=16), tmp_path / "w.safetensors")
     with pytest.raises(WeightsMismatchError, match="missing"):
         load_safetensors(models.create_model("convnet", width=8, depth=4), tmp_path / "w.safetensors")
+
+
+def test_a_card_larger_than_its_artifact_is_refused_before_allocating(tmp_path, card):
+    save_safetensors(model_from_card(card), tmp_path / "w.safetensors")
+    require_weights_fit(card, artifact_bytes=(tmp_path / "w.safetensors").stat().st_size)
+    # A hostile server's card for two 16,384-wide layers (1 GiB of weights) beside a 1 KB file: sized on the
+    # meta device and refused, where building the module first would have allocated it all.
+    small = models.card_for_model(models.create_model("mlp", in_features=4, hidden=[2, 2], num_classes=3))
+    huge = dataclasses.replace(small, architecture_config={**small.architecture_config, "hidden": [16384, 16384]})
+    weights = 4 * (4 * 16384 + 16384 + 16384 * 16384 + 16384 + 16384 * 3 + 3)
+    with pytest.raises(WeightsMismatchError, match=f"describes {weights:,} bytes of weights but .* holds 1,000"):
+        require_weights_fit(huge, artifact_bytes=1000)
 
 
 def test_tensor_specs_use_safetensors_dtype_names():
