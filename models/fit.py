@@ -82,6 +82,9 @@ def fit(
             from opacus import PrivacyEngine
 
             dp_delta = dp_delta if dp_delta is not None else default_delta(len(x))
+            if dp_delta >= 1.0 / len(x):
+                # A guarantee that may fail with probability 1/n or more allows releasing some example outright.
+                raise ValueError(f"dp_delta {dp_delta:g} must be below 1/n = 1/{len(x)} for {len(x)} training examples")
             engine = PrivacyEngine(accountant="prv", secure_mode=False)
             train_model, optimizer, loader = engine.make_private_with_epsilon(
                 module=model,

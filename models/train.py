@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dp-epsilon", type=float, help="train with DP-SGD to this epsilon")
-    parser.add_argument("--dp-delta", type=float, help="DP delta (default min(1e-5, 1/n^1.1))")
+    parser.add_argument("--dp-delta", type=float, help="DP delta, below 1/n (default min(1e-5, 1/n^1.1))")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="DP per-example clip norm")
     parser.add_argument(
         "--meta",

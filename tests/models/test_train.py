@@ -38,6 +38,11 @@ def test_cli_rejects_bad_options_with_one_line(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--classes", "3", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("models.train: error:") and err.count("\n") == 1
+    # A δ of 1/n or more allows releasing some training example outright: refused before training.
+    argv = ["--out", str(tmp_path / "dp"), "--arch", "mlp", "--epochs", "1", "--dp-epsilon", "2", "--dp-delta", "0.5"]
+    assert main(argv) == 2
+    assert "dp_delta 0.5 must be below 1/n" in capsys.readouterr().err
+    assert not (tmp_path / "dp" / "card.json").exists()
 
 
 @pytest.mark.slow  # ~50 s; tests/finetune trains every architecture under DP in a few steps by default
