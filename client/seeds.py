@@ -1,7 +1,8 @@
-"""Random seeds: the one range every command and config accepts.
+"""Random seeds: the range a user gives (--seed), and the wider one a config holds.
 
-0..2^32-1: numpy's and torch's generators both take it, and the seeds a
-search derives (seed + fold, seed + trial) stay within both.
+A user's seed is 0..2^32-1; a search derives seed + fold or seed + trial
+from it, so configs take 0..2^63-1, all of which torch (int64) and numpy
+accept.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import argparse
 
 MAX_SEED = 2**32 - 1
+MAX_DERIVED_SEED = 2**63 - 1
 
 
-def is_seed(value: object) -> bool:
-    """True for a whole number in 0..MAX_SEED (bool is not one)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
+def is_seed(value: object, *, upper: int = MAX_SEED) -> bool:
+    """True for a whole number in 0..upper (bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= upper
 
 
 def seed_argument(text: str) -> int:

@@ -14,7 +14,7 @@ import math
 
 from xfer.client.finetune.errors import DeviceError, FinetuneError, PrivacyError, SearchError
 from xfer.client.finetune.schedules import SCHEDULES
-from xfer.client.seeds import MAX_SEED, is_seed
+from xfer.client.seeds import MAX_DERIVED_SEED, is_seed
 
 ACCOUNTANTS = ("prv", "rdp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -221,8 +221,8 @@ class FinetuneConfig:
         _positive("eval_every", self.eval_every, integer=True)
         if self.device not in DEVICE_CHOICES:
             raise DeviceError(f"unknown device {self.device!r}; valid: {', '.join(DEVICE_CHOICES)}")
-        if not is_seed(self.seed):
-            raise FinetuneError(f"seed must be a whole number 0..{MAX_SEED}, got {self.seed!r}")
+        if not is_seed(self.seed, upper=MAX_DERIVED_SEED):
+            raise FinetuneError(f"seed must be a whole number 0..{MAX_DERIVED_SEED}, got {self.seed!r}")
         if self.privacy is not None and not isinstance(self.privacy, PrivacyConfig):
             raise FinetuneError(f"privacy must be a PrivacyConfig or None, got {type(self.privacy).__name__}")
         if self.search is not None and not isinstance(self.search, SearchConfig):

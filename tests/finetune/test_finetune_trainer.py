@@ -170,9 +170,10 @@ def test_bad_config_fails_before_any_data_is_read():
         FinetuneConfig(lr=float("nan"))
     with pytest.raises(FinetuneError, match="lr must be at most 3.4e\\+38"):
         FinetuneConfig(lr=1e300)
-    for seed in (-1, 2**32, True, 1.5):
-        with pytest.raises(FinetuneError, match="seed must be a whole number 0..4294967295"):
+    for seed in (-1, 2**63, True, 1.5):
+        with pytest.raises(FinetuneError, match="seed must be a whole number 0..9223372036854775807"):
             FinetuneConfig(seed=seed)
+    assert FinetuneConfig(seed=2**32 - 1 + 4).seed == 2**32 + 3  # the largest --seed plus a fold number
     with pytest.raises(FinetuneError, match="unknown schedule 'linear'; valid: cosine, slanted-triangular"):
         FinetuneConfig(schedule="linear")
     with pytest.raises(DeviceError, match="unknown device 'tpu'"):
