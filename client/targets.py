@@ -37,18 +37,19 @@ e.g. ``fashion-mnist:classes=5-9,per_class=5``, ``mnist5k:shift=invert``,
     (n, H, W, C) or single-channel (n, H, W).
 ``path/to/file.csv[:label=column,per_class=K,unlabeled]``
     UTF-8 text separated by commas, semicolons or tabs: a header row; the
-    label column (default ``label``; any strings) and numeric feature columns. With ``unlabeled`` and no label column, every
-    column is a feature.
+    label column (default ``label``; any strings) and numeric feature
+    columns. With ``unlabeled`` and no label column, every column is a
+    feature.
 ``path/to/folder/[:per_class=K,unlabeled]``
     one sub-folder per class holding images; or images directly in the
     folder, which are then unlabelled. Read with Pillow.
 
 Every source is checked (finite features, integer labels in range, at most
 MAX_CLASSES classes without names, at least two classes, a shape that fits
-the card). Images are resized (bilinear) and
-converted to the card's channels; everything is reshaped to the card's
-``input_shape``, normalised with its ``input_mean``/``input_std`` and split
-deterministically by seed into stratified train/val/test (60/20/20).
+the card). Images are resized (bilinear) and converted to the card's
+channels; everything is reshaped to the card's ``input_shape``, normalised
+with its ``input_mean``/``input_std`` and split deterministically by seed
+into stratified train/val/test (60/20/20).
 
 Few-label mode (``per_class=K``, in the spec or as `load_target`'s
 argument): all the labelled data the client has is K examples per class,
